@@ -1,0 +1,136 @@
+"""The `ccn` command: train, clusters, evaluate, predict.
+
+Every problem a user can fix ends in one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ccn.errors import CCNError
+
+EXIT_USAGE = 2
+
+
+def _train(args) -> None:
+    from ccn import config as cfgmod
+    from ccn.dist import world_from_env
+    from ccn.pipeline import run_training
+    from ccn.runs import default_run_dir, prepare_run_dir
+    from ccn.tracking import RunLog
+
+    config = cfgmod.load(args.config, args.set)
+    world = world_from_env()
+    out = Path(args.out) if args.out else default_run_dir(config)
+    if world.is_main:
+        prepare_run_dir(out, force=args.force)
+    run_training(config, out, RunLog(out, enabled=world.is_main), world=world)
+    if world.is_main:
+        print(f"run folder: {out}")
+
+
+def _clusters(args) -> None:
+    from ccn.hierarchy import Hierarchy
+    from ccn.plots import dendrogram_png, heatmap_png
+
+    path = Path(args.run_dir) / "hierarchy.json"
+    if not path.is_file():
+        raise CCNError(f"{args.run_dir} has no hierarchy.json: only runs with method.name=ccn form groups")
+    h = Hierarchy.load(path)
+    how = h.how
+    print(f"{len(h.groups)} {how.get('partition', 'learned')} groups of {h.num_classes} classes "
+          f"(metric {how.get('metric', '-')}, linkage {how.get('linkage', '-')}, after epoch {how.get('epoch', '?')}, "
+          f"depth {h.depth})")
+    for k, node in enumerate(h.tree):
+        names = [h.classes[c] for c in sorted(_leaves(node))]
+        print(f"  group {k + 1:>2} ({len(names)}): {', '.join(names)}")
+        if isinstance(node, list) and any(isinstance(child, list) for child in node):
+            for child in node:
+                print(f"      - {', '.join(h.classes[c] for c in _leaves(child))}")
+    if "coarse_ari" in how:
+        print(f"agreement with the data set's coarse labels: ARI {how['coarse_ari']:.3f}, NMI {how['coarse_nmi']:.3f}")
+    if args.plot:
+        out = Path(args.run_dir)
+        for made in (dendrogram_png(h, out / "dendrogram.png"), heatmap_png(h, out / "distances.png")):
+            print(f"wrote {made}")
+
+
+def _leaves(node) -> list[int]:
+    from ccn.hierarchy import leaves
+    return leaves(node)
+
+
+def _evaluate(args) -> None:
+    from ccn.dist import resolve_device
+    from ccn.evaluate import evaluate_outputs
+    from ccn.pipeline import prepare_data
+    from ccn.runs import load_run
+    from ccn.train import Trainer
+
+    config, model, hierarchy, saved = load_run(Path(args.run_dir), args.set)
+    device = resolve_device(config.device)
+    data = prepare_data(config, device)
+    if data.ds.num_classes != saved["num_classes"]:
+        raise CCNError(f"the run has {saved['num_classes']} classes but data {data.ds.name} has "
+                       f"{data.ds.num_classes}: evaluate on data with the same classes")
+    model.to(device)
+    trainer = Trainer(model, config.train, device, steps_per_epoch=1)
+    out, labels = trainer.predict(data.test)
+    result = evaluate_outputs(model.head, out, labels, config.method.inference,
+                              hierarchy.mask() if hierarchy is not None else None)
+    result.pop("per_group_top1", None)
+    print(json.dumps({"data": data.ds.name, "test_images": len(labels), **result}, indent=2))
+
+
+def _predict(args) -> None:
+    from ccn.predict import predict_images
+    from ccn.runs import load_run
+
+    config, model, hierarchy, saved = load_run(Path(args.run_dir))
+    for line in predict_images(model, hierarchy, saved, config.method.inference, args.images, args.top):
+        print(line)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccn", description="Clustering and Classification Networks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a flat baseline or a CCN run")
+    train.add_argument("--config", help="YAML file with data:, model:, train:, method: sections")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
+    train.add_argument("--out", help="run folder (default: runs/<data>-<model>-<method>-s<seed>-<time>)")
+    train.add_argument("--force", action="store_true", help="replace the run files in an existing --out")
+    train.set_defaults(func=_train)
+    clusters = sub.add_parser("clusters", help="print the groups of a run; --plot writes figures")
+    clusters.add_argument("run_dir")
+    clusters.add_argument("--plot", action="store_true", help="write dendrogram.png and distances.png")
+    clusters.set_defaults(func=_clusters)
+    evaluate = sub.add_parser("evaluate", help="re-score a saved run (optionally on other data)")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.set_defaults(func=_evaluate)
+    predict = sub.add_parser("predict", help="top classes, with their group, for image files")
+    predict.add_argument("run_dir")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top", type=int, default=3)
+    predict.set_defaults(func=_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CCNError as err:
+        print(f"ccn: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ccn: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

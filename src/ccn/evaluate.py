@@ -1,0 +1,47 @@
+"""Scores of a head's outputs: top-k accuracy per inference rule, group and within-group accuracy."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, scores.shape[1])
+    return (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
+
+
+def group_metrics(log_p: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
+    """From log p(c|x) (B, C) and the (K, C) group mask: how often the most probable group is the
+    true one, how often the true class wins inside its true group, and top-1 per true group."""
+    mask = mask.to(log_p.device)
+    group_of = mask.float().argmax(dim=0)
+    true_group = group_of[labels]
+    group_probs = log_p.exp() @ mask.float().T  # p(k|x) = sum of p(c|x) over the classes of k
+    within = log_p.masked_fill(~mask[true_group], float("-inf")).argmax(dim=1) == labels
+    correct = log_p.argmax(dim=1) == labels
+    per_group = [correct[true_group == k].float().mean().item() if bool((true_group == k).any()) else None
+                 for k in range(mask.shape[0])]
+    return {
+        "group_acc": (group_probs.argmax(dim=1) == true_group).float().mean().item(),
+        "within_acc": within.float().mean().item(),
+        "per_group_top1": per_group,
+    }
+
+
+def evaluate_outputs(head: torch.nn.Module, out: dict, labels: torch.Tensor, default_rule: str = "soft",
+                     mask: Optional[torch.Tensor] = None) -> dict:
+    """Top-1/top-5 for every rule the head supports; the default rule's also as `top1`/`top5`."""
+    device = next(head.buffers(), next(head.parameters())).device
+    out = {k: v.to(device) for k, v in out.items()}
+    labels = labels.to(device)
+    rules = {}
+    for rule in head.rules:
+        scores = head.scores(out, rule)
+        rules[rule] = {"top1": topk_accuracy(scores, labels, 1), "top5": topk_accuracy(scores, labels, 5)}
+    rule = default_rule if default_rule in rules else head.rules[0]
+    result = {"top1": rules[rule]["top1"], "top5": rules[rule]["top5"], "rule": rule, "rules": rules}
+    if mask is not None and "soft" in head.rules:
+        result.update(group_metrics(head.scores(out, "soft"), labels, mask))
+    return result

@@ -1,0 +1,248 @@
+"""Heads on pooled features: the flat classifier, the three-level CCN head and the tree head.
+
+Every head returns a dict of logits and offers the same three methods:
+- `loss(out, y)` -> dict of parts (`loss` is the total to optimise; the others are for logs);
+- `scores(out, rule)` -> (B, C) class scores for an inference rule (higher is better);
+- `rules`: the inference rules it supports.
+
+Three-level head (docs/method.md): level 1 `z = W1 h` (the flat head), level 2 `u = W2 h` (K group
+logits), level 3 `v = W3 h` (C class logits, read only through the group masks). Then
+p(c|x) = p(g(c)|x) * p(c|g(c),x) with p(c|k,x) a softmax of v over the classes of group k.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ccn.errors import ConfigError
+
+RULES = ("soft", "hard", "flat", "blend")
+_HARD_BONUS = 1e4  # lifts the classes of the chosen group above all others while keeping their order
+
+
+class FlatHead(nn.Module):
+    """The ordinary fully connected classifier (level 1)."""
+
+    rules = ("flat",)
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.flat = nn.Linear(in_features, num_classes)
+
+    def forward(self, h: torch.Tensor) -> dict:
+        return {"z": self.flat(h)}
+
+    def loss(self, out: dict, y: torch.Tensor, label_smoothing: float = 0.0) -> dict:
+        flat = F.cross_entropy(out["z"], y, label_smoothing=label_smoothing)
+        return {"loss": flat, "flat": flat}
+
+    def scores(self, out: dict, rule: str = "flat") -> torch.Tensor:
+        return out["z"]
+
+
+def group_index(groups: list[list[int]], num_classes: int) -> torch.Tensor:
+    """(C,) long tensor: the group of each class; every class must be in exactly one group."""
+    group_of = torch.full((num_classes,), -1, dtype=torch.long)
+    for k, members in enumerate(groups):
+        for c in members:
+            if group_of[c] != -1:
+                raise ConfigError(f"class {c} is in groups {int(group_of[c])} and {k}: a partition needs disjoint groups")
+            group_of[c] = k
+    if (group_of < 0).any():
+        missing = (group_of < 0).nonzero().flatten().tolist()
+        raise ConfigError(f"classes {missing[:10]} are in no group: a partition must cover every class")
+    return group_of
+
+
+def mask_matrix(group_of: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(K, C) bool: M[k, c] is True where class c belongs to group k."""
+    return F.one_hot(group_of, num_groups).T.bool()
+
+
+def within_group_log_probs(v: torch.Tensor, mask: torch.Tensor, group_of: torch.Tensor) -> torch.Tensor:
+    """log p(c | g(c), x) for every class: v minus the log-sum-exp of v over the class's own group.
+
+    The other groups' classes are masked with -inf before the log-sum-exp (never by multiplying
+    probabilities by zero), so no class outside a group can take its probability mass."""
+    masked = v.unsqueeze(1).masked_fill(~mask, float("-inf"))  # (B, K, C)
+    return v - torch.logsumexp(masked, dim=2)[:, group_of]
+
+
+def smoothed_nll(log_probs: torch.Tensor, y: torch.Tensor, support: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Mean negative log-likelihood with label smoothing spread over `support` (B, C bool) of each row."""
+    nll = -log_probs.gather(1, y[:, None]).squeeze(1)
+    if smoothing > 0:
+        uniform = -(log_probs.masked_fill(~support, 0).sum(1) / support.sum(1))
+        nll = (1 - smoothing) * nll + smoothing * uniform
+    return nll.mean()
+
+
+class ThreeLevelHead(nn.Module):
+    """Flat head `z`, cluster head `u` and masked class head `v` over one partition of the classes."""
+
+    rules = RULES
+
+    def __init__(self, in_features: int, groups: list[list[int]], flat: nn.Linear | None = None,
+                 flat_weight: float = 1.0, blend_weight: float = 0.5, init_from_flat: bool = True):
+        super().__init__()
+        num_classes = sum(len(g) for g in groups)
+        group_of = group_index(groups, num_classes)
+        self.register_buffer("group_of", group_of)
+        self.register_buffer("mask", mask_matrix(group_of, len(groups)))
+        self.flat = flat if flat is not None else nn.Linear(in_features, num_classes)
+        self.cluster = nn.Linear(in_features, len(groups))
+        self.masked = nn.Linear(in_features, num_classes)
+        if init_from_flat and flat is not None:  # ours: level 3 starts from what level 1 has learned
+            with torch.no_grad():
+                self.masked.weight.copy_(flat.weight)
+                self.masked.bias.copy_(flat.bias)
+        self.flat_weight, self.blend_weight = flat_weight, blend_weight
+
+    @property
+    def num_groups(self) -> int:
+        return self.mask.shape[0]
+
+    def forward(self, h: torch.Tensor) -> dict:
+        return {"z": self.flat(h), "u": self.cluster(h), "v": self.masked(h)}
+
+    def log_probs(self, out: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(c|x), log p(c|g(c),x)), both (B, C)."""
+        u, v = out["u"].float(), out["v"].float()
+        log_within = within_group_log_probs(v, self.mask, self.group_of)
+        return F.log_softmax(u, dim=1)[:, self.group_of] + log_within, log_within
+
+    def loss(self, out: dict, y: torch.Tensor, label_smoothing: float = 0.0) -> dict:
+        target_group = self.group_of[y]
+        cluster = F.cross_entropy(out["u"].float(), target_group, label_smoothing=label_smoothing)
+        _, log_within = self.log_probs(out)
+        within = smoothed_nll(log_within, y, self.mask[target_group], label_smoothing)
+        flat = F.cross_entropy(out["z"].float(), y, label_smoothing=label_smoothing)
+        total = cluster + within + self.flat_weight * flat if self.flat_weight > 0 else cluster + within
+        return {"loss": total, "cluster": cluster, "within": within, "flat": flat}
+
+    def scores(self, out: dict, rule: str = "soft") -> torch.Tensor:
+        if rule == "flat":
+            return out["z"].float()
+        log_p, _ = self.log_probs(out)
+        if rule == "soft":
+            return log_p
+        if rule == "hard":  # the literal reading: pick the group, then the class inside it
+            chosen = out["u"].argmax(dim=1)
+            return log_p + _HARD_BONUS * self.mask[chosen].float()
+        if rule == "blend":
+            w = self.blend_weight
+            return w * log_p + (1 - w) * F.log_softmax(out["z"].float(), dim=1)
+        raise ConfigError(f"unknown inference rule {rule!r}; choose one of: {', '.join(self.rules)}")
+
+
+class TreeHead(nn.Module):
+    """A class tree of any depth: p(c|x) is the product of the sibling softmaxes along the path to c.
+
+    One linear layer gives a logit to every non-root node; a grouped (segment) softmax over the
+    children of each node and one matrix product with the path-incidence matrix give log p(c|x)
+    for all classes at once, with no Python loop over nodes."""
+
+    rules = RULES
+
+    def __init__(self, in_features: int, tree: list, num_classes: int, flat: nn.Linear | None = None,
+                 flat_weight: float = 1.0, blend_weight: float = 0.5):
+        super().__init__()
+        parent, leaf_class = flatten_tree(tree)
+        num_edges = len(parent) - 1  # every node but the root owns one logit
+        paths = torch.zeros(num_edges, num_classes)
+        is_leaf = torch.zeros(num_edges, dtype=torch.bool)
+        for node, c in leaf_class.items():
+            is_leaf[node - 1] = True
+            walk = node
+            while walk != 0:
+                paths[walk - 1, c] = 1.0
+                walk = parent[walk]
+        if not bool((paths[is_leaf].sum(0) == 1).all()):
+            raise ConfigError("the class tree must hold every class exactly once")
+        self.register_buffer("edge_parent", torch.tensor(parent[1:], dtype=torch.long))
+        self.register_buffer("paths", paths)
+        self.register_buffer("is_leaf", is_leaf)
+        self.num_nodes = len(parent)
+        self.flat = flat if flat is not None else nn.Linear(in_features, num_classes)
+        self.nodes = nn.Linear(in_features, num_edges)
+        self.flat_weight, self.blend_weight = flat_weight, blend_weight
+
+    def forward(self, h: torch.Tensor) -> dict:
+        return {"z": self.flat(h), "t": self.nodes(h)}
+
+    def edge_log_probs(self, t: torch.Tensor) -> torch.Tensor:
+        """log p(node | parent, x) for every non-root node: a softmax over each node's children."""
+        t = t.float()
+        index = self.edge_parent.expand_as(t)
+        peak = t.new_full((t.shape[0], self.num_nodes), float("-inf")).scatter_reduce(1, index, t, "amax")
+        shifted = t - peak.gather(1, index)
+        totals = torch.zeros_like(peak).scatter_add(1, index, shifted.exp())
+        return shifted - totals.gather(1, index).log()
+
+    def log_probs(self, out: dict) -> torch.Tensor:
+        return self._path_sum(self.edge_log_probs(out["t"]))
+
+    def _path_sum(self, edges: torch.Tensor) -> torch.Tensor:
+        """Sum edge log-probabilities along each class's path, in float32 even under autocast."""
+        with torch.autocast(device_type=edges.device.type, enabled=False):
+            return edges.float() @ self.paths
+
+    def loss(self, out: dict, y: torch.Tensor, label_smoothing: float = 0.0) -> dict:
+        edges = self.edge_log_probs(out["t"])
+        on_path = self.paths[:, y].T  # (B, E)
+        cluster = -(edges * on_path * (~self.is_leaf)).sum(1).mean()
+        within = -(edges * on_path * self.is_leaf).sum(1).mean()
+        flat = F.cross_entropy(out["z"].float(), y, label_smoothing=label_smoothing)
+        if label_smoothing > 0:
+            # ours: (1 - eps) * -log p(y|x) + eps * mean over classes of -log p(c|x), booked on `within`
+            uniform = -self._path_sum(edges).mean(1).mean()
+            within = within + label_smoothing * (uniform - (cluster + within))
+        total = cluster + within + (self.flat_weight * flat if self.flat_weight > 0 else 0)
+        return {"loss": total, "cluster": cluster, "within": within, "flat": flat}
+
+    def _greedy_path(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, E) bool: the nodes picked by descending from the root to the best child at each step."""
+        picked = torch.zeros_like(t, dtype=torch.bool)
+        current = torch.zeros(t.shape[0], dtype=torch.long, device=t.device)
+        while True:
+            children = self.edge_parent[None, :] == current[:, None]
+            if not bool(children.any()):
+                return picked
+            best = t.masked_fill(~children, float("-inf")).argmax(dim=1)
+            has_children = children.any(dim=1)
+            picked[has_children, best[has_children]] = True
+            current = torch.where(has_children, best + 1, torch.full_like(current, -1))
+
+    def scores(self, out: dict, rule: str = "soft") -> torch.Tensor:
+        if rule == "flat":
+            return out["z"].float()
+        log_p = self.log_probs(out)
+        if rule == "soft":
+            return log_p
+        if rule == "hard":
+            agreement = self._path_sum(self._greedy_path(out["t"].float()).float())  # chosen nodes on each class's path
+            return log_p + _HARD_BONUS * agreement
+        if rule == "blend":
+            w = self.blend_weight
+            return w * log_p + (1 - w) * F.log_softmax(out["z"].float(), dim=1)
+        raise ConfigError(f"unknown inference rule {rule!r}; choose one of: {', '.join(self.rules)}")
+
+
+def flatten_tree(tree: list) -> tuple[list[int], dict[int, int]]:
+    """Nested lists (leaves are class indices) -> (parent of each node, {leaf node: class}).
+
+    Node 0 is the root; nodes are numbered breadth first."""
+    parent, leaf_class = [-1], {}
+    queue = [(0, tree)]
+    while queue:
+        node, children = queue.pop(0)
+        for child in children:
+            index = len(parent)
+            parent.append(node)
+            if isinstance(child, list):
+                queue.append((index, child))
+            else:
+                leaf_class[index] = int(child)
+    return parent, leaf_class

@@ -1,0 +1,298 @@
+"""The method end to end: probe training, clustering, the three-level head, recursion.
+
+    step 1  train backbone + flat head for `method.probe_epochs` epochs (paper: 1)
+    step 2  class profiles = mean softmax per class on the probe set; group close classes
+    step 3  add the cluster head and the masked class head; train on to `train.epochs` in total
+    (depth 2) split large groups again from the masked softmax and train on with a tree head
+
+`method.name=flat` runs step 1 for the whole budget: the baseline with the same budget.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ccn import config as cfgmod
+from ccn.config import Config
+from ccn.data import ImageDataset, load_dataset
+from ccn.data.augment import Augment, Normalize
+from ccn.data.loader import TensorBatches
+from ccn.dist import World, resolve_device
+from ccn.evaluate import evaluate_outputs
+from ccn.heads import FlatHead, ThreeLevelHead, TreeHead, flatten_tree
+from ccn.hierarchy import (Hierarchy, agreement, build_hierarchy, class_profiles, default_group_count, oracle_partition,
+                           random_partition)
+from ccn.models import Classifier, backbone_from_config, count_parameters
+from ccn.tracking import RunLog
+from ccn.train import Trainer
+
+HOLDOUT_SEED = 12345  # the probe hold-out is the same for every run seed, so variants stay paired
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class RunData:
+    """A data set moved to the training device, with its batch iterators."""
+
+    ds: ImageDataset
+    normalize: Normalize
+    train: TensorBatches
+    test: TensorBatches
+    probe: TensorBatches  # images whose softmax defines the class profiles (no augmentation)
+
+
+def split_holdout(labels: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, hold-out indices): `fraction` of each class (at least one image) held out."""
+    generator = torch.Generator().manual_seed(HOLDOUT_SEED)
+    held = []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        take = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
+        held.append(idx[torch.randperm(len(idx), generator=generator)[:take]])
+    held_idx = torch.cat(held).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_idx] = False
+    return keep.nonzero().flatten(), held_idx
+
+
+def default_augment(config: Config, ds: ImageDataset) -> Augment:
+    padding = config.data.crop_padding if config.data.crop_padding is not None else max(1, ds.image_size // 8)
+    flip = config.data.flip if config.data.flip is not None else ds.flip
+    return Augment(crop_padding=padding, flip=flip, cutout=config.data.cutout)
+
+
+def prepare_data(config: Config, device: torch.device, world: World = World(),
+                 ds: Optional[ImageDataset] = None) -> RunData:
+    ds = ds if ds is not None else load_dataset(config.data)
+    mean, std = ds.channel_stats()
+    normalize = Normalize(mean, std).to(device)
+    x, y = ds.train_images, ds.train_labels
+    probe_x, probe_y = x, y
+    if config.method.name == "ccn" and config.method.probe_set == "holdout":
+        keep, held = split_holdout(y, config.method.holdout_fraction)
+        probe_x, probe_y, x, y = x[held], y[held], x[keep], y[keep]
+    channels_last = config.train.channels_last and device.type == "cuda"
+    t, seed = config.train, config.seed
+    eval_kwargs = dict(normalize=normalize, shuffle=False, drop_last=False, channels_last=channels_last)
+    on = lambda a: a.to(device)  # noqa: E731
+    train = TensorBatches(on(x), on(y), min(t.batch_size, len(y)), normalize, default_augment(config, ds),
+                          seed=seed, rank=world.rank, world_size=world.world_size, channels_last=channels_last)
+    test = TensorBatches(on(ds.test_images), on(ds.test_labels), t.eval_batch_size, **eval_kwargs)
+    probe = TensorBatches(on(probe_x), on(probe_y), t.eval_batch_size, **eval_kwargs)
+    return RunData(ds, normalize, train, test, probe)
+
+
+# ---------------------------------------------------------------- models and heads
+
+
+def make_head(config: Config, in_features: int, num_classes: int, hierarchy: Optional[Hierarchy],
+              flat: Optional[torch.nn.Linear] = None) -> torch.nn.Module:
+    """FlatHead without a hierarchy, ThreeLevelHead for depth 1, TreeHead deeper."""
+    m = config.method
+    if hierarchy is None:
+        return FlatHead(in_features, num_classes)
+    if hierarchy.depth == 1:
+        return ThreeLevelHead(in_features, hierarchy.groups, flat=flat, flat_weight=m.flat_weight,
+                              blend_weight=m.blend_weight, init_from_flat=m.init_from_flat)
+    return TreeHead(in_features, hierarchy.tree, num_classes, flat=flat, flat_weight=m.flat_weight,
+                    blend_weight=m.blend_weight)
+
+
+def build_model(config: Config, num_classes: int, hierarchy: Optional[Hierarchy] = None) -> Classifier:
+    """The network of a run: used to train it and to rebuild it from its run folder."""
+    backbone = backbone_from_config(config.model)
+    head = make_head(config, backbone.num_features, num_classes, hierarchy)
+    return Classifier(backbone, head, config.model.dropout)
+
+
+# ---------------------------------------------------------------- step 2: groups
+
+
+@torch.no_grad()
+def flat_profiles(trainer: Trainer, probe: TensorBatches, num_classes: int) -> torch.Tensor:
+    """Mean softmax of the level-1 (flat) head per class: eval mode, no augmentation."""
+    out, labels = trainer.predict(probe)
+    return class_profiles(torch.softmax(out["z"].double(), dim=1), labels, num_classes)
+
+
+def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch: int) -> Hierarchy:
+    """The partition of step 2: learned from the profiles, or a control (random, oracle)."""
+    m = config.method
+    learned = build_hierarchy(profiles, ds.classes, m.metric, m.groups, m.threshold, m.linkage,
+                              m.min_group_size, m.max_group_size)
+    learned.how.update(epoch=epoch, probe_set=m.probe_set)
+    chosen = learned
+    if m.partition == "random":  # same sizes as the learned groups, shuffled classes
+        sizes = sorted((len(g) for g in learned.groups), reverse=True)
+        groups = random_partition(ds.num_classes, sizes, seed=config.seed)
+        chosen = Hierarchy(ds.classes, groups, {"partition": "random", "groups": len(groups), "epoch": epoch},
+                           distances=learned.distances, merges=learned.merges)
+    elif m.partition == "oracle":
+        groups = oracle_partition(ds.coarse, ds.name)
+        chosen = Hierarchy(ds.classes, groups, {"partition": "oracle", "groups": len(groups), "epoch": epoch},
+                           distances=learned.distances, merges=learned.merges)
+    if ds.coarse is not None:  # how well the groups match the data set's own coarse labels
+        chosen.how.update({f"coarse_{k}": v for k, v in agreement(chosen.groups, ds.coarse, ds.num_classes).items()})
+        chosen.how["coarse"] = list(ds.coarse)
+    return chosen
+
+
+@torch.no_grad()
+def split_large_groups(config: Config, trainer: Trainer, probe: TensorBatches, hierarchy: Hierarchy,
+                       epoch: int) -> Hierarchy:
+    """Recursion: inside each group of >= split_min_size classes, profile the classes with the masked
+    (level-3) softmax restricted to the group and cluster them again into round(sqrt(size)) parts."""
+    head = trainer.model.head
+    out, labels = trainer.predict(probe)
+    _, log_within = head.log_probs({k: v.to(head.mask.device) for k, v in out.items()})
+    log_within, tree = log_within.cpu(), []
+    for members in hierarchy.groups:
+        if len(members) < config.method.split_min_size:
+            tree.append(members)
+            continue
+        rows = torch.isin(labels, torch.tensor(members))
+        local = {c: i for i, c in enumerate(members)}
+        local_labels = torch.tensor([local[int(c)] for c in labels[rows]])
+        S = class_profiles(log_within[rows][:, members].exp(), local_labels, len(members))
+        sub = build_hierarchy(S, [str(c) for c in members], config.method.metric,
+                              max(2, default_group_count(len(members))), linkage=config.method.linkage)
+        tree.append([[members[i] for i in part] for part in sub.groups])
+    how = {**hierarchy.how, "depth": 2, "split_epoch": epoch}
+    return Hierarchy(hierarchy.classes, tree, how, hierarchy.distances, hierarchy.merges)
+
+
+def tree_head_from(three: ThreeLevelHead, tree: list, config: Config) -> TreeHead:
+    """A TreeHead that starts where the three-level head is: group nodes from `u`, classes from `v`,
+    the new sub-group nodes at zero (a uniform split)."""
+    num_classes = three.mask.shape[1]
+    head = TreeHead(three.flat.in_features, tree, num_classes, flat=three.flat,
+                    flat_weight=config.method.flat_weight, blend_weight=config.method.blend_weight)
+    parent, leaf_class = flatten_tree(tree)
+    top_nodes = [n for n in range(1, len(parent)) if parent[n] == 0]
+    with torch.no_grad():
+        head.nodes.weight.zero_()
+        head.nodes.bias.zero_()
+        for k, node in enumerate(top_nodes):
+            head.nodes.weight[node - 1] = three.cluster.weight[k]
+            head.nodes.bias[node - 1] = three.cluster.bias[k]
+        for node, c in leaf_class.items():
+            head.nodes.weight[node - 1] = three.masked.weight[c]
+            head.nodes.bias[node - 1] = three.masked.bias[c]
+    return head.to(three.mask.device)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def run_training(config: Config, out_dir: Optional[Path], log: Optional[RunLog] = None,
+                 world: World = World(), ds: Optional[ImageDataset] = None) -> dict:
+    """Train one run as `config` says; write the run folder when `out_dir` is given; return results."""
+    log = log or RunLog(out_dir, enabled=world.is_main)
+    started = time.perf_counter()
+    device = resolve_device(config.device, world)
+    seed_everything(config.seed, config.train.deterministic)
+    data = prepare_data(config, device, world, ds)
+    ds, m = data.ds, config.method
+    torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
+    model = build_model(config, ds.num_classes).to(device)
+    trainer = Trainer(model, config.train, device, len(data.train))
+    log.info(describe_run(config, ds, model, device, len(data.train)))
+
+    hierarchy, stage, cluster_seconds = None, "flat" if m.name == "flat" else "probe", 0.0
+    for epoch in range(1, config.train.epochs + 1):
+        stats = trainer.train_epoch(data.train, epoch)
+        if not math.isfinite(stats["loss"]):
+            from ccn.errors import CCNError
+            raise CCNError(f"the training loss became {stats['loss']} in epoch {epoch}: lower train.lr "
+                           "(or add train.warmup_epochs) and run again")
+        row_stage = stage
+        if m.name == "ccn" and epoch == cfgmod.clustering_epoch(m):
+            tick = time.perf_counter()
+            hierarchy = form_groups(config, flat_profiles(trainer, data.probe, ds.num_classes), ds, epoch)
+            cluster_seconds = time.perf_counter() - tick
+            torch.manual_seed(config.seed + 1)  # new heads start the same for every partition of a seed
+            model.head = make_head(config, model.backbone.num_features, ds.num_classes, hierarchy,
+                                   flat=model.head.flat).to(device)
+            trainer.add_new_parameters()
+            stage = "ccn"
+            log.info(f"  step 2 after epoch {epoch}: {len(hierarchy.groups)} {hierarchy.how['partition']} groups "
+                     f"(sizes {sorted((len(g) for g in hierarchy.groups), reverse=True)}), {cluster_seconds:.2f}s")
+        elif m.name == "ccn" and m.depth > 1 and epoch == cfgmod.recursion_epoch(m):
+            hierarchy = split_large_groups(config, trainer, data.probe, hierarchy, epoch)
+            model.head = tree_head_from(model.head, hierarchy.tree, config)
+            trainer.add_new_parameters()
+            stage = "tree"
+            log.info(f"  recursion after epoch {epoch}: tree of depth {hierarchy.depth}")
+        scores = score(trainer, data.test, hierarchy, m.inference)
+        log.epoch({"epoch": epoch, "epochs": config.train.epochs, "stage": row_stage, **stats,
+                   "top1": scores["top1"], "top5": scores["top5"], "lr": trainer.optimizer.param_groups[0]["lr"]})
+
+    results = score(trainer, data.test, hierarchy, m.inference)
+    results.update(run_facts(config, ds, model, device, time.perf_counter() - started, data))
+    results["clustering_seconds"] = cluster_seconds
+    if hierarchy is not None:
+        results["hierarchy"] = {"groups": hierarchy.named_groups(), "how": hierarchy.how}
+    log.info(final_line(results))
+    if out_dir is not None and world.is_main:
+        from ccn.runs import write_run
+        write_run(out_dir, config, model, results, hierarchy)
+    log.close()
+    return results
+
+
+def score(trainer: Trainer, test: TensorBatches, hierarchy: Optional[Hierarchy], rule: str) -> dict:
+    out, labels = trainer.predict(test)
+    mask = hierarchy.mask() if hierarchy is not None else None
+    return evaluate_outputs(trainer.model.head, out, labels, rule, mask)
+
+
+def describe_run(config: Config, ds: ImageDataset, model: torch.nn.Module, device, steps: int) -> str:
+    m = config.method
+    method = "flat baseline" if m.name == "flat" else (
+        f"ccn: {m.probe_epochs} probe epoch(s), groups after epoch {cfgmod.clustering_epoch(m)}, "
+        f"metric {m.metric}, partition {m.partition}, depth {m.depth}")
+    return (f"ccn train | data {ds.name}: {len(ds.train_labels)} train / {len(ds.test_labels)} test images, "
+            f"{ds.num_classes} classes, {ds.image_size}px | model {config.model.name} "
+            f"({count_parameters(model) / 1e6:.2f} M parameters) | {method} | {config.train.epochs} epochs x "
+            f"{steps} steps, batch {config.train.batch_size}, lr {config.train.lr} | seed {config.seed} | {device}")
+
+
+def run_facts(config: Config, ds: ImageDataset, model, device, seconds: float, data: RunData) -> dict:
+    return {
+        "data": ds.name, "num_classes": ds.num_classes, "classes": ds.classes, "train_images": len(data.train.labels),
+        "test_images": len(ds.test_labels), "model": config.model.name, "method": config.method.name,
+        "partition": config.method.partition if config.method.name == "ccn" else None,
+        "epochs": config.train.epochs, "seed": config.seed, "wall_time_s": round(seconds, 2),
+        "parameters": count_parameters(model), "device": str(device), "torch": torch.__version__,
+        "machine": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "preprocess": {"image_size": ds.image_size, "mean": data.normalize.mean.flatten().div(255).tolist(),
+                       "std": (1 / data.normalize.inv_std.flatten()).div(255).tolist()},
+    }
+
+
+def final_line(results: dict) -> str:
+    line = (f"done: {results['data']} {results['model']} {results['method']} | top1 {100 * results['top1']:.2f}% "
+            f"top5 {100 * results['top5']:.2f}% ({results['rule']} rule, {results['test_images']} test images)")
+    if len(results["rules"]) > 1:
+        line += " | " + ", ".join(f"{r} {100 * v['top1']:.2f}%" for r, v in results["rules"].items())
+    if "group_acc" in results:
+        line += f" | group acc {100 * results['group_acc']:.2f}% within {100 * results['within_acc']:.2f}%"
+    return line + f" | {results['wall_time_s']:.0f}s"

@@ -1,0 +1,55 @@
+"""What a run reports: one console line per epoch, `metrics.jsonl`, TensorBoard when installed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+class RunLog:
+    """Writes nothing when `enabled` is False (the non-zero ranks of a distributed run)."""
+
+    def __init__(self, out_dir: Optional[Path], enabled: bool = True, stream=None):
+        self.enabled, self.out_dir = enabled, out_dir
+        self.stream = stream or sys.stdout
+        self.tensorboard = None
+        if enabled and out_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
+            except (ImportError, ModuleNotFoundError):
+                self.tensorboard = None  # tensorboard is optional: pip install 'ccn[tensorboard]'
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=self.stream, flush=True)
+
+    def epoch(self, row: dict) -> None:
+        """Append one row to metrics.jsonl, print its console line, add TensorBoard scalars."""
+        if not self.enabled:
+            return
+        self.info(format_epoch(row))
+        if self.out_dir is not None:
+            with open(self.out_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.tensorboard.add_scalar(key, value, row["epoch"])
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def format_epoch(row: dict) -> str:
+    parts = [f"epoch {row['epoch']:>3}/{row['epochs']}", f"stage {row['stage']:<5}", f"loss {row['loss']:.4f}"]
+    for key in ("cluster", "within"):
+        if key in row:
+            parts.append(f"{key} {row[key]:.3f}")
+    parts += [f"top1 {100 * row['top1']:.2f}%", f"top5 {100 * row['top5']:.2f}%",
+              f"{row['images_per_s']:.0f} img/s", f"{row['seconds']:.1f}s"]
+    return " | ".join(parts)

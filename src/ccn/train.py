@@ -1,0 +1,116 @@
+"""The trainer: SGD with Nesterov momentum, per-step learning-rate schedules, autocast, evaluation.
+
+The training step does no host synchronisation: losses are summed on the device and read once
+per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from ccn.config import TrainConfig
+from ccn.data.loader import TensorBatches
+
+
+def lr_factor(cfg: TrainConfig, progress: float, warmup: float) -> float:
+    """Multiplier of cfg.lr at `progress` in [0, 1] of the run; `warmup` is the warm-up share."""
+    if progress < warmup:
+        return 0.1 + 0.9 * progress / warmup  # linear warm-up from lr / 10
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(progress >= m for m in cfg.milestones)
+    rest = (progress - warmup) / max(1e-12, 1 - warmup)
+    if cfg.schedule == "onecycle":  # ours: up over the first 30 % (or the warm-up), then linearly to 0
+        peak = warmup if warmup > 0 else 0.3
+        return 0.1 + 0.9 * progress / peak if progress < peak else max(0.0, (1 - progress) / (1 - peak))
+    return 0.5 * (1 + math.cos(math.pi * rest))  # cosine
+
+
+def parameter_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Weight decay on weights of rank >= 2 only; norm scales and biases are left alone (ours)."""
+    decay = [p for _, p in params if p.ndim >= 2]
+    rest = [p for _, p in params if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Owns the optimizer and the step counter for one model; knows nothing of the method."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, steps_per_epoch: int,
+                 train_module: nn.Module | None = None):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.train_module = train_module or model  # e.g. a DDP or compiled wrapper of `model`
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = max(1, cfg.epochs * steps_per_epoch)
+        self.warmup = cfg.warmup_epochs / cfg.epochs
+        self.step = 0
+        self.optimizer = torch.optim.SGD(parameter_groups(list(model.named_parameters()), cfg.weight_decay),
+                                         lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        use_bf16 = cfg.bf16 and device.type == "cuda"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    def add_new_parameters(self) -> int:
+        """Put parameters the model gained (new heads) under the optimizer; return how many."""
+        known = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        new = [(n, p) for n, p in self.model.named_parameters() if id(p) not in known]
+        for group in parameter_groups(new, self.cfg.weight_decay):
+            if group["params"]:
+                self.optimizer.add_param_group(group)
+        return len(new)
+
+    def _set_lr(self) -> None:
+        factor = lr_factor(self.cfg, self.step / self.total_steps, self.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * factor
+
+    def train_epoch(self, batches: TensorBatches, epoch: int, start_batch: int = 0) -> dict:
+        """One pass over `batches`; returns mean loss parts, images/s and seconds."""
+        self.model.train()
+        head = self.model.head
+        sums: dict[str, torch.Tensor] = {}
+        seen, start = 0, time.perf_counter()
+        total = len(batches)
+        show = self.cfg.progress and sys.stderr.isatty()
+        for i, (x, y) in enumerate(batches.epoch(epoch, start_batch), start=start_batch):
+            self._set_lr()
+            with self.autocast():
+                out = self.train_module(x)
+            parts = head.loss(out, y, self.cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            self.optimizer.step()
+            self.step += 1
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0) + value.detach() * len(y)
+            seen += len(y)
+            if show and (i % 10 == 0 or i + 1 == total):
+                sys.stderr.write(f"\r  epoch {epoch} batch {i + 1}/{total}")
+                sys.stderr.flush()
+        if show:
+            sys.stderr.write("\r" + " " * 40 + "\r")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        means = {key: float(value) / max(1, seen) for key, value in sums.items()}
+        return {**means, "images_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
+
+    @torch.no_grad()
+    def predict(self, batches: TensorBatches) -> tuple[dict, torch.Tensor]:
+        """Head outputs (on the CPU, float32) and labels for every item of `batches`, in order."""
+        self.model.eval()
+        outputs: dict[str, list] = {}
+        labels = []
+        for x, y in batches.epoch(0):
+            with self.autocast():
+                out = self.model(x)
+            for key, value in out.items():
+                outputs.setdefault(key, []).append(value.float().cpu())
+            labels.append(y.cpu())
+        return {k: torch.cat(v) for k, v in outputs.items()}, torch.cat(labels)
