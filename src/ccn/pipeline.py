@@ -224,6 +224,7 @@ def run_training(config: Config, out_dir: Optional[Path], log: Optional[RunLog] 
             raise CCNError(f"the training loss became {stats['loss']} in epoch {epoch}: lower train.lr "
                            "(or add train.warmup_epochs) and run again")
         row_stage = stage
+        scores = score(trainer, data.test, hierarchy, m.inference)  # the head this epoch trained
         if m.name == "ccn" and epoch == cfgmod.clustering_epoch(m):
             tick = time.perf_counter()
             hierarchy = form_groups(config, flat_profiles(trainer, data.probe, ds.num_classes), ds, epoch)
@@ -241,7 +242,6 @@ def run_training(config: Config, out_dir: Optional[Path], log: Optional[RunLog] 
             trainer.add_new_parameters()
             stage = "tree"
             log.info(f"  recursion after epoch {epoch}: tree of depth {hierarchy.depth}")
-        scores = score(trainer, data.test, hierarchy, m.inference)
         log.epoch({"epoch": epoch, "epochs": config.train.epochs, "stage": row_stage, **stats,
                    "top1": scores["top1"], "top5": scores["top5"], "lr": trainer.optimizer.param_groups[0]["lr"]})
 

@@ -1,0 +1,39 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CCN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own image cache, so tests never see each other's decoded folders."""
+    monkeypatch.setenv("CCN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def caltech_root() -> Path:
+    root = SHARED_DATA / "caltech101"
+    if not (root / "101_ObjectCategories").is_dir():
+        pytest.skip(f"Caltech-101 is not at {root} (set CCN_SHARED_DATA to the shared data folder)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_root(tmp_path_factory) -> Path:
+    archive = SHARED_DATA / "cifar10-jpeg.tar.xz"
+    if not archive.is_file():
+        pytest.skip(f"the CIFAR-10 JPEG archive is not at {archive} (set CCN_SHARED_DATA)")
+    dest = tmp_path_factory.mktemp("cifar10-jpeg")
+    subprocess.run(["bash", str(SHARED_DATA / "unpack.sh"), str(dest)], check=True, capture_output=True)
+    return dest / "cifar10-jpeg"
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run `python -m ccn ...` in a fresh process, as a user would."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "ccn", *args], capture_output=True, text=True, cwd=cwd, env=env)

@@ -1,0 +1,93 @@
+"""The command line as a user meets it: train, clusters, evaluate, predict on the bundled digits."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+
+QUICK = ["--set", "train.epochs=3", "--set", "model.width=8", "--set", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    result = run_cli("train", *QUICK, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_train_writes_a_complete_run_folder(digits_run):
+    out, stdout = digits_run
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= results["top1"] <= results["top5"] <= 1
+    assert results["data"] == "digits" and results["epochs"] == 3 and results["seed"] == 0
+    assert set(results["rules"]) == {"soft", "hard", "flat", "blend"}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[0]["stage"] == "probe" and rows[1]["stage"] == "ccn"
+    hierarchy = json.loads((out / "hierarchy.json").read_text())
+    assert sorted(c for g in hierarchy["groups"] for c in g) == sorted(hierarchy["classes"])
+    assert "top1" in stdout and "run folder" in stdout
+    assert "epochs: 3" in (out / "config.yaml").read_text()
+
+
+def test_evaluate_reproduces_the_saved_score(digits_run):
+    out, _ = digits_run
+    result = run_cli("evaluate", str(out))
+    assert result.returncode == 0, result.stderr
+    scored = json.loads(result.stdout)
+    saved = json.loads((out / "results.json").read_text())
+    assert scored["top1"] == pytest.approx(saved["top1"], abs=1e-6)
+
+
+def test_clusters_prints_groups_and_plots(digits_run):
+    out, _ = digits_run
+    result = run_cli("clusters", str(out), "--plot")
+    assert result.returncode == 0, result.stderr
+    assert "group  1" in result.stdout
+    for name in ("dendrogram.png", "distances.png"):
+        with Image.open(out / name) as image:
+            assert image.size[0] > 200
+
+
+def test_predict_on_image_files(digits_run, tmp_path):
+    out, _ = digits_run
+    from sklearn.datasets import load_digits
+    image = (load_digits().images[0] * 16).astype("uint8")
+    Image.fromarray(image).save(tmp_path / "zero.png")
+    result = run_cli("predict", str(out), str(tmp_path / "zero.png"), "--top", "2")
+    assert result.returncode == 0, result.stderr
+    assert "zero.png:" in result.stdout and "(group" in result.stdout and "%" in result.stdout
+
+
+def test_existing_run_folder_is_refused_then_forced(digits_run):
+    out, _ = digits_run
+    before = (out / "results.json").read_text()
+    result = run_cli("train", *QUICK, "--out", str(out))
+    assert result.returncode == 2 and "already holds a run" in result.stderr and "--force" in result.stderr
+    assert (out / "results.json").read_text() == before
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    result = run_cli("train", *QUICK, "--out", str(blocker))
+    assert result.returncode == 2 and "is a file" in result.stderr
+    assert blocker.read_text() == "mine"
+
+
+def test_more_groups_than_classes(tmp_path):
+    result = run_cli("train", *QUICK, "--set", "method.groups=11", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "method.groups=11 is impossible" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_from_another_model_is_refused(digits_run, tmp_path):
+    import shutil
+    out, _ = digits_run
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("width: 8", "width: 16"))
+    result = run_cli("evaluate", str(other))
+    assert result.returncode == 2 and "does not fit this model" in result.stderr

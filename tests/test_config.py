@@ -1,0 +1,58 @@
+import pytest
+
+from ccn import config as cfgmod
+from ccn.errors import ConfigError
+from conftest import run_cli
+
+
+def test_defaults_are_valid_and_overrides_apply():
+    c = cfgmod.load(None, ["train.epochs=3", "model.name=resnet20", "method.metric=js", "data.image_size=16"])
+    assert (c.train.epochs, c.model.name, c.method.metric, c.data.image_size) == (3, "resnet20", "js", 16)
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 7\n  lr: 0.2\nmethod:\n  name: flat\n")
+    c = cfgmod.load(path, ["train.lr=0.3"])
+    assert (c.train.epochs, c.train.lr, c.method.name) == (7, 0.3, "flat")
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epoch=3", ["unknown config key 'train.epoch'", "epochs"]),
+    ("trian.epochs=3", ["unknown config key 'trian'"]),
+    ("train.epochs=three", ["train.epochs must be a whole number"]),
+    ("train.epochs=0", ["train.epochs must be greater than 0"]),
+    ("train.epochs=-2", ["train.epochs must be greater than 0"]),
+    ("train.lr=fast", ["train.lr must be a number"]),
+    ("method.metric=l3", ["method.metric='l3' is not allowed", "l1"]),
+    ("method.groups=0", ["method.groups must be greater than 0"]),
+    ("data.download=maybe", ["data.download must be true or false"]),
+    ("train.label_smoothing=2", ["between 0 and 1"]),
+    ("device=tpu", ["device='tpu' is not allowed"]),
+    ("train.epochs", ["KEY=VALUE"]),
+])
+def test_bad_values_name_the_key(override, words):
+    with pytest.raises(ConfigError) as err:
+        cfgmod.load(None, [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_probe_epochs_must_leave_room_for_step_3():
+    with pytest.raises(ConfigError, match="raise train.epochs"):
+        cfgmod.load(None, ["train.epochs=2", "method.probe_epochs=2"])
+    cfgmod.load(None, ["train.epochs=2", "method.probe_epochs=2", "method.name=flat"])  # flat: no clustering
+
+
+def test_cli_bad_key_is_one_line_exit_2(tmp_path):
+    result = run_cli("train", "--set", "train.epochz=1", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "train.epochz" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_missing_config_file(tmp_path):
+    result = run_cli("train", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,144 @@
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ccn.heads import FlatHead, ThreeLevelHead, TreeHead, group_index
+from ccn.errors import ConfigError
+
+GROUPS = [[0, 3, 5], [1, 2], [4]]  # 6 classes in 3 groups, not in index order
+
+
+def make_head(groups=GROUPS, d=8, seed=0, **kw):
+    torch.manual_seed(seed)
+    return ThreeLevelHead(d, groups, **kw)
+
+
+def test_probabilities_sum_to_one_and_factorise():
+    head = make_head()
+    out = head(torch.randn(5, 8))
+    log_p, log_within = head.log_probs(out)
+    assert torch.allclose(log_p.exp().sum(1), torch.ones(5), atol=1e-6)
+    p_group = torch.softmax(out["u"], 1)
+    for k, members in enumerate(GROUPS):
+        assert torch.allclose(log_within[:, members].exp().sum(1), torch.ones(5), atol=1e-6)
+        assert torch.allclose(log_p[:, members].exp().sum(1), p_group[:, k], atol=1e-6)
+
+
+def test_one_group_soft_equals_softmax_of_v():
+    head = make_head(groups=[list(range(6))])
+    out = head(torch.randn(4, 8))
+    assert torch.allclose(head.scores(out, "soft"), F.log_softmax(out["v"], 1), atol=1e-6)
+
+
+def test_singleton_groups_hard_equals_soft():
+    head = make_head(groups=[[c] for c in range(6)])
+    out = head(torch.randn(16, 8))
+    assert torch.equal(head.scores(out, "hard").argmax(1), head.scores(out, "soft").argmax(1))
+    assert torch.allclose(head.scores(out, "soft"), F.log_softmax(out["u"], 1), atol=1e-6)
+
+
+def test_hard_rule_picks_inside_the_chosen_group():
+    head = make_head()
+    out = head(torch.randn(32, 8))
+    chosen = out["u"].argmax(1)
+    picked = head.scores(out, "hard").argmax(1)
+    assert torch.equal(head.group_of[picked], chosen)
+    top5 = head.scores(out, "hard").topk(5, 1).indices  # classes of the chosen group come first
+    sizes = torch.tensor([len(GROUPS[k]) for k in chosen])
+    for row, size, k in zip(top5, sizes, chosen):
+        assert set(row[:size].tolist()) == set(GROUPS[int(k)])
+
+
+def test_loss_equals_negative_log_likelihood_by_hand():
+    head = make_head(flat_weight=0.0)
+    out = head(torch.randn(6, 8))
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    parts = head.loss(out, y)
+    u, v = out["u"].detach(), out["v"].detach()
+    expected = []
+    for i, c in enumerate(y.tolist()):
+        k = next(k for k, g in enumerate(GROUPS) if c in g)
+        p_k = math.exp(u[i, k]) / sum(math.exp(u[i, j]) for j in range(3))
+        p_c = math.exp(v[i, c]) / sum(math.exp(v[i, j]) for j in GROUPS[k])
+        expected.append(-math.log(p_k * p_c))
+    assert parts["loss"].item() == pytest.approx(sum(expected) / 6, rel=1e-5)
+    assert parts["loss"].item() == pytest.approx((parts["cluster"] + parts["within"]).item(), rel=1e-6)
+
+
+def test_flat_term_is_added_with_its_weight():
+    head = make_head(flat_weight=0.5)
+    out = head(torch.randn(6, 8))
+    y = torch.arange(6)
+    parts = head.loss(out, y)
+    assert parts["loss"].item() == pytest.approx((parts["cluster"] + parts["within"] + 0.5 * parts["flat"]).item(),
+                                                 rel=1e-6)
+
+
+def test_masked_classes_get_no_gradient():
+    head = make_head()
+    out = head(torch.randn(1, 8))
+    out["v"].retain_grad()
+    head.loss(out, torch.tensor([1]))["within"].backward()
+    grad = out["v"].grad[0]
+    outside = [c for c in range(6) if c not in GROUPS[1]]
+    assert torch.all(grad[outside] == 0)
+    assert torch.all(grad[GROUPS[1]] != 0)
+
+
+def test_init_from_flat_copies_level_one():
+    flat = torch.nn.Linear(8, 6)
+    head = ThreeLevelHead(8, GROUPS, flat=flat, init_from_flat=True)
+    assert head.flat is flat and torch.equal(head.masked.weight, flat.weight)
+
+
+def test_partition_errors():
+    with pytest.raises(ConfigError, match="disjoint"):
+        group_index([[0, 1], [1, 2]], 3)
+    with pytest.raises(ConfigError, match="in no group"):
+        group_index([[0], [2]], 3)
+
+
+def _tree_like(head3: ThreeLevelHead, groups) -> TreeHead:
+    from ccn.config import Config
+    from ccn.pipeline import tree_head_from
+    return tree_head_from(head3, groups, Config())
+
+
+def test_tree_head_of_depth_one_equals_three_level_head():
+    head3 = make_head()
+    tree = _tree_like(head3, GROUPS)
+    h = torch.randn(7, 8)
+    out3, outt = head3(h), tree(h)
+    for rule in ("soft", "flat", "blend"):
+        assert torch.allclose(head3.scores(out3, rule), tree.scores(outt, rule), atol=1e-5), rule
+    # hard: the bonus differs in size, the ranking of the classes does not
+    assert torch.equal(head3.scores(out3, "hard").argsort(1), tree.scores(outt, "hard").argsort(1))
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 0])
+    l3, lt = head3.loss(out3, y), tree.loss(outt, y)
+    for key in ("loss", "cluster", "within"):
+        assert lt[key].item() == pytest.approx(l3[key].item(), rel=1e-5)
+
+
+def test_tree_head_depth_two_sums_to_one_and_matches_path_product():
+    torch.manual_seed(0)
+    tree = [[[0, 3], [5]], [1, 2], [4]]
+    head = TreeHead(8, tree, 6)
+    out = head(torch.randn(3, 8))
+    log_p = head.scores(out, "soft")
+    assert torch.allclose(log_p.exp().sum(1), torch.ones(3), atol=1e-6)
+    # class 3: root -> node A ([[0,3],[5]]) -> node [0,3] -> 3; nodes are numbered breadth first
+    t = out["t"]
+    a = F.log_softmax(t[:, [0, 1, 2]], 1)[:, 0]       # A among the 3 top nodes
+    b = F.log_softmax(t[:, [3, 4]], 1)[:, 0]          # [0,3] among A's children
+    c = F.log_softmax(t[:, [8, 9]], 1)[:, 1]          # 3 among [0,3]'s leaves
+    assert torch.allclose(log_p[:, 3], a + b + c, atol=1e-5)
+    parts = head.loss(out, torch.tensor([3, 3, 3]))
+    assert parts["cluster"].item() + parts["within"].item() == pytest.approx(-(a + b + c).mean().item(), rel=1e-5)
+
+
+def test_flat_head_rules():
+    head = FlatHead(4, 3)
+    out = head(torch.randn(2, 4))
+    assert head.rules == ("flat",) and torch.equal(head.scores(out), out["z"])
