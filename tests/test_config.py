@@ -29,6 +29,7 @@ def test_yaml_file_then_overrides(tmp_path):
     ("data.download=maybe", ["data.download must be true or false"]),
     ("train.label_smoothing=2", ["between 0 and 1"]),
     ("device=tpu", ["device='tpu' is not allowed"]),
+    ("method.depth=3", ["only depth 1", "method.depth=2"]),
     ("train.epochs", ["KEY=VALUE"]),
 ])
 def test_bad_values_name_the_key(override, words):

@@ -1,12 +1,15 @@
-"""Weights on disk: safetensors files written atomically (temporary file, fsync, rename)."""
+"""Weights and training state on disk: safetensors files written atomically (temporary file,
+fsync, rename), with no pickled Python objects, so loading never runs code."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ccn.errors import CCNError
@@ -34,12 +37,8 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = Non
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()}))
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load a safetensors file into `model`, refusing files made for another model or class count."""
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CCNError(f"cannot read weights {path} ({err}): the file is missing or damaged") from None
+def check_state_fits(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """CCNError unless `state` has exactly the model's keys and shapes."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -49,4 +48,97 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
                   else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}")
         raise CCNError(f"{path} does not fit this model ({detail}): it was saved from another backbone, head or "
                        "class count; use the run folder it came from")
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a safetensors file into `model`, refusing files made for another model or class count."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CCNError(f"cannot read weights {path} ({err}): the file is missing or damaged") from None
+    check_state_fits(model, state, path)
     model.load_state_dict(state)
+
+
+# ---------------------------------------------------------------- full training state (resume)
+
+STATE_FILE = "checkpoint.safetensors"
+_STATE_KEY = "ccn_state"
+
+
+def fault_point(name: str) -> None:
+    """Testing hook: the process kills itself with SIGKILL when CCN_FAULT names this point.
+
+    The resume tests use it to stop a run at exact places (mid-epoch, inside a save, right after
+    clustering); it does nothing unless that variable is set."""
+    if os.environ.get("CCN_FAULT") == name:
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Split an optimizer's state into tensors (for safetensors) and plain JSON-able values."""
+    state = optimizer.state_dict()
+    tensors, plain = {}, {"param_groups": state["param_groups"], "state": {}}
+    for index, entries in state["state"].items():
+        plain["state"][str(index)] = {}
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain["state"][str(index)][key] = value
+    return tensors, plain
+
+
+def _optimizer_state(tensors: dict, plain: dict) -> dict:
+    state = {int(i): dict(values) for i, values in plain["state"].items()}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Everything a run needs to continue exactly: weights, optimizer, RNG states, `state` (plain data).
+
+    One safetensors file, written atomically: a crash during the save leaves the previous one."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optim_tensors, optim_plain = _optimizer_parts(optimizer)
+    tensors.update(optim_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = rng
+    meta = {_STATE_KEY: json.dumps({**state, "optimizer": optim_plain})}
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=meta)
+        fault_point("during-save")
+
+    atomic_write(path, write)
+
+
+def read_training_state(path: Path) -> tuple[dict, dict]:
+    """(tensors, state) of a checkpoint; CCNError when it is damaged or not ours."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        return tensors, json.loads(meta[_STATE_KEY])
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        raise CCNError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}): it is damaged or not a ccn "
+                       "checkpoint; start a new run") from None
+
+
+def restore_training_state(tensors: dict, state: dict, model: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer, source: Path) -> None:
+    """Load weights (checked against the model), optimizer state and RNG states."""
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_state_fits(model, weights, source)
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(_optimizer_state(tensors, state["optimizer"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])

@@ -1,4 +1,4 @@
-"""The `ccn` command: train, clusters, evaluate, predict.
+"""The `ccn` command: train, clusters, evaluate, predict, experiment.
 
 Every problem a user can fix ends in one line on stderr and exit status 2, never a traceback.
 """
@@ -19,15 +19,25 @@ def _train(args) -> None:
     from ccn import config as cfgmod
     from ccn.dist import world_from_env
     from ccn.pipeline import run_training
-    from ccn.runs import default_run_dir, prepare_run_dir
+    from ccn.runs import default_run_dir, prepare_run_dir, resume_run_dir, start_run_dir
     from ccn.tracking import RunLog
 
-    config = cfgmod.load(args.config, args.set)
     world = world_from_env()
-    out = Path(args.out) if args.out else default_run_dir(config)
-    if world.is_main:
-        prepare_run_dir(out, force=args.force)
-    run_training(config, out, RunLog(out, enabled=world.is_main), world=world)
+    if args.resume:
+        if args.config or args.set or args.out or args.force:
+            raise CCNError("--resume continues a run with its own config.yaml: drop --config, --set, --out and --force")
+        out = Path(args.resume)
+        config = resume_run_dir(out)
+        if config is None:
+            print(f"{out} has already finished (results.json is there): nothing to resume")
+            return
+    else:
+        config = cfgmod.load(args.config, args.set)
+        out = Path(args.out) if args.out else default_run_dir(config)
+        if world.is_main:
+            prepare_run_dir(out, force=args.force)
+            start_run_dir(out, config)
+    run_training(config, out, RunLog(out, enabled=world.is_main), world=world, resume=bool(args.resume))
     if world.is_main:
         print(f"run folder: {out}")
 
@@ -94,6 +104,19 @@ def _predict(args) -> None:
         print(line)
 
 
+def _experiment(args) -> None:
+    from ccn.experiment import load_grid, run_grid
+
+    grid = load_grid(args.config, args.set)
+    out = Path(args.out) if args.out else Path("experiments") / grid.name
+    summary = run_grid(grid, out)
+    for name, p in summary["paired"].items():
+        ci = p["ci95"]
+        interval = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "(one seed)"
+        print(f"{name} vs {summary['reference']}: {100 * p['diff_mean']:+.2f} points {interval}: {p['verdict']}")
+    print(f"report: {out / 'report.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccn", description="Clustering and Classification Networks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
     train.add_argument("--out", help="run folder (default: runs/<data>-<model>-<method>-s<seed>-<time>)")
     train.add_argument("--force", action="store_true", help="replace the run files in an existing --out")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     train.set_defaults(func=_train)
     clusters = sub.add_parser("clusters", help="print the groups of a run; --plot writes figures")
     clusters.add_argument("run_dir")
@@ -116,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top", type=int, default=3)
     predict.set_defaults(func=_predict)
+    experiment = sub.add_parser("experiment", help="variants x seeds with paired statistics and a report")
+    experiment.add_argument("--config", required=True, help="grid YAML with base:, variants:, seeds:")
+    experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a base key, or seeds=[...] / reference=NAME")
+    experiment.add_argument("--out", help="experiment folder (default: experiments/<grid name>); rerun to continue")
+    experiment.set_defaults(func=_experiment)
     return parser
 
 

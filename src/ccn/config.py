@@ -284,6 +284,9 @@ def _validate_method_schedule(config: Config) -> None:
             f"groups are formed after epoch {cluster_epoch} but train.epochs is {epochs}: "
             "raise train.epochs or lower method.probe_epochs / method.cluster_epoch"
         )
+    if meth.depth > 2:
+        raise ConfigError(f"method.depth={meth.depth}: only depth 1 (groups) and 2 (groups split once more) are "
+                          "implemented; use method.depth=2")
     if meth.depth > 1 and recursion_epoch(meth) >= epochs:
         raise ConfigError(
             f"method.depth={meth.depth} splits groups after epoch {recursion_epoch(meth)} but train.epochs is "

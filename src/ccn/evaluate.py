@@ -12,6 +12,15 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
 
 
+def per_class_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> list:
+    """Top-1 per true class (None for a class with no test image)."""
+    correct = (scores.argmax(dim=1) == labels).float()
+    num_classes = scores.shape[1]
+    hits = torch.zeros(num_classes, device=scores.device).index_add_(0, labels, correct)
+    counts = torch.bincount(labels, minlength=num_classes)
+    return [float(h / n) if n > 0 else None for h, n in zip(hits.tolist(), counts.tolist())]
+
+
 def group_metrics(log_p: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
     """From log p(c|x) (B, C) and the (K, C) group mask: how often the most probable group is the
     true one, how often the true class wins inside its true group, and top-1 per true group."""
@@ -41,7 +50,8 @@ def evaluate_outputs(head: torch.nn.Module, out: dict, labels: torch.Tensor, def
         scores = head.scores(out, rule)
         rules[rule] = {"top1": topk_accuracy(scores, labels, 1), "top5": topk_accuracy(scores, labels, 5)}
     rule = default_rule if default_rule in rules else head.rules[0]
-    result = {"top1": rules[rule]["top1"], "top5": rules[rule]["top5"], "rule": rule, "rules": rules}
+    result = {"top1": rules[rule]["top1"], "top5": rules[rule]["top5"], "rule": rule, "rules": rules,
+              "per_class_top1": per_class_accuracy(head.scores(out, rule), labels)}
     if mask is not None and "soft" in head.rules:
         result.update(group_metrics(head.scores(out, "soft"), labels, mask))
     return result

@@ -24,8 +24,10 @@ from ccn import config as cfgmod
 from ccn.config import Config
 from ccn.data import ImageDataset, load_dataset
 from ccn.data.augment import Augment, Normalize
+from ccn.checkpoint import STATE_FILE, fault_point, read_training_state, restore_training_state, save_training_state
 from ccn.data.loader import TensorBatches
 from ccn.dist import World, resolve_device
+from ccn.errors import CCNError
 from ccn.evaluate import evaluate_outputs
 from ccn.heads import FlatHead, ThreeLevelHead, TreeHead, flatten_tree
 from ccn.hierarchy import (Hierarchy, agreement, build_hierarchy, class_profiles, default_group_count, oracle_partition,
@@ -203,59 +205,138 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def run_training(config: Config, out_dir: Optional[Path], log: Optional[RunLog] = None,
-                 world: World = World(), ds: Optional[ImageDataset] = None) -> dict:
-    """Train one run as `config` says; write the run folder when `out_dir` is given; return results."""
-    log = log or RunLog(out_dir, enabled=world.is_main)
-    started = time.perf_counter()
-    device = resolve_device(config.device, world)
-    seed_everything(config.seed, config.train.deterministic)
-    data = prepare_data(config, device, world, ds)
-    ds, m = data.ds, config.method
-    torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
-    model = build_model(config, ds.num_classes).to(device)
-    trainer = Trainer(model, config.train, device, len(data.train))
-    log.info(describe_run(config, ds, model, device, len(data.train)))
+                 world: World = World(), ds: Optional[ImageDataset] = None, resume: bool = False) -> dict:
+    """Train one run as `config` says; write the run folder when `out_dir` is given; return results.
 
-    hierarchy, stage, cluster_seconds = None, "flat" if m.name == "flat" else "probe", 0.0
-    for epoch in range(1, config.train.epochs + 1):
-        stats = trainer.train_epoch(data.train, epoch)
-        if not math.isfinite(stats["loss"]):
-            from ccn.errors import CCNError
-            raise CCNError(f"the training loss became {stats['loss']} in epoch {epoch}: lower train.lr "
-                           "(or add train.warmup_epochs) and run again")
-        row_stage = stage
-        scores = score(trainer, data.test, hierarchy, m.inference)  # the head this epoch trained
-        if m.name == "ccn" and epoch == cfgmod.clustering_epoch(m):
-            tick = time.perf_counter()
-            hierarchy = form_groups(config, flat_profiles(trainer, data.probe, ds.num_classes), ds, epoch)
-            cluster_seconds = time.perf_counter() - tick
-            torch.manual_seed(config.seed + 1)  # new heads start the same for every partition of a seed
-            model.head = make_head(config, model.backbone.num_features, ds.num_classes, hierarchy,
-                                   flat=model.head.flat).to(device)
-            trainer.add_new_parameters()
-            stage = "ccn"
-            log.info(f"  step 2 after epoch {epoch}: {len(hierarchy.groups)} {hierarchy.how['partition']} groups "
-                     f"(sizes {sorted((len(g) for g in hierarchy.groups), reverse=True)}), {cluster_seconds:.2f}s")
-        elif m.name == "ccn" and m.depth > 1 and epoch == cfgmod.recursion_epoch(m):
-            hierarchy = split_large_groups(config, trainer, data.probe, hierarchy, epoch)
-            model.head = tree_head_from(model.head, hierarchy.tree, config)
-            trainer.add_new_parameters()
-            stage = "tree"
-            log.info(f"  recursion after epoch {epoch}: tree of depth {hierarchy.depth}")
-        log.epoch({"epoch": epoch, "epochs": config.train.epochs, "stage": row_stage, **stats,
-                   "top1": scores["top1"], "top5": scores["top5"], "lr": trainer.optimizer.param_groups[0]["lr"]})
+    With `resume`, continue from the run folder's checkpoint (or from the start when it has none)."""
+    run = MethodRun(config, out_dir, log or RunLog(out_dir, enabled=world.is_main), world, ds)
+    if resume:
+        run.resume()
+    return run.train()
 
-    results = score(trainer, data.test, hierarchy, m.inference)
-    results.update(run_facts(config, ds, model, device, time.perf_counter() - started, data))
-    results["clustering_seconds"] = cluster_seconds
-    if hierarchy is not None:
-        results["hierarchy"] = {"groups": hierarchy.named_groups(), "how": hierarchy.how}
-    log.info(final_line(results))
-    if out_dir is not None and world.is_main:
-        from ccn.runs import write_run
-        write_run(out_dir, config, model, results, hierarchy)
-    log.close()
-    return results
+
+class MethodRun:
+    """One training run: flat, or the CCN pipeline with its head swaps, checkpointed every epoch."""
+
+    def __init__(self, config: Config, out_dir: Optional[Path], log: RunLog, world: World,
+                 ds: Optional[ImageDataset]):
+        self.config, self.out_dir, self.log, self.world = config, out_dir, log, world
+        self.started = time.perf_counter()
+        self.device = resolve_device(config.device, world)
+        seed_everything(config.seed, config.train.deterministic)
+        self.data = prepare_data(config, self.device, world, ds)
+        self.ds = self.data.ds
+        torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
+        self.model = build_model(config, self.ds.num_classes).to(self.device)
+        if config.train.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # A compiled wrapper sees the head swaps of step 3 through its guards and recompiles once.
+        module = torch.compile(self.model) if config.train.compile else self.model
+        self.trainer = Trainer(self.model, config.train, self.device, len(self.data.train), train_module=module)
+        self.hierarchy: Optional[Hierarchy] = None
+        self.stage = "flat" if config.method.name == "flat" else "probe"
+        self.cluster_seconds, self.earlier_seconds, self.first_epoch = 0.0, 0.0, 1
+
+    # -- the loop
+
+    def train(self) -> dict:
+        config, m = self.config, self.config.method
+        self.log.info(describe_run(config, self.ds, self.model, self.device, len(self.data.train)))
+        for epoch in range(self.first_epoch, config.train.epochs + 1):
+            stats = self.trainer.train_epoch(self.data.train, epoch)
+            if not math.isfinite(stats["loss"]):
+                kept = "the checkpoint of the last good epoch is kept; " if self._checkpoint_path() else ""
+                raise CCNError(f"the training loss became {stats['loss']} in epoch {epoch}: {kept}lower train.lr "
+                               "(or add train.warmup_epochs) and run again")
+            row_stage = self.stage
+            scores = score(self.trainer, self.data.test, self.hierarchy, m.inference)  # the head this epoch trained
+            if m.name == "ccn" and epoch == cfgmod.clustering_epoch(m):
+                fault_point("after-probe")
+                self.form_groups(epoch)
+                fault_point("after-clustering")
+            elif m.name == "ccn" and m.depth > 1 and epoch == cfgmod.recursion_epoch(m):
+                self.split_groups(epoch)
+            self.log.epoch({"epoch": epoch, "epochs": config.train.epochs, "stage": row_stage, **stats,
+                            "top1": scores["top1"], "top5": scores["top5"],
+                            "lr": self.trainer.optimizer.param_groups[0]["lr"]})
+            self.save_checkpoint(epoch)
+        return self.finish()
+
+    def form_groups(self, epoch: int) -> None:
+        """Step 2, then the three-level head of step 3 on the same features."""
+        tick = time.perf_counter()
+        profiles = flat_profiles(self.trainer, self.data.probe, self.ds.num_classes)
+        self.hierarchy = form_groups(self.config, profiles, self.ds, epoch)
+        self.cluster_seconds = time.perf_counter() - tick
+        torch.manual_seed(self.config.seed + 1)  # new heads start the same for every partition of a seed
+        self._install_head(make_head(self.config, self.model.backbone.num_features, self.ds.num_classes,
+                                     self.hierarchy, flat=self.model.head.flat), "ccn")
+        sizes = sorted((len(g) for g in self.hierarchy.groups), reverse=True)
+        self.log.info(f"  step 2 after epoch {epoch}: {len(sizes)} {self.hierarchy.how['partition']} groups "
+                      f"(sizes {sizes}), {self.cluster_seconds:.2f}s")
+
+    def split_groups(self, epoch: int) -> None:
+        """The recursion: split large groups and continue with a tree head."""
+        self.hierarchy = split_large_groups(self.config, self.trainer, self.data.probe, self.hierarchy, epoch)
+        self._install_head(tree_head_from(self.model.head, self.hierarchy.tree, self.config), "tree")
+        self.log.info(f"  recursion after epoch {epoch}: tree of depth {self.hierarchy.depth}")
+
+    def _install_head(self, head: torch.nn.Module, stage: str) -> None:
+        self.model.head = head.to(self.device)
+        self.trainer.rebuild_optimizer()
+        self.stage = stage
+
+    def finish(self) -> dict:
+        results = score(self.trainer, self.data.test, self.hierarchy, self.config.method.inference)
+        seconds = self.earlier_seconds + time.perf_counter() - self.started
+        results.update(run_facts(self.config, self.ds, self.model, self.device, seconds, self.data))
+        results["clustering_seconds"] = self.cluster_seconds
+        if self.hierarchy is not None:
+            results["hierarchy"] = {"groups": self.hierarchy.named_groups(), "how": self.hierarchy.how}
+        self.log.info(final_line(results))
+        if self.out_dir is not None and self.world.is_main:
+            from ccn.runs import write_run
+            write_run(self.out_dir, self.config, self.model, results, self.hierarchy)
+        self.log.close()
+        return results
+
+    # -- checkpoints
+
+    def _checkpoint_path(self) -> Optional[Path]:
+        return Path(self.out_dir) / STATE_FILE if self.out_dir is not None else None
+
+    def save_checkpoint(self, epoch: int) -> None:
+        path = self._checkpoint_path()
+        if path is None or not self.world.is_main:
+            return
+        state = {"epoch": epoch, "step": self.trainer.step, "stage": self.stage,
+                 "hierarchy": self.hierarchy.to_json() if self.hierarchy is not None else None,
+                 "cluster_seconds": self.cluster_seconds,
+                 "seconds": self.earlier_seconds + time.perf_counter() - self.started,
+                 "config": self.config.to_dict()}
+        save_training_state(path, self.model, self.trainer.optimizer, state)
+
+    def resume(self) -> None:
+        """Continue after the last saved epoch; with no checkpoint yet, start again from epoch 1."""
+        path = self._checkpoint_path()
+        if path is None or not path.exists():
+            self.log.truncate(0)
+            return
+        tensors, state = read_training_state(path)
+        if state["config"] != self.config.to_dict():
+            raise CCNError(f"{path} was saved with another configuration than {path.parent / 'config.yaml'}: "
+                           "restore that file, or start a new run")
+        if state["hierarchy"] is not None:
+            self.hierarchy = Hierarchy.from_json(state["hierarchy"])
+            head = make_head(self.config, self.model.backbone.num_features, self.ds.num_classes, self.hierarchy,
+                             flat=self.model.head.flat)
+            self._install_head(head, state["stage"])
+        restore_training_state(tensors, state, self.model, self.trainer.optimizer, path)
+        self.trainer.step, self.stage = state["step"], state["stage"]
+        self.cluster_seconds, self.earlier_seconds = state["cluster_seconds"], state["seconds"]
+        self.first_epoch = state["epoch"] + 1
+        self.log.truncate(state["epoch"])
+        self.log.info(f"resuming {path.parent} after epoch {state['epoch']} (stage {self.stage})")
 
 
 def score(trainer: Trainer, test: TensorBatches, hierarchy: Optional[Hierarchy], rule: str) -> dict:

@@ -18,12 +18,12 @@ from typing import Optional
 import torch
 
 from ccn import config as cfgmod
-from ccn.checkpoint import atomic_write, load_weights, save_weights
+from ccn.checkpoint import STATE_FILE, atomic_write, load_weights, save_weights
 from ccn.config import Config
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", "model.safetensors")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", "model.safetensors", STATE_FILE)
 
 
 def default_run_dir(config: Config) -> Path:
@@ -52,6 +52,23 @@ def prepare_run_dir(path: Path, force: bool = False) -> Path:
     if (path / "tensorboard").is_dir() and force:
         shutil.rmtree(path / "tensorboard")
     return path
+
+
+def start_run_dir(path: Path, config: Config) -> None:
+    """Write config.yaml before training starts, so an interrupted run can be resumed."""
+    atomic_write(Path(path) / "config.yaml", lambda tmp: cfgmod.dump(config, tmp))
+
+
+def resume_run_dir(path: Path) -> Optional[Config]:
+    """The config of an interrupted run folder, or None when that run has already finished."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise CCNError(f"{path} is not a ccn run folder (no config.yaml): pass the --out folder of the interrupted run")
+    if (path / "results.json").is_file():
+        return None
+    for stale in path.glob(".*.tmp"):  # a save that was killed half-way; the file it replaced is intact
+        stale.unlink()
+    return cfgmod.load(path / "config.yaml")
 
 
 def write_json(path: Path, obj) -> None:

@@ -40,6 +40,15 @@ class RunLog:
                     self.tensorboard.add_scalar(key, value, row["epoch"])
             self.tensorboard.flush()
 
+    def truncate(self, last_epoch: int) -> None:
+        """Drop metrics.jsonl rows after `last_epoch` (a resumed run replays those epochs)."""
+        path = self.out_dir / "metrics.jsonl" if self.enabled and self.out_dir is not None else None
+        if path is None or not path.exists():
+            return
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)["epoch"] <= last_epoch]
+        path.write_text("".join(line + "\n" for line in kept))
+
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()

@@ -7,6 +7,7 @@ per epoch.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -14,6 +15,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from ccn.checkpoint import fault_point
 from ccn.config import TrainConfig
 from ccn.data.loader import TensorBatches
 
@@ -51,19 +53,25 @@ class Trainer:
         self.total_steps = max(1, cfg.epochs * steps_per_epoch)
         self.warmup = cfg.warmup_epochs / cfg.epochs
         self.step = 0
-        self.optimizer = torch.optim.SGD(parameter_groups(list(model.named_parameters()), cfg.weight_decay),
-                                         lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        self.optimizer = self._new_optimizer()
+        self.fault = os.environ.get("CCN_FAULT")  # testing hook, see ccn.checkpoint.fault_point
         use_bf16 = cfg.bf16 and device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
-    def add_new_parameters(self) -> int:
-        """Put parameters the model gained (new heads) under the optimizer; return how many."""
-        known = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-        new = [(n, p) for n, p in self.model.named_parameters() if id(p) not in known]
-        for group in parameter_groups(new, self.cfg.weight_decay):
-            if group["params"]:
-                self.optimizer.add_param_group(group)
-        return len(new)
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        groups = parameter_groups(list(self.model.named_parameters()), self.cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=self.cfg.momentum > 0)
+
+    def rebuild_optimizer(self) -> None:
+        """Optimise exactly the model's current parameters (after a head swap), keeping the momentum
+        of those it already had. The groups then depend only on the model, so a resumed run
+        rebuilds the same optimizer."""
+        old = self.optimizer
+        self.optimizer = self._new_optimizer()
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p in old.state:
+                    self.optimizer.state[p] = old.state[p]
 
     def _set_lr(self) -> None:
         factor = lr_factor(self.cfg, self.step / self.total_steps, self.warmup)
@@ -87,6 +95,8 @@ class Trainer:
             parts["loss"].backward()
             self.optimizer.step()
             self.step += 1
+            if self.fault is not None:
+                fault_point(f"step-{self.step}")
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0) + value.detach() * len(y)
             seen += len(y)

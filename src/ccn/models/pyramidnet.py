@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ccn.models.registry import Backbone, register_backbone
+from ccn.models.registry import Backbone, kaiming_init, register_backbone
 
 
 class _ShakeDropFunction(torch.autograd.Function):
@@ -84,9 +84,7 @@ class PyramidNet(Backbone):
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(c_in)
         self.num_features = c_in
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.blocks(self.stem(x)))).mean(dim=(2, 3))

@@ -32,6 +32,13 @@ class Backbone(nn.Module):
         return self.forward_features(x)
 
 
+def kaiming_init(module: nn.Module) -> None:
+    """He initialisation (fan-out) of every convolution, as the ResNet papers prescribe."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 def _option_kwargs(model_cfg) -> dict:
     """The ModelConfig fields a backbone factory may take, without the ones left at None."""
     names = ("width", "depth", "alpha", "widen_factor", "shakedrop")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ccn.models.registry import Backbone, register_backbone
+from ccn.models.registry import Backbone, kaiming_init, register_backbone
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -54,9 +54,7 @@ class CifarResNet(Backbone):
                 c_in = c_out
         self.layers = nn.Sequential(*layers)
         self.num_features = c_in
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x)).mean(dim=(2, 3))

@@ -1,0 +1,182 @@
+"""`ccn experiment`: a grid of variants x seeds, paired by seed, summarised with intervals.
+
+Grid file:
+
+    base:            # a config (data:, model:, train:, method:), shared by every run
+      data: {name: digits}
+    variants: [flat, ccn, random, late-3, l2]     # built-in names, or name -> nested overrides
+    seeds: [0, 1, 2]
+    reference: flat  # paired differences are taken against this variant
+
+Each (variant, seed) trains in OUT/runs/<variant>-s<seed>/. A finished run is reused and an
+interrupted one resumed, so running the same command again continues the grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ccn import config as cfgmod
+from ccn.errors import CCNError, ConfigError
+from ccn.runs import prepare_run_dir, read_results, resume_run_dir, start_run_dir
+
+METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
+
+
+def builtin_variant(name: str) -> Optional[dict]:
+    """Overrides of the built-in variants: flat, ccn, random, oracle, late-E, l2/cosine/js/confusion, depth2."""
+    fixed = {
+        "flat": {"method": {"name": "flat"}},
+        "ccn": {"method": {"name": "ccn"}},
+        "random": {"method": {"name": "ccn", "partition": "random"}},
+        "oracle": {"method": {"name": "ccn", "partition": "oracle"}},
+        "depth2": {"method": {"name": "ccn", "depth": 2}},
+    }
+    if name in fixed:
+        return fixed[name]
+    if name in METRIC_VARIANTS:
+        return {"method": {"name": "ccn", "metric": name}}
+    late = re.fullmatch(r"late-(\d+)", name)
+    if late:
+        return {"method": {"name": "ccn", "cluster_epoch": int(late.group(1))}}
+    return None
+
+
+@dataclass
+class Grid:
+    base: dict
+    variants: dict  # name -> nested overrides
+    seeds: list
+    reference: str = "flat"
+    name: str = "grid"
+    raw: dict = field(default_factory=dict)
+
+    def config_for(self, variant: str, seed: int) -> cfgmod.Config:
+        merged = deep_merge(copy.deepcopy(self.base), self.variants[variant])
+        merged["seed"] = seed
+        try:
+            return cfgmod.from_dict(merged)
+        except ConfigError as err:
+            raise ConfigError(f"variant {variant!r}: {err}") from None
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
+    raw = cfgmod.read_yaml(path)
+    unknown = set(raw) - {"base", "variants", "seeds", "reference"}
+    if unknown:
+        raise ConfigError(f"grid file {path}: unknown section(s) {sorted(unknown)}; allowed: base, variants, seeds, reference")
+    base = raw.get("base") or {}
+    top: dict = {}
+    for item in overrides:  # --set applies to the base config; seeds= and reference= to the grid
+        key, value = cfgmod.parse_override(item)
+        if key in ("seeds", "reference"):
+            top[key] = value
+        else:
+            base = deep_merge(base, cfgmod.nest({key: value}))
+    seeds = top.get("seeds", raw.get("seeds", [0, 1, 2]))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be a list of distinct whole numbers such as [0, 1, 2], got {seeds!r}")
+    variants = _variants(raw.get("variants") or ["flat", "ccn", "random"])
+    reference = top.get("reference", raw.get("reference", "flat"))
+    if reference not in variants:
+        raise ConfigError(f"reference variant {reference!r} is not in the grid's variants ({', '.join(variants)})")
+    grid = Grid(base, variants, seeds, reference, Path(path).stem,
+                {"base": base, "variants": variants, "seeds": seeds, "reference": reference})
+    for variant in variants:  # check every config before any training starts
+        grid.config_for(variant, seeds[0])
+    return grid
+
+
+def _variants(spec) -> dict:
+    if isinstance(spec, list):
+        spec = {name: None for name in spec}
+    if not isinstance(spec, dict):
+        raise ConfigError("variants must be a list of names or a mapping name -> overrides")
+    variants = {}
+    for name, overrides in spec.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+            raise ConfigError(f"variant name {name!r} may hold only letters, digits, '.', '_' and '-'")
+        if overrides is None:
+            overrides = builtin_variant(name)
+            if overrides is None:
+                raise ConfigError(f"variant {name!r} is not built in (flat, ccn, random, oracle, late-E, "
+                                  f"{', '.join(METRIC_VARIANTS)}, depth2): give its overrides")
+        variants[str(name)] = overrides
+    return variants
+
+
+def run_grid(grid: Grid, out: Path, log=print) -> dict:
+    """Train every (variant, seed) not yet finished, then write summary.json, report.md and figures."""
+    from ccn.data import load_dataset
+    from ccn.pipeline import run_training
+    from ccn.report import write_report
+    from ccn.tracking import RunLog
+
+    out = Path(out)
+    _claim_folder(out, grid)
+    data_cache: dict = {}
+    started = time.perf_counter()
+    for seed in grid.seeds:
+        for variant in grid.variants:
+            run_dir = out / "runs" / f"{variant}-s{seed}"
+            config = grid.config_for(variant, seed)
+            if (run_dir / "results.json").is_file():
+                log(f"[{variant} seed {seed}] finished earlier: reused")
+                continue
+            resume = (run_dir / "config.yaml").is_file()
+            if resume:
+                resume_run_dir(run_dir)
+            else:
+                prepare_run_dir(run_dir)
+                start_run_dir(run_dir, config)
+            log(f"[{variant} seed {seed}] {'resuming' if resume else 'training'} in {run_dir}")
+            key = repr(config.data)
+            if key not in data_cache:
+                data_cache = {key: load_dataset(config.data)}  # variants share the data; keep one copy
+            run_training(config, run_dir, RunLog(run_dir, stream=_NullStream()), ds=data_cache[key],
+                         resume=resume)
+            top1 = read_results(run_dir)["top1"]
+            log(f"[{variant} seed {seed}] top1 {100 * top1:.2f}%")
+    return write_report(grid, out, time.perf_counter() - started)
+
+
+def _claim_folder(out: Path, grid: Grid) -> None:
+    """Create OUT with grid.yaml, or check that an existing OUT holds the same grid."""
+    path = out / "grid.yaml"
+    text = yaml.safe_dump(grid.raw, sort_keys=False)
+    if path.exists():
+        if yaml.safe_load(path.read_text()) != yaml.safe_load(text):
+            raise CCNError(f"{out} holds another grid (see {path}): choose another --out, or restore the grid to "
+                           "continue it")
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as err:
+        raise CCNError(f"cannot write to {out} ({err.strerror or err}): choose a writable --out") from None
+
+
+class _NullStream:
+    """Per-run console lines stay in each run's metrics.jsonl; the grid prints one line per run."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass

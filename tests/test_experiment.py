@@ -1,0 +1,114 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from ccn.errors import ConfigError
+from ccn.experiment import load_grid
+from ccn.report import paired_difference
+from conftest import run_cli
+
+GRID = """
+base:
+  data: {name: synthetic, num_classes: 8, num_groups: 2, train_per_class: 30, test_per_class: 10}
+  model: {name: fastnet, width: 8}
+  train: {epochs: 3, batch_size: 32, lr: 0.05, progress: false, deterministic: true}
+  method: {groups: 2}
+variants: [flat, ccn, random, oracle, late-2]
+seeds: [0, 1]
+"""
+
+
+def test_paired_difference_is_a_t_interval():
+    a, b = [0.80, 0.82, 0.85], [0.78, 0.81, 0.80]
+    p = paired_difference(a, b)
+    d = np.array(a) - np.array(b)
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert p["diff_mean"] == pytest.approx(d.mean())
+    assert p["ci95"] == pytest.approx([d.mean() - half, d.mean() + half])
+    assert p["verdict"] == ("better" if d.mean() - half > 0 else "indistinguishable")
+    assert paired_difference([0.9, 0.91, 0.92], [0.5, 0.52, 0.49])["verdict"] == "better"
+    assert paired_difference([0.5, 0.52, 0.49], [0.9, 0.91, 0.92])["verdict"] == "worse"
+    assert paired_difference([0.5], [0.4])["ci95"] is None
+
+
+def test_grid_errors(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("variants: [flat, wobble]\n")
+    with pytest.raises(ConfigError, match="'wobble' is not built in"):
+        load_grid(path)
+    path.write_text("variants: [flat, ccn]\nseeds: [0, 0]\n")
+    with pytest.raises(ConfigError, match="distinct"):
+        load_grid(path)
+    path.write_text("variants: {flat: null, odd: {method: {metric: l7}}}\n")
+    with pytest.raises(ConfigError, match="variant 'odd'.*l7"):
+        load_grid(path)
+    path.write_text("variants: [ccn]\n")
+    with pytest.raises(ConfigError, match="reference variant 'flat'"):
+        load_grid(path)
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grid")
+    (folder / "g.yaml").write_text(GRID)
+    result = run_cli("experiment", "--config", str(folder / "g.yaml"), "--out", str(folder / "out"))
+    assert result.returncode == 0, result.stderr
+    return folder, result.stdout
+
+
+def test_summary_and_report(grid_run):
+    folder, stdout = grid_run
+    out = folder / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("flat", "ccn", "random", "oracle", "late-2"):
+        v = summary["variants"][name]
+        assert len(v["top1"]) == 2 and v["top1_mean"] == pytest.approx(np.mean(v["top1"]))
+        assert v["top1_std"] == pytest.approx(np.std(v["top1"], ddof=1))
+        per_seed = [json.loads((out / "runs" / f"{name}-s{s}" / "results.json").read_text())["top1"] for s in (0, 1)]
+        assert v["top1"] == per_seed
+    ccn, flat = summary["variants"]["ccn"]["top1"], summary["variants"]["flat"]["top1"]
+    assert summary["paired"]["ccn"]["diff_mean"] == pytest.approx(np.mean(np.array(ccn) - np.array(flat)))
+    assert len(summary["paired"]["ccn"]["ci95"]) == 2 and "flat" not in summary["paired"]
+    assert summary["groups"]["oracle"]["coarse_ari"] == [1.0, 1.0]
+    assert len(summary["groups"]["ccn"]["seed_ari"]) == 1
+    report = (out / "report.md").read_text()
+    assert "| ccn |" in report and "95 % interval" in report and "Learned groups of `ccn`" in report
+    for figure in ("accuracy.png", "dendrogram.png", "distances.png", "per_group.png"):
+        assert (out / figure).stat().st_size > 1000 and f"({figure})" in report
+    assert "ccn vs flat" in stdout
+
+
+def test_late_variant_clusters_later(grid_run):
+    folder, _ = grid_run
+    rows = [json.loads(line) for line in (folder / "out" / "runs" / "late-2-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["probe", "probe", "ccn"]
+
+
+def test_rerun_reuses_and_interrupted_grid_continues(grid_run, tmp_path):
+    folder, _ = grid_run
+    again = run_cli("experiment", "--config", str(folder / "g.yaml"), "--out", str(folder / "out"))
+    assert again.returncode == 0 and again.stdout.count("reused") == 10
+    out = tmp_path / "out"
+    env = {**os.environ, "CCN_FAULT": "after-clustering"}  # dies inside the ccn run of seed 0
+    killed = subprocess.run([sys.executable, "-m", "ccn", "experiment", "--config", str(folder / "g.yaml"),
+                             "--out", str(out)], capture_output=True, text=True, env=env)
+    assert killed.returncode == -9
+    resumed = run_cli("experiment", "--config", str(folder / "g.yaml"), "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "[flat seed 0] finished earlier: reused" in resumed.stdout and "[ccn seed 0] resuming" in resumed.stdout
+    ours = json.loads((out / "summary.json").read_text())["variants"]
+    theirs = json.loads((folder / "out" / "summary.json").read_text())["variants"]
+    assert {k: v["top1"] for k, v in ours.items()} == {k: v["top1"] for k, v in theirs.items()}
+
+
+def test_other_grid_in_the_same_folder_is_refused(grid_run, tmp_path):
+    folder, _ = grid_run
+    other = tmp_path / "other.yaml"
+    other.write_text(GRID.replace("seeds: [0, 1]", "seeds: [5, 6]"))
+    result = run_cli("experiment", "--config", str(other), "--out", str(folder / "out"))
+    assert result.returncode == 2 and "holds another grid" in result.stderr
