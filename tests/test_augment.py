@@ -64,11 +64,23 @@ def test_ranks_take_disjoint_shards_of_one_permutation():
     norm = Normalize([0.5] * 3, [0.25] * 3)
     seen = []
     for rank in range(2):
-        loader = TensorBatches(x, labels, 5, norm, None, seed=3, rank=rank, world_size=2)
+        loader = TensorBatches(x, labels, 10, norm, Augment(0, True, 0), seed=3, rank=rank, world_size=2)
         seen.append(torch.cat([y for _, y in loader.epoch(0)]))
     assert len(seen[0]) == len(seen[1]) == 20
     assert not set(seen[0].tolist()) & set(seen[1].tolist())
     assert sorted(seen[0].tolist() + seen[1].tolist()) == list(range(40))
+
+
+def test_two_ranks_together_see_what_one_process_sees():
+    x, labels = _images(40), torch.arange(40)
+    norm = Normalize([0.5] * 3, [0.25] * 3)
+    make = lambda rank, world: TensorBatches(x, labels, 10, norm, Augment(2, True, 2), seed=4, rank=rank,  # noqa: E731
+                                              world_size=world)
+    single = list(make(0, 1).epoch(1))
+    shards = [list(make(r, 2).epoch(1)) for r in range(2)]
+    for b, (x1, y1) in enumerate(single):
+        assert torch.equal(x1[0::2], shards[0][b][0]) and torch.equal(x1[1::2], shards[1][b][0])
+        assert torch.equal(y1[1::2], shards[1][b][1])
 
 
 def test_normalize_matches_definition():

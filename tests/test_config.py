@@ -10,6 +10,10 @@ def test_defaults_are_valid_and_overrides_apply():
     assert (c.train.epochs, c.model.name, c.method.metric, c.data.image_size) == (3, "resnet20", "js", 16)
 
 
+def test_exponent_without_a_dot_is_a_number():
+    assert cfgmod.load(None, ["train.lr=1e-3"]).train.lr == 0.001
+
+
 def test_yaml_file_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 7\n  lr: 0.2\nmethod:\n  name: flat\n")

@@ -17,7 +17,7 @@ EXIT_USAGE = 2
 
 def _train(args) -> None:
     from ccn import config as cfgmod
-    from ccn.dist import world_from_env
+    from ccn.dist import shutdown_distributed, world_from_env
     from ccn.pipeline import run_training
     from ccn.runs import default_run_dir, prepare_run_dir, resume_run_dir, start_run_dir
     from ccn.tracking import RunLog
@@ -33,11 +33,16 @@ def _train(args) -> None:
             return
     else:
         config = cfgmod.load(args.config, args.set)
+        if world.world_size > 1 and not args.out:
+            raise CCNError("under torchrun every process must write to one folder: pass --out DIR")
         out = Path(args.out) if args.out else default_run_dir(config)
         if world.is_main:
             prepare_run_dir(out, force=args.force)
             start_run_dir(out, config)
-    run_training(config, out, RunLog(out, enabled=world.is_main), world=world, resume=bool(args.resume))
+    try:
+        run_training(config, out, RunLog(out, enabled=world.is_main), world=world, resume=bool(args.resume))
+    finally:
+        shutdown_distributed()
     if world.is_main:
         print(f"run folder: {out}")
 

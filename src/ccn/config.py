@@ -44,13 +44,14 @@ class ModelConfig:
     alpha: Optional[int] = None  # pyramidnet widening
     widen_factor: Optional[int] = None  # wide_resnet
     shakedrop: Optional[float] = None  # pyramidnet: final ShakeDrop probability (0.5 in the paper's recipe)
+    norm: Optional[str] = None  # fastnet: batch (default) or none
     dropout: float = 0.0  # before the head
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 20  # total budget, probe epochs included
-    batch_size: int = 32  # the defaults are the digits job; recipes in configs/ set their own
+    batch_size: int = 32  # global: split evenly among torchrun processes; the defaults are the digits job
     lr: float = 0.05  # peak learning rate at this batch size
     momentum: float = 0.9  # Nesterov
     weight_decay: float = 5e-4  # not applied to norm weights and biases (ours)
@@ -63,6 +64,7 @@ class TrainConfig:
     channels_last: bool = True  # memory format on CUDA; ignored on CPU
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch.use_deterministic_algorithms
+    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     eval_batch_size: int = 512
     progress: bool = True  # progress bar when attached to a terminal
 
@@ -209,6 +211,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key} must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

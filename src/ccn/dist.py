@@ -46,3 +46,49 @@ def resolve_device(name: str = "auto", world: World = World()) -> torch.device:
 
 def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
+
+
+# ---------------------------------------------------------------- process group helpers
+
+
+def is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def init_distributed(world: World, device: torch.device) -> None:
+    """Join the process group torchrun describes (nccl on GPUs, gloo on CPUs); no-op for one process."""
+    if world.world_size <= 1 or is_distributed():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend=backend_for(device))
+
+
+def shutdown_distributed() -> None:
+    if is_distributed():
+        torch.distributed.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over all ranks in place (unchanged for one process); returns it."""
+    if is_distributed():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), so that evaluation and the
+    class profiles are the same on every rank."""
+    if is_distributed():
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def wrap_for_training(model: torch.nn.Module, device: torch.device, find_unused: bool) -> torch.nn.Module:
+    """DistributedDataParallel around `model` when running under torchrun, else the model itself."""
+    if not is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)

@@ -26,12 +26,13 @@ from ccn.data import ImageDataset, load_dataset
 from ccn.data.augment import Augment, Normalize
 from ccn.checkpoint import STATE_FILE, fault_point, read_training_state, restore_training_state, save_training_state
 from ccn.data.loader import TensorBatches
-from ccn.dist import World, resolve_device
+from ccn.dist import World, all_reduce_sum, broadcast_buffers, init_distributed, resolve_device, wrap_for_training
 from ccn.errors import CCNError
 from ccn.evaluate import evaluate_outputs
 from ccn.heads import FlatHead, ThreeLevelHead, TreeHead, flatten_tree
-from ccn.hierarchy import (Hierarchy, agreement, build_hierarchy, class_profiles, default_group_count, oracle_partition,
+from ccn.hierarchy import (Hierarchy, agreement, build_hierarchy, default_group_count, oracle_partition,
                            random_partition)
+from ccn.hierarchy.affinity import class_profile_sums, profiles_from_sums
 from ccn.models import Classifier, backbone_from_config, count_parameters
 from ccn.tracking import RunLog
 from ccn.train import Trainer
@@ -87,10 +88,15 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
     t, seed = config.train, config.seed
     eval_kwargs = dict(normalize=normalize, shuffle=False, drop_last=False, channels_last=channels_last)
     on = lambda a: a.to(device)  # noqa: E731
+    if t.batch_size % world.world_size:
+        raise CCNError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly among "
+                       f"{world.world_size} processes: choose a multiple of {world.world_size}")
     train = TensorBatches(on(x), on(y), min(t.batch_size, len(y)), normalize, default_augment(config, ds),
                           seed=seed, rank=world.rank, world_size=world.world_size, channels_last=channels_last)
     test = TensorBatches(on(ds.test_images), on(ds.test_labels), t.eval_batch_size, **eval_kwargs)
-    probe = TensorBatches(on(probe_x), on(probe_y), t.eval_batch_size, **eval_kwargs)
+    # every rank profiles its share of the probe set; the sums are added across ranks
+    probe = TensorBatches(on(probe_x), on(probe_y), t.eval_batch_size, rank=world.rank,
+                          world_size=world.world_size, **eval_kwargs)
     return RunData(ds, normalize, train, test, probe)
 
 
@@ -120,11 +126,18 @@ def build_model(config: Config, num_classes: int, hierarchy: Optional[Hierarchy]
 # ---------------------------------------------------------------- step 2: groups
 
 
+def reduced_profiles(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class profiles from this rank's share of the probe set, summed over all ranks: every rank
+    gets the same profiles, hence the same groups."""
+    sums, counts = class_profile_sums(probs, labels, num_classes)
+    return profiles_from_sums(all_reduce_sum(sums), all_reduce_sum(counts))
+
+
 @torch.no_grad()
 def flat_profiles(trainer: Trainer, probe: TensorBatches, num_classes: int) -> torch.Tensor:
     """Mean softmax of the level-1 (flat) head per class: eval mode, no augmentation."""
     out, labels = trainer.predict(probe)
-    return class_profiles(torch.softmax(out["z"].double(), dim=1), labels, num_classes)
+    return reduced_profiles(torch.softmax(out["z"].double(), dim=1), labels, num_classes)
 
 
 def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch: int) -> Hierarchy:
@@ -164,8 +177,8 @@ def split_large_groups(config: Config, trainer: Trainer, probe: TensorBatches, h
             continue
         rows = torch.isin(labels, torch.tensor(members))
         local = {c: i for i, c in enumerate(members)}
-        local_labels = torch.tensor([local[int(c)] for c in labels[rows]])
-        S = class_profiles(log_within[rows][:, members].exp(), local_labels, len(members))
+        local_labels = torch.tensor([local[int(c)] for c in labels[rows]], dtype=torch.long)
+        S = reduced_profiles(log_within[rows][:, members].exp(), local_labels, len(members))
         sub = build_hierarchy(S, [str(c) for c in members], config.method.metric,
                               max(2, default_group_count(len(members))), linkage=config.method.linkage)
         tree.append([[members[i] for i in part] for part in sub.groups])
@@ -223,6 +236,7 @@ class MethodRun:
         self.config, self.out_dir, self.log, self.world = config, out_dir, log, world
         self.started = time.perf_counter()
         self.device = resolve_device(config.device, world)
+        init_distributed(world, self.device)
         seed_everything(config.seed, config.train.deterministic)
         self.data = prepare_data(config, self.device, world, ds)
         self.ds = self.data.ds
@@ -230,11 +244,12 @@ class MethodRun:
         self.model = build_model(config, self.ds.num_classes).to(self.device)
         if config.train.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        # A compiled wrapper sees the head swaps of step 3 through its guards and recompiles once.
-        module = torch.compile(self.model) if config.train.compile else self.model
-        self.trainer = Trainer(self.model, config.train, self.device, len(self.data.train), train_module=module)
+        if config.train.sync_bn and world.world_size > 1:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.trainer = Trainer(self.model, config.train, self.device, len(self.data.train))
         self.hierarchy: Optional[Hierarchy] = None
         self.stage = "flat" if config.method.name == "flat" else "probe"
+        self._wrap()
         self.cluster_seconds, self.earlier_seconds, self.first_epoch = 0.0, 0.0, 1
 
     # -- the loop
@@ -285,6 +300,14 @@ class MethodRun:
         self.model.head = head.to(self.device)
         self.trainer.rebuild_optimizer()
         self.stage = stage
+        self._wrap()
+
+    def _wrap(self) -> None:
+        """The module the training step calls: DDP under torchrun (rebuilt after a head swap, since DDP
+        registers parameters once), compiled when asked."""
+        unused = self.stage != "flat" and self.stage != "probe" and self.config.method.flat_weight == 0
+        module = wrap_for_training(self.model, self.device, find_unused=unused)
+        self.trainer.train_module = torch.compile(module) if self.config.train.compile else module
 
     def finish(self) -> dict:
         results = score(self.trainer, self.data.test, self.hierarchy, self.config.method.inference)

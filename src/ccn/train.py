@@ -18,6 +18,7 @@ from torch import nn
 from ccn.checkpoint import fault_point
 from ccn.config import TrainConfig
 from ccn.data.loader import TensorBatches
+from ccn.dist import all_reduce_sum, broadcast_buffers
 
 
 def lr_factor(cfg: TrainConfig, progress: float, warmup: float) -> float:
@@ -105,15 +106,18 @@ class Trainer:
                 sys.stderr.flush()
         if show:
             sys.stderr.write("\r" + " " * 40 + "\r")
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        keys = sorted(sums)
+        totals = all_reduce_sum(torch.stack([sums[k].float() for k in keys] + [torch.tensor(float(seen), device=self.device)]))
+        totals = totals.tolist()  # the one host synchronisation of the epoch
         seconds = time.perf_counter() - start
-        means = {key: float(value) / max(1, seen) for key, value in sums.items()}
+        seen = int(totals[-1])
+        means = {key: value / max(1, seen) for key, value in zip(keys, totals)}
         return {**means, "images_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
 
     @torch.no_grad()
     def predict(self, batches: TensorBatches) -> tuple[dict, torch.Tensor]:
         """Head outputs (on the CPU, float32) and labels for every item of `batches`, in order."""
+        broadcast_buffers(self.model)
         self.model.eval()
         outputs: dict[str, list] = {}
         labels = []

@@ -23,18 +23,25 @@ def register_metric(name: str):
     return wrap
 
 
-def class_profiles(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, C) float64: row c is the mean of `probs` (N, C) over the samples labelled c.
-
-    Raises DataError if some class has no sample: its profile would be undefined."""
+def class_profile_sums(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, C) float64 sums of `probs` (N, C) per label, and (C,) counts: the parts that ranks add up."""
     probs, labels = probs.detach().double().cpu(), labels.cpu()
     sums = torch.zeros(num_classes, probs.shape[1], dtype=torch.float64).index_add_(0, labels, probs)
-    counts = torch.bincount(labels, minlength=num_classes)
+    return sums, torch.bincount(labels, minlength=num_classes).double()
+
+
+def profiles_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mean rows; DataError if some class has no sample, since its profile would be undefined."""
     if (counts == 0).any():
         missing = (counts == 0).nonzero().flatten().tolist()
         raise DataError(f"the probe set has no image of classes {missing[:10]}: class profiles need every class; "
                         "use method.probe_set=train or a larger method.holdout_fraction")
     return sums / counts[:, None]
+
+
+def class_profiles(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) float64: row c is the mean of `probs` (N, C) over the samples labelled c."""
+    return profiles_from_sums(*class_profile_sums(probs, labels, num_classes))
 
 
 def profiles_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -12,19 +12,32 @@ from torch import nn
 from ccn.models.registry import Backbone, register_backbone
 
 
-def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+NORMS = {"batch": nn.BatchNorm2d, "none": None}
+
+
+def _norm(kind: str, channels: int) -> list[nn.Module]:
+    return [NORMS[kind](channels)] if NORMS[kind] is not None else []
+
+
+def _conv_bn(c_in: int, c_out: int, norm: str) -> list[nn.Module]:
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none")
+    return [conv, *_norm(norm, c_out), nn.ReLU(inplace=True)]
 
 
 class FastNet(Backbone):
-    def __init__(self, width: int = 32):
+    """`norm="none"` drops BatchNorm (for exact multi-process comparisons, where per-rank batch
+    statistics would differ from single-process ones)."""
+
+    def __init__(self, width: int = 32, norm: str = "batch"):
         super().__init__()
-        layers = _conv_bn(3, width)
+        if norm not in NORMS:
+            raise ValueError(f"fastnet norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        layers = _conv_bn(3, width, norm)
         c_in = width
         for c_out in (width, 2 * width, 4 * width):
-            conv_pool = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2, ceil_mode=True),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-            layers += conv_pool + _conv_bn(c_out, c_out)
+            conv_pool = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none"), nn.MaxPool2d(2, ceil_mode=True),
+                         *_norm(norm, c_out), nn.ReLU(inplace=True)]
+            layers += conv_pool + _conv_bn(c_out, c_out, norm)
             c_in = c_out
         self.body = nn.Sequential(*layers)
         self.num_features = c_in

@@ -41,7 +41,7 @@ def kaiming_init(module: nn.Module) -> None:
 
 def _option_kwargs(model_cfg) -> dict:
     """The ModelConfig fields a backbone factory may take, without the ones left at None."""
-    names = ("width", "depth", "alpha", "widen_factor", "shakedrop")
+    names = ("width", "depth", "alpha", "widen_factor", "shakedrop", "norm")
     return {n: getattr(model_cfg, n) for n in names if getattr(model_cfg, n, None) is not None}
 
 
@@ -57,6 +57,8 @@ def create_backbone(name: str, **options) -> nn.Module:
         return BACKBONES[name](**options)
     except TypeError as err:
         raise ConfigError(f"model.name={name} does not take these options ({err}): remove them from model.*") from None
+    except ValueError as err:
+        raise ConfigError(f"model.name={name}: {err}") from None
 
 
 def backbone_from_config(model_cfg) -> nn.Module:

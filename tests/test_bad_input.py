@@ -1,0 +1,86 @@
+"""Bad input not covered elsewhere: each ends in one line naming the problem and the fix, exit 2,
+nothing existing overwritten. docs/bad-input.md lists every case and the test that checks it."""
+
+import errno
+
+import pytest
+import torch
+
+from ccn.checkpoint import atomic_write, save_weights
+from ccn.data.base import ImageDataset
+from ccn.errors import CCNError, DataError
+from conftest import run_cli
+
+QUICK = ["--set", "train.epochs=2", "--set", "model.width=8", "--set", "train.progress=false",
+         "--set", "data.train_per_class=20", "--set", "data.test_per_class=5"]
+
+
+def _one_clean_line(result, *words):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_labels_out_of_range():
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    ds = ImageDataset("x", ["a", "b"], images, torch.tensor([0, 1, 2, 1]), images, torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(DataError, match=r"labels range over \[0, 2\] but there are 2 classes"):
+        ds.check()
+
+
+def test_empty_data_folder(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    result = run_cli("train", "--set", "data.name=folder", "--set", f"data.root={tmp_path}", "--out", str(tmp_path / "r"))
+    _one_clean_line(result, "no class sub-folders")
+
+
+def test_invalid_yaml(tmp_path):
+    (tmp_path / "c.yaml").write_text("train: {epochs: 3\n")
+    _one_clean_line(run_cli("train", "--config", str(tmp_path / "c.yaml")), "not valid YAML")
+
+
+def test_full_disk_keeps_the_previous_file(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    path = tmp_path / "model.safetensors"
+    save_weights(model, path)
+    before = path.read_bytes()
+
+    def disk_full(tmp):
+        tmp.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CCNError, match="No space left on device.*previous file, if any, is unchanged"):
+        atomic_write(path, disk_full)
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_loss_that_becomes_nan_stops_the_run(tmp_path):
+    out = tmp_path / "r"
+    result = run_cli("train", *QUICK, "--set", "train.lr=1e30", "--out", str(out))
+    _one_clean_line(result, "the training loss became nan", "lower train.lr")
+    assert not (out / "results.json").exists()
+
+
+def test_resume_with_an_edited_config_is_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "r"
+    env = {**os.environ, "CCN_FAULT": "step-30"}  # after the checkpoint of epoch 1 (20 steps per epoch)
+    killed = subprocess.run([sys.executable, "-m", "ccn", "train", *QUICK, "--set", "train.batch_size=10",
+                             "--out", str(out)], capture_output=True, text=True, env=env)
+    assert killed.returncode == -9 and (out / "checkpoint.safetensors").exists()
+    (out / "config.yaml").write_text((out / "config.yaml").read_text().replace("lr: 0.05", "lr: 0.5"))
+    _one_clean_line(run_cli("train", "--resume", str(out)), "another configuration")
+
+
+def test_missing_run_folder_and_image(tmp_path):
+    _one_clean_line(run_cli("evaluate", str(tmp_path / "nope")), "does not exist")
+    _one_clean_line(run_cli("clusters", str(tmp_path)), "no hierarchy.json")
+
+
+def test_torchrun_without_out_and_uneven_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _one_clean_line(run_cli("train", *QUICK), "pass --out")

@@ -1,0 +1,66 @@
+"""Distributed data parallel on CPU (gloo): helpers in-process, and the real command under torchrun."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+
+
+def _helpers_worker(rank: int, world: int, init_file: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from ccn.dist import all_reduce_sum, broadcast_buffers
+        from ccn.pipeline import reduced_profiles
+
+        total = all_reduce_sum(torch.tensor([float(rank + 1)]))
+        assert total.item() == 3.0
+        bn = torch.nn.BatchNorm1d(3)
+        bn.running_mean.fill_(float(rank))  # ranks disagree ...
+        broadcast_buffers(bn)
+        assert torch.all(bn.running_mean == 0)  # ... until rank 0's statistics are shared
+        g = torch.Generator().manual_seed(0)
+        probs = torch.softmax(torch.randn(12, 4, generator=g), 1)
+        labels = torch.arange(12) % 4
+        mine = slice(rank, None, world)  # each rank holds half of the probe set
+        shared = reduced_profiles(probs[mine], labels[mine], 4)
+        from ccn.hierarchy import class_profiles
+        assert torch.allclose(shared, class_profiles(probs, labels, 4))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_helpers_with_two_gloo_ranks(tmp_path):
+    torch.multiprocessing.spawn(_helpers_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+RUN = ["--set", "model.norm=none", "--set", "model.width=8", "--set", "data.train_per_class=40",
+       "--set", "data.test_per_class=20", "--set", "train.epochs=3", "--set", "train.batch_size=32",
+       "--set", "train.progress=false", "--set", "train.lr=0.02"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform == "win32", reason="needs torchrun")
+def test_torchrun_two_processes_match_one(tmp_path):
+    single = run_cli("train", *RUN, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "ccn", "train", *RUN, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    worst = max(float((a[k] - b[k]).abs().max() / (a[k].abs().max() + 1e-12)) for k in a if a[k].is_floating_point())
+    print(f"largest relative difference of a weight tensor: {worst:.2e}")
+    assert worst < 1e-4  # stated tolerance (2e-7 seen): float sums in another order, nothing more
+    groups = [json.loads((tmp_path / run / "hierarchy.json").read_text())["groups"] for run in ("one", "two")]
+    assert groups[0] == groups[1]
+    top1 = [json.loads((tmp_path / run / "results.json").read_text())["top1"] for run in ("one", "two")]
+    assert abs(top1[0] - top1[1]) <= 0.02
+    assert two.stdout.count("run folder") == 1  # rank 0 alone reports and writes
