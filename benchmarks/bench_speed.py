@@ -7,7 +7,7 @@
    pre-loaded, pre-normalised tensors;
 2. the three-level CCN head against the flat head, per training step, same backbone;
 3. the clustering step (distances + average linkage + cut) for 100 and 1,000 classes.
-Timings alternate between the contenders in `--rounds` rounds; the medians are reported.
+Timings alternate between the contenders in `--rounds` rounds, in rotating order; medians are reported.
 Appends a section to benchmarks/RESULTS.md.
 """
 
@@ -86,12 +86,17 @@ def main() -> None:
     labels = torch.randint(0, args.classes, (n,), generator=g)
     groups = [list(range(k, args.classes, 10)) for k in range(10)]
     runs = {"bare": [], "ours": [], "flat head": [], "ccn head": []}
-    for _ in range(args.rounds):
-        runs["bare"].append(bare_images_per_s(make_model(args.model, args.classes), images, labels, args.batch, args.steps))
-        runs["ours"].append(ours_images_per_s(make_model(args.model, args.classes), images, labels, args.batch, args.steps))
-        runs["flat head"].append(runs["ours"][-1])
-        runs["ccn head"].append(ours_images_per_s(make_model(args.model, args.classes, groups), images, labels,
-                                                  args.batch, args.steps))
+    contenders = {
+        "bare": lambda: bare_images_per_s(make_model(args.model, args.classes), images, labels, args.batch, args.steps),
+        "ours": lambda: ours_images_per_s(make_model(args.model, args.classes), images, labels, args.batch, args.steps),
+        "ccn head": lambda: ours_images_per_s(make_model(args.model, args.classes, groups), images, labels,
+                                              args.batch, args.steps),
+    }
+    names = list(contenders)
+    for r in range(args.rounds):  # rotate the order so that no contender always runs first
+        for name in names[r % 3:] + names[:r % 3]:
+            runs[name].append(contenders[name]())
+    runs["flat head"] = runs["ours"]
     med = {k: statistics.median(v) for k, v in runs.items()}
     cluster = {c: min(clustering_seconds(c) for _ in range(3)) for c in (100, 1000)}
     lines = [

@@ -82,5 +82,10 @@ def test_missing_run_folder_and_image(tmp_path):
 
 
 def test_torchrun_without_out_and_uneven_batch(tmp_path, monkeypatch):
+    from ccn import config as cfgmod
+    from ccn.dist import World
+    from ccn.pipeline import prepare_data
+    with pytest.raises(CCNError, match="choose a multiple of 2"):
+        prepare_data(cfgmod.load(None, ["train.batch_size=33"]), torch.device("cpu"), World(0, 2, 0))
     monkeypatch.setenv("WORLD_SIZE", "2")
     _one_clean_line(run_cli("train", *QUICK), "pass --out")
