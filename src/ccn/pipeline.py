@@ -22,9 +22,9 @@ import torch
 
 from ccn import config as cfgmod
 from ccn.config import Config
+from ccn.checkpoint import STATE_FILE, fault_point, read_training_state, restore_training_state, save_training_state
 from ccn.data import ImageDataset, load_dataset
 from ccn.data.augment import Augment, Normalize
-from ccn.checkpoint import STATE_FILE, fault_point, read_training_state, restore_training_state, save_training_state
 from ccn.data.loader import TensorBatches
 from ccn.dist import World, all_reduce_sum, broadcast_buffers, init_distributed, resolve_device, wrap_for_training
 from ccn.errors import CCNError

@@ -156,7 +156,8 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
         lines += ["", f"Learned groups of `ccn`, seed {summary['seeds'][0]}:", ""]
         lines += [f"{k + 1}. {', '.join(names)}" for k, names in enumerate(h.named_groups())]
     lines += ["", "## Figures", ""] + [f"![{title}]({name})" for title, name in figures.items()]
-    lines += ["", "Every run folder is under `runs/<variant>-s<seed>/` with its config, metrics and weights.", ""]
+    lines += ["", "Each run's folder (config, metrics, results, weights) is `runs/<variant>-s<seed>/` beside the "
+                  "experiment's summary.json.", ""]
     return "\n".join(lines)
 
 
