@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ccn.models.registry import Backbone, kaiming_init, register_backbone
+from ccn.models.registry import PreActTrunk, register_backbone
 
 
 class _ShakeDropFunction(torch.autograd.Function):
@@ -66,14 +66,14 @@ class PyramidBottleneck(nn.Module):
         return out + skip
 
 
-class PyramidNet(Backbone):
+class PyramidNet(PreActTrunk):
     def __init__(self, depth: int = 272, alpha: int = 200, shakedrop: float = 0.5):
         super().__init__()
         if (depth - 2) % 9:
             raise ValueError(f"bottleneck PyramidNet depth must be 9n+2 (110, 164, 200, 272), got {depth}")
         n = (depth - 2) // 9
         total, step = 3 * n, alpha / (3 * n)
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
+        stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
         blocks, c_in, width = [], 16, 16.0
         for i in range(total):
             width += step
@@ -81,13 +81,7 @@ class PyramidNet(Backbone):
             drop = shakedrop * (i + 1) / total  # linear decay rule: deeper blocks are dropped more often
             blocks.append(PyramidBottleneck(c_in, int(round(width)), stride, drop))
             c_in = int(round(width)) * PyramidBottleneck.expansion
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(c_in)
-        self.num_features = c_in
-        kaiming_init(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.blocks(self.stem(x)))).mean(dim=(2, 3))
+        self._assemble(stem, blocks, c_in)
 
 
 register_backbone("pyramidnet")(PyramidNet)

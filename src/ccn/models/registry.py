@@ -32,6 +32,21 @@ class Backbone(nn.Module):
         return self.forward_features(x)
 
 
+class PreActTrunk(Backbone):
+    """stem -> blocks -> BN -> ReLU -> global average pool: the shape shared by the pre-activation
+    networks (pre-activation ResNet, Wide ResNet, PyramidNet)."""
+
+    def _assemble(self, stem: nn.Module, blocks: list[nn.Module], channels: int, he_init: bool = True) -> None:
+        self.stem, self.blocks = stem, nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(channels)
+        self.num_features = channels
+        if he_init:
+            kaiming_init(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.blocks(self.stem(x)))).mean(dim=(2, 3))
+
+
 def kaiming_init(module: nn.Module) -> None:
     """He initialisation (fan-out) of every convolution, as the ResNet papers prescribe."""
     for m in module.modules():

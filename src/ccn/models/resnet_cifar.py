@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ccn.models.registry import Backbone, kaiming_init, register_backbone
+from ccn.models.registry import Backbone, PreActTrunk, kaiming_init, register_backbone
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -80,21 +80,15 @@ class PreActBlock(nn.Module):
         return self.conv2(F.relu(self.bn2(out))) + skip
 
 
-class PreActResNet18(Backbone):
+class PreActResNet18(PreActTrunk):
     def __init__(self, width: int = 64):
         super().__init__()
-        self.stem = conv3x3(3, width)
         blocks, c_in = [], width
         for stage, mult in enumerate((1, 2, 4, 8)):
             for i in range(2):
                 blocks.append(PreActBlock(c_in, width * mult, 2 if stage > 0 and i == 0 else 1))
                 c_in = width * mult
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(c_in)
-        self.num_features = c_in
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.blocks(self.stem(x)))).mean(dim=(2, 3))
+        self._assemble(conv3x3(3, width), blocks, c_in, he_init=False)  # PyTorch's default init, as usual for it
 
 
 register_backbone("preact_resnet18")(PreActResNet18)
