@@ -74,6 +74,8 @@ def test_summary_and_report(grid_run):
     ccn, flat = summary["variants"]["ccn"]["top1"], summary["variants"]["flat"]["top1"]
     assert summary["paired"]["ccn"]["diff_mean"] == pytest.approx(np.mean(np.array(ccn) - np.array(flat)))
     assert len(summary["paired"]["ccn"]["ci95"]) == 2 and "flat" not in summary["paired"]
+    random = summary["variants"]["random"]["top1"]
+    assert summary["controls"]["ccn_vs_random"]["diff_mean"] == pytest.approx(np.mean(np.array(ccn) - np.array(random)))
     assert summary["groups"]["oracle"]["coarse_ari"] == [1.0, 1.0]
     assert len(summary["groups"]["ccn"]["seed_ari"]) == 1
     report = (out / "report.md").read_text()

@@ -53,7 +53,12 @@ def summarise(grid, out: Path) -> dict:
         variants[name] = entry
     ref = variants[grid.reference]["top1"]
     paired = {name: paired_difference(v["top1"], ref) for name, v in variants.items() if name != grid.reference}
+    if "ccn" in variants and "random" in variants:  # the referee's test: do the learned groups matter?
+        paired_extra = {"ccn_vs_random": paired_difference(variants["ccn"]["top1"], variants["random"]["top1"])}
+    else:
+        paired_extra = {}
     return {"reference": grid.reference, "seeds": grid.seeds, "variants": variants, "paired": paired,
+            "controls": paired_extra,
             "groups": group_statistics(grid, out, runs), "facts": _facts(runs)}
 
 
@@ -138,6 +143,9 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
                      f"{', '.join(_pct(x) for x in v['top1'])} | {diff} | {ci} |")
     lines += ["", "## What the controls say", ""]
     lines += [_sentence(name, ref, p) for name, p in summary["paired"].items()]
+    if "ccn_vs_random" in summary["controls"]:
+        lines.append(_sentence("ccn", "random", summary["controls"]["ccn_vs_random"])
+                     + " This is the referee's test of whether the learned groups matter beyond the head structure.")
     lines += ["", "Top-1 % of every inference rule (mean over seeds) for the variants with groups:", "",
               "| variant | " + " | ".join(("soft", "hard", "flat", "blend")) + " | group acc | within acc |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
