@@ -107,8 +107,8 @@ class Trainer:
         if show:
             sys.stderr.write("\r" + " " * 40 + "\r")
         keys = sorted(sums)
-        totals = all_reduce_sum(torch.stack([sums[k].float() for k in keys] + [torch.tensor(float(seen), device=self.device)]))
-        totals = totals.tolist()  # the one host synchronisation of the epoch
+        stacked = torch.stack([sums[k].float() for k in keys] + [torch.tensor(float(seen), device=self.device)])
+        totals = all_reduce_sum(stacked).tolist()  # the one host synchronisation of the epoch
         seconds = time.perf_counter() - start
         seen = int(totals[-1])
         means = {key: value / max(1, seen) for key, value in zip(keys, totals)}
