@@ -1,0 +1,71 @@
+"""Batched augmentation on uint8 image tensors: pure tensor ops, one seeded generator, no per-image Python.
+
+Each function takes a (B, C, H, W) tensor on any device and a `torch.Generator` on that device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad by `padding` pixels, then cut an H x W window at a random offset per image."""
+    if padding <= 0:
+        return images
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (b,), device=images.device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b,), device=images.device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # gather, back to (B, C, H, W)
+
+
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a size x size square (clipped at the border) centred at a random pixel of each image."""
+    if size <= 0:
+        return images
+    b, _, h, w = images.shape
+    cy = torch.randint(0, h, (b, 1, 1), device=images.device, generator=generator)
+    cx = torch.randint(0, w, (b, 1, 1), device=images.device, generator=generator)
+    ys = torch.arange(h, device=images.device)[None, :, None]
+    xs = torch.arange(w, device=images.device)[None, None, :]
+    half = size // 2
+    inside = (ys >= cy - half) & (ys < cy - half + size) & (xs >= cx - half) & (xs < cx - half + size)
+    return images.masked_fill(inside[:, None], 0)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """The training augmentation: crop after padding, optional flip, optional cutout."""
+
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        images = random_crop(images, self.crop_padding, generator)
+        if self.flip:
+            images = random_flip(images, generator)
+        return cutout(images, self.cutout, generator)
+
+
+class Normalize(torch.nn.Module):
+    """uint8 (B, 3, H, W) -> float, scaled to [0, 1], minus the channel mean, over the channel std."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, -1, 1, 1) * 255), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) * self.inv_std

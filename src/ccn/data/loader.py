@@ -1,0 +1,67 @@
+"""Batches straight from tensors held on the training device (no DataLoader, no worker processes).
+
+The permutation of an epoch and the augmentation of each batch come from generators seeded by
+(seed, epoch, batch), so the same seed gives every variant the same data order, a resumed run
+replays exactly, and each distributed rank takes its share of the same global batches.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+
+from ccn.data.augment import Augment, Normalize
+
+_EPOCH_STRIDE = 1_000_003  # keeps the per-epoch and per-batch seeds of one run apart
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * _EPOCH_STRIDE + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class TensorBatches:
+    """Iterate (normalised float images, labels) over uint8 tensors that already live on `device`."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalize,
+                 augment: Optional[Augment] = None, shuffle: bool = True, drop_last: bool = True,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, channels_last: bool = False):
+        self.images, self.labels = images, labels
+        self.batch_size, self.normalize, self.augment = batch_size, normalize, augment
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        n = len(self.labels)
+        order = epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
+        return order.to(self.images.device)
+
+    def num_batches(self) -> int:
+        """Global batches per epoch; with several ranks each takes its share of every batch."""
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return self.num_batches()
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of one epoch from `start_batch` on. With world_size ranks, each takes every
+        world_size-th image of the same global batch, augmented exactly as one process would, so N
+        ranks together see what a single process sees."""
+        order = self._order(epoch)
+        generator = torch.Generator(device=self.images.device)
+        share = slice(self.rank, None, self.world_size)
+        for b in range(start_batch, self.num_batches()):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            if self.augment is None:
+                idx = idx[share]
+                images = self.images[idx]
+            else:
+                generator.manual_seed((self.seed * _EPOCH_STRIDE + epoch) * 65_537 + b)
+                images = self.augment(self.images[idx], generator)[share]
+                idx = idx[share]
+            x = self.normalize(images)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]
