@@ -48,7 +48,7 @@ def _train(args) -> None:
 
 
 def _clusters(args) -> None:
-    from ccn.hierarchy import Hierarchy
+    from ccn.hierarchy import Hierarchy, leaves
     from ccn.plots import dendrogram_png, heatmap_png
 
     path = Path(args.run_dir) / "hierarchy.json"
@@ -60,22 +60,17 @@ def _clusters(args) -> None:
           f"(metric {how.get('metric', '-')}, linkage {how.get('linkage', '-')}, after epoch {how.get('epoch', '?')}, "
           f"depth {h.depth})")
     for k, node in enumerate(h.tree):
-        names = [h.classes[c] for c in sorted(_leaves(node))]
+        names = [h.classes[c] for c in sorted(leaves(node))]
         print(f"  group {k + 1:>2} ({len(names)}): {', '.join(names)}")
         if isinstance(node, list) and any(isinstance(child, list) for child in node):
             for child in node:
-                print(f"      - {', '.join(h.classes[c] for c in _leaves(child))}")
+                print(f"      - {', '.join(h.classes[c] for c in leaves(child))}")
     if "coarse_ari" in how:
         print(f"agreement with the data set's coarse labels: ARI {how['coarse_ari']:.3f}, NMI {how['coarse_nmi']:.3f}")
     if args.plot:
         out = Path(args.run_dir)
         for made in (dendrogram_png(h, out / "dendrogram.png"), heatmap_png(h, out / "distances.png")):
             print(f"wrote {made}")
-
-
-def _leaves(node) -> list[int]:
-    from ccn.hierarchy import leaves
-    return leaves(node)
 
 
 def _evaluate(args) -> None:
