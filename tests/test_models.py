@@ -6,8 +6,8 @@ from ccn.heads import FlatHead
 from ccn.models import BACKBONES, Classifier, count_parameters, create_backbone
 
 TINY = {  # registry name -> options that keep the forward pass cheap
-    "fastnet": {"width": 8}, "resnet20": {"width": 4}, "resnet32": {"width": 4}, "resnet44": {"width": 4},
-    "resnet56": {"width": 4}, "resnet110": {"width": 2}, "preact_resnet18": {"width": 4},
+    "fastnet": {"width": 8}, "resnet9": {"width": 4}, "resnet20": {"width": 4}, "resnet32": {"width": 4},
+    "resnet44": {"width": 4}, "resnet56": {"width": 4}, "resnet110": {"width": 2}, "preact_resnet18": {"width": 4},
     "wide_resnet": {"depth": 10, "widen_factor": 1}, "wrn16_4": {}, "wrn28_10": None,
     "pyramidnet": {"depth": 11, "alpha": 12, "shakedrop": 0.5}, "pyramidnet272": None, "pyramidnet110": None,
 }
@@ -32,7 +32,8 @@ def test_forward_backward_shapes(name):
 
 
 @pytest.mark.parametrize("name, classes, published, tolerance", [
-    ("resnet20", 10, 0.27e6, 0.01), ("resnet56", 10, 0.85e6, 0.01), ("wrn28_10", 10, 36.5e6, 0.005),
+    ("resnet9", 10, 6.57e6, 0.01), ("resnet20", 10, 0.27e6, 0.01), ("resnet56", 10, 0.85e6, 0.01),
+    ("wrn28_10", 10, 36.5e6, 0.005),
     ("pyramidnet272", 100, 26.0e6, 0.02),
 ])
 def test_parameter_counts_match_the_papers(name, classes, published, tolerance):
