@@ -54,3 +54,24 @@ def test_flat_baseline_and_ccn_share_initial_weights(planted):
     torch.manual_seed(config.seed)
     b = build_model(config, 16).backbone.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_channels_last_on_cpu_changes_the_layout_not_the_results(planted):
+    """The pipeline runs NHWC on CPU too (faster there); the model learns the same either way."""
+    import torch
+    from ccn.dist import World
+    from ccn.pipeline import MethodRun
+    from ccn.tracking import RunLog
+    outcomes = {}
+    for layout in (True, False):
+        config = cfgmod.load(None, ["data.name=synthetic", "data.num_classes=16", "data.num_groups=4",
+                                    "model.width=8", "train.batch_size=32", "train.epochs=3", "train.progress=false",
+                                    "method.name=flat", f"train.channels_last={str(layout).lower()}"])
+        run = MethodRun(config, None, RunLog(None, enabled=False), World(), planted)
+        conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == layout
+        x, _ = next(iter(run.data.test.epoch(0)))
+        assert x.is_contiguous(memory_format=torch.channels_last) == layout
+        outcomes[layout] = run.train()["top1"]
+    assert outcomes[True] > 1.5 / 16
+    assert abs(outcomes[True] - outcomes[False]) <= 0.05
