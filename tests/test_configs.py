@@ -1,0 +1,27 @@
+"""Every configuration file we ship loads, passes validation and names a backbone that builds."""
+
+from pathlib import Path
+
+import pytest
+
+from ccn import config as cfgmod
+from ccn.experiment import load_grid
+from ccn.models import backbone_from_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_run_config_loads_and_builds_its_backbone(path):
+    config = cfgmod.load(path)
+    backbone = backbone_from_config(config.model)
+    assert backbone.num_features > 0
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_experiment_grid_loads_every_variant(path):
+    grid = load_grid(path)
+    assert grid.reference in grid.variants and len(grid.seeds) >= 3
+    for variant in grid.variants:
+        config = grid.config_for(variant, grid.seeds[0])
+        assert backbone_from_config(config.model).num_features > 0
