@@ -2,10 +2,12 @@
 in a torch.utils.data.Dataset, a DataLoader with worker processes (written here from scratch, no
 torchvision), and a bare loop, all on the same model, batch size and data, in one run.
 
-    python benchmarks/bench_peer.py [--model resnet20] [--batch 128] [--steps 10] [--workers 2]
+    python benchmarks/bench_peer.py [--model resnet20] [--batch 128] [--steps 10] [--workers 2] [--device cpu]
 
-Reports images/s for: the bare loop over pre-normalised tensors (no augmentation), our trainer
-(tensor augmentation on the training device), and the PIL + DataLoader pipeline. Appends to
+Reports images/s for: the bare loop over pre-normalised tensors (no augmentation; in the
+channels_last layout our augmentation also produces), our trainer (tensor augmentation on the
+training device), and the PIL + DataLoader pipeline. On CUDA every contender runs the model the
+same way (bf16 autocast, channels_last), so the ratios measure the data pipelines. Appends to
 benchmarks/RESULTS.md.
 """
 
@@ -24,7 +26,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from bench_speed import bare_images_per_s, make_model, ours_images_per_s
+from bench_speed import bare_images_per_s, make_model, ours_images_per_s, plain_step, rotate_rounds, sync
 
 MEAN, STD = np.array([0.49, 0.48, 0.45], np.float32), np.array([0.25, 0.24, 0.26], np.float32)
 
@@ -50,19 +52,24 @@ class PilCifar(torch.utils.data.Dataset):
         return torch.from_numpy(array.transpose(2, 0, 1).copy()), int(self.labels[i])
 
 
-def peer_images_per_s(model, images_hwc, labels, batch, steps, workers) -> float:
+def peer_images_per_s(model, images_hwc, labels, batch, steps, workers, device=torch.device("cpu")) -> float:
+    """The DataLoader pipeline; the first batch (worker start-up, warm-up step) is not timed."""
     loader = torch.utils.data.DataLoader(PilCifar(images_hwc, labels), batch_size=batch, shuffle=True,
-                                         num_workers=workers, drop_last=True, persistent_workers=False)
+                                         num_workers=workers, drop_last=True, persistent_workers=False,
+                                         pin_memory=device.type == "cuda")
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     model.train()
-    start = time.perf_counter()
+    step = plain_step(model, optimizer, device)
     for i, (x, y) in enumerate(loader):
+        if i == 1:
+            sync(device)
+            start = time.perf_counter()
+        step(x.to(device, non_blocking=True, memory_format=memory_format), y.to(device, non_blocking=True))
         if i == steps:
             break
-        loss = F.cross_entropy(model(x)["z"], y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    sync(device)
     return batch * steps / (time.perf_counter() - start)
 
 
@@ -71,32 +78,34 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
+    device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
-    n = args.batch * args.steps
+    n = args.batch * (args.steps + 1)  # the peer's first batch is its untimed warm-up
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
     hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
-    runs: dict[str, list] = {"bare": [], "ours": [], "peer": []}
-    for r in range(args.rounds):  # rotate the order so that no contender always runs first
-        order = ["bare", "ours", "peer"][r % 3:] + ["bare", "ours", "peer"][:r % 3]
-        for name in order:
-            model = make_model(args.model, 10)
-            if name == "bare":
-                runs[name].append(bare_images_per_s(model, images, labels, args.batch, args.steps))
-            elif name == "ours":
-                runs[name].append(ours_images_per_s(model, images, labels, args.batch, args.steps))
-            else:
-                runs[name].append(peer_images_per_s(model, hwc, labels.numpy(), args.batch, args.steps, args.workers))
+
+    def fresh():
+        return make_model(args.model, 10)
+
+    contenders = {
+        "bare": lambda: bare_images_per_s(fresh(), images, labels, args.batch, args.steps, device, channels_last=True),
+        "ours": lambda: ours_images_per_s(fresh(), images, labels, args.batch, args.steps, device),
+        "peer": lambda: peer_images_per_s(fresh(), hwc, labels.numpy(), args.batch, args.steps, args.workers, device),
+    }
+    runs = rotate_rounds(contenders, args.rounds)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     text = "\n".join([
         f"\n## Peer pipeline: {args.model}, batch {args.batch}, {args.steps} steps x {args.rounds} rounds "
         f"({datetime.date.today()})",
         f"Machine: {platform.node()} {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"CPU. Command: `python benchmarks/bench_peer.py` (random 32x32 images; PIL + DataLoader with "
-        f"{args.workers} workers).",
+        f"{where}. Command: `python benchmarks/bench_peer.py --model {args.model} --batch {args.batch} --device "
+        f"{args.device}` (random 32x32 images; PIL + DataLoader with {args.workers} workers).",
         "",
         "| pipeline | images/s (median) | ratio to bare loop | ratio to peer |",
         "| --- | --- | --- | --- |",

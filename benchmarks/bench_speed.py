@@ -1,13 +1,15 @@
 """Speed benchmarks, each a ratio measured within one run (these machines are noisy).
 
-    python benchmarks/bench_speed.py [--model resnet20] [--batch 256] [--steps 12] [--rounds 3]
+    python benchmarks/bench_speed.py [--model resnet20] [--batch 256] [--steps 8] [--rounds 8]
 
 1. our trainer (Trainer.train_epoch over TensorBatches, augmentation included) against a bare
    PyTorch loop (forward, cross-entropy, backward, SGD step) over the same model, batch size and
-   pre-loaded, pre-normalised tensors;
+   pre-loaded, pre-normalised tensors, in the NCHW layout and in the channels_last layout that our
+   augmentation produces;
 2. the three-level CCN head against the flat head, per training step, same backbone;
 3. the clustering step (distances + average linkage + cut) for 100 and 1,000 classes.
-Timings alternate between the contenders in `--rounds` rounds, in rotating order; medians are reported.
+Timings alternate between the contenders in `--rounds` rounds, in rotating order; medians are
+reported, and the two ratios that matter as the median of per-round (back-to-back) ratios.
 Appends a section to benchmarks/RESULTS.md.
 """
 
@@ -42,25 +44,56 @@ def make_model(name: str, num_classes: int, groups=None) -> Classifier:
     return Classifier(backbone, head)
 
 
-def ours_images_per_s(model, images, labels, batch, steps) -> float:
+def ours_images_per_s(model, images, labels, batch, steps, device=torch.device("cpu")) -> float:
+    """Trainer.train_epoch over TensorBatches (augmentation included), after one untimed warm-up step.
+    The model and batches are channels_last, as the pipeline makes them; on CUDA, bf16 autocast."""
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.05, progress=False)
-    norm = Normalize([0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
-    loader = TensorBatches(images[: batch * steps], labels[: batch * steps], batch, norm, Augment(4, True, 0))
-    trainer = Trainer(model, cfg, torch.device("cpu"), steps)
+    model = model.to(device, memory_format=torch.channels_last)  # as the pipeline does, on CPU and CUDA
+    norm = Normalize([0.49, 0.48, 0.45], [0.25, 0.24, 0.26]).to(device)
+    images, labels = images.to(device), labels.to(device)
+    trainer = Trainer(model, cfg, device, steps)
+    layout = dict(channels_last=True)
+    warm_up = TensorBatches(images[:batch], labels[:batch], batch, norm, Augment(4, True, 0), **layout)
+    trainer.train_epoch(warm_up, epoch=0)
+    loader = TensorBatches(images[: batch * steps], labels[: batch * steps], batch, norm, Augment(4, True, 0),
+                           **layout)
     return trainer.train_epoch(loader, epoch=1)["images_per_s"]
 
 
-def bare_images_per_s(model, images, labels, batch, steps) -> float:
-    x_all = (images[: batch * steps].float() / 255 - 0.5) / 0.25
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    model.train()
-    start = time.perf_counter()
-    for i in range(steps):
-        x, y = x_all[i * batch:(i + 1) * batch], labels[i * batch:(i + 1) * batch]
-        loss = F.cross_entropy(model(x)["z"], y)
+def plain_step(model, optimizer, device):
+    """One training step as a plain loop writes it (bf16 autocast on CUDA, as our trainer uses)."""
+    def step(x, y):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(model(x)["z"], y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    return step
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_images_per_s(model, images, labels, batch, steps, device=torch.device("cpu"),
+                      channels_last: bool = False) -> float:
+    """Forward, cross-entropy, backward, SGD step over pre-normalised tensors, after one untimed step.
+    Our augmentation hands the model NHWC (channels_last) batches, which the CPU convolutions run
+    faster than NCHW ones, so the fair bare loop for the overhead ratio is the channels_last one."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    x_all = ((images[: batch * steps].float() / 255 - 0.5) / 0.25).to(device, memory_format=memory_format)
+    y_all = labels[: batch * steps].to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    model.train()
+    step = plain_step(model, optimizer, device)
+    step(x_all[:batch], y_all[:batch])  # warm-up, untimed
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch])
+    sync(device)
     return batch * steps / (time.perf_counter() - start)
 
 
@@ -76,8 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--classes", type=int, default=100)
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
@@ -85,33 +118,39 @@ def main() -> None:
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, args.classes, (n,), generator=g)
     groups = [list(range(k, args.classes, 10)) for k in range(10)]
-    runs = {"bare": [], "ours": [], "flat head": [], "ccn head": []}
+
+    def timed(fn, groups=None, **kw):
+        return lambda: fn(make_model(args.model, args.classes, groups), images, labels, args.batch, args.steps, **kw)
+
     contenders = {
-        "bare": lambda: bare_images_per_s(make_model(args.model, args.classes), images, labels, args.batch, args.steps),
-        "ours": lambda: ours_images_per_s(make_model(args.model, args.classes), images, labels, args.batch, args.steps),
-        "ccn head": lambda: ours_images_per_s(make_model(args.model, args.classes, groups), images, labels,
-                                              args.batch, args.steps),
+        "bare (NCHW)": timed(bare_images_per_s),
+        "bare (channels_last)": timed(bare_images_per_s, channels_last=True),
+        "ours": timed(ours_images_per_s),
+        "ccn head": timed(ours_images_per_s, groups),
     }
-    names = list(contenders)
-    for r in range(args.rounds):  # rotate the order so that no contender always runs first
-        for name in names[r % 3:] + names[:r % 3]:
-            runs[name].append(contenders[name]())
-    runs["flat head"] = runs["ours"]
+    runs = rotate_rounds(contenders, args.rounds)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    # the head cost as a paired ratio per round: both ran back to back, so slow drifts of the machine cancel
+    head_cost = sorted(f / c for f, c in zip(runs["ours"], runs["ccn head"]))
+    overhead = sorted(o / b for o, b in zip(runs["ours"], runs["bare (channels_last)"]))
     cluster = {c: min(clustering_seconds(c) for _ in range(3)) for c in (100, 1000)}
     lines = [
         f"\n## Speed: {args.model}, batch {args.batch}, {args.steps} steps x {args.rounds} rounds "
         f"({datetime.date.today()})",
         f"Machine: {platform.node()} {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         "CPU. Command: `python benchmarks/bench_speed.py` (random uint8 images 32x32, "
-        f"{args.classes} classes).",
+        f"{args.classes} classes; one untimed warm-up step per contender and round).",
         "",
         "| what | images/s (median) | ratio |",
         "| --- | --- | --- |",
-        f"| bare PyTorch loop (no augmentation) | {med['bare']:.0f} | 1.00 |",
-        f"| our trainer (crop+flip augmentation included) | {med['ours']:.0f} | {med['ours'] / med['bare']:.3f} of bare |",
+        f"| bare PyTorch loop, NCHW tensors (no augmentation) | {med['bare (NCHW)']:.0f} | "
+        f"{med['bare (NCHW)'] / med['bare (channels_last)']:.3f} of the channels_last loop |",
+        f"| bare PyTorch loop, channels_last tensors (no augmentation) | {med['bare (channels_last)']:.0f} | 1.00 |",
+        f"| our trainer (crop+flip augmentation included) | {med['ours']:.0f} | "
+        f"{statistics.median(overhead):.3f} of the channels_last loop (per round {overhead[0]:.3f}-{overhead[-1]:.3f}) |",
         f"| our trainer, three-level CCN head (10 groups) | {med['ccn head']:.0f} | "
-        f"{med['flat head'] / med['ccn head']:.3f} time per step of the flat head |",
+        f"{statistics.median(head_cost):.3f} time per step of the flat head (per round "
+        f"{head_cost[0]:.3f}-{head_cost[-1]:.3f}) |",
         "",
         f"Clustering step (L1 distances + average linkage + cut, best of 3): 100 classes "
         f"{cluster[100] * 1000:.1f} ms, 1,000 classes {cluster[1000] * 1000:.0f} ms.",
@@ -124,6 +163,17 @@ def main() -> None:
         results.write_text("# Benchmark results\n\nEvery section says the machine, torch version, date and command.\n")
     with open(results, "a") as handle:
         handle.write(text)
+
+
+def rotate_rounds(contenders: dict, rounds: int) -> dict[str, list[float]]:
+    """Run every contender once per round, rotating the order so that none always runs first."""
+    names = list(contenders)
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            runs[name].append(contenders[name]())
+    return runs
 
 
 if __name__ == "__main__":
