@@ -75,3 +75,13 @@ def test_channels_last_on_cpu_changes_the_layout_not_the_results(planted):
         outcomes[layout] = run.train()["top1"]
     assert outcomes[True] > 1.5 / 16
     assert abs(outcomes[True] - outcomes[False]) <= 0.05
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_through_the_head_swap(planted):
+    """train.compile=true: the compiled flat model, then a recompile after the three-level head is
+    installed, learn like the eager run (about a minute on 2 CPU cores, mostly compilation)."""
+    compiled = _run("method.groups=4", "method.name=ccn", "train.epochs=2", "train.compile=true", ds=planted)
+    eager = _run("method.groups=4", "method.name=ccn", "train.epochs=2", ds=planted)
+    assert compiled["hierarchy"]["groups"] == eager["hierarchy"]["groups"]
+    assert abs(compiled["top1"] - eager["top1"]) <= 0.05
