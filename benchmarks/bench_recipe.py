@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import json
 import platform
 import tempfile
@@ -41,7 +42,7 @@ def run_candidate(base: list[str], overrides: list[str]) -> dict:
     config = cfgmod.load(None, ["method.name=flat", "train.progress=false", *base, *overrides])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        results = run_training(config, out, RunLog(out, stream=open("/dev/null", "w")))
+        results = run_training(config, out, RunLog(out, stream=io.StringIO()))  # quiet: the table says it all
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     elapsed, curve = 0.0, []
     for row in rows:
