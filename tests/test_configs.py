@@ -8,7 +8,10 @@ from ccn import config as cfgmod
 from ccn.experiment import load_grid
 from ccn.models import backbone_from_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+# the grid files that reproduce the committed studies (docs/results/*/grid.yaml)
+STUDY_GRIDS = sorted((REPO / "docs" / "results").glob("*/grid.yaml"))
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -18,7 +21,8 @@ def test_run_config_loads_and_builds_its_backbone(path):
     assert backbone.num_features > 0
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((CONFIGS / "experiments").glob("*.yaml")) + STUDY_GRIDS,
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_experiment_grid_loads_every_variant(path):
     grid = load_grid(path)
     assert grid.reference in grid.variants and len(grid.seeds) >= 3
