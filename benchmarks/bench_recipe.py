@@ -9,7 +9,8 @@ Every candidate is a `ccn train` run (method flat, seed 0 unless --base says oth
 library's own pipeline, so its numbers are what the command line would give. For each epoch the
 table gives the training seconds so far (the evaluation after every epoch is not counted: it is a
 reporting cost) and the top-1 on the test set then; the last column is the run's wall time,
-evaluation and data loading included. Appends a section to benchmarks/RESULTS.md.
+evaluation and data loading included. The runs write no run folder (the tables recorded on
+2026-11-25 still included a checkpoint save per epoch in their wall time). Appends a section to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
@@ -38,18 +37,27 @@ def parse_candidate(spec: str) -> tuple[str, list[str]]:
     return label.strip(), [item.strip() for item in overrides.split(",") if item.strip()]
 
 
+class CollectingLog(RunLog):
+    """Keeps the epoch rows in memory: no run folder, so no checkpoint or weight files are written."""
+
+    def __init__(self):
+        super().__init__(None, stream=io.StringIO())  # quiet: the table says it all
+        self.rows: list[dict] = []
+
+    def epoch(self, row: dict) -> None:
+        self.rows.append(row)
+
+
 def run_candidate(base: list[str], overrides: list[str]) -> dict:
     config = cfgmod.load(None, ["method.name=flat", "train.progress=false", *base, *overrides])
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        results = run_training(config, out, RunLog(out, stream=io.StringIO()))  # quiet: the table says it all
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    log = CollectingLog()
+    results = run_training(config, None, log)
     elapsed, curve = 0.0, []
-    for row in rows:
+    for row in log.rows:
         elapsed += row["seconds"]
         curve.append((elapsed, row["top1"]))
     return {"config": config, "results": results, "curve": curve,
-            "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows)}
+            "images_per_s": sum(r["images_per_s"] for r in log.rows) / len(log.rows)}
 
 
 def table(title: str, base: list[str], outcomes: list[tuple[str, dict]]) -> str:
