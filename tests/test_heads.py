@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ccn.heads import FlatHead, ThreeLevelHead, TreeHead, group_index
+from ccn.heads import FlatHead, ThreeLevelHead, TreeHead
+from ccn.hierarchy.tree import group_index
 from ccn.errors import ConfigError
 
 GROUPS = [[0, 3, 5], [1, 2], [4]]  # 6 classes in 3 groups, not in index order
@@ -102,7 +103,7 @@ def test_partition_errors():
 
 def _tree_like(head3: ThreeLevelHead, groups) -> TreeHead:
     from ccn.config import Config
-    from ccn.pipeline import tree_head_from
+    from ccn.network import tree_head_from
     return tree_head_from(head3, groups, Config())
 
 

@@ -47,7 +47,7 @@ def test_oracle_and_depth_two_and_holdout(planted):
 
 def test_flat_baseline_and_ccn_share_initial_weights(planted):
     import torch
-    from ccn.pipeline import build_model
+    from ccn.network import build_model
     config = cfgmod.load(None, ["data.name=synthetic", "model.width=8"])
     torch.manual_seed(config.seed)
     a = build_model(config, 16).backbone.state_dict()

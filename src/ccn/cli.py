@@ -74,25 +74,22 @@ def _clusters(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from ccn.dist import resolve_device
-    from ccn.evaluate import evaluate_outputs
+    from ccn.dist import autocast, resolve_device
+    from ccn.evaluate import score
     from ccn.pipeline import prepare_data
     from ccn.runs import load_run
-    from ccn.train import Trainer
 
     config, model, hierarchy, saved = load_run(Path(args.run_dir), args.set)
     device = resolve_device(config.device)
-    data = prepare_data(config, device)
+    data = prepare_data(config, device, preprocess=saved["preprocess"])
     if data.ds.num_classes != saved["num_classes"]:
         raise CCNError(f"the run has {saved['num_classes']} classes but data {data.ds.name} has "
                        f"{data.ds.num_classes}: evaluate on data with the same classes")
     model.to(device)
-    trainer = Trainer(model, config.train, device, steps_per_epoch=1)
-    out, labels = trainer.predict(data.test)
-    result = evaluate_outputs(model.head, out, labels, config.method.inference,
-                              hierarchy.mask() if hierarchy is not None else None)
+    result = score(model, data.test, hierarchy.mask() if hierarchy is not None else None, config.method.inference,
+                   lambda: autocast(device, config.train.bf16))
     result.pop("per_group_top1", None)
-    print(json.dumps({"data": data.ds.name, "test_images": len(labels), **result}, indent=2))
+    print(json.dumps({"data": data.ds.name, "test_images": len(data.test.labels), **result}, indent=2))
 
 
 def _predict(args) -> None:

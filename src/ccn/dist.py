@@ -6,6 +6,7 @@ Library code takes `device` as an argument; only the command line calls `resolve
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,13 @@ def resolve_device(name: str = "auto", world: World = World()) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device=mps but MPS is not available here: use device=cpu or auto")
     return torch.device(name)
+
+
+def autocast(device: torch.device, bf16: bool):
+    """The precision context of forward passes: bfloat16 autocast on CUDA when `bf16`, else none."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def backend_for(device: torch.device) -> str:

@@ -1,10 +1,15 @@
-"""Scores of a head's outputs: top-k accuracy per inference rule, group and within-group accuracy."""
+"""Evaluation: a model's outputs over a set of batches, and their scores (top-k accuracy per
+inference rule, group and within-group accuracy). Needs a model and data, no optimizer."""
 
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Optional
 
 import torch
+
+from ccn.data.loader import TensorBatches
+from ccn.dist import broadcast_buffers
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -55,3 +60,27 @@ def evaluate_outputs(head: torch.nn.Module, out: dict, labels: torch.Tensor, def
     if mask is not None and "soft" in head.rules:
         result.update(group_metrics(head.scores(out, "soft"), labels, mask))
     return result
+
+
+@torch.no_grad()
+def model_outputs(model: torch.nn.Module, batches: TensorBatches,
+                  precision: Callable[[], ContextManager] = nullcontext) -> tuple[dict, torch.Tensor]:
+    """Head outputs (on the CPU, float32) and labels for every item of `batches`, in order, in eval mode."""
+    broadcast_buffers(model)
+    model.eval()
+    outputs: dict[str, list] = {}
+    labels = []
+    for x, y in batches.epoch(0):
+        with precision():
+            out = model(x)
+        for key, value in out.items():
+            outputs.setdefault(key, []).append(value.float().cpu())
+        labels.append(y.cpu())
+    return {k: torch.cat(v) for k, v in outputs.items()}, torch.cat(labels)
+
+
+def score(model: torch.nn.Module, batches: TensorBatches, mask: Optional[torch.Tensor], rule: str,
+          precision: Callable[[], ContextManager] = nullcontext) -> dict:
+    """Scores of `model` on `batches`; `mask` is the (K, C) group mask of a hierarchy, if any."""
+    out, labels = model_outputs(model, batches, precision)
+    return evaluate_outputs(model.head, out, labels, rule, mask)

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ccn.errors import ConfigError
+from ccn.hierarchy.tree import group_index, mask_matrix
 
 RULES = ("soft", "hard", "flat", "blend")
 _HARD_BONUS = 1e4  # lifts the classes of the chosen group above all others while keeping their order
@@ -40,25 +41,6 @@ class FlatHead(nn.Module):
 
     def scores(self, out: dict, rule: str = "flat") -> torch.Tensor:
         return out["z"]
-
-
-def group_index(groups: list[list[int]], num_classes: int) -> torch.Tensor:
-    """(C,) long tensor: the group of each class; every class must be in exactly one group."""
-    group_of = torch.full((num_classes,), -1, dtype=torch.long)
-    for k, members in enumerate(groups):
-        for c in members:
-            if group_of[c] != -1:
-                raise ConfigError(f"class {c} is in groups {int(group_of[c])} and {k}: a partition needs disjoint groups")
-            group_of[c] = k
-    if (group_of < 0).any():
-        missing = (group_of < 0).nonzero().flatten().tolist()
-        raise ConfigError(f"classes {missing[:10]} are in no group: a partition must cover every class")
-    return group_of
-
-
-def mask_matrix(group_of: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """(K, C) bool: M[k, c] is True where class c belongs to group k."""
-    return F.one_hot(group_of, num_groups).T.bool()
 
 
 def within_group_log_probs(v: torch.Tensor, mask: torch.Tensor, group_of: torch.Tensor) -> torch.Tensor:

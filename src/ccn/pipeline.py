@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,14 +27,15 @@ from ccn.checkpoint import STATE_FILE, fault_point, read_training_state, restore
 from ccn.data import ImageDataset, load_dataset
 from ccn.data.augment import Augment, Normalize
 from ccn.data.loader import TensorBatches
-from ccn.dist import World, all_reduce_sum, broadcast_buffers, init_distributed, resolve_device, wrap_for_training
+from ccn.dist import World, all_reduce_sum, autocast, init_distributed, resolve_device, wrap_for_training
 from ccn.errors import CCNError
-from ccn.evaluate import evaluate_outputs
-from ccn.heads import FlatHead, ThreeLevelHead, TreeHead, flatten_tree
+from ccn.evaluate import model_outputs, score
 from ccn.hierarchy import (Hierarchy, agreement, build_hierarchy, default_group_count, oracle_partition,
                            random_partition)
 from ccn.hierarchy.affinity import class_profile_sums, profiles_from_sums
-from ccn.models import Classifier, backbone_from_config, count_parameters
+from ccn.models import count_parameters
+from ccn.runs import write_run
+from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
 from ccn.train import Trainer
 
@@ -81,9 +83,11 @@ def uses_channels_last(config: Config, device: torch.device) -> bool:
 
 
 def prepare_data(config: Config, device: torch.device, world: World = World(),
-                 ds: Optional[ImageDataset] = None) -> RunData:
+                 ds: Optional[ImageDataset] = None, preprocess: Optional[dict] = None) -> RunData:
+    """The run's data on `device`. `preprocess` (a saved run's mean and std, 0-1 scale) replaces the
+    statistics of these training images, so a saved run is scored with the normalisation it learned."""
     ds = ds if ds is not None else load_dataset(config.data)
-    mean, std = ds.channel_stats()
+    mean, std = (preprocess["mean"], preprocess["std"]) if preprocess is not None else ds.channel_stats()
     normalize = Normalize(mean, std).to(device)
     x, y = ds.train_images, ds.train_labels
     probe_x, probe_y = x, y
@@ -106,29 +110,6 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
     return RunData(ds, normalize, train, test, probe)
 
 
-# ---------------------------------------------------------------- models and heads
-
-
-def make_head(config: Config, in_features: int, num_classes: int, hierarchy: Optional[Hierarchy],
-              flat: Optional[torch.nn.Linear] = None) -> torch.nn.Module:
-    """FlatHead without a hierarchy, ThreeLevelHead for depth 1, TreeHead deeper."""
-    m = config.method
-    if hierarchy is None:
-        return FlatHead(in_features, num_classes)
-    if hierarchy.depth == 1:
-        return ThreeLevelHead(in_features, hierarchy.groups, flat=flat, flat_weight=m.flat_weight,
-                              blend_weight=m.blend_weight, init_from_flat=m.init_from_flat)
-    return TreeHead(in_features, hierarchy.tree, num_classes, flat=flat, flat_weight=m.flat_weight,
-                    blend_weight=m.blend_weight)
-
-
-def build_model(config: Config, num_classes: int, hierarchy: Optional[Hierarchy] = None) -> Classifier:
-    """The network of a run: used to train it and to rebuild it from its run folder."""
-    backbone = backbone_from_config(config.model)
-    head = make_head(config, backbone.num_features, num_classes, hierarchy)
-    return Classifier(backbone, head, config.model.dropout)
-
-
 # ---------------------------------------------------------------- step 2: groups
 
 
@@ -140,25 +121,25 @@ def reduced_profiles(probs: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 @torch.no_grad()
-def flat_profiles(trainer: Trainer, probe: TensorBatches, num_classes: int) -> torch.Tensor:
+def flat_profiles(model: torch.nn.Module, probe: TensorBatches, num_classes: int, precision=nullcontext) -> torch.Tensor:
     """Mean softmax of the level-1 (flat) head per class: eval mode, no augmentation."""
-    out, labels = trainer.predict(probe)
+    out, labels = model_outputs(model, probe, precision)
     return reduced_profiles(torch.softmax(out["z"].double(), dim=1), labels, num_classes)
 
 
 def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch: int) -> Hierarchy:
     """The partition of step 2: learned from the profiles, or a control (random, oracle)."""
-    m = config.method
-    learned = build_hierarchy(profiles, ds.classes, m.metric, m.groups, m.threshold, m.linkage,
-                              m.min_group_size, m.max_group_size)
-    learned.how.update(epoch=epoch, probe_set=m.probe_set)
+    meth = config.method
+    learned = build_hierarchy(profiles, ds.classes, meth.metric, meth.groups, meth.threshold, meth.linkage,
+                              meth.min_group_size, meth.max_group_size)
+    learned.how.update(epoch=epoch, probe_set=meth.probe_set)
     chosen = learned
-    if m.partition == "random":  # same sizes as the learned groups, shuffled classes
+    if meth.partition == "random":  # same sizes as the learned groups, shuffled classes
         sizes = sorted((len(g) for g in learned.groups), reverse=True)
         groups = random_partition(ds.num_classes, sizes, seed=config.seed)
         chosen = Hierarchy(ds.classes, groups, {"partition": "random", "groups": len(groups), "epoch": epoch},
                            distances=learned.distances, merges=learned.merges)
-    elif m.partition == "oracle":
+    elif meth.partition == "oracle":
         groups = oracle_partition(ds.coarse, ds.name)
         chosen = Hierarchy(ds.classes, groups, {"partition": "oracle", "groups": len(groups), "epoch": epoch},
                            distances=learned.distances, merges=learned.merges)
@@ -169,12 +150,12 @@ def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch:
 
 
 @torch.no_grad()
-def split_large_groups(config: Config, trainer: Trainer, probe: TensorBatches, hierarchy: Hierarchy,
-                       epoch: int) -> Hierarchy:
+def split_large_groups(config: Config, model: torch.nn.Module, probe: TensorBatches, hierarchy: Hierarchy,
+                       epoch: int, precision=nullcontext) -> Hierarchy:
     """Recursion: inside each group of >= split_min_size classes, profile the classes with the masked
     (level-3) softmax restricted to the group and cluster them again into round(sqrt(size)) parts."""
-    head = trainer.model.head
-    out, labels = trainer.predict(probe)
+    head = model.head
+    out, labels = model_outputs(model, probe, precision)
     _, log_within = head.log_probs({k: v.to(head.mask.device) for k, v in out.items()})
     log_within, tree = log_within.cpu(), []
     for members in hierarchy.groups:
@@ -190,26 +171,6 @@ def split_large_groups(config: Config, trainer: Trainer, probe: TensorBatches, h
         tree.append([[members[i] for i in part] for part in sub.groups])
     how = {**hierarchy.how, "depth": 2, "split_epoch": epoch}
     return Hierarchy(hierarchy.classes, tree, how, hierarchy.distances, hierarchy.merges)
-
-
-def tree_head_from(three: ThreeLevelHead, tree: list, config: Config) -> TreeHead:
-    """A TreeHead that starts where the three-level head is: group nodes from `u`, classes from `v`,
-    the new sub-group nodes at zero (a uniform split)."""
-    num_classes = three.mask.shape[1]
-    head = TreeHead(three.flat.in_features, tree, num_classes, flat=three.flat,
-                    flat_weight=config.method.flat_weight, blend_weight=config.method.blend_weight)
-    parent, leaf_class = flatten_tree(tree)
-    top_nodes = [n for n in range(1, len(parent)) if parent[n] == 0]
-    with torch.no_grad():
-        head.nodes.weight.zero_()
-        head.nodes.bias.zero_()
-        for k, node in enumerate(top_nodes):
-            head.nodes.weight[node - 1] = three.cluster.weight[k]
-            head.nodes.bias[node - 1] = three.cluster.bias[k]
-        for node, c in leaf_class.items():
-            head.nodes.weight[node - 1] = three.masked.weight[c]
-            head.nodes.bias[node - 1] = three.masked.bias[c]
-    return head.to(three.mask.device)
 
 
 # ---------------------------------------------------------------- the run
@@ -261,7 +222,7 @@ class MethodRun:
     # -- the loop
 
     def train(self) -> dict:
-        config, m = self.config, self.config.method
+        config, meth = self.config, self.config.method
         self.log.info(describe_run(config, self.ds, self.model, self.device, len(self.data.train)))
         for epoch in range(self.first_epoch, config.train.epochs + 1):
             stats = self.trainer.train_epoch(self.data.train, epoch)
@@ -270,23 +231,23 @@ class MethodRun:
                 raise CCNError(f"the training loss became {stats['loss']} in epoch {epoch}: {kept}lower train.lr "
                                "(or add train.warmup_epochs) and run again")
             row_stage = self.stage
-            scores = score(self.trainer, self.data.test, self.hierarchy, m.inference)  # the head this epoch trained
-            if m.name == "ccn" and epoch == cfgmod.clustering_epoch(m):
+            scores = self.score_test()  # the head this epoch trained
+            if meth.name == "ccn" and epoch == cfgmod.clustering_epoch(meth):
                 fault_point("after-probe")
-                self.form_groups(epoch)
+                self.cluster_classes(epoch)
                 fault_point("after-clustering")
-            elif m.name == "ccn" and m.depth > 1 and epoch == cfgmod.recursion_epoch(m):
-                self.split_groups(epoch)
+            elif meth.name == "ccn" and meth.depth > 1 and epoch == cfgmod.recursion_epoch(meth):
+                self.recurse(epoch)
             self.log.epoch({"epoch": epoch, "epochs": config.train.epochs, "stage": row_stage, **stats,
                             "top1": scores["top1"], "top5": scores["top5"],
                             "lr": self.trainer.optimizer.param_groups[0]["lr"]})
             self.save_checkpoint(epoch)
         return self.finish()
 
-    def form_groups(self, epoch: int) -> None:
+    def cluster_classes(self, epoch: int) -> None:
         """Step 2, then the three-level head of step 3 on the same features."""
         tick = time.perf_counter()
-        profiles = flat_profiles(self.trainer, self.data.probe, self.ds.num_classes)
+        profiles = flat_profiles(self.model, self.data.probe, self.ds.num_classes, self.precision)
         self.hierarchy = form_groups(self.config, profiles, self.ds, epoch)
         self.cluster_seconds = time.perf_counter() - tick
         torch.manual_seed(self.config.seed + 1)  # new heads start the same for every partition of a seed
@@ -296,9 +257,10 @@ class MethodRun:
         self.log.info(f"  step 2 after epoch {epoch}: {len(sizes)} {self.hierarchy.how['partition']} groups "
                       f"(sizes {sizes}), {self.cluster_seconds:.2f}s")
 
-    def split_groups(self, epoch: int) -> None:
+    def recurse(self, epoch: int) -> None:
         """The recursion: split large groups and continue with a tree head."""
-        self.hierarchy = split_large_groups(self.config, self.trainer, self.data.probe, self.hierarchy, epoch)
+        self.hierarchy = split_large_groups(self.config, self.model, self.data.probe, self.hierarchy, epoch,
+                                            self.precision)
         self._install_head(tree_head_from(self.model.head, self.hierarchy.tree, self.config), "tree")
         self.log.info(f"  recursion after epoch {epoch}: tree of depth {self.hierarchy.depth}")
 
@@ -315,8 +277,16 @@ class MethodRun:
         module = wrap_for_training(self.model, self.device, find_unused=unused)
         self.trainer.train_module = torch.compile(module) if self.config.train.compile else module
 
+    def precision(self):
+        """The forward-pass precision context, the same for training and evaluation."""
+        return autocast(self.device, self.config.train.bf16)
+
+    def score_test(self) -> dict:
+        mask = self.hierarchy.mask() if self.hierarchy is not None else None
+        return score(self.model, self.data.test, mask, self.config.method.inference, self.precision)
+
     def finish(self) -> dict:
-        results = score(self.trainer, self.data.test, self.hierarchy, self.config.method.inference)
+        results = self.score_test()
         seconds = self.earlier_seconds + time.perf_counter() - self.started
         results.update(run_facts(self.config, self.ds, self.model, self.device, seconds, self.data))
         results["clustering_seconds"] = self.cluster_seconds
@@ -324,7 +294,6 @@ class MethodRun:
             results["hierarchy"] = {"groups": self.hierarchy.named_groups(), "how": self.hierarchy.how}
         self.log.info(final_line(results))
         if self.out_dir is not None and self.world.is_main:
-            from ccn.runs import write_run
             write_run(self.out_dir, self.config, self.model, results, self.hierarchy)
         self.log.close()
         return results
@@ -368,17 +337,11 @@ class MethodRun:
         self.log.info(f"resuming {path.parent} after epoch {state['epoch']} (stage {self.stage})")
 
 
-def score(trainer: Trainer, test: TensorBatches, hierarchy: Optional[Hierarchy], rule: str) -> dict:
-    out, labels = trainer.predict(test)
-    mask = hierarchy.mask() if hierarchy is not None else None
-    return evaluate_outputs(trainer.model.head, out, labels, rule, mask)
-
-
 def describe_run(config: Config, ds: ImageDataset, model: torch.nn.Module, device, steps: int) -> str:
-    m = config.method
-    method = "flat baseline" if m.name == "flat" else (
-        f"ccn: {m.probe_epochs} probe epoch(s), groups after epoch {cfgmod.clustering_epoch(m)}, "
-        f"metric {m.metric}, partition {m.partition}, depth {m.depth}")
+    meth = config.method
+    method = "flat baseline" if meth.name == "flat" else (
+        f"ccn: {meth.probe_epochs} probe epoch(s), groups after epoch {cfgmod.clustering_epoch(meth)}, "
+        f"metric {meth.metric}, partition {meth.partition}, depth {meth.depth}")
     return (f"ccn train | data {ds.name}: {len(ds.train_labels)} train / {len(ds.test_labels)} test images, "
             f"{ds.num_classes} classes, {ds.image_size}px | model {config.model.name} "
             f"({count_parameters(model) / 1e6:.2f} M parameters) | {method} | {config.train.epochs} epochs x "

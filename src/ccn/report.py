@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
-import platform
 from pathlib import Path
 from typing import Optional
 

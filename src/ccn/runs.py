@@ -22,6 +22,7 @@ from ccn.checkpoint import STATE_FILE, atomic_write, load_weights, save_weights
 from ccn.config import Config
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
+from ccn.network import build_model
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", "model.safetensors", STATE_FILE)
 
@@ -94,8 +95,6 @@ def read_results(run_dir: Path) -> dict:
 
 def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, torch.nn.Module, Optional[Hierarchy], dict]:
     """(config, model with its weights, hierarchy or None, results) of a finished run folder."""
-    from ccn.pipeline import build_model
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CCNError(f"run folder {run_dir} does not exist: pass the folder a `ccn train` wrote")

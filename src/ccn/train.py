@@ -10,7 +10,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -18,7 +17,7 @@ from torch import nn
 from ccn.checkpoint import fault_point
 from ccn.config import TrainConfig
 from ccn.data.loader import TensorBatches
-from ccn.dist import all_reduce_sum, broadcast_buffers
+from ccn.dist import all_reduce_sum, autocast
 
 
 def lr_factor(cfg: TrainConfig, progress: float, warmup: float) -> float:
@@ -56,8 +55,7 @@ class Trainer:
         self.step = 0
         self.optimizer = self._new_optimizer()
         self.fault = os.environ.get("CCN_FAULT")  # testing hook, see ccn.checkpoint.fault_point
-        use_bf16 = cfg.bf16 and device.type == "cuda"
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+        self.autocast = lambda: autocast(device, cfg.bf16)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         groups = parameter_groups(list(self.model.named_parameters()), self.cfg.weight_decay)
@@ -113,18 +111,3 @@ class Trainer:
         seen = int(totals[-1])
         means = {key: value / max(1, seen) for key, value in zip(keys, totals)}
         return {**means, "images_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
-
-    @torch.no_grad()
-    def predict(self, batches: TensorBatches) -> tuple[dict, torch.Tensor]:
-        """Head outputs (on the CPU, float32) and labels for every item of `batches`, in order."""
-        broadcast_buffers(self.model)
-        self.model.eval()
-        outputs: dict[str, list] = {}
-        labels = []
-        for x, y in batches.epoch(0):
-            with self.autocast():
-                out = self.model(x)
-            for key, value in out.items():
-                outputs.setdefault(key, []).append(value.float().cpu())
-            labels.append(y.cpu())
-        return {k: torch.cat(v) for k, v in outputs.items()}, torch.cat(labels)

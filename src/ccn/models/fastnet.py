@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ccn.models.registry import Backbone, register_backbone
+from ccn.models.base import Backbone
+from ccn.models.registry import register_backbone
 
 
 NORMS = {"batch": nn.BatchNorm2d, "none": None}

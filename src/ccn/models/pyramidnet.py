@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ccn.models.registry import PreActTrunk, register_backbone
+from ccn.models.base import PreActTrunk
+from ccn.models.registry import register_backbone
 
 
 class _ShakeDropFunction(torch.autograd.Function):

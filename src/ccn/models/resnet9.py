@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ccn.models.registry import Backbone, register_backbone
+from ccn.models.base import Backbone
+from ccn.models.registry import register_backbone
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ccn.models.registry import Backbone, PreActTrunk, kaiming_init, register_backbone
+from ccn.models.base import Backbone, PreActTrunk, kaiming_init
+from ccn.models.registry import register_backbone
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:

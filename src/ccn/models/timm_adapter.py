@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ccn.errors import ConfigError
-from ccn.models.registry import Backbone
+from ccn.models.base import Backbone
 
 
 class TimmBackbone(Backbone):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ccn.models.registry import PreActTrunk, register_backbone
+from ccn.models.base import PreActTrunk
+from ccn.models.registry import register_backbone
 from ccn.models.resnet_cifar import PreActBlock, conv3x3
 
 

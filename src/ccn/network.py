@@ -1,0 +1,60 @@
+"""The network of a run: a backbone plus the head its stage calls for.
+
+Training builds it here, and so does loading a saved run (runs.py), so a run folder always
+rebuilds the network that wrote it:
+
+    no hierarchy      FlatHead         (the baseline, and the probe epochs of the method)
+    depth-1 groups    ThreeLevelHead   (step 3)
+    a deeper tree     TreeHead         (the recursion)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ccn.config import Config
+from ccn.heads import FlatHead, ThreeLevelHead, TreeHead, flatten_tree
+from ccn.hierarchy import Hierarchy
+from ccn.models import Classifier, backbone_from_config
+
+
+def make_head(config: Config, in_features: int, num_classes: int, hierarchy: Optional[Hierarchy],
+              flat: Optional[torch.nn.Linear] = None) -> torch.nn.Module:
+    """FlatHead without a hierarchy, ThreeLevelHead for depth 1, TreeHead deeper."""
+    meth = config.method
+    if hierarchy is None:
+        return FlatHead(in_features, num_classes)
+    if hierarchy.depth == 1:
+        return ThreeLevelHead(in_features, hierarchy.groups, flat=flat, flat_weight=meth.flat_weight,
+                              blend_weight=meth.blend_weight, init_from_flat=meth.init_from_flat)
+    return TreeHead(in_features, hierarchy.tree, num_classes, flat=flat, flat_weight=meth.flat_weight,
+                    blend_weight=meth.blend_weight)
+
+
+def build_model(config: Config, num_classes: int, hierarchy: Optional[Hierarchy] = None) -> Classifier:
+    """The network of a run: used to train it and to rebuild it from its run folder."""
+    backbone = backbone_from_config(config.model)
+    head = make_head(config, backbone.num_features, num_classes, hierarchy)
+    return Classifier(backbone, head, config.model.dropout)
+
+
+def tree_head_from(three: ThreeLevelHead, tree: list, config: Config) -> TreeHead:
+    """A TreeHead that starts where the three-level head is: group nodes from `u`, classes from `v`,
+    the new sub-group nodes at zero (a uniform split)."""
+    num_classes = three.mask.shape[1]
+    head = TreeHead(three.flat.in_features, tree, num_classes, flat=three.flat,
+                    flat_weight=config.method.flat_weight, blend_weight=config.method.blend_weight)
+    parent, leaf_class = flatten_tree(tree)
+    top_nodes = [n for n in range(1, len(parent)) if parent[n] == 0]
+    with torch.no_grad():
+        head.nodes.weight.zero_()
+        head.nodes.bias.zero_()
+        for k, node in enumerate(top_nodes):
+            head.nodes.weight[node - 1] = three.cluster.weight[k]
+            head.nodes.bias[node - 1] = three.cluster.bias[k]
+        for node, c in leaf_class.items():
+            head.nodes.weight[node - 1] = three.masked.weight[c]
+            head.nodes.bias[node - 1] = three.masked.bias[c]
+    return head.to(three.mask.device)
