@@ -143,3 +143,70 @@ def test_flat_head_rules():
     head = FlatHead(4, 3)
     out = head(torch.randn(2, 4))
     assert head.rules == ("flat",) and torch.equal(head.scores(out), out["z"])
+
+
+UNEQUAL = [list(range(0, 7)), [7, 8, 9], [10], [11]]  # 12 classes in groups of 7, 3, 1 and 1
+
+
+def _fit_free_logits(head: torch.nn.Module, num_classes: int, smoothing: float, rule: str) -> torch.Tensor:
+    """Train a head on one-hot features (one free set of logits per example, example c labelled c)
+    to the optimum of its loss; return p(c|x) of `rule` as a (C, C) matrix."""
+    features, labels = torch.eye(num_classes), torch.arange(num_classes)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    for _ in range(400):
+        optimizer.zero_grad()
+        head.loss(head(features), labels, smoothing)["loss"].backward()
+        optimizer.step()
+    with torch.no_grad():
+        return torch.softmax(head.scores(head(features), rule), dim=1)
+
+
+@pytest.mark.parametrize("kind", ["flat", "three-level", "tree"])
+def test_label_smoothing_spreads_eps_evenly_over_all_classes(kind):
+    """The optimum of the smoothed loss is (1 - eps) + eps/C on the true class and eps/C on every
+    other class, for every head and whatever the group sizes (a one-class group's class included)."""
+    torch.manual_seed(0)
+    C, eps = 12, 0.1
+    if kind == "flat":
+        head, rule = FlatHead(C, C), "flat"
+    elif kind == "three-level":
+        head, rule = ThreeLevelHead(C, UNEQUAL, flat_weight=0.0), "soft"
+    else:
+        head, rule = TreeHead(C, [[[0, 1, 2], [3, 4, 5, 6]], [7, 8, 9], [10], [11]], C, flat_weight=0.0), "soft"
+    p = _fit_free_logits(head, C, eps, rule)
+    wrong = p[~torch.eye(C, dtype=torch.bool)]
+    assert torch.allclose(wrong, torch.full_like(wrong, eps / C), rtol=0.05), (wrong.min(), wrong.max())
+    assert torch.allclose(p.diagonal(), torch.full((C,), 1 - eps + eps / C), atol=2e-3)
+
+
+def test_three_level_and_depth_one_tree_losses_agree_with_smoothing():
+    head3 = make_head()
+    tree = _tree_like(head3, GROUPS)
+    h = torch.randn(9, 8)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 0, 4, 4])
+    l3, lt = head3.loss(head3(h), y, 0.1), tree.loss(tree(h), y, 0.1)
+    for key in ("loss", "cluster", "within", "flat"):
+        assert lt[key].item() == pytest.approx(l3[key].item(), rel=1e-5), key
+
+
+def test_smoothed_loss_is_the_class_level_formula():
+    """loss = (1 - eps) * -log p(y|x) + eps * mean over classes of -log p(c|x), plus the flat term."""
+    head = make_head(flat_weight=0.0)
+    out = head(torch.randn(6, 8))
+    y = torch.arange(6)
+    log_p, _ = head.log_probs(out)
+    by_hand = (0.9 * -log_p[torch.arange(6), y] + 0.1 * -log_p.mean(1)).mean()
+    assert head.loss(out, y, 0.1)["loss"].item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_every_head_computes_its_loss_in_float32_under_autocast():
+    torch.manual_seed(0)
+    h, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    for head in (FlatHead(8, 6), make_head(), _tree_like(make_head(), GROUPS)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head(h)
+        assert out["z"].dtype == torch.bfloat16  # the logits are bf16 ...
+        parts = head.loss(out, y, 0.1)
+        assert all(v.dtype == torch.float32 for v in parts.values())  # ... the loss is not
+        reference = head.loss({k: v.float() for k, v in out.items()}, y, 0.1)
+        assert parts["loss"].item() == pytest.approx(reference["loss"].item(), rel=1e-6)

@@ -36,11 +36,11 @@ class FlatHead(nn.Module):
         return {"z": self.flat(h)}
 
     def loss(self, out: dict, y: torch.Tensor, label_smoothing: float = 0.0) -> dict:
-        flat = F.cross_entropy(out["z"], y, label_smoothing=label_smoothing)
+        flat = F.cross_entropy(out["z"].float(), y, label_smoothing=label_smoothing)  # float32 under autocast too
         return {"loss": flat, "flat": flat}
 
     def scores(self, out: dict, rule: str = "flat") -> torch.Tensor:
-        return out["z"]
+        return out["z"].float()
 
 
 def within_group_log_probs(v: torch.Tensor, mask: torch.Tensor, group_of: torch.Tensor) -> torch.Tensor:
@@ -52,13 +52,32 @@ def within_group_log_probs(v: torch.Tensor, mask: torch.Tensor, group_of: torch.
     return v - torch.logsumexp(masked, dim=2)[:, group_of]
 
 
-def smoothed_nll(log_probs: torch.Tensor, y: torch.Tensor, support: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Mean negative log-likelihood with label smoothing spread over `support` (B, C bool) of each row."""
+def smoothed_class_nll(log_probs: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Per-example label-smoothed negative log-likelihood over classes, from log p(c|x) (B, C).
+
+    The target is the same for every head: (1 - eps) on the true class and eps spread evenly over
+    all C classes, whatever the grouping -- exactly what `F.cross_entropy(label_smoothing=eps)` does
+    for the flat head. Smoothing over groups and then inside each group would give the classes of
+    small groups far more target mass than those of large ones (docs/method.md)."""
     nll = -log_probs.gather(1, y[:, None]).squeeze(1)
     if smoothing > 0:
-        uniform = -(log_probs.masked_fill(~support, 0).sum(1) / support.sum(1))
-        nll = (1 - smoothing) * nll + smoothing * uniform
-    return nll.mean()
+        nll = (1 - smoothing) * nll + smoothing * -log_probs.mean(1)
+    return nll
+
+
+def hierarchical_loss(log_p: torch.Tensor, cluster_nll: torch.Tensor, flat_logits: torch.Tensor,
+                      y: torch.Tensor, smoothing: float, flat_weight: float) -> dict:
+    """The loss of a hierarchical head, split into logged parts.
+
+    -log p(y|x) = `cluster` (-log p(group of y | x)) + `within` (the rest of the path). Label
+    smoothing acts on log p(c|x) over all classes and is booked on `within`, so `cluster + within`
+    is the smoothed class-level loss, and `flat` (the level-1 head, float32) is added with its weight."""
+    class_loss = smoothed_class_nll(log_p, y, smoothing).mean()
+    cluster = cluster_nll.mean()
+    within = class_loss - cluster
+    flat = F.cross_entropy(flat_logits.float(), y, label_smoothing=smoothing)
+    total = class_loss + flat_weight * flat if flat_weight > 0 else class_loss
+    return {"loss": total, "cluster": cluster, "within": within, "flat": flat}
 
 
 class ThreeLevelHead(nn.Module):
@@ -96,13 +115,9 @@ class ThreeLevelHead(nn.Module):
         return F.log_softmax(u, dim=1)[:, self.group_of] + log_within, log_within
 
     def loss(self, out: dict, y: torch.Tensor, label_smoothing: float = 0.0) -> dict:
-        target_group = self.group_of[y]
-        cluster = F.cross_entropy(out["u"].float(), target_group, label_smoothing=label_smoothing)
-        _, log_within = self.log_probs(out)
-        within = smoothed_nll(log_within, y, self.mask[target_group], label_smoothing)
-        flat = F.cross_entropy(out["z"].float(), y, label_smoothing=label_smoothing)
-        total = cluster + within + self.flat_weight * flat if self.flat_weight > 0 else cluster + within
-        return {"loss": total, "cluster": cluster, "within": within, "flat": flat}
+        log_p, _ = self.log_probs(out)
+        cluster_nll = F.cross_entropy(out["u"].float(), self.group_of[y], reduction="none")
+        return hierarchical_loss(log_p, cluster_nll, out["z"], y, label_smoothing, self.flat_weight)
 
     def scores(self, out: dict, rule: str = "soft") -> torch.Tensor:
         if rule == "flat":
@@ -174,15 +189,8 @@ class TreeHead(nn.Module):
     def loss(self, out: dict, y: torch.Tensor, label_smoothing: float = 0.0) -> dict:
         edges = self.edge_log_probs(out["t"])
         on_path = self.paths[:, y].T  # (B, E)
-        cluster = -(edges * on_path * (~self.is_leaf)).sum(1).mean()
-        within = -(edges * on_path * self.is_leaf).sum(1).mean()
-        flat = F.cross_entropy(out["z"].float(), y, label_smoothing=label_smoothing)
-        if label_smoothing > 0:
-            # ours: (1 - eps) * -log p(y|x) + eps * mean over classes of -log p(c|x), booked on `within`
-            uniform = -self._path_sum(edges).mean(1).mean()
-            within = within + label_smoothing * (uniform - (cluster + within))
-        total = cluster + within + (self.flat_weight * flat if self.flat_weight > 0 else 0)
-        return {"loss": total, "cluster": cluster, "within": within, "flat": flat}
+        cluster_nll = -(edges * on_path * (~self.is_leaf)).sum(1)  # every step of the path above the leaf
+        return hierarchical_loss(self._path_sum(edges), cluster_nll, out["z"], y, label_smoothing, self.flat_weight)
 
     def _greedy_path(self, t: torch.Tensor) -> torch.Tensor:
         """(B, E) bool: the nodes picked by descending from the root to the best child at each step."""
