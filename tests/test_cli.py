@@ -41,6 +41,16 @@ def test_evaluate_reproduces_the_saved_score(digits_run):
     assert scored["top1"] == pytest.approx(saved["top1"], abs=1e-6)
 
 
+def test_evaluate_uses_the_runs_saved_normalisation(digits_run):
+    """Scoring the same test images with training statistics from other images (a smaller
+    training set) must not change the score: evaluate normalises as the run learned to."""
+    out, _ = digits_run
+    result = run_cli("evaluate", str(out), "--set", "data.train_per_class=3")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "results.json").read_text())
+    assert json.loads(result.stdout)["top1"] == pytest.approx(saved["top1"], abs=1e-6)
+
+
 def test_clusters_prints_groups_and_plots(digits_run):
     out, _ = digits_run
     result = run_cli("clusters", str(out), "--plot")

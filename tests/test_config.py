@@ -43,6 +43,34 @@ def test_bad_values_name_the_key(override, words):
         assert word in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, words", [
+    (["method.cluster_epoch=0"], ["method.cluster_epoch=0", "flat model and call it ccn"]),
+    (["method.depth=2", "method.cluster_epoch=2", "method.recurse_epoch=2", "train.epochs=5"],
+     ["method.recurse_epoch=2 is not after the clustering epoch"]),
+    (["method.recurse_epoch=3", "train.epochs=5"], ["method.recurse_epoch is set but nothing is split"]),
+    (["method.partition=file"], ["method.partition=file and method.groups_file=PATH go together"]),
+    (["method.groups_file=h.json"], ["method.partition=file and method.groups_file=PATH go together"]),
+    (["method.clustering=balanced", "method.threshold=0.5"], ["method.threshold cannot be used with method.clustering=balanced"]),
+    (["method.clustering=balanced", "method.max_group_size=5"], ["method.max_group_size cannot be used"]),
+    (["method.partition=oracle", "method.profile=prior"], ["method.profile=prior has no effect with method.partition=oracle"]),
+    (["data.val_fraction=1"], ["data.val_fraction must be 0"]),
+])
+def test_settings_that_would_change_what_a_run_means_are_refused(overrides, words):
+    """A run must be what its name says: clustering at epoch 0 is a flat model, recursion before
+    clustering splits nothing, a key that another key silently overrides means nothing."""
+    with pytest.raises(ConfigError) as err:
+        cfgmod.load(None, overrides)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_late_zero_variant_is_refused_with_exit_2(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {train: {epochs: 2}}\nvariants: [flat, late-0]\nseeds: [0]\n")
+    result = run_cli("experiment", "--config", str(grid), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "method.cluster_epoch=0" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_probe_epochs_must_leave_room_for_step_3():
     with pytest.raises(ConfigError, match="raise train.epochs"):
         cfgmod.load(None, ["train.epochs=2", "method.probe_epochs=2"])

@@ -85,3 +85,48 @@ def test_torch_compile_trains_through_the_head_swap(planted):
     eager = _run("method.groups=4", "method.name=ccn", "train.epochs=2", ds=planted)
     assert compiled["hierarchy"]["groups"] == eager["hierarchy"]["groups"]
     assert abs(compiled["top1"] - eager["top1"]) <= 0.05
+
+
+def test_depth_two_without_a_large_group_keeps_a_loadable_depth_one_run(planted, tmp_path):
+    """No group reaches split_min_size: the run keeps its three-level head, saves what it trained,
+    and says why; the saved run loads and scores the same (it used to save a depth-1 hierarchy
+    beside a tree head's weights)."""
+    from ccn.runs import load_run
+    from ccn.tracking import RunLog
+    config = cfgmod.load(None, ["data.name=synthetic", "data.num_classes=16", "data.num_groups=4", "model.width=8",
+                                "train.batch_size=32", "train.epochs=3", "train.progress=false", "method.groups=4",
+                                "method.depth=2", "method.split_min_size=99"])
+    (tmp_path / "run").mkdir()
+    results = run_training(config, tmp_path / "run", RunLog(None, enabled=False), ds=planted)
+    assert results["hierarchy"]["how"]["split"].startswith("none")
+    _, model, hierarchy, _ = load_run(tmp_path / "run")
+    assert hierarchy.depth == 1 and type(model.head).__name__ == "ThreeLevelHead"
+
+
+def test_probe_holdout_removes_the_same_images_from_flat_and_ccn(planted):
+    """probe_set=holdout takes images out of training for every method, so a flat baseline of the
+    same grid trains on exactly the images its ccn runs train on (pairing)."""
+    from ccn.pipeline import prepare_data
+    import torch
+    datas = {}
+    for method in ("flat", "ccn"):
+        config = cfgmod.load(None, ["data.name=synthetic", f"method.name={method}", "method.probe_set=holdout",
+                                    "method.holdout_fraction=0.2"])
+        datas[method] = prepare_data(config, torch.device("cpu"), ds=planted)
+    assert len(datas["flat"].train.labels) == len(datas["ccn"].train.labels) == 16 * 48
+    assert torch.equal(datas["flat"].train.images, datas["ccn"].train.images)
+
+
+def test_validation_split_is_scored_instead_of_the_test_set(planted):
+    results = _run("data.val_fraction=0.25", "method.groups=4", ds=planted)
+    assert results["eval_set"] == "validation" and results["test_images"] == 16 * 15
+    assert results["train_images"] == 16 * 45
+    plain = _run("method.groups=4", ds=planted)
+    assert plain["eval_set"] == "test" and plain["test_images"] == 16 * 20
+
+
+def test_partition_sizes_and_balance_are_recorded(planted):
+    results = _run("method.groups=4", "method.clustering=balanced", ds=planted)
+    assert results["group_sizes"] == [4, 4, 4, 4]
+    assert results["group_balance"] == {"largest_over_mean": 1.0, "smallest_over_mean": 1.0}
+    assert 0 < results["balanced_top1"] <= 1

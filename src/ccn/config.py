@@ -31,6 +31,8 @@ class DataConfig:
     cutout: int = 0  # side of a zeroed square per training image, pixels; 0: off
     cache: bool = True  # keep decoded image folders as uint8 arrays next to the data
     skip_bad_images: bool = False  # warn and skip unreadable images instead of stopping
+    val_fraction: float = 0.0  # >0: hold out this share of each class's training images (seeded, the same for
+    #                            every run seed) and score them instead of the test set, to choose settings
     include_background: bool = False  # caltech101: keep BACKGROUND_Google as a class
     num_classes: int = 20  # synthetic only
     num_groups: int = 4  # synthetic only: planted groups of classes
@@ -82,12 +84,15 @@ class MethodConfig:
     threshold: Optional[float] = None  # cut the merge tree at this distance instead of K groups
     min_group_size: Optional[int] = None
     max_group_size: Optional[int] = None
-    partition: Literal["learned", "random", "oracle"] = "learned"
+    partition: Literal["learned", "random", "oracle", "file"] = "learned"  # random: the learned sizes, shuffled
+    clustering: Literal["agglomerative", "balanced"] = "agglomerative"  # balanced: K equal-size groups (ours)
+    profile: Literal["softmax", "prior"] = "softmax"  # prior: divide out how often each class is predicted (ours)
+    groups_file: Optional[str] = None  # partition=file: a hierarchy.json or an NBDT node-link graph JSON
     flat_weight: float = 1.0  # lambda: weight of CE on the level-1 head in step 3; keeps level 1 alive (ours)
     init_from_flat: bool = True  # level-3 weights start as a copy of level 1 (ours)
     inference: Literal["soft", "hard", "flat", "blend"] = "soft"  # the rule behind "top1"
     blend_weight: float = 0.5  # blend: weight of log p(c|x) against log softmax(z)
-    depth: int = 1  # >1: split large groups again ("recursively")
+    depth: int = 1  # 2: split large groups again ("recursively"); with partition=file: the file's whole tree
     recurse_epoch: Optional[int] = None  # epoch after which groups are split; None: one epoch after clustering
     split_min_size: int = 4  # only groups with at least this many classes are split
 
@@ -269,6 +274,8 @@ def validate(config: Config) -> None:
                        ("method.blend_weight", meth.blend_weight), ("train.momentum", t.momentum)]:
         if not 0 <= value <= 1:
             raise ConfigError(f"{key} must lie between 0 and 1, got {value!r}")
+    if not 0 <= d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be 0 (score the test set) or a share below 1, got {d.val_fraction}")
     if not 0 < meth.holdout_fraction < 1:
         raise ConfigError(f"method.holdout_fraction must lie strictly between 0 and 1, got {meth.holdout_fraction}")
     if d.num_classes < 2 or d.num_groups < 1 or d.num_groups > d.num_classes:
@@ -284,8 +291,12 @@ def validate(config: Config) -> None:
 
 
 def _validate_method_schedule(config: Config) -> None:
+    """Refuse settings that would make a ccn run mean something other than its name."""
     meth, epochs = config.method, config.train.epochs
     cluster_epoch = clustering_epoch(meth)
+    if cluster_epoch < 1:
+        raise ConfigError(f"method.cluster_epoch={meth.cluster_epoch}: groups need at least one epoch of training "
+                          "to be measured (epoch 0 would train a flat model and call it ccn); use 1 or more")
     if cluster_epoch >= epochs:
         raise ConfigError(
             f"groups are formed after epoch {cluster_epoch} but train.epochs is {epochs}: "
@@ -294,18 +305,47 @@ def _validate_method_schedule(config: Config) -> None:
     if meth.depth > 2:
         raise ConfigError(f"method.depth={meth.depth}: only depth 1 (groups) and 2 (groups split once more) are "
                           "implemented; use method.depth=2")
-    if meth.depth > 1 and recursion_epoch(meth) >= epochs:
-        raise ConfigError(
-            f"method.depth={meth.depth} splits groups after epoch {recursion_epoch(meth)} but train.epochs is "
-            f"{epochs}: raise train.epochs or set method.recurse_epoch lower"
-        )
+    if meth.depth > 1 and meth.partition != "file":
+        if recursion_epoch(meth) <= cluster_epoch:
+            raise ConfigError(f"method.recurse_epoch={meth.recurse_epoch} is not after the clustering epoch "
+                              f"({cluster_epoch}): groups must exist before they are split; set it above {cluster_epoch}")
+        if recursion_epoch(meth) >= epochs:
+            raise ConfigError(
+                f"method.depth={meth.depth} splits groups after epoch {recursion_epoch(meth)} but train.epochs is "
+                f"{epochs}: raise train.epochs or set method.recurse_epoch lower")
+    if meth.recurse_epoch is not None and (meth.depth == 1 or meth.partition == "file"):
+        raise ConfigError("method.recurse_epoch is set but nothing is split again: set method.depth=2 (and a learned "
+                          "or random partition), or remove method.recurse_epoch")
     if meth.min_group_size and meth.max_group_size and meth.min_group_size > meth.max_group_size:
         raise ConfigError("method.min_group_size must not exceed method.max_group_size")
+    _validate_partition(meth)
+
+
+def _validate_partition(meth: MethodConfig) -> None:
+    if (meth.partition == "file") != (meth.groups_file is not None):
+        raise ConfigError("method.partition=file and method.groups_file=PATH go together: set both, or neither")
+    if meth.clustering == "balanced":
+        for key, value in [("method.threshold", meth.threshold), ("method.min_group_size", meth.min_group_size),
+                           ("method.max_group_size", meth.max_group_size)]:
+            if value is not None:
+                raise ConfigError(f"{key} cannot be used with method.clustering=balanced, which makes K groups of "
+                                  "equal size: remove it, or use method.clustering=agglomerative")
+    if meth.partition in ("oracle", "file"):
+        for key, value, default in [("method.clustering", meth.clustering, "agglomerative"),
+                                    ("method.profile", meth.profile, "softmax"), ("method.groups", meth.groups, None)]:
+            if value != default:
+                raise ConfigError(f"{key}={value} has no effect with method.partition={meth.partition}, whose groups "
+                                  "are given: remove it")
 
 
 def clustering_epoch(meth: MethodConfig) -> int:
     """The epoch after which classes are grouped (paper: after the one probe epoch)."""
     return meth.cluster_epoch if meth.cluster_epoch is not None else meth.probe_epochs
+
+
+def recurses(meth: MethodConfig) -> bool:
+    """Whether large groups are split again after clustering (a file's tree comes whole instead)."""
+    return meth.depth > 1 and meth.partition != "file"
 
 
 def recursion_epoch(meth: MethodConfig) -> int:

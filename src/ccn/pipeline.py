@@ -25,13 +25,13 @@ from ccn import config as cfgmod
 from ccn.config import Config
 from ccn.checkpoint import STATE_FILE, fault_point, read_training_state, restore_training_state, save_training_state
 from ccn.data import ImageDataset, load_dataset
+from ccn.data.base import split_per_class
 from ccn.data.augment import Augment, Normalize
 from ccn.data.loader import TensorBatches
 from ccn.dist import World, all_reduce_sum, autocast, init_distributed, resolve_device, wrap_for_training
 from ccn.errors import CCNError
 from ccn.evaluate import model_outputs, score
-from ccn.hierarchy import (Hierarchy, agreement, build_hierarchy, default_group_count, oracle_partition,
-                           random_partition)
+from ccn.hierarchy import Hierarchy, build_hierarchy, choose_partition, default_group_count, random_partition
 from ccn.hierarchy.affinity import class_profile_sums, profiles_from_sums
 from ccn.models import count_parameters
 from ccn.runs import write_run
@@ -39,7 +39,8 @@ from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
 from ccn.train import Trainer
 
-HOLDOUT_SEED = 12345  # the probe hold-out is the same for every run seed, so variants stay paired
+PROBE_HOLDOUT_SEED = 12345  # fixed, not the run seed: every variant and seed holds out the same images
+VALIDATION_SEED = 54321  # likewise for data.val_fraction
 
 
 # ---------------------------------------------------------------- data
@@ -52,22 +53,9 @@ class RunData:
     ds: ImageDataset
     normalize: Normalize
     train: TensorBatches
-    test: TensorBatches
+    test: TensorBatches  # the images scored: the test set, or the validation hold-out (data.val_fraction)
     probe: TensorBatches  # images whose softmax defines the class profiles (no augmentation)
-
-
-def split_holdout(labels: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train indices, hold-out indices): `fraction` of each class (at least one image) held out."""
-    generator = torch.Generator().manual_seed(HOLDOUT_SEED)
-    held = []
-    for c in labels.unique():
-        idx = (labels == c).nonzero().flatten()
-        take = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
-        held.append(idx[torch.randperm(len(idx), generator=generator)[:take]])
-    held_idx = torch.cat(held).sort().values
-    keep = torch.ones(len(labels), dtype=torch.bool)
-    keep[held_idx] = False
-    return keep.nonzero().flatten(), held_idx
+    eval_set: str = "test"  # which images `test` holds: "test" or "validation"
 
 
 def default_augment(config: Config, ds: ImageDataset) -> Augment:
@@ -90,9 +78,13 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
     mean, std = (preprocess["mean"], preprocess["std"]) if preprocess is not None else ds.channel_stats()
     normalize = Normalize(mean, std).to(device)
     x, y = ds.train_images, ds.train_labels
+    test_x, test_y, eval_set = ds.test_images, ds.test_labels, "test"
+    if config.data.val_fraction > 0:  # choose settings on training images; the test set stays untouched
+        keep, held = split_per_class(y, config.data.val_fraction, VALIDATION_SEED)
+        test_x, test_y, eval_set, x, y = x[held], y[held], "validation", x[keep], y[keep]
     probe_x, probe_y = x, y
-    if config.method.name == "ccn" and config.method.probe_set == "holdout":
-        keep, held = split_holdout(y, config.method.holdout_fraction)
+    if config.method.probe_set == "holdout":  # for every method, so a flat baseline trains on the same images
+        keep, held = split_per_class(y, config.method.holdout_fraction, PROBE_HOLDOUT_SEED)
         probe_x, probe_y, x, y = x[held], y[held], x[keep], y[keep]
     channels_last = uses_channels_last(config, device)
     t, seed = config.train, config.seed
@@ -103,11 +95,11 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
                        f"{world.world_size} processes: choose a multiple of {world.world_size}")
     train = TensorBatches(on(x), on(y), min(t.batch_size, len(y)), normalize, default_augment(config, ds),
                           seed=seed, rank=world.rank, world_size=world.world_size, channels_last=channels_last)
-    test = TensorBatches(on(ds.test_images), on(ds.test_labels), t.eval_batch_size, **eval_kwargs)
+    test = TensorBatches(on(test_x), on(test_y), t.eval_batch_size, **eval_kwargs)
     # every rank profiles its share of the probe set; the sums are added across ranks
     probe = TensorBatches(on(probe_x), on(probe_y), t.eval_batch_size, rank=world.rank,
                           world_size=world.world_size, **eval_kwargs)
-    return RunData(ds, normalize, train, test, probe)
+    return RunData(ds, normalize, train, test, probe, eval_set)
 
 
 # ---------------------------------------------------------------- step 2: groups
@@ -128,48 +120,45 @@ def flat_profiles(model: torch.nn.Module, probe: TensorBatches, num_classes: int
 
 
 def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch: int) -> Hierarchy:
-    """The partition of step 2: learned from the profiles, or a control (random, oracle)."""
-    meth = config.method
-    learned = build_hierarchy(profiles, ds.classes, meth.metric, meth.groups, meth.threshold, meth.linkage,
-                              meth.min_group_size, meth.max_group_size)
-    learned.how.update(epoch=epoch, probe_set=meth.probe_set)
-    chosen = learned
-    if meth.partition == "random":  # same sizes as the learned groups, shuffled classes
-        sizes = sorted((len(g) for g in learned.groups), reverse=True)
-        groups = random_partition(ds.num_classes, sizes, seed=config.seed)
-        chosen = Hierarchy(ds.classes, groups, {"partition": "random", "groups": len(groups), "epoch": epoch},
-                           distances=learned.distances, merges=learned.merges)
-    elif meth.partition == "oracle":
-        groups = oracle_partition(ds.coarse, ds.name)
-        chosen = Hierarchy(ds.classes, groups, {"partition": "oracle", "groups": len(groups), "epoch": epoch},
-                           distances=learned.distances, merges=learned.merges)
-    if ds.coarse is not None:  # how well the groups match the data set's own coarse labels
-        chosen.how.update({f"coarse_{k}": v for k, v in agreement(chosen.groups, ds.coarse, ds.num_classes).items()})
-        chosen.how["coarse"] = list(ds.coarse)
-    return chosen
+    """The partition of step 2 (learned, or a control), with when and from what it was made."""
+    hierarchy = choose_partition(config.method, profiles, ds.classes, config.seed, ds.coarse, ds.name)
+    hierarchy.how.update(epoch=epoch, probe_set=config.method.probe_set)
+    return hierarchy
 
 
 @torch.no_grad()
 def split_large_groups(config: Config, model: torch.nn.Module, probe: TensorBatches, hierarchy: Hierarchy,
                        epoch: int, precision=nullcontext) -> Hierarchy:
     """Recursion: inside each group of >= split_min_size classes, profile the classes with the masked
-    (level-3) softmax restricted to the group and cluster them again into round(sqrt(size)) parts."""
+    (level-3) softmax restricted to the group and cluster them again into round(sqrt(size)) parts.
+
+    Under partition=random the sub-groups are random too (the sizes the learned split gives, shuffled
+    classes), so the control stays random at every level. When no group is large enough, the
+    hierarchy stays at depth 1 and says so (`how["split"]`)."""
+    meth = config.method
     head = model.head
     out, labels = model_outputs(model, probe, precision)
     _, log_within = head.log_probs({k: v.to(head.mask.device) for k, v in out.items()})
-    log_within, tree = log_within.cpu(), []
-    for members in hierarchy.groups:
-        if len(members) < config.method.split_min_size:
+    log_within, tree, split = log_within.cpu(), [], 0
+    for k, members in enumerate(hierarchy.groups):
+        if len(members) < meth.split_min_size:
             tree.append(members)
             continue
         rows = torch.isin(labels, torch.tensor(members))
         local = {c: i for i, c in enumerate(members)}
         local_labels = torch.tensor([local[int(c)] for c in labels[rows]], dtype=torch.long)
         S = reduced_profiles(log_within[rows][:, members].exp(), local_labels, len(members))
-        sub = build_hierarchy(S, [str(c) for c in members], config.method.metric,
-                              max(2, default_group_count(len(members))), linkage=config.method.linkage)
-        tree.append([[members[i] for i in part] for part in sub.groups])
-    how = {**hierarchy.how, "depth": 2, "split_epoch": epoch}
+        parts = build_hierarchy(S, [str(c) for c in members], meth.metric, max(2, default_group_count(len(members))),
+                                linkage=meth.linkage, clustering=meth.clustering, profile=meth.profile).groups
+        if meth.partition == "random":
+            parts = random_partition(len(members), sorted(map(len, parts), reverse=True), seed=config.seed + 1 + k)
+        tree.append([[members[i] for i in part] for part in parts])
+        split += 1
+    if split == 0:
+        return Hierarchy(hierarchy.classes, hierarchy.tree,
+                         {**hierarchy.how, "split": f"none: no group has {meth.split_min_size} or more classes"},
+                         hierarchy.distances, hierarchy.merges)
+    how = {**hierarchy.how, "depth": 2, "split_epoch": epoch, "split": f"{split} group(s)"}
     return Hierarchy(hierarchy.classes, tree, how, hierarchy.distances, hierarchy.merges)
 
 
@@ -236,7 +225,7 @@ class MethodRun:
                 fault_point("after-probe")
                 self.cluster_classes(epoch)
                 fault_point("after-clustering")
-            elif meth.name == "ccn" and meth.depth > 1 and epoch == cfgmod.recursion_epoch(meth):
+            elif meth.name == "ccn" and cfgmod.recurses(meth) and epoch == cfgmod.recursion_epoch(meth):
                 self.recurse(epoch)
             self.log.epoch({"epoch": epoch, "epochs": config.train.epochs, "stage": row_stage, **stats,
                             "top1": scores["top1"], "top5": scores["top5"],
@@ -258,11 +247,14 @@ class MethodRun:
                       f"(sizes {sizes}), {self.cluster_seconds:.2f}s")
 
     def recurse(self, epoch: int) -> None:
-        """The recursion: split large groups and continue with a tree head."""
+        """The recursion: split large groups and continue with a tree head (or, when no group is
+        large enough, keep the three-level head and say so)."""
         self.hierarchy = split_large_groups(self.config, self.model, self.data.probe, self.hierarchy, epoch,
                                             self.precision)
-        self._install_head(tree_head_from(self.model.head, self.hierarchy.tree, self.config), "tree")
-        self.log.info(f"  recursion after epoch {epoch}: tree of depth {self.hierarchy.depth}")
+        if self.hierarchy.depth > 1:
+            self._install_head(tree_head_from(self.model.head, self.hierarchy.tree, self.config), "tree")
+        self.log.info(f"  recursion after epoch {epoch}: tree of depth {self.hierarchy.depth} "
+                      f"(split: {self.hierarchy.how['split']})")
 
     def _install_head(self, head: torch.nn.Module, stage: str) -> None:
         self.model.head = head.to(self.device)
@@ -292,6 +284,7 @@ class MethodRun:
         results["clustering_seconds"] = self.cluster_seconds
         if self.hierarchy is not None:
             results["hierarchy"] = {"groups": self.hierarchy.named_groups(), "how": self.hierarchy.how}
+            results.update(group_sizes=self.hierarchy.how["sizes"], group_balance=self.hierarchy.how["balance"])
         self.log.info(final_line(results))
         if self.out_dir is not None and self.world.is_main:
             write_run(self.out_dir, self.config, self.model, results, self.hierarchy)
@@ -351,7 +344,8 @@ def describe_run(config: Config, ds: ImageDataset, model: torch.nn.Module, devic
 def run_facts(config: Config, ds: ImageDataset, model, device, seconds: float, data: RunData) -> dict:
     return {
         "data": ds.name, "num_classes": ds.num_classes, "classes": ds.classes, "train_images": len(data.train.labels),
-        "test_images": len(ds.test_labels), "model": config.model.name, "method": config.method.name,
+        "test_images": len(data.test.labels), "eval_set": data.eval_set, "model": config.model.name,
+        "method": config.method.name,
         "partition": config.method.partition if config.method.name == "ccn" else None,
         "epochs": config.train.epochs, "seed": config.seed, "wall_time_s": round(seconds, 2),
         "parameters": count_parameters(model), "device": str(device), "torch": torch.__version__,
@@ -363,7 +357,8 @@ def run_facts(config: Config, ds: ImageDataset, model, device, seconds: float, d
 
 def final_line(results: dict) -> str:
     line = (f"done: {results['data']} {results['model']} {results['method']} | top1 {100 * results['top1']:.2f}% "
-            f"top5 {100 * results['top5']:.2f}% ({results['rule']} rule, {results['test_images']} test images)")
+            f"top5 {100 * results['top5']:.2f}% ({results['rule']} rule, {results['test_images']} "
+            f"{results['eval_set']} images)")
     if len(results["rules"]) > 1:
         line += " | " + ", ".join(f"{r} {100 * v['top1']:.2f}%" for r, v in results["rules"].items())
     if "group_acc" in results:

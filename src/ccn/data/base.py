@@ -84,6 +84,22 @@ def cap_per_class(labels: torch.Tensor, cap: Optional[int], seed: int = 0) -> to
     return torch.cat(keep).sort().values
 
 
+def split_per_class(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept indices, held-out indices): `fraction` of each class (at least one image, none from a
+    one-image class) held out, chosen with `seed` -- a fixed seed, not the run's, so every variant
+    and seed of a study holds out the same images and stays paired."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        take = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
+        held.append(idx[torch.randperm(len(idx), generator=generator)[:take]])
+    held_idx = torch.cat(held).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_idx] = False
+    return keep.nonzero().flatten(), held_idx
+
+
 def apply_caps(ds: ImageDataset, train_cap: Optional[int], test_cap: Optional[int]) -> ImageDataset:
     """Keep at most `train_cap`/`test_cap` images per class (seeded, independent of the run seed)."""
     tr = cap_per_class(ds.train_labels, train_cap)

@@ -1,49 +1,21 @@
-"""Step 2 of the method: class profiles, class distances, partitions and the Hierarchy object."""
+"""Step 2 of the method: class profiles, class distances, partitions and the Hierarchy object.
 
-from __future__ import annotations
+    affinity.py    class profiles (mean softmax per class), prior correction, distances
+    clustering.py  agglomerative cut, balanced groups, size bounds, random and oracle partitions
+    files.py       partitions a user brings (hierarchy.json, NBDT node-link graphs)
+    partition.py   the partition `method.*` asks for
+    tree.py        the Hierarchy (saved as hierarchy.json), masks, agreement between partitions
+"""
 
-from typing import Optional
-
-import numpy as np
-import torch
-
-from ccn.hierarchy.affinity import METRICS, class_distances, class_profiles, profiles_from_logits
-from ccn.hierarchy.clustering import (default_group_count, learned_partition, oracle_partition,
+from ccn.hierarchy.affinity import (METRICS, class_distances, class_profiles, prior_corrected,
+                                    profiles_from_logits)
+from ccn.hierarchy.clustering import (balanced_partition, default_group_count, learned_partition, oracle_partition,
                                       random_partition)
-from ccn.hierarchy.tree import Hierarchy, leaves
+from ccn.hierarchy.files import read_groups_file
+from ccn.hierarchy.partition import build_hierarchy, choose_partition, partition_sizes
+from ccn.hierarchy.tree import Hierarchy, agreement, leaves, partition_labels
 
-
-def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], metric: str = "l1",
-                    groups: Optional[int] = None, threshold: Optional[float] = None, linkage: str = "average",
-                    min_size: Optional[int] = None, max_size: Optional[int] = None) -> Hierarchy:
-    """Group classes whose profiles are close: the learned partition of the method."""
-    S = np.asarray(profiles, dtype=np.float64)
-    D = class_distances(S, metric)
-    k = groups if groups is not None or threshold is not None else default_group_count(len(classes))
-    parts, Z = learned_partition(D, k, threshold, linkage, min_size, max_size)
-    how = {"partition": "learned", "metric": metric, "linkage": linkage, "groups": len(parts)}
-    return Hierarchy(classes, parts, how, distances=D, merges=Z)
-
-
-__all__ = ["METRICS", "Hierarchy", "build_hierarchy", "class_distances", "class_profiles", "default_group_count",
-           "leaves", "oracle_partition", "profiles_from_logits", "random_partition"]
-
-
-def partition_labels(groups: list[list[int]], num_classes: int) -> list[int]:
-    labels = [0] * num_classes
-    for k, members in enumerate(groups):
-        for c in members:
-            labels[c] = k
-    return labels
-
-
-def agreement(groups_a: list[list[int]], groups_b: list[list[int]] | list[int], num_classes: int) -> dict:
-    """Adjusted Rand index and NMI between two partitions of the classes (groups or per-class labels)."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    a = partition_labels(groups_a, num_classes)
-    b = groups_b if groups_b and not isinstance(groups_b[0], list) else partition_labels(groups_b, num_classes)
-    return {"ari": float(adjusted_rand_score(b, a)), "nmi": float(normalized_mutual_info_score(b, a))}
-
-
-__all__ += ["agreement", "partition_labels"]
+__all__ = ["METRICS", "Hierarchy", "agreement", "balanced_partition", "build_hierarchy", "choose_partition",
+           "class_distances", "class_profiles", "default_group_count", "leaves", "learned_partition",
+           "oracle_partition", "partition_labels", "partition_sizes", "prior_corrected", "profiles_from_logits",
+           "random_partition", "read_groups_file"]

@@ -48,6 +48,23 @@ def profiles_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes
     return class_profiles(torch.softmax(logits.double(), dim=1), labels, num_classes)
 
 
+def prior_corrected(S: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Profiles with the prior of the predictions divided out (ours; docs/method.md).
+
+    After one epoch the network predicts a few classes far more often than the rest (on
+    Caltech-101: airplanes, Motorbikes, Faces, Leopards), and that mass sits in every row of S, so
+    all rows look alike along those columns. With the class-balanced prior of the predictions
+    pi_j = (1/C) sum_c S[c, j], the corrected row is
+
+        S'[c, j] = (S[c, j] / pi_j) / sum_j' (S[c, j'] / pi_j'),
+
+    which keeps where class c is sent *relative to how often any class is sent there*."""
+    S = np.asarray(S, dtype=np.float64)
+    prior = S.mean(axis=0).clip(min=1e-12)
+    ratio = S / prior[None, :]
+    return ratio / ratio.sum(axis=1, keepdims=True)
+
+
 @register_metric("l1")
 def l1_distance(S: np.ndarray) -> np.ndarray:
     """The paper's metric: sum of absolute differences between the profile rows."""

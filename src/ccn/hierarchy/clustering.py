@@ -46,7 +46,7 @@ def _mean_distance(D: np.ndarray, a: list[int], b: list[int]) -> float:
 def enforce_sizes(groups: list[list[int]], D: np.ndarray, min_size: Optional[int],
                   max_size: Optional[int], method: str = "average") -> list[list[int]]:
     """Split groups above `max_size` along their own merge tree; merge groups below `min_size`
-    into the group at the smallest mean distance (ours)."""
+    into the group at the smallest mean distance that stays within `max_size` (ours)."""
     groups = [sorted(g) for g in groups]
     if max_size is not None:
         done: list[list[int]] = []
@@ -64,18 +64,56 @@ def enforce_sizes(groups: list[list[int]], D: np.ndarray, min_size: Optional[int
             if len(small) >= min_size:
                 break
             groups.remove(small)
-            nearest = min(groups, key=lambda other: _mean_distance(D, small, other))
+            room = [g for g in groups if max_size is None or len(g) + len(small) <= max_size]
+            if not room:
+                raise ConfigError(f"method.min_group_size={min_size} and method.max_group_size={max_size} cannot both "
+                                  f"hold for {len(D)} classes in these groups: widen the range between them")
+            nearest = min(room, key=lambda other: _mean_distance(D, small, other))
             nearest += small
             nearest.sort()
     return sorted(groups, key=lambda g: g[0])
 
 
+def balanced_sizes(num_classes: int, groups: int) -> list[int]:
+    """K sizes that differ by at most one and add up to C, largest first."""
+    return [num_classes // groups + (1 if k < num_classes % groups else 0) for k in range(groups)]
+
+
+def balanced_partition(D: np.ndarray, groups: int, start: list[list[int]], max_rounds: int = 50) -> list[list[int]]:
+    """K groups of floor(C/K) or ceil(C/K) classes that keep close classes together (ours).
+
+    Start from `start` (the agglomerative cut into K groups), then repeat: the cost of putting
+    class c in group k is its mean distance to k's current members; give every class one seat of
+    the K fixed-size groups so that the total cost is smallest (an assignment problem); stop when
+    no class moves. Every group lies within a factor 2 of C/K by construction (within one class)."""
+    from scipy.optimize import linear_sum_assignment
+
+    num_classes = len(D)
+    labels = np.empty(num_classes, dtype=int)
+    for k, members in enumerate(sorted(start, key=len, reverse=True)):  # larger groups get the larger seats
+        labels[members] = k
+    seats = np.repeat(np.arange(groups), balanced_sizes(num_classes, groups))
+    for _ in range(max_rounds):
+        member = np.eye(groups)[labels]  # (C, K) one-hot
+        counts = member.sum(0)[None, :] - member  # members of each group other than c itself
+        cost = (D @ member) / np.maximum(counts, 1)
+        _, seat = linear_sum_assignment(cost[:, seats])
+        new = seats[seat]
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return _labels_to_groups(labels)
+
+
 def learned_partition(D: np.ndarray, groups: Optional[int] = None, threshold: Optional[float] = None,
                       method: str = "average", min_size: Optional[int] = None,
-                      max_size: Optional[int] = None) -> tuple[list[list[int]], np.ndarray]:
-    """Agglomerative clustering of the classes on D: (groups, merge tree)."""
+                      max_size: Optional[int] = None, balanced: bool = False) -> tuple[list[list[int]], np.ndarray]:
+    """Agglomerative clustering of the classes on D: (groups, merge tree). With `balanced`, the cut
+    into K groups is rebalanced into groups of equal size (see balanced_partition)."""
     Z = merge_tree(D, method)
     parts = cut(Z, groups=groups if threshold is None else None, threshold=threshold)
+    if balanced:
+        return balanced_partition(D, len(parts), parts), Z
     return enforce_sizes(parts, D, min_size, max_size, method), Z
 
 

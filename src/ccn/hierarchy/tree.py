@@ -117,3 +117,20 @@ class Hierarchy:
             return cls.from_json(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as err:
             raise CCNError(f"cannot read {path} ({err}): is this a ccn run folder of a ccn (not flat) run?") from None
+
+
+def partition_labels(groups: list[list[int]], num_classes: int) -> list[int]:
+    labels = [0] * num_classes
+    for k, members in enumerate(groups):
+        for c in members:
+            labels[c] = k
+    return labels
+
+
+def agreement(groups_a: list[list[int]], groups_b: list[list[int]] | list[int], num_classes: int) -> dict:
+    """Adjusted Rand index and NMI between two partitions of the classes (groups or per-class labels)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    a = partition_labels(groups_a, num_classes)
+    b = groups_b if groups_b and not isinstance(groups_b[0], list) else partition_labels(groups_b, num_classes)
+    return {"ari": float(adjusted_rand_score(b, a)), "nmi": float(normalized_mutual_info_score(b, a))}

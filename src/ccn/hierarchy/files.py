@@ -1,0 +1,112 @@
+"""Partitions a user brings (`method.partition=file`, `method.groups_file=PATH`).
+
+Two formats are read:
+- our own `hierarchy.json` (any ccn run folder's), matched to the data set by class name;
+- the node-link graph JSON that NBDT ships for its induced and WordNet hierarchies:
+  `{"nodes": [{"id": ..., "label": ...}, ...], "links": [{"source": ..., "target": ...}, ...]}`,
+  a tree whose leaves are the classes (matched by `label`, else by `id`).
+
+At depth 1 the groups are the root's children (each with every class below it); deeper, the
+whole tree is kept, with chains of single children collapsed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ccn.errors import ConfigError
+
+
+def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool) -> list:
+    """The tree of class indices that `path` describes, for the data set's `classes`."""
+    path = Path(path)
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "missing"
+        raise ConfigError(f"method.groups_file={path} is {what}: give a hierarchy.json or an NBDT graph JSON file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"method.groups_file={path} is not readable JSON ({err}): give a hierarchy.json or an "
+                          "NBDT graph JSON file") from None
+    if isinstance(data, dict) and "nodes" in data and "links" in data:
+        named = _node_link_tree(data, path)
+    elif isinstance(data, dict) and ("tree" in data or "groups" in data):
+        named = data.get("tree") or data["groups"]
+    else:
+        raise ConfigError(f"method.groups_file={path} is neither a ccn hierarchy.json (with 'groups') nor a "
+                          "node-link graph (with 'nodes' and 'links')")
+    tree = _collapse(_index_tree(named, classes, path))
+    if not isinstance(tree, list):
+        raise ConfigError(f"method.groups_file={path} holds a single class: a partition needs at least two")
+    return tree if whole_tree else [_leaves(node) for node in tree]
+
+
+def _node_link_tree(data: dict, path: Path) -> list:
+    """Nested lists of leaf names below the root of a node-link graph."""
+    try:
+        names = {node["id"]: node.get("label", node["id"]) for node in data["nodes"]}
+        children: dict = {}
+        has_parent = set()
+        for link in data["links"]:
+            children.setdefault(link["source"], []).append(link["target"])
+            has_parent.add(link["target"])
+    except (TypeError, KeyError) as err:
+        raise ConfigError(f"method.groups_file={path}: every node needs an 'id' and every link a 'source' and "
+                          f"'target' ({err!r} is missing)") from None
+    roots = [n for n in names if n not in has_parent]
+    if len(roots) != 1:
+        raise ConfigError(f"method.groups_file={path} must describe one tree with one root; it has {len(roots)} "
+                          "nodes without a parent")
+
+    def expand(node, seen):
+        if node in seen:
+            raise ConfigError(f"method.groups_file={path}: the graph has a cycle through node {node!r}")
+        kids = children.get(node, [])
+        if not kids:
+            return str(names[node])
+        return [expand(kid, seen | {node}) for kid in kids]
+
+    tree = expand(roots[0], frozenset())
+    return tree if isinstance(tree, list) else [tree]
+
+
+def _index_tree(node, classes: list[str], path: Path):
+    index = {name: i for i, name in enumerate(classes)}
+    seen: list[str] = []
+
+    def walk(n):
+        if isinstance(n, list):
+            return [walk(child) for child in n]
+        seen.append(str(n))
+        return index.get(str(n))
+
+    tree = walk(node)
+    unknown = [name for name in seen if name not in index]
+    missing = [name for name in classes if name not in seen]
+    repeated = sorted({name for name in seen if seen.count(name) > 1})
+    if unknown or missing or repeated:
+        parts = []
+        if unknown:
+            parts.append(f"not classes of this data set: {', '.join(unknown[:5])}")
+        if missing:
+            parts.append(f"classes missing from the file: {', '.join(missing[:5])}")
+        if repeated:
+            parts.append(f"named twice: {', '.join(repeated[:5])}")
+        raise ConfigError(f"method.groups_file={path} does not match the data set's class names ({'; '.join(parts)}): "
+                          "use a hierarchy made for these classes")
+    if not isinstance(tree, list) or len(tree) < 1:
+        raise ConfigError(f"method.groups_file={path} holds no groups")
+    return tree
+
+
+def _leaves(node) -> list[int]:
+    return sorted([node] if not isinstance(node, list) else [c for child in node for c in _leaves(child)])
+
+
+def _collapse(node):
+    """Drop chains of single children: a node with one child is that child."""
+    if not isinstance(node, list):
+        return node
+    kids = [_collapse(child) for child in node]
+    return kids[0] if len(kids) == 1 else kids

@@ -1,0 +1,70 @@
+"""Step 2's choice of partition, as `method.*` says: learned from the profiles (agglomerative or
+balanced, on raw or prior-corrected profiles), a control (random groups of the same sizes, the
+data set's coarse labels), or a file the user brings."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ccn.config import MethodConfig
+from ccn.hierarchy.affinity import class_distances, prior_corrected
+from ccn.hierarchy.clustering import default_group_count, learned_partition, oracle_partition, random_partition
+from ccn.hierarchy.files import read_groups_file
+from ccn.hierarchy.tree import Hierarchy, agreement
+
+
+def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], metric: str = "l1",
+                    groups: Optional[int] = None, threshold: Optional[float] = None, linkage: str = "average",
+                    min_size: Optional[int] = None, max_size: Optional[int] = None,
+                    clustering: str = "agglomerative", profile: str = "softmax") -> Hierarchy:
+    """Group classes whose profiles are close: the learned partition of the method."""
+    S = np.ascontiguousarray(profiles, dtype=np.float64)
+    if profile == "prior":
+        S = prior_corrected(S)
+    D = class_distances(S, metric)
+    k = groups if groups is not None or threshold is not None else default_group_count(len(classes))
+    parts, Z = learned_partition(D, k, threshold, linkage, min_size, max_size, balanced=clustering == "balanced")
+    how = {"partition": "learned", "metric": metric, "linkage": linkage, "clustering": clustering,
+           "profile": profile, "groups": len(parts)}
+    return Hierarchy(classes, parts, how, distances=D, merges=Z)
+
+
+def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[str], seed: int,
+                     coarse: Optional[list[int]] = None, dataset: str = "") -> Hierarchy:
+    """The hierarchy of step 2. The learned partition is always computed (its distances and merge
+    tree are kept for plots, and `random` takes its sizes); the controls replace its groups."""
+    learned = build_hierarchy(profiles, classes, meth.metric, meth.groups, meth.threshold, meth.linkage,
+                              meth.min_group_size, meth.max_group_size, meth.clustering, meth.profile)
+    chosen = learned
+    if meth.partition != "learned":
+        tree = _control_tree(meth, learned, classes, seed, coarse, dataset)
+        how = {**learned.how, "partition": meth.partition, "groups": len(tree)}
+        if meth.partition == "file":
+            how["groups_file"] = str(meth.groups_file)
+        chosen = Hierarchy(classes, tree, how, distances=learned.distances, merges=learned.merges)
+    chosen.how.update(partition_sizes(chosen.groups, len(classes)))
+    if coarse is not None:  # how well the groups match the data set's own coarse labels
+        chosen.how.update({f"coarse_{k}": v for k, v in agreement(chosen.groups, coarse, len(classes)).items()})
+        chosen.how["coarse"] = list(coarse)
+    return chosen
+
+
+def _control_tree(meth: MethodConfig, learned: Hierarchy, classes: list[str], seed: int,
+                  coarse: Optional[list[int]], dataset: str) -> list:
+    if meth.partition == "random":  # the learned sizes, shuffled classes
+        sizes = sorted((len(g) for g in learned.groups), reverse=True)
+        return random_partition(len(classes), sizes, seed=seed)
+    if meth.partition == "oracle":
+        return oracle_partition(coarse, dataset)
+    return read_groups_file(meth.groups_file, classes, whole_tree=meth.depth > 1)
+
+
+def partition_sizes(groups: list[list[int]], num_classes: int) -> dict:
+    """Group sizes and how far they stray from the mean size C/K (1.0 = perfectly balanced)."""
+    sizes = sorted((len(g) for g in groups), reverse=True)
+    mean = num_classes / len(groups)
+    return {"sizes": sizes, "balance": {"largest_over_mean": round(sizes[0] / mean, 4),
+                                        "smallest_over_mean": round(sizes[-1] / mean, 4)}}
