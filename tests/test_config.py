@@ -52,7 +52,6 @@ def test_bad_values_name_the_key(override, words):
     (["method.groups_file=h.json"], ["method.partition=file and method.groups_file=PATH go together"]),
     (["method.clustering=balanced", "method.threshold=0.5"], ["method.threshold cannot be used with method.clustering=balanced"]),
     (["method.clustering=balanced", "method.max_group_size=5"], ["method.max_group_size cannot be used"]),
-    (["method.partition=oracle", "method.profile=prior"], ["method.profile=prior has no effect with method.partition=oracle"]),
     (["data.val_fraction=1"], ["data.val_fraction must be 0"]),
 ])
 def test_settings_that_would_change_what_a_run_means_are_refused(overrides, words):

@@ -34,6 +34,28 @@ def test_paired_difference_is_a_t_interval():
     assert paired_difference([0.9, 0.91, 0.92], [0.5, 0.52, 0.49])["verdict"] == "better"
     assert paired_difference([0.5, 0.52, 0.49], [0.9, 0.91, 0.92])["verdict"] == "worse"
     assert paired_difference([0.5], [0.4])["ci95"] is None
+    assert p["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+
+
+def test_holm_adjustment_matches_the_step_down_rule():
+    from ccn.report import add_holm_verdicts, holm_adjust
+    raw = [0.01, 0.04, 0.03, 0.20]
+    # sorted 0.01, 0.03, 0.04, 0.20 -> x4, x3, x2, x1, then running maximum
+    assert holm_adjust(raw) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    paired = {"a": {"p": 0.01, "diff_mean": 0.02}, "b": {"p": 0.04, "diff_mean": -0.01},
+              "c": {"p": 0.03, "diff_mean": 0.01}, "d": {"p": 0.20, "diff_mean": 0.0}, "e": {"p": None, "diff_mean": 0}}
+    add_holm_verdicts(paired)
+    assert paired["a"]["verdict_holm"] == "better" and paired["b"]["verdict_holm"] == "indistinguishable"
+    assert "p_holm" not in paired["e"]
+
+
+def test_builtin_partition_variants():
+    from ccn.experiment import builtin_variant
+    assert builtin_variant("k-7") == {"method": {"name": "ccn", "groups": 7}}
+    assert builtin_variant("balanced-random")["method"] == {"name": "ccn", "clustering": "balanced",
+                                                             "partition": "random"}
+    assert builtin_variant("prior")["method"]["profile"] == "prior"
+    assert builtin_variant("k-x") is None
 
 
 def test_grid_errors(tmp_path):

@@ -330,12 +330,6 @@ def _validate_partition(meth: MethodConfig) -> None:
             if value is not None:
                 raise ConfigError(f"{key} cannot be used with method.clustering=balanced, which makes K groups of "
                                   "equal size: remove it, or use method.clustering=agglomerative")
-    if meth.partition in ("oracle", "file"):
-        for key, value, default in [("method.clustering", meth.clustering, "agglomerative"),
-                                    ("method.profile", meth.profile, "softmax"), ("method.groups", meth.groups, None)]:
-            if value != default:
-                raise ConfigError(f"{key}={value} has no effect with method.partition={meth.partition}, whose groups "
-                                  "are given: remove it")
 
 
 def clustering_epoch(meth: MethodConfig) -> int:

@@ -31,13 +31,17 @@ METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
 
 
 def builtin_variant(name: str) -> Optional[dict]:
-    """Overrides of the built-in variants: flat, ccn, random, oracle, late-E, l2/cosine/js/confusion, depth2."""
+    """Overrides of the built-in variants (BUILTIN_VARIANTS says what each one is)."""
     fixed = {
         "flat": {"method": {"name": "flat"}},
         "ccn": {"method": {"name": "ccn"}},
         "random": {"method": {"name": "ccn", "partition": "random"}},
         "oracle": {"method": {"name": "ccn", "partition": "oracle"}},
         "depth2": {"method": {"name": "ccn", "depth": 2}},
+        "balanced": {"method": {"name": "ccn", "clustering": "balanced"}},
+        "balanced-random": {"method": {"name": "ccn", "clustering": "balanced", "partition": "random"}},
+        "prior": {"method": {"name": "ccn", "profile": "prior"}},
+        "prior-balanced": {"method": {"name": "ccn", "profile": "prior", "clustering": "balanced"}},
     }
     if name in fixed:
         return fixed[name]
@@ -46,7 +50,14 @@ def builtin_variant(name: str) -> Optional[dict]:
     late = re.fullmatch(r"late-(\d+)", name)
     if late:
         return {"method": {"name": "ccn", "cluster_epoch": int(late.group(1))}}
+    k = re.fullmatch(r"k-(\d+)", name)
+    if k:
+        return {"method": {"name": "ccn", "groups": int(k.group(1))}}
     return None
+
+
+BUILTIN_VARIANTS = ("flat, ccn, random, oracle, late-E, k-N, balanced, balanced-random, prior, prior-balanced, "
+                    "l2, cosine, js, confusion, depth2")
 
 
 @dataclass
@@ -115,8 +126,7 @@ def _variants(spec) -> dict:
         if overrides is None:
             overrides = builtin_variant(name)
             if overrides is None:
-                raise ConfigError(f"variant {name!r} is not built in (flat, ccn, random, oracle, late-E, "
-                                  f"{', '.join(METRIC_VARIANTS)}, depth2): give its overrides")
+                raise ConfigError(f"variant {name!r} is not built in ({BUILTIN_VARIANTS}): give its overrides")
         variants[str(name)] = overrides
     return variants
 

@@ -17,15 +17,55 @@ from ccn.runs import read_results
 
 
 def paired_difference(values: list[float], reference: list[float]) -> dict:
-    """Mean of the per-seed differences with a 95 % t interval over seeds (None when one seed)."""
+    """Mean of the per-seed differences with a 95 % t interval over seeds and the paired t-test's
+    two-sided p-value (None when one seed, or when every seed gives the same difference)."""
     diffs = np.asarray(values) - np.asarray(reference)
     mean = float(diffs.mean())
     if len(diffs) < 2:
-        return {"diffs": diffs.tolist(), "diff_mean": mean, "ci95": None, "verdict": "one seed: no interval"}
-    half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
+        return {"diffs": diffs.tolist(), "diff_mean": mean, "ci95": None, "p": None, "verdict": "one seed: no interval"}
+    sem = diffs.std(ddof=1) / np.sqrt(len(diffs))
+    half = float(stats.t.ppf(0.975, len(diffs) - 1) * sem)
     low, high = mean - half, mean + half
-    verdict = "better" if low > 0 else "worse" if high < 0 else "indistinguishable"
-    return {"diffs": diffs.tolist(), "diff_mean": mean, "ci95": [low, high], "verdict": verdict}
+    p_value = float(2 * stats.t.sf(abs(mean) / sem, len(diffs) - 1)) if sem > 0 else (0.0 if mean != 0 else 1.0)
+    return {"diffs": diffs.tolist(), "diff_mean": mean, "ci95": [low, high], "p": p_value,
+            "verdict": _verdict(mean, low > 0 or high < 0)}
+
+
+def _verdict(mean: float, significant: bool) -> str:
+    return ("better" if mean > 0 else "worse") if significant else "indistinguishable"
+
+
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: family-wise error at most alpha when each adjusted p is
+    compared with alpha, for any dependence between the tests."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def add_holm_verdicts(paired: dict, alpha: float = 0.05) -> None:
+    """Beside each unadjusted interval, the verdict after Holm's adjustment over all the variants
+    compared with the one reference (several comparisons, one family)."""
+    tested = [name for name, p in paired.items() if p["p"] is not None]
+    for name, adjusted in zip(tested, holm_adjust([paired[name]["p"] for name in tested])):
+        paired[name]["p_holm"] = adjusted
+        paired[name]["verdict_holm"] = _verdict(paired[name]["diff_mean"], adjusted < alpha)
+
+
+def control_pairs(variants: list[str]) -> dict[str, tuple[str, str]]:
+    """The referee's test for each partition with a random control of the same sizes: ccn against
+    random, and any X against X-random (balanced against balanced-random, ...)."""
+    pairs = {}
+    if "ccn" in variants and "random" in variants:
+        pairs["ccn_vs_random"] = ("ccn", "random")
+    for name in variants:
+        if f"{name}-random" in variants:
+            pairs[f"{name}_vs_{name}-random"] = (name, f"{name}-random")
+    return pairs
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -45,17 +85,17 @@ def summarise(grid, out: Path) -> dict:
         entry["top5_mean"], entry["top5_std"] = _mean_std(top5)
         entry["rules"] = {rule: _mean_std([r["rules"][rule]["top1"] for r in results])[0]
                           for rule in results[0]["rules"]}
-        for key in ("group_acc", "within_acc"):
+        for key in ("group_acc", "within_acc", "balanced_top1"):
             if key in results[0]:
                 entry[f"{key}_mean"] = _mean_std([r[key] for r in results])[0]
         entry["wall_time_s"] = float(sum(r["wall_time_s"] for r in results))
         variants[name] = entry
     ref = variants[grid.reference]["top1"]
     paired = {name: paired_difference(v["top1"], ref) for name, v in variants.items() if name != grid.reference}
-    if "ccn" in variants and "random" in variants:  # the referee's test: do the learned groups matter?
-        paired_extra = {"ccn_vs_random": paired_difference(variants["ccn"]["top1"], variants["random"]["top1"])}
-    else:
-        paired_extra = {}
+    add_holm_verdicts(paired)
+    # the referee's test: do the learned groups matter beyond the head structure?
+    paired_extra = {key: paired_difference(variants[a]["top1"], variants[b]["top1"])
+                    for key, (a, b) in control_pairs(list(variants)).items()}
     return {"reference": grid.reference, "seeds": grid.seeds, "variants": variants, "paired": paired,
             "controls": paired_extra,
             "groups": group_statistics(grid, out, runs), "facts": _facts(runs)}
@@ -74,6 +114,8 @@ def group_statistics(grid, out: Path, runs: dict) -> dict:
         if any(h is None for h in hierarchies):
             continue
         entry = {"sizes": [sorted((len(g) for g in h.groups), reverse=True) for h in hierarchies]}
+        entry["largest_over_mean"] = [max(s) * len(s) / sum(s) for s in entry["sizes"]]  # 1.0: perfectly balanced
+        entry["smallest_over_mean"] = [min(s) * len(s) / sum(s) for s in entry["sizes"]]
         if "coarse_ari" in hierarchies[0].how:
             entry["coarse_ari"] = [h.how["coarse_ari"] for h in hierarchies]
             entry["coarse_nmi"] = [h.how["coarse_nmi"] for h in hierarchies]
@@ -88,6 +130,7 @@ def _facts(runs: dict) -> dict:
     first = next(iter(runs.values()))[0]
     return {"data": first["data"], "model": first["model"], "epochs": first["epochs"],
             "train_images": first["train_images"], "test_images": first["test_images"],
+            "eval_set": first.get("eval_set", "test"),
             "num_classes": first["num_classes"], "machine": first["machine"], "device": first["device"],
             "torch": torch.__version__, "date": str(datetime.date.today()),
             "total_wall_time_s": float(sum(r["wall_time_s"] for rs in runs.values() for r in rs))}
@@ -119,33 +162,47 @@ def _sentence(name: str, reference: str, p: dict) -> str:
             f"95 % interval [{low:+.2f}, {high:+.2f}] over {len(p['diffs'])} seeds.")
 
 
+_EVAL_SET_WORDS = {"test": "test set", "validation": "validation split of the training images (data.val_fraction)"}
+
+
 def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
     f, ref = summary["facts"], summary["reference"]
     lines = [
         f"# Experiment `{grid.name}`: {f['data']}, {f['model']}, {f['epochs']} epochs, seeds {summary['seeds']}",
         "",
-        f"- Data: {f['data']} ({f['num_classes']} classes, {f['train_images']} training / {f['test_images']} test "
-        f"images). Backbone: {f['model']}. Budget: {f['epochs']} epochs per run, probe epochs included.",
+        f"- Data: {f['data']} ({f['num_classes']} classes, {f['train_images']} training / {f['test_images']} "
+        f"{f['eval_set']} images; scored on the {_EVAL_SET_WORDS[f['eval_set']]}). Backbone: {f['model']}. "
+        f"Budget: {f['epochs']} epochs per run, probe epochs included.",
         f"- Machine: {f['machine']}, device {f['device']}, torch {f['torch']}, {f['date']}. "
         f"Training time of all runs: {f['total_wall_time_s'] / 60:.1f} min.",
         "- The same seed gives every variant the same initial weights and data order, so differences are paired;"
         " intervals are Student-t over seeds.",
         "",
-        "| variant | top-1 % (mean +- std) | top-5 % | per seed top-1 % | diff vs " + ref + " (points) | 95 % interval |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "- Verdicts: the unadjusted 95 % interval, and beside it Holm's adjustment over all the variants compared "
+        f"with {ref} (family-wise error 5 %).",
+        "",
+        "| variant | top-1 % (mean +- std) | top-5 % | balanced top-1 % | per seed top-1 % | diff vs " + ref
+        + " (points) | 95 % interval | Holm-adjusted p | verdict (Holm) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, v in summary["variants"].items():
         p = summary["paired"].get(name)
         diff = f"{100 * p['diff_mean']:+.2f}" if p else "reference"
         ci = f"[{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]" if p and p["ci95"] else "-"
+        holm = f"{p['p_holm']:.3f} | {p['verdict_holm']}" if p and "p_holm" in p else "- | -"
+        balanced = _pct(v["balanced_top1_mean"]) if "balanced_top1_mean" in v else "-"
         lines.append(f"| {name} | {_pct(v['top1_mean'])} +- {_pct(v['top1_std'])} | {_pct(v['top5_mean'])} | "
-                     f"{', '.join(_pct(x) for x in v['top1'])} | {diff} | {ci} |")
+                     f"{balanced} | {', '.join(_pct(x) for x in v['top1'])} | {diff} | {ci} | {holm} |")
     lines += ["", "## What the controls say", ""]
     lines += [_sentence(name, ref, p) for name, p in summary["paired"].items()]
-    if "ccn_vs_random" in summary["controls"]:
-        lines.append(_sentence("ccn", "random", summary["controls"]["ccn_vs_random"])
-                     + " This is the referee's test of whether the learned groups matter beyond the head structure.")
-    lines += ["", "Top-1 % of every inference rule (mean over seeds) for the variants with groups:", "",
+    for key, (a, b) in control_pairs(list(summary["variants"])).items():
+        if key in summary["controls"]:
+            lines.append(_sentence(a, b, summary["controls"][key])
+                         + " This is the referee's test of whether the groups matter beyond the head structure.")
+    lines += ["", "Top-1 % of every inference rule (mean over seeds) for the variants with groups. Group and "
+              "within-group accuracy depend on the partition and are not comparable between variants with "
+              "different partitions (a one-class group has within-group accuracy 1 by construction); compare "
+              "top-1, top-5 and balanced top-1 instead.", "",
               "| variant | " + " | ".join(("soft", "hard", "flat", "blend")) + " | group acc | within acc |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, v in summary["variants"].items():
@@ -156,8 +213,9 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
     for name, g in summary["groups"].items():
         stable = f"{g['seed_ari_mean']:.2f}" if g["seed_ari_mean"] is not None else "-"
         coarse = f", ARI against coarse labels {np.mean(g['coarse_ari']):.2f}" if "coarse_ari" in g else ""
-        lines.append(f"- {name}: group sizes (seed {summary['seeds'][0]}) {g['sizes'][0]}; mean ARI between the "
-                     f"groups of different seeds {stable}{coarse}.")
+        lines.append(f"- {name}: group sizes (seed {summary['seeds'][0]}) {g['sizes'][0]}, largest / mean size "
+                     f"{g['largest_over_mean'][0]:.2f}, smallest / mean {g['smallest_over_mean'][0]:.2f}; mean ARI "
+                     f"between the groups of different seeds {stable}{coarse}.")
     h = _hierarchy(out, "ccn", summary["seeds"][0]) if "ccn" in grid.variants else None
     if h is not None:
         lines += ["", f"Learned groups of `ccn`, seed {summary['seeds'][0]}:", ""]

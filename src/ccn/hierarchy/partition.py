@@ -41,9 +41,11 @@ def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[s
     chosen = learned
     if meth.partition != "learned":
         tree = _control_tree(meth, learned, classes, seed, coarse, dataset)
-        how = {**learned.how, "partition": meth.partition, "groups": len(tree)}
+        how = {"partition": meth.partition, "groups": len(tree), "metric": meth.metric, "linkage": meth.linkage}
         if meth.partition == "file":
             how["groups_file"] = str(meth.groups_file)
+        if meth.partition == "random":  # whose sizes it copies
+            how["sizes_of"] = f"{meth.clustering} clustering of {meth.profile} profiles"
         chosen = Hierarchy(classes, tree, how, distances=learned.distances, merges=learned.merges)
     chosen.how.update(partition_sizes(chosen.groups, len(classes)))
     if coarse is not None:  # how well the groups match the data set's own coarse labels
