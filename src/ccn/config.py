@@ -29,6 +29,10 @@ class DataConfig:
     flip: Optional[bool] = None  # random horizontal flip; None: the data set's default
     crop_padding: Optional[int] = None  # random crop after padding by this many pixels; None: size/8
     cutout: int = 0  # side of a zeroed square per training image, pixels; 0: off
+    # strong augmentation per image after crop + flip, before cutout (ccn.data.policies; README "data.augment")
+    augment: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = "none"
+    randaugment_n: int = 2  # RandAugment N: operations per image, 0-14 (torchvision's default 2)
+    randaugment_m: int = 9  # RandAugment M: magnitude bin, 0 (identity) to 30 (torchvision's default 9)
     cache: bool = True  # keep decoded image folders as uint8 arrays next to the data
     skip_bad_images: bool = False  # warn and skip unreadable images instead of stopping
     val_fraction: float = 0.0  # >0: hold out this share of each class's training images (seeded, the same for
@@ -276,6 +280,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must lie between 0 and 1, got {value!r}")
     if not 0 <= d.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be 0 (score the test set) or a share below 1, got {d.val_fraction}")
+    if not 0 <= d.randaugment_n <= 14:
+        raise ConfigError(f"data.randaugment_n must lie between 0 and 14 operations per image, got {d.randaugment_n}")
+    if not 0 <= d.randaugment_m <= 30:
+        raise ConfigError(f"data.randaugment_m must lie between 0 and 30 (magnitude bins), got {d.randaugment_m}")
     if not 0 < meth.holdout_fraction < 1:
         raise ConfigError(f"method.holdout_fraction must lie strictly between 0 and 1, got {meth.holdout_fraction}")
     if d.num_classes < 2 or d.num_groups < 1 or d.num_groups > d.num_classes:

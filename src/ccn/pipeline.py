@@ -28,6 +28,7 @@ from ccn.data import ImageDataset, load_dataset
 from ccn.data.base import split_per_class
 from ccn.data.augment import Augment, Normalize
 from ccn.data.loader import TensorBatches
+from ccn.data.policies import make_policy
 from ccn.dist import World, all_reduce_sum, autocast, init_distributed, resolve_device, wrap_for_training
 from ccn.errors import CCNError
 from ccn.evaluate import model_outputs, score
@@ -61,7 +62,8 @@ class RunData:
 def default_augment(config: Config, ds: ImageDataset) -> Augment:
     padding = config.data.crop_padding if config.data.crop_padding is not None else max(1, ds.image_size // 8)
     flip = config.data.flip if config.data.flip is not None else ds.flip
-    return Augment(crop_padding=padding, flip=flip, cutout=config.data.cutout)
+    policy = make_policy(config.data.augment, config.data.randaugment_n, config.data.randaugment_m)
+    return Augment(crop_padding=padding, flip=flip, cutout=config.data.cutout, policy=policy)
 
 
 def uses_channels_last(config: Config, device: torch.device) -> bool:

@@ -6,6 +6,7 @@ Each function takes a (B, C, H, W) tensor on any device and a `torch.Generator` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
@@ -46,16 +47,22 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
 
 @dataclass(frozen=True)
 class Augment:
-    """The training augmentation: crop after padding, optional flip, optional cutout."""
+    """The training augmentation: crop after padding, optional flip, an optional strong policy
+    (ccn.data.policies: AutoAugment, RandAugment, TrivialAugment), optional cutout: the order of the
+    AutoAugment paper's CIFAR pipeline. Without a policy the random draws are those of crop, flip
+    and cutout alone, so runs without one replay exactly as before the policies existed."""
 
     crop_padding: int = 4
     flip: bool = True
     cutout: int = 0
+    policy: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         images = random_crop(images, self.crop_padding, generator)
         if self.flip:
             images = random_flip(images, generator)
+        if self.policy is not None:
+            images = self.policy(images, generator)
         return cutout(images, self.cutout, generator)
 
 
