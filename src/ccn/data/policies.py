@@ -41,27 +41,28 @@ def _coord_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def affine_nearest(images: torch.Tensor, coeffs: torch.Tensor, fill: int = 0) -> torch.Tensor:
+def affine_nearest(images: torch.Tensor, coeffs: torch.Tensor, fill: int = 0, translation: bool = False
+                   ) -> torch.Tensor:
     """PIL's Image.transform(size, AFFINE, (a, b, c, d, e, f), NEAREST) per image, coeffs (B, 6):
     output pixel (x, y) takes input pixel (floor(a x' + b y' + c), floor(d x' + e y' + f)) at the
     pixel centre (x', y') = (x + 0.5, y + 0.5); inputs outside the image give `fill`.
-    Like libImaging, a transform without cross terms (translation) is mapped in floating point and
-    any other (shear, rotation) in 16.16 fixed point, so the indices are PIL's own; a gather of
-    integer indices then moves the pixels with no interpolation rounding at all."""
+    Indices are computed as libImaging computes them: a pure translation (b = d = 0, a = e = 1) in
+    floating point, anything else (shear, rotation) in 16.16 fixed point; a gather of those integer
+    indices then moves the pixels, so no interpolation rounding can differ from PIL's."""
     b, c, h, w = images.shape
-    xs = torch.arange(w, device=images.device, dtype=coeffs.dtype)[None, None, :]
-    ys = torch.arange(h, device=images.device, dtype=coeffs.dtype)[None, :, None]
-    a_, b_, c_, d_, e_, f_ = (v[:, None, None] for v in coeffs.unbind(1))
-    x_float = torch.floor(a_ * (xs + 0.5) + b_ * (ys + 0.5) + c_)
-    y_float = torch.floor(d_ * (xs + 0.5) + e_ * (ys + 0.5) + f_)
-    fix = lambda v: torch.floor(v * 65536.0 + 0.5)  # noqa: E731  libImaging's FIX()
-    x_fixed = torch.floor((fix(c_ + a_ * 0.5 + b_ * 0.5) + xs * fix(a_) + ys * fix(b_)) / 65536.0)
-    y_fixed = torch.floor((fix(f_ + d_ * 0.5 + e_ * 0.5) + xs * fix(d_) + ys * fix(e_)) / 65536.0)
-    translation = (b_ == 0) & (d_ == 0)
-    x_in = torch.where(translation, x_float, x_fixed)
-    y_in = torch.where(translation, y_float, y_fixed)
+    xs = torch.arange(w, device=images.device)[None, None, :]
+    ys = torch.arange(h, device=images.device)[None, :, None]
+    a_, b_, c_, d_, e_, f_ = coeffs.unbind(1)
+    col = lambda v: v[:, None, None]  # noqa: E731  (B,) -> (B, 1, 1)
+    if translation:
+        x_in = xs + col(torch.floor(c_ + 0.5).long())
+        y_in = ys + col(torch.floor(f_ + 0.5).long())
+    else:
+        fix = lambda v: col(torch.floor(v * 65536.0 + 0.5).long())  # noqa: E731  libImaging's FIX()
+        x_in = (fix(c_ + a_ * 0.5 + b_ * 0.5) + xs * fix(a_) + ys * fix(b_)) >> 16
+        y_in = (fix(f_ + d_ * 0.5 + e_ * 0.5) + xs * fix(d_) + ys * fix(e_)) >> 16
     inside = (x_in >= 0) & (x_in < w) & (y_in >= 0) & (y_in < h)  # (B, H, W)
-    index = (y_in.clamp(0, h - 1) * w + x_in.clamp(0, w - 1)).long().reshape(b, 1, h * w)
+    index = (y_in.clamp(0, h - 1) * w + x_in.clamp(0, w - 1)).reshape(b, 1, h * w)
     out = images.reshape(b, c, h * w).gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
     return out.masked_fill(~inside[:, None], fill)
 
@@ -84,12 +85,12 @@ def shear_y(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def translate_x(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     """PIL transform (1, 0, p, 0, 1, 0): the content moves left by p pixels (right for p < 0)."""
-    return affine_nearest(images, _coeffs(pixels, lambda v, z, o: [o, z, v, z, o, z]))
+    return affine_nearest(images, _coeffs(pixels, lambda v, z, o: [o, z, v, z, o, z]), translation=True)
 
 
 def translate_y(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     """PIL transform (1, 0, 0, 0, 1, p): the content moves up by p pixels."""
-    return affine_nearest(images, _coeffs(pixels, lambda v, z, o: [o, z, z, z, o, v]))
+    return affine_nearest(images, _coeffs(pixels, lambda v, z, o: [o, z, z, z, o, v]), translation=True)
 
 
 def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
@@ -138,15 +139,16 @@ def contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def smooth(images: torch.Tensor) -> torch.Tensor:
-    """PIL ImageFilter.SMOOTH: 3x3 kernel [[1,1,1],[1,5,1],[1,1,1]] / 13, rounded; border pixels unchanged."""
-    x = images.to(torch.int32)
-    h, w = x.shape[-2:]
-    acc = 4 * x[..., 1:h - 1, 1:w - 1]
-    for dy in range(3):
-        for dx in range(3):
-            acc = acc + x[..., dy:h - 2 + dy, dx:w - 2 + dx]
+    """PIL ImageFilter.SMOOTH: 3x3 kernel [[1,1,1],[1,5,1],[1,1,1]] / 13, rounded half up; border
+    pixels unchanged. The float32 sums are exact integers, and an integer over 13 is never within
+    1/26 of a rounding tie, so float32 rounds exactly as PIL does."""
+    c, h, w = images.shape[1:]
+    x = images.to(torch.float32)
+    kernel = torch.ones(c, 1, 3, 3, device=images.device)
+    kernel[:, :, 1, 1] = 5
+    inner = torch.floor(torch.nn.functional.conv2d(x, kernel, groups=c) / 13 + 0.5)
     out = x.clone()
-    out[..., 1:h - 1, 1:w - 1] = torch.div(2 * acc + 13, 26, rounding_mode="floor")  # floor(acc/13 + 1/2)
+    out[..., 1:h - 1, 1:w - 1] = inner
     return out
 
 
@@ -187,15 +189,15 @@ def equalize(images: torch.Tensor, _values: torch.Tensor | None = None) -> torch
     step = (pixels - count of the highest value present) // 255; lut[i] = (step // 2 + number of
     pixels below i) // step, clipped to 255; step 0 (at most one value present) leaves the channel."""
     b, c, h, w = images.shape
-    values = images.reshape(b * c, h * w).long()
-    offsets = torch.arange(b * c, device=images.device)[:, None] * 256
-    hist = torch.bincount((values + offsets).flatten(), minlength=b * c * 256).view(b * c, 256)
-    top_count = hist.gather(1, values.amax(1, keepdim=True))
+    values = images.reshape(b * c, h * w)
+    keys = values.to(torch.int32) + torch.arange(0, b * c * 256, 256, device=images.device, dtype=torch.int32)[:, None]
+    hist = torch.bincount(keys.flatten(), minlength=b * c * 256).view(b * c, 256)
+    top_count = hist.gather(1, values.amax(1, keepdim=True).long())
     step = (h * w - top_count) // 255  # (B*C, 1)
     below = hist.cumsum(1) - hist
     lut = torch.div(step // 2 + below, step.clamp(min=1), rounding_mode="floor").clamp(max=255)
-    lut = torch.where(step > 0, lut, torch.arange(256, device=images.device))
-    return lut.gather(1, values).to(torch.uint8).view(b, c, h, w)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=images.device)).to(torch.uint8)
+    return lut.flatten()[keys].view(b, c, h, w)
 
 
 def invert(images: torch.Tensor, _values: torch.Tensor | None = None) -> torch.Tensor:
