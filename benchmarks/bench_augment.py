@@ -180,6 +180,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
+    load_before = " ".join(f"{v:.1f}" for v in os.getloadavg())
     images = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0)).to(device)
     real = real_images(8)
@@ -204,7 +205,9 @@ def main() -> None:
         f"Machine: {platform.node()} {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"kornia {kornia.__version__ if kornia else 'absent'}, device {device}. Command: "
         f"`python benchmarks/bench_augment.py --batch {args.batch} --steps {args.steps} --rounds {args.rounds} "
-        f"--device {args.device}` (random uint8 images; one untimed warm-up call per contender and round).",
+        f"--device {args.device}` (random uint8 images; one untimed warm-up call per contender and round). "
+        f"Load average before / after: {load_before} / {' '.join(f'{v:.1f}' for v in os.getloadavg())} "
+        "(the machine is shared).",
         "",
         "| what | ms per batch (median) | time / crop+flip (median of per-round ratios) | share of a resnet20 step |",
         "| --- | --- | --- | --- |",
