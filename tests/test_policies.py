@@ -219,3 +219,16 @@ def test_train_with_randaugment_is_bit_identical_in_deterministic_mode(tmp_path)
     assert "augment: randaugment" in (outs[0] / "config.yaml").read_text()
     first, second = (load_file(out / "model.safetensors") for out in outs)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_policies_restore_the_thread_count_and_do_not_depend_on_it():
+    x = _random_images(64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = AutoAugment()(x, torch.Generator().manual_seed(0))
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert torch.equal(out, AutoAugment()(x, torch.Generator().manual_seed(0)))
+    finally:
+        torch.set_num_threads(before)

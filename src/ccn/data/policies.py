@@ -28,6 +28,7 @@ Ranges and magnitude scales (where each number comes from):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -313,6 +314,25 @@ AUTOAUGMENT_CIFAR10 = (
 )
 
 
+def single_threaded_on_cpu(policy_call):
+    """Run a policy on CPU with one intra-op thread, then restore the thread count. Its kernels are
+    small (a few thousand to a million values each, hundreds per batch), and every multi-threaded
+    kernel waits at a barrier for all its threads: on the shared 2-core dev VM (load average 9-10)
+    AutoAugment on 256 images took 169-1069 ms per batch with 2 threads and 52-146 ms with this,
+    8 alternating calls each. Results do not depend on the thread count (no float reductions)."""
+    @functools.wraps(policy_call)
+    def wrapper(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        threads = torch.get_num_threads()
+        if images.device.type != "cpu" or threads == 1:
+            return policy_call(self, images, generator)
+        torch.set_num_threads(1)
+        try:
+            return policy_call(self, images, generator)
+        finally:
+            torch.set_num_threads(threads)
+    return wrapper
+
+
 def _draw_sign(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.rand(n, device=device, generator=generator) < 0.5
 
@@ -322,6 +342,7 @@ class AutoAugment:
     """AutoAugment, CIFAR-10 policy: each image draws one of the 25 sub-policies and applies each of
     its two operations with the operation's probability (10 magnitude bins, standard ranges)."""
 
+    @single_threaded_on_cpu
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, device = len(images), images.device
         table = torch.tensor([[OP_INDEX[op] for op, _, _ in sub] for sub in AUTOAUGMENT_CIFAR10], device=device)
@@ -344,6 +365,7 @@ class RandAugment:
     num_ops: int = 2
     magnitude: int = 9
 
+    @single_threaded_on_cpu
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, device = len(images), images.device
         ops = torch.tensor([OP_INDEX[n] for n in RANDAUGMENT_OPS], device=device)
@@ -361,6 +383,7 @@ class TrivialAugment:
     """TrivialAugment (wide): each image applies one of the 14 operations at a magnitude drawn
     uniformly from 31 bins, with a random sign (wide ranges)."""
 
+    @single_threaded_on_cpu
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, device = len(images), images.device
         ops = torch.tensor([OP_INDEX[n] for n in RANDAUGMENT_OPS], device=device)
