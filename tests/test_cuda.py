@@ -40,3 +40,19 @@ def test_heads_agree_between_cpu_and_cuda():
     head = head.cuda()
     gpu = head.scores(head(h.cuda()), "soft").cpu()
     assert torch.allclose(cpu, gpu, atol=1e-5)
+
+
+def test_augmentation_operations_give_the_same_pixels_on_cuda_as_on_cpu():
+    from ccn.data.policies import OPERATIONS, RandAugment
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    values = {"posterize": torch.arange(16) % 7 + 2.0, "solarize": torch.linspace(0, 256, 16)}
+    for name, op in OPERATIONS.items():
+        v = values.get(name, torch.linspace(-0.9, 0.9, 16) * (30 if name.startswith(("rotate", "translate")) else 1))
+        if name in ("brightness", "color", "contrast", "sharpness"):
+            v = 1 + v
+        v = v.double()
+        assert torch.equal(op(x.cuda(), v.cuda()).cpu(), op(x, v)), name
+    policy = RandAugment(2, 9)
+    a = policy(x.cuda(), torch.Generator(device="cuda").manual_seed(1))
+    b = policy(x.cuda(), torch.Generator(device="cuda").manual_seed(1))
+    assert a.is_cuda and torch.equal(a, b)

@@ -104,9 +104,9 @@ def test_magnitude_zero_is_the_identity_for_every_graded_operation(ranges, bins)
     negative = torch.rand(len(x), generator=torch.Generator().manual_seed(1)) < 0.5
     for name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color", "contrast",
                  "sharpness", "posterize", "solarize"):
-        values = op_values(name, torch.zeros(len(x), dtype=torch.long), negative, bins, ranges, x.shape[-1])
+        values = op_values(name, torch.zeros(len(x), dtype=torch.long), negative, bins, ranges, x.shape[-2:])
         assert torch.equal(OPERATIONS[name](x, values), x), name
-        top = op_values(name, torch.full((len(x),), bins - 1), negative, bins, ranges, x.shape[-1])
+        top = op_values(name, torch.full((len(x),), bins - 1), negative, bins, ranges, x.shape[-2:])
         assert not torch.equal(OPERATIONS[name](x, top), x), f"{name} at the top magnitude changes nothing"
 
 
@@ -120,14 +120,15 @@ def test_randaugment_at_magnitude_zero_changes_only_through_ungraded_operations(
 
 def test_top_magnitudes_follow_the_published_ranges():
     bins = torch.tensor([9]), torch.tensor([False])
-    assert op_values("rotate", *bins, 10, STANDARD, 32).item() == pytest.approx(30)
-    assert op_values("translate_x", *bins, 10, STANDARD, 32).item() == pytest.approx(150 / 331 * 32)
-    assert op_values("posterize", *bins, 10, STANDARD, 32).item() == 4
+    assert op_values("rotate", *bins, 10, STANDARD, (32, 32)).item() == pytest.approx(30)
+    assert op_values("translate_x", *bins, 10, STANDARD, (20, 40)).item() == pytest.approx(150 / 331 * 40)
+    assert op_values("translate_y", *bins, 10, STANDARD, (20, 40)).item() == pytest.approx(150 / 331 * 20)
+    assert op_values("posterize", *bins, 10, STANDARD, (32, 32)).item() == 4
     top = torch.tensor([30]), torch.tensor([True])
-    assert op_values("shear_x", *top, 31, WIDE, 32).item() == pytest.approx(-0.99)
-    assert op_values("translate_y", *top, 31, WIDE, 224).item() == pytest.approx(-32)  # pixels, any size
-    assert op_values("posterize", *top, 31, WIDE, 32).item() == 2
-    assert op_values("solarize", *top, 31, WIDE, 32).item() == 0
+    assert op_values("shear_x", *top, 31, WIDE, (32, 32)).item() == pytest.approx(-0.99)
+    assert op_values("translate_y", *top, 31, WIDE, (224, 224)).item() == pytest.approx(-32)  # pixels, any size
+    assert op_values("posterize", *top, 31, WIDE, (32, 32)).item() == 2
+    assert op_values("solarize", *top, 31, WIDE, (32, 32)).item() == 0
 
 
 def test_apply_ops_leaves_inactive_images_untouched():

@@ -244,15 +244,17 @@ WIDE = Ranges(shear=0.99, translate=32.0, translate_relative=False, rotate=135.0
 
 
 def op_values(name: str, bins: torch.Tensor, negative: torch.Tensor, num_bins: int, ranges: Ranges,
-              width: int) -> torch.Tensor:
-    """Per-image values of operation `name` for magnitude bins 0..num_bins-1 (float64; float32 on mps)."""
+              size: tuple[int, int]) -> torch.Tensor:
+    """Per-image values of operation `name` for magnitude bins 0..num_bins-1 (float64; float32 on mps);
+    `size` (height, width) scales relative translations: x by the width, y by the height."""
     dtype = _coord_dtype(bins.device)
     t = bins.to(dtype) / (num_bins - 1)
     sign = 1.0 - 2.0 * negative.to(dtype)
     if name in ("shear_x", "shear_y"):
         return ranges.shear * t * sign
     if name in ("translate_x", "translate_y"):
-        return ranges.translate * (width if ranges.translate_relative else 1.0) * t * sign
+        side = size[1] if name == "translate_x" else size[0]
+        return ranges.translate * (side if ranges.translate_relative else 1.0) * t * sign
     if name == "rotate":
         return ranges.rotate * t * sign
     if name in ("brightness", "color", "contrast", "sharpness"):
@@ -276,7 +278,7 @@ def apply_ops(images: torch.Tensor, ops: torch.Tensor, bins: torch.Tensor, negat
         idx = ((ops == k) & active).nonzero().flatten()
         if idx.numel() == 0:
             continue
-        values = op_values(name, bins[idx], negative[idx], num_bins, ranges, images.shape[-1])
+        values = op_values(name, bins[idx], negative[idx], num_bins, ranges, tuple(images.shape[-2:]))
         out[idx] = OPERATIONS[name](out[idx], values)
     return out
 
