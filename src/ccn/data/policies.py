@@ -23,7 +23,8 @@ Ranges and magnitude scales (where each number comes from):
 - solarize threshold 256 (nothing inverted) down to 0 over the bins (ours: the papers' range is
   [0, 256]; torchvision starts at 255, which inverts white pixels at magnitude 0);
 - fill of pixels moved in by geometric operations: 0, black (torchvision's default and the value of
-  our crop padding; the original AutoAugment code used grey 128).
+  our crop padding; the widely used PIL re-implementations, DeepVoltaire's AutoAugment and timm's,
+  fill with grey 128).
 """
 
 from __future__ import annotations
