@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ccn.errors import CCNError
 
@@ -32,9 +32,35 @@ def atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors bytes of `tensors`, the same bytes for the same tensors and metadata.
+
+    The safetensors library writes the `__metadata__` map in the order of a Rust HashMap, which is
+    seeded at random in every process, so two processes saving identical tensors wrote different
+    files. The JSON header is rewritten here with the metadata keys sorted and the tensor entries in
+    name order (their data offsets, hence the data bytes, do not change), padded with spaces to a
+    multiple of 8 bytes as the format asks."""
+    raw = save(tensors, metadata=metadata)
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_len])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + header_len:]
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    data = canonical_safetensors(tensors, metadata)
+    Path(path).write_bytes(data)
+
+
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()}))
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    atomic_write(path, lambda tmp: write_safetensors(tmp, state, meta))
 
 
 def check_state_fits(model: torch.nn.Module, state: dict, path: Path) -> None:
@@ -113,7 +139,7 @@ def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     meta = {_STATE_KEY: json.dumps({**state, "optimizer": optim_plain})}
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp), metadata=meta)
+        write_safetensors(tmp, tensors, meta)
         fault_point("during-save")
 
     atomic_write(path, write)
