@@ -19,6 +19,7 @@ def _train(args) -> None:
     from ccn import config as cfgmod
     from ccn.dist import shutdown_distributed, world_from_env
     from ccn.pipeline import run_training
+    from ccn.progress import set_enabled
     from ccn.runs import default_run_dir, prepare_run_dir, resume_run_dir, start_run_dir
     from ccn.tracking import RunLog
 
@@ -39,6 +40,7 @@ def _train(args) -> None:
         if world.is_main:
             prepare_run_dir(out, force=args.force)
             start_run_dir(out, config)
+    set_enabled(config.train.progress and world.is_main)  # also the bar of decoding an image folder
     try:
         run_training(config, out, RunLog(out, enabled=world.is_main), world=world, resume=bool(args.resume))
     finally:
@@ -103,8 +105,10 @@ def _predict(args) -> None:
 
 def _experiment(args) -> None:
     from ccn.experiment import load_grid, run_grid
+    from ccn.progress import set_enabled
 
     grid = load_grid(args.config, args.set)
+    set_enabled(grid.config_for(grid.reference, grid.seeds[0]).train.progress)
     out = Path(args.out) if args.out else Path("experiments") / grid.name
     summary = run_grid(grid, out)
     for name, p in summary["paired"].items():

@@ -25,6 +25,7 @@ import yaml
 
 from ccn import config as cfgmod
 from ccn.errors import CCNError, ConfigError
+from ccn.progress import echo, progress_bar
 from ccn.runs import prepare_run_dir, read_results, resume_run_dir, start_run_dir
 
 METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
@@ -131,39 +132,48 @@ def _variants(spec) -> dict:
     return variants
 
 
-def run_grid(grid: Grid, out: Path, log=print) -> dict:
+def run_grid(grid: Grid, out: Path, log=echo) -> dict:
     """Train every (variant, seed) not yet finished, then write summary.json, report.md and figures."""
-    from ccn.data import load_dataset
-    from ccn.pipeline import run_training
     from ccn.report import write_report
-    from ccn.tracking import RunLog
 
     out = Path(out)
     _claim_folder(out, grid)
     data_cache: dict = {}
     started = time.perf_counter()
-    for seed in grid.seeds:
-        for variant in grid.variants:
-            run_dir = out / "runs" / f"{variant}-s{seed}"
-            config = grid.config_for(variant, seed)
-            if (run_dir / "results.json").is_file():
-                log(f"[{variant} seed {seed}] finished earlier: reused")
-                continue
-            resume = (run_dir / "config.yaml").is_file()
-            if resume:
-                resume_run_dir(run_dir)
-            else:
-                prepare_run_dir(run_dir)
-                start_run_dir(run_dir, config)
-            log(f"[{variant} seed {seed}] {'resuming' if resume else 'training'} in {run_dir}")
-            key = repr(config.data)
-            if key not in data_cache:
-                data_cache = {key: load_dataset(config.data)}  # variants share the data; keep one copy
-            run_training(config, run_dir, RunLog(run_dir, stream=_NullStream()), ds=data_cache[key],
-                         resume=resume)
-            top1 = read_results(run_dir)["top1"]
-            log(f"[{variant} seed {seed}] top1 {100 * top1:.2f}%")
+    runs = [(variant, seed) for seed in grid.seeds for variant in grid.variants]
+    shown = grid.config_for(grid.reference, grid.seeds[0]).train.progress
+    with progress_bar(total=len(runs), desc="experiment runs", unit="run", enabled=shown) as bar:
+        for variant, seed in runs:
+            _run_one(grid, out, variant, seed, data_cache, log)
+            bar.update(1)
     return write_report(grid, out, time.perf_counter() - started)
+
+
+def _run_one(grid: Grid, out: Path, variant: str, seed: int, data_cache: dict, log) -> None:
+    """Train (or resume, or reuse) the run of one (variant, seed) in OUT/runs/<variant>-s<seed>/."""
+    from ccn.data import load_dataset
+    from ccn.pipeline import run_training
+    from ccn.tracking import RunLog
+
+    run_dir = out / "runs" / f"{variant}-s{seed}"
+    config = grid.config_for(variant, seed)
+    if (run_dir / "results.json").is_file():
+        log(f"[{variant} seed {seed}] finished earlier: reused")
+        return
+    resume = (run_dir / "config.yaml").is_file()
+    if resume:
+        resume_run_dir(run_dir)
+    else:
+        prepare_run_dir(run_dir)
+        start_run_dir(run_dir, config)
+    log(f"[{variant} seed {seed}] {'resuming' if resume else 'training'} in {run_dir}")
+    key = repr(config.data)
+    if key not in data_cache:  # variants share the data; keep one copy
+        data_cache.clear()
+        data_cache[key] = load_dataset(config.data)
+    run_training(config, run_dir, RunLog(run_dir, stream=_NullStream()), ds=data_cache[key], resume=resume)
+    top1 = read_results(run_dir)["top1"]
+    log(f"[{variant} seed {seed}] top1 {100 * top1:.2f}%")
 
 
 def _claim_folder(out: Path, grid: Grid) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 
 import torch
@@ -17,7 +16,8 @@ from torch import nn
 from ccn.checkpoint import fault_point
 from ccn.config import TrainConfig
 from ccn.data.loader import TensorBatches
-from ccn.dist import all_reduce_sum, autocast
+from ccn.dist import all_reduce_sum, autocast, is_distributed
+from ccn.progress import progress_bar
 
 
 def lr_factor(cfg: TrainConfig, progress: float, warmup: float) -> float:
@@ -77,15 +77,19 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * factor
 
+    def _show_progress(self) -> bool:
+        """The bar is drawn by one process only (rank 0 under torchrun)."""
+        return self.cfg.progress and (not is_distributed() or torch.distributed.get_rank() == 0)
+
     def train_epoch(self, batches: TensorBatches, epoch: int, start_batch: int = 0) -> dict:
         """One pass over `batches`; returns mean loss parts, images/s and seconds."""
         self.model.train()
         head = self.model.head
         sums: dict[str, torch.Tensor] = {}
         seen, start = 0, time.perf_counter()
-        total = len(batches)
-        show = self.cfg.progress and sys.stderr.isatty()
-        for i, (x, y) in enumerate(batches.epoch(epoch, start_batch), start=start_batch):
+        bar = progress_bar(total=len(batches), initial=start_batch, desc=f"epoch {epoch}", unit="batch",
+                           enabled=self._show_progress())
+        for x, y in batches.epoch(epoch, start_batch):
             self._set_lr()
             with self.autocast():
                 out = self.train_module(x)
@@ -99,11 +103,8 @@ class Trainer:
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0) + value.detach() * len(y)
             seen += len(y)
-            if show and (i % 10 == 0 or i + 1 == total):
-                sys.stderr.write(f"\r  epoch {epoch} batch {i + 1}/{total}")
-                sys.stderr.flush()
-        if show:
-            sys.stderr.write("\r" + " " * 40 + "\r")
+            bar.update(1)  # counts batches only: reading the loss here would synchronise with the device
+        bar.close()
         keys = sorted(sums)
         stacked = torch.stack([sums[k].float() for k in keys] + [torch.tensor(float(seen), device=self.device)])
         totals = all_reduce_sum(stacked).tolist()  # the one host synchronisation of the epoch

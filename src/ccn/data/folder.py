@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ccn.data.base import ImageDataset, to_tensor_images
 from ccn.errors import DataError
+from ccn.progress import progress_bar
 
 CACHE_VERSION = 1
 DEFAULT_FOLDER_SIZE = 32
@@ -79,11 +80,12 @@ def decode_split(items: list[tuple[Path, int]], size: int, skip_bad: bool) -> tu
     """Decode (path, label) pairs in parallel into a uint8 (N, 3, size, size) tensor and labels."""
     jobs = [(path, size, skip_bad) for path, _ in items]
     workers = min(os.cpu_count() or 1, 8)
+    shown = dict(total=len(jobs), desc=f"decoding {len(jobs)} images", unit="img")
     if len(jobs) > 256 and workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            arrays = list(pool.map(_decode_or_none, jobs, chunksize=64))
+            arrays = list(progress_bar(pool.map(_decode_or_none, jobs, chunksize=64), **shown))
     else:
-        arrays = [_decode_or_none(job) for job in jobs]
+        arrays = list(progress_bar(map(_decode_or_none, jobs), **shown))
     kept = [(a, label) for a, (_, label) in zip(arrays, items) if a is not None]
     for a, (path, _) in zip(arrays, items):
         if a is None:
