@@ -1,4 +1,4 @@
-"""The `ccn` command: train, clusters, evaluate, predict, experiment.
+"""The `ccn` command: train, clusters, evaluate, predict, export, experiment.
 
 Every problem a user can fix ends in one line on stderr and exit status 2, never a traceback.
 """
@@ -95,12 +95,20 @@ def _evaluate(args) -> None:
 
 
 def _predict(args) -> None:
-    from ccn.predict import predict_images
+    from ccn.predict import format_predictions, predict_images
     from ccn.runs import load_run
 
     config, model, hierarchy, saved = load_run(Path(args.run_dir))
-    for line in predict_images(model, hierarchy, saved, config.method.inference, args.images, args.top):
-        print(line)
+    predictions = predict_images(model, hierarchy, saved, config.method.inference, args.images, args.top)
+    print(json.dumps(predictions, indent=2) if args.json else "\n".join(format_predictions(predictions)))
+
+
+def _export(args) -> None:
+    from ccn.export import export_run, sidecar_path
+
+    info = export_run(Path(args.run_dir), Path(args.out), args.format, args.force)
+    print(f"wrote {args.out} ({info['rule']} rule, {len(info['classes'])} classes, {info['image_size']}px input) "
+          f"and {sidecar_path(Path(args.out))}")
 
 
 def _experiment(args) -> None:
@@ -140,7 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir")
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top", type=int, default=3)
+    predict.add_argument("--json", action="store_true",
+                         help='print [{"path", "top": [{"class", "probability" (0-1), "group"}]}] instead of text')
     predict.set_defaults(func=_predict)
+    export = sub.add_parser("export", help="a run as an ONNX model: normalised images in, class probabilities out")
+    export.add_argument("run_dir")
+    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.add_argument("--out", required=True, metavar="FILE", help="model file; FILE.json gets size, mean, std, classes")
+    export.add_argument("--force", action="store_true", help="replace FILE and FILE.json if they exist")
+    export.set_defaults(func=_export)
     experiment = sub.add_parser("experiment", help="variants x seeds with paired statistics and a report")
     experiment.add_argument("--config", required=True, help="grid YAML with base:, variants:, seeds:")
     experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -1,4 +1,9 @@
-"""Predictions for image files with a saved run: top classes and the group each belongs to."""
+"""Predictions for image files with a saved run: top classes and the group each belongs to.
+
+`predict_images` returns plain data, one entry per image:
+    {"path": ..., "top": [{"class": name, "probability": 0..1, "group": 1-based group or None}, ...]}
+and `format_predictions` turns it into the text lines `ccn predict` prints (`--json` prints the data).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,23 @@ from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
 
 
+def inference_rule(head: torch.nn.Module, rule: str) -> str:
+    """The run's rule when its head has it; a flat run's head knows only `flat`."""
+    return rule if rule in head.rules else head.rules[0]
+
+
+def class_probabilities(model: torch.nn.Module, x: torch.Tensor, rule: str) -> torch.Tensor:
+    """(B, C) class probabilities of the inference rule: the softmax of the rule's scores.
+
+    soft: p(c|x) itself; flat: the flat head's softmax; blend: the normalised weighted geometric
+    mean of the two; hard: p(c|x) renormalised over the classes the rule keeps (the chosen group at
+    depth 1, the class the greedy descent reaches at depth 2), about 0 for every other class."""
+    return torch.softmax(model.head.scores(model(x), inference_rule(model.head, rule)).float(), dim=1)
+
+
 @torch.no_grad()
 def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved: dict, rule: str,
-                   paths: list[str], top: int = 3) -> list[str]:
+                   paths: list[str], top: int = 3) -> list[dict]:
     prep = saved["preprocess"]
     classes = hierarchy.classes if hierarchy is not None else saved.get("classes")
     if classes is None:
@@ -27,13 +46,22 @@ def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved
     images = np.stack([decode_image(Path(p), prep["image_size"]) for p in paths])
     x = Normalize(prep["mean"], prep["std"])(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
     model.eval()
-    out = model(x)
-    probs = torch.softmax(model.head.scores(out, rule if rule in model.head.rules else model.head.rules[0]), dim=1)
+    probs = class_probabilities(model, x, rule)
     group_of = hierarchy.group_of().tolist() if hierarchy is not None else None
-    lines = []
+    predictions = []
     for path, row in zip(paths, probs):
         values, idx = row.topk(min(top, len(classes)))
-        guesses = [f"{classes[c]} {100 * v:.1f}%" + (f" (group {group_of[c] + 1})" if group_of else "")
-                   for v, c in zip(values.tolist(), idx.tolist())]
-        lines.append(f"{path}: " + ", ".join(guesses))
+        predictions.append({"path": str(path), "top": [
+            {"class": classes[c], "probability": v, "group": group_of[c] + 1 if group_of else None}
+            for v, c in zip(values.tolist(), idx.tolist())]})
+    return predictions
+
+
+def format_predictions(predictions: list[dict]) -> list[str]:
+    """One line per image: `path: class 97.1% (group 2), ...` (no group for flat runs)."""
+    lines = []
+    for entry in predictions:
+        guesses = [f"{g['class']} {100 * g['probability']:.1f}%" + (f" (group {g['group']})" if g["group"] else "")
+                   for g in entry["top"]]
+        lines.append(f"{entry['path']}: " + ", ".join(guesses))
     return lines

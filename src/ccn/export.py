@@ -1,0 +1,118 @@
+"""`ccn export`: a saved run as an ONNX model that maps normalised images to class probabilities.
+
+    FILE        ONNX graph: input `images` float32 (N, 3, S, S), normalised as (pixel / 255 - mean) / std
+                per RGB channel; output `probabilities` float32 (N, C), the run's inference rule
+                (the same numbers `ccn predict` prints, see ccn.predict.class_probabilities)
+    FILE.json   what a deployment needs besides the graph: image_size, mean, std (0-1 scale, per
+                channel), classes, the 1-based group of each class (null for flat runs), the rule
+
+Uses torch's TorchScript-based exporter (`dynamo=False`): it needs no extra package (the dynamo
+exporter needs onnxscript) and traces every head. The one data-dependent loop of the heads, the
+greedy descent of the tree head's `hard` rule, is replaced here by a loop of fixed length (the
+tree's height), so the graph holds for every input and not only for the traced one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ccn.checkpoint import atomic_write
+from ccn.errors import CCNError
+from ccn.heads import _HARD_BONUS, TreeHead
+from ccn.predict import class_probabilities, inference_rule
+from ccn.runs import load_run, write_json
+
+FORMATS = ("onnx",)
+OPSET = 17
+
+
+def tree_height(head: TreeHead) -> int:
+    """The number of edges on the longest root-to-leaf path."""
+    parent = [-1, *head.edge_parent.tolist()]
+    depth = [0] * len(parent)
+    for node in range(1, len(parent)):  # breadth-first numbering: a parent comes before its children
+        depth[node] = depth[parent[node]] + 1
+    return max(depth)
+
+
+def greedy_path_fixed(head: TreeHead, t: torch.Tensor) -> torch.Tensor:
+    """TreeHead._greedy_path with `tree_height` steps instead of a loop that stops on a tensor value:
+    a row that has reached its leaf picks nothing more, so the extra steps change nothing."""
+    t = t.float()
+    nodes = torch.arange(head.num_nodes, device=t.device)
+    children_of = head.edge_parent[None, :] == nodes[:, None]  # (nodes, edges)
+    picked = torch.zeros_like(t, dtype=torch.bool)
+    current = torch.zeros(t.shape[0], dtype=torch.long, device=t.device)
+    for _ in range(tree_height(head)):
+        children = children_of[current.clamp(min=0)] & (current >= 0)[:, None]
+        best = t.masked_fill(~children, float("-inf")).argmax(dim=1)
+        has_children = children.any(dim=1)
+        picked = picked | (nn.functional.one_hot(best, t.shape[1]).bool() & has_children[:, None])
+        current = torch.where(has_children, best + 1, torch.full_like(current, -1))
+    return picked
+
+
+class RuleProbabilities(nn.Module):
+    """images -> class probabilities of `rule`, as `ccn predict` computes them."""
+
+    def __init__(self, model: nn.Module, rule: str):
+        super().__init__()
+        self.model, self.rule = model, inference_rule(model.head, rule)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        head = self.model.head
+        if isinstance(head, TreeHead) and self.rule == "hard":
+            out = self.model(images)
+            agreement = head._path_sum(greedy_path_fixed(head, out["t"]).float())
+            return torch.softmax(head.log_probs(out) + _HARD_BONUS * agreement, dim=1)
+        return class_probabilities(self.model, images, self.rule)
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False) -> dict:
+    """Write `out` and `out`.json from a finished run folder; return what the .json holds."""
+    if fmt not in FORMATS:
+        raise CCNError(f"--format {fmt} is not supported; choose one of: {', '.join(FORMATS)}")
+    out = Path(out)
+    existing = [p for p in (out, sidecar_path(out)) if p.exists()]
+    if existing and not force:
+        raise CCNError(f"{existing[0]} already exists: choose another --out, or add --force to replace it")
+    if out.is_dir():
+        raise CCNError(f"--out {out} is a folder: give a file name such as {out / 'model.onnx'}")
+    if not (Path(run_dir) / "results.json").is_file():
+        raise CCNError(f"{run_dir} is not a finished ccn run folder (no results.json): pass the --out folder of "
+                       "a `ccn train` that completed")
+    config, model, hierarchy, results = load_run(Path(run_dir))
+    module = RuleProbabilities(model, config.method.inference).eval()
+    prep = results["preprocess"]
+    example = torch.zeros(2, 3, prep["image_size"], prep["image_size"])
+    atomic_write(out, lambda tmp: _onnx_export(module, example, tmp))
+    groups = [g + 1 for g in hierarchy.group_of().tolist()] if hierarchy is not None else None
+    info = {"format": "onnx", "opset": OPSET, "input": "images", "output": "probabilities",
+            "layout": "NCHW float32, RGB, (pixel / 255 - mean) / std", "image_size": prep["image_size"],
+            "mean": prep["mean"], "std": prep["std"], "classes": hierarchy.classes if hierarchy is not None
+            else results["classes"], "groups": groups, "rule": module.rule, "run": str(run_dir)}
+    write_json(sidecar_path(out), info)
+    return info
+
+
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        # the TorchScript exporter announces its deprecation on every call; the graph it writes is
+        # checked against `ccn predict` by the tests
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        try:
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
+                              input_names=["images"], output_names=["probabilities"],
+                              dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
+        except ImportError as err:
+            raise CCNError(f"ONNX export needs a package that is missing ({err}): pip install 'ccn[export]'") from None
