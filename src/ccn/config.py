@@ -52,6 +52,7 @@ class ModelConfig:
     shakedrop: Optional[float] = None  # pyramidnet: final ShakeDrop probability (0.5 in the paper's recipe)
     norm: Optional[str] = None  # fastnet: batch (default) or none
     dropout: float = 0.0  # before the head
+    init: Optional[str] = None  # start from trained weights: a run folder, or a .safetensors file (ccn or bare backbone)
 
 
 @dataclass
@@ -237,6 +238,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
+
+
 def _positive(key: str, value, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
@@ -294,6 +298,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.warmup_epochs ({t.warmup_epochs}) must be smaller than train.epochs ({t.epochs})")
     if not all(isinstance(x, (int, float)) and 0 < x < 1 for x in t.milestones):
         raise ConfigError("train.milestones must be fractions of the run between 0 and 1, e.g. [0.5, 0.75]")
+    if m.init is not None and Path(m.init).suffix.lower() in PICKLE_SUFFIXES:
+        raise ConfigError(f"model.init={m.init}: ccn reads safetensors only (pickled files can run code); save the "
+                          "weights with safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')")
     if not (config.device in ("auto", "cpu", "mps", "cuda") or config.device.startswith("cuda:")):
         raise ConfigError(f"device={config.device!r} is not allowed; choose auto, cpu, cuda, cuda:N or mps")
 

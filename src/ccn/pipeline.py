@@ -35,7 +35,7 @@ from ccn.evaluate import model_outputs, score
 from ccn.hierarchy import Hierarchy, build_hierarchy, choose_partition, default_group_count, random_partition
 from ccn.hierarchy.affinity import class_profile_sums, profiles_from_sums
 from ccn.models import count_parameters
-from ccn.runs import write_run
+from ccn.runs import load_initial_weights, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
 from ccn.train import Trainer
@@ -199,7 +199,9 @@ class MethodRun:
         self.data = prepare_data(config, self.device, world, ds)
         self.ds = self.data.ds
         torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
-        self.model = build_model(config, self.ds.num_classes).to(self.device)
+        self.model = build_model(config, self.ds.num_classes)
+        self.init_record = self._start_from_trained_weights()
+        self.model = self.model.to(self.device)
         if uses_channels_last(config, self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.train.sync_bn and world.world_size > 1:
@@ -209,6 +211,16 @@ class MethodRun:
         self.stage = "flat" if config.method.name == "flat" else "probe"
         self._wrap()
         self.cluster_seconds, self.earlier_seconds, self.first_epoch = 0.0, 0.0, 1
+
+    def _start_from_trained_weights(self) -> Optional[dict]:
+        """model.init: the backbone (and the flat head when the classes match) of a trained model,
+        so the method can be applied post hoc; the record goes to results.json."""
+        if self.config.model.init is None:
+            return None
+        record = load_initial_weights(self.model, self.config, self.ds.classes)
+        head = "flat head too" if record["flat_head"] else f"flat head starts fresh: {record['flat_head_fresh_because']}"
+        self.log.info(f"model.init: backbone from {record['from']} ({record['layout']} layout); {head}")
+        return record
 
     # -- the loop
 
@@ -284,6 +296,8 @@ class MethodRun:
         seconds = self.earlier_seconds + time.perf_counter() - self.started
         results.update(run_facts(self.config, self.ds, self.model, self.device, seconds, self.data))
         results["clustering_seconds"] = self.cluster_seconds
+        if self.init_record is not None:
+            results["init"] = self.init_record
         if self.hierarchy is not None:
             results["hierarchy"] = {"groups": self.hierarchy.named_groups(), "how": self.hierarchy.how}
             results.update(group_sizes=self.hierarchy.how["sizes"], group_balance=self.hierarchy.how["balance"])

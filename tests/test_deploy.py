@@ -1,0 +1,180 @@
+"""What users of a trained run build on: `ccn predict --json`, `ccn export` (ONNX), `model.init`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from ccn import config as cfgmod
+from ccn.errors import CCNError, ConfigError
+from ccn.heads import FlatHead
+from ccn.models import Classifier
+from ccn.models.fastnet import FastNet
+from ccn.models.timm_adapter import TimmBackbone
+from ccn.network import build_model
+from ccn.runs import load_initial_weights
+from conftest import run_cli
+
+QUICK = ["model.width=8", "train.progress=false", "data.train_per_class=20", "data.test_per_class=5",
+         "train.batch_size=32"]
+
+
+def train(out, *overrides):
+    args = [a for o in [*QUICK, *overrides] for a in ("--set", o)]
+    result = run_cli("train", *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A flat run, a ccn run started from it (model.init) and a depth-2 run ranked by the hard rule."""
+    base = tmp_path_factory.mktemp("runs")
+    flat, _ = train(base / "flat", "method.name=flat", "train.epochs=2")
+    ccn, ccn_log = train(base / "ccn", "method.name=ccn", "train.epochs=2", f"model.init={flat}")
+    depth2, _ = train(base / "depth2", "method.name=ccn", "method.depth=2", "method.split_min_size=3",
+                      "method.inference=hard", "train.epochs=3")
+    return {"flat": flat, "ccn": ccn, "depth2": depth2, "ccn_log": ccn_log}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from sklearn.datasets import load_digits
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i, image in enumerate(load_digits().images[:5]):
+        paths.append(folder / f"digit{i}.png")
+        Image.fromarray((image * 16).astype("uint8")).save(paths[-1])
+    return [str(p) for p in paths]
+
+
+def predict_json(run, images, top=3):
+    result = run_cli("predict", str(run), *images, "--top", str(top), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# ---------------------------------------------------------------- predict --json
+
+
+def test_predict_json_gives_top_classes_probabilities_and_groups(runs, images):
+    predictions = predict_json(runs["ccn"], images)
+    groups = json.loads((runs["ccn"] / "hierarchy.json").read_text())["groups"]
+    assert [p["path"] for p in predictions] == images
+    for entry in predictions:
+        probs = [g["probability"] for g in entry["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+        for guess in entry["top"]:  # group: 1-based, as `ccn clusters` numbers them
+            assert guess["class"] in groups[guess["group"] - 1]
+    text = run_cli("predict", str(runs["ccn"]), images[0]).stdout
+    first = predictions[0]["top"][0]
+    assert f"{first['class']} {100 * first['probability']:.1f}% (group {first['group']})" in text
+    flat = predict_json(runs["flat"], images[:1], top=10)[0]["top"]
+    assert all(g["group"] is None for g in flat) and sum(g["probability"] for g in flat) == pytest.approx(1, abs=1e-5)
+
+
+# ---------------------------------------------------------------- export
+
+
+def onnx_probabilities(model_file, images):
+    import onnxruntime
+    info = json.loads(model_file.with_name(model_file.name + ".json").read_text())
+    size = info["image_size"]
+    batch = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR), np.float32)
+                      for p in images]).transpose(0, 3, 1, 2) / 255
+    batch = (batch - np.array(info["mean"])[:, None, None]) / np.array(info["std"])[:, None, None]
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    return info, session.run(["probabilities"], {"images": batch.astype(np.float32)})[0]
+
+
+@pytest.mark.parametrize("name", ["flat", "ccn", "depth2"])
+def test_onnx_export_gives_the_probabilities_predict_prints(runs, images, tmp_path, name):
+    pytest.importorskip("onnxruntime")
+    model_file = tmp_path / f"{name}.onnx"
+    result = run_cli("export", str(runs[name]), "--format", "onnx", "--out", str(model_file))
+    assert result.returncode == 0, result.stderr
+    info, probs = onnx_probabilities(model_file, images)
+    saved = json.loads((runs[name] / "results.json").read_text())
+    assert info["classes"] == saved["classes"] and len(info["mean"]) == len(info["std"]) == 3
+    assert info["rule"] == {"flat": "flat", "ccn": "soft", "depth2": "hard"}[name]
+    assert probs.shape == (len(images), len(info["classes"])) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    for row, entry in zip(probs, predict_json(runs[name], images, top=10)):
+        for guess in entry["top"]:
+            assert row[info["classes"].index(guess["class"])] == pytest.approx(guess["probability"], abs=1e-5)
+
+
+def test_export_refuses_an_existing_file_and_a_bad_run_folder(runs, tmp_path):
+    taken = tmp_path / "model.onnx"
+    taken.write_text("mine")
+    result = run_cli("export", str(runs["flat"]), "--out", str(taken))
+    assert result.returncode == 2 and "already exists" in result.stderr and "--force" in result.stderr
+    assert taken.read_text() == "mine"
+    assert run_cli("export", str(runs["flat"]), "--out", str(taken), "--force").returncode == 0
+    assert taken.stat().st_size > 1000 and (tmp_path / "model.onnx.json").is_file()
+    result = run_cli("export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.onnx"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not a finished ccn run folder" in result.stderr
+
+
+# ---------------------------------------------------------------- model.init
+
+
+def test_model_init_starts_training_from_the_saved_backbone_and_flat_head(runs):
+    from ccn.pipeline import MethodRun
+    from ccn.tracking import RunLog
+    config = cfgmod.load(None, [*QUICK, "method.name=ccn", "train.epochs=2", f"model.init={runs['flat']}"])
+    run = MethodRun(config, None, RunLog(None, enabled=False), cfgmod_world(), None)
+    saved = load_file(str(runs["flat"] / "model.safetensors"))
+    start = run.model.state_dict()
+    for key in [k for k in saved if k.startswith(("backbone.", "head.flat."))]:
+        assert torch.equal(start[key].cpu(), saved[key]), key
+    record = json.loads((runs["ccn"] / "results.json").read_text())["init"]
+    assert record["backbone"] and record["flat_head"] and record["from"].endswith("model.safetensors")
+    assert "model.init: backbone from" in runs["ccn_log"]
+
+
+def cfgmod_world():
+    from ccn.dist import World
+    return World()
+
+
+def test_model_init_that_does_not_fit_is_one_line_naming_file_and_mismatch(runs, tmp_path):
+    result = run_cli("train", "--set", "model.width=16", "--set", f"model.init={runs['flat']}", "--set",
+                     "train.progress=false", "--out", str(tmp_path / "wide"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "model.safetensors does not fit" in result.stderr and "(8," in result.stderr and "(16," in result.stderr
+
+
+def test_a_bare_timm_style_file_maps_onto_the_adapter(tmp_path):
+    """timm is not installed here: a stand-in module in the adapter, saved the way a timm user saves."""
+    torch.manual_seed(0)
+    trained = FastNet(width=4)  # the user's backbone, with its own classifier `fc` beside it
+    fc = torch.nn.Linear(trained.num_features, 3)
+    state = {**trained.state_dict(), "fc.weight": fc.weight.detach(), "fc.bias": fc.bias.detach()}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "mine.safetensors"))
+    config = cfgmod.from_dict({"model": {"name": "timm:standin", "init": str(tmp_path / "mine.safetensors")}})
+    model = Classifier(TimmBackbone(FastNet(width=4)), FlatHead(trained.num_features, 3))
+    record = load_initial_weights(model, config, ["a", "b", "c"])
+    assert record["layout"] == "bare backbone" and record["flat_head"] and "note" in record
+    assert all(torch.equal(model.backbone.model.state_dict()[k], v) for k, v in trained.state_dict().items())
+    assert torch.equal(model.head.flat.weight, fc.weight)
+    five = Classifier(TimmBackbone(FastNet(width=4)), FlatHead(trained.num_features, 5))
+    record = load_initial_weights(five, config, list("abcde"))
+    assert not record["flat_head"] and "3 classes" in record["flat_head_fresh_because"]
+
+
+def test_a_bare_native_backbone_and_bad_sources(tmp_path):
+    torch.manual_seed(0)
+    trained = FastNet(width=4)
+    save_file(trained.state_dict(), str(tmp_path / "backbone.safetensors"))
+    config = cfgmod.from_dict({"model": {"name": "fastnet", "width": 4, "init": str(tmp_path / "backbone.safetensors")}})
+    model = build_model(config, 3)
+    record = load_initial_weights(model, config, ["a", "b", "c"])
+    assert torch.equal(model.backbone.body[0].weight, trained.body[0].weight) and not record["flat_head"]
+    with pytest.raises(ConfigError, match="safetensors only"):
+        cfgmod.from_dict({"model": {"init": "weights.pth"}})
+    missing = cfgmod.from_dict({"model": {"init": str(tmp_path / "none.safetensors")}})
+    with pytest.raises(CCNError, match="does not exist"):
+        load_initial_weights(build_model(missing, 3), missing, ["a", "b", "c"])
