@@ -9,6 +9,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ccn import config as cfgmod
+from ccn.dist import World
 from ccn.errors import CCNError, ConfigError
 from ccn.heads import FlatHead
 from ccn.models import Classifier
@@ -125,7 +126,7 @@ def test_model_init_starts_training_from_the_saved_backbone_and_flat_head(runs):
     from ccn.pipeline import MethodRun
     from ccn.tracking import RunLog
     config = cfgmod.load(None, [*QUICK, "method.name=ccn", "train.epochs=2", f"model.init={runs['flat']}"])
-    run = MethodRun(config, None, RunLog(None, enabled=False), cfgmod_world(), None)
+    run = MethodRun(config, None, RunLog(None, enabled=False), World(), None)
     saved = load_file(str(runs["flat"] / "model.safetensors"))
     start = run.model.state_dict()
     for key in [k for k in saved if k.startswith(("backbone.", "head.flat."))]:
@@ -133,11 +134,6 @@ def test_model_init_starts_training_from_the_saved_backbone_and_flat_head(runs):
     record = json.loads((runs["ccn"] / "results.json").read_text())["init"]
     assert record["backbone"] and record["flat_head"] and record["from"].endswith("model.safetensors")
     assert "model.init: backbone from" in runs["ccn_log"]
-
-
-def cfgmod_world():
-    from ccn.dist import World
-    return World()
 
 
 def test_model_init_that_does_not_fit_is_one_line_naming_file_and_mismatch(runs, tmp_path):
