@@ -136,6 +136,24 @@ def test_model_init_starts_training_from_the_saved_backbone_and_flat_head(runs):
     assert "model.init: backbone from" in runs["ccn_log"]
 
 
+def test_resume_does_not_need_the_model_init_file_again(runs, tmp_path):
+    """A resumed run takes its weights from its checkpoint; the init file may be gone by then, and
+    results.json still says where the run started from."""
+    import shutil
+    from ccn.pipeline import MethodRun
+    from ccn.tracking import RunLog
+    source = tmp_path / "source"
+    shutil.copytree(runs["flat"], source)
+    config = cfgmod.load(None, [*QUICK, "method.name=ccn", "train.epochs=2", f"model.init={source}"])
+    (tmp_path / "run").mkdir()
+    first = MethodRun(config, tmp_path / "run", RunLog(None, enabled=False), World(), None)
+    first.save_checkpoint(1)
+    shutil.rmtree(source)
+    again = MethodRun(config, tmp_path / "run", RunLog(None, enabled=False), World(), None, resume=True)
+    again.resume()
+    assert again.init_record == first.init_record and again.init_record["flat_head"]
+
+
 def test_model_init_that_does_not_fit_is_one_line_naming_file_and_mismatch(runs, tmp_path):
     result = run_cli("train", "--set", "model.width=16", "--set", f"model.init={runs['flat']}", "--set",
                      "train.progress=false", "--out", str(tmp_path / "wide"))

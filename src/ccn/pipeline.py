@@ -180,7 +180,7 @@ def run_training(config: Config, out_dir: Optional[Path], log: Optional[RunLog] 
     """Train one run as `config` says; write the run folder when `out_dir` is given; return results.
 
     With `resume`, continue from the run folder's checkpoint (or from the start when it has none)."""
-    run = MethodRun(config, out_dir, log or RunLog(out_dir, enabled=world.is_main), world, ds)
+    run = MethodRun(config, out_dir, log or RunLog(out_dir, enabled=world.is_main), world, ds, resume)
     if resume:
         run.resume()
     return run.train()
@@ -190,7 +190,7 @@ class MethodRun:
     """One training run: flat, or the CCN pipeline with its head swaps, checkpointed every epoch."""
 
     def __init__(self, config: Config, out_dir: Optional[Path], log: RunLog, world: World,
-                 ds: Optional[ImageDataset]):
+                 ds: Optional[ImageDataset], resume: bool = False):
         self.config, self.out_dir, self.log, self.world = config, out_dir, log, world
         self.started = time.perf_counter()
         self.device = resolve_device(config.device, world)
@@ -200,7 +200,9 @@ class MethodRun:
         self.ds = self.data.ds
         torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
         self.model = build_model(config, self.ds.num_classes)
-        self.init_record = self._start_from_trained_weights()
+        # a resumed run takes every weight from its checkpoint, so model.init's file is not needed again
+        resuming = resume and self._checkpoint_path() is not None and self._checkpoint_path().exists()
+        self.init_record = None if resuming else self._start_from_trained_weights()
         self.model = self.model.to(self.device)
         if uses_channels_last(config, self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -318,7 +320,7 @@ class MethodRun:
             return
         state = {"epoch": epoch, "step": self.trainer.step, "stage": self.stage,
                  "hierarchy": self.hierarchy.to_json() if self.hierarchy is not None else None,
-                 "cluster_seconds": self.cluster_seconds,
+                 "cluster_seconds": self.cluster_seconds, "init": self.init_record,
                  "seconds": self.earlier_seconds + time.perf_counter() - self.started,
                  "config": self.config.to_dict()}
         save_training_state(path, self.model, self.trainer.optimizer, state)
@@ -341,6 +343,7 @@ class MethodRun:
         restore_training_state(tensors, state, self.model, self.trainer.optimizer, path)
         self.trainer.step, self.stage = state["step"], state["stage"]
         self.cluster_seconds, self.earlier_seconds = state["cluster_seconds"], state["seconds"]
+        self.init_record = state.get("init")
         self.first_epoch = state["epoch"] + 1
         self.log.truncate(state["epoch"])
         self.log.info(f"resuming {path.parent} after epoch {state['epoch']} (stage {self.stage})")
