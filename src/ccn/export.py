@@ -7,9 +7,8 @@
                 channel), classes, the 1-based group of each class (null for flat runs), the rule
 
 Uses torch's TorchScript-based exporter (`dynamo=False`): it needs no extra package (the dynamo
-exporter needs onnxscript) and traces every head. The one data-dependent loop of the heads, the
-greedy descent of the tree head's `hard` rule, is replaced here by a loop of fixed length (the
-tree's height), so the graph holds for every input and not only for the traced one.
+exporter needs onnxscript) and traces every head (the tree head's `hard` descent is a loop of fixed
+length, so the traced graph holds for every input).
 """
 
 from __future__ import annotations
@@ -22,38 +21,11 @@ from torch import nn
 
 from ccn.checkpoint import atomic_write
 from ccn.errors import CCNError
-from ccn.heads import _HARD_BONUS, TreeHead
 from ccn.predict import class_probabilities, inference_rule
 from ccn.runs import load_run, write_json
 
 FORMATS = ("onnx",)
 OPSET = 17
-
-
-def tree_height(head: TreeHead) -> int:
-    """The number of edges on the longest root-to-leaf path."""
-    parent = [-1, *head.edge_parent.tolist()]
-    depth = [0] * len(parent)
-    for node in range(1, len(parent)):  # breadth-first numbering: a parent comes before its children
-        depth[node] = depth[parent[node]] + 1
-    return max(depth)
-
-
-def greedy_path_fixed(head: TreeHead, t: torch.Tensor) -> torch.Tensor:
-    """TreeHead._greedy_path with `tree_height` steps instead of a loop that stops on a tensor value:
-    a row that has reached its leaf picks nothing more, so the extra steps change nothing."""
-    t = t.float()
-    nodes = torch.arange(head.num_nodes, device=t.device)
-    children_of = head.edge_parent[None, :] == nodes[:, None]  # (nodes, edges)
-    picked = torch.zeros_like(t, dtype=torch.bool)
-    current = torch.zeros(t.shape[0], dtype=torch.long, device=t.device)
-    for _ in range(tree_height(head)):
-        children = children_of[current.clamp(min=0)] & (current >= 0)[:, None]
-        best = t.masked_fill(~children, float("-inf")).argmax(dim=1)
-        has_children = children.any(dim=1)
-        picked = picked | (nn.functional.one_hot(best, t.shape[1]).bool() & has_children[:, None])
-        current = torch.where(has_children, best + 1, torch.full_like(current, -1))
-    return picked
 
 
 class RuleProbabilities(nn.Module):
@@ -64,11 +36,6 @@ class RuleProbabilities(nn.Module):
         self.model, self.rule = model, inference_rule(model.head, rule)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        head = self.model.head
-        if isinstance(head, TreeHead) and self.rule == "hard":
-            out = self.model(images)
-            agreement = head._path_sum(greedy_path_fixed(head, out["t"]).float())
-            return torch.softmax(head.log_probs(out) + _HARD_BONUS * agreement, dim=1)
         return class_probabilities(self.model, images, self.rule)
 
 

@@ -162,6 +162,7 @@ class TreeHead(nn.Module):
         self.register_buffer("paths", paths)
         self.register_buffer("is_leaf", is_leaf)
         self.num_nodes = len(parent)
+        self.height = tree_height(parent)
         self.flat = flat if flat is not None else nn.Linear(in_features, num_classes)
         self.nodes = nn.Linear(in_features, num_edges)
         self.flat_weight, self.blend_weight = flat_weight, blend_weight
@@ -193,17 +194,22 @@ class TreeHead(nn.Module):
         return hierarchical_loss(self._path_sum(edges), cluster_nll, out["z"], y, label_smoothing, self.flat_weight)
 
     def _greedy_path(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, E) bool: the nodes picked by descending from the root to the best child at each step."""
+        """(B, E) bool: the nodes picked by descending from the root to the best child at each step.
+
+        The descent takes `height` steps for every row (a row at its leaf picks nothing more), a
+        loop of fixed length rather than one that stops on a tensor value, so the rule traces (ONNX
+        export, torch.compile) the same for every input."""
+        node_ids = torch.arange(self.num_nodes, device=t.device)
+        children_of = self.edge_parent[None, :] == node_ids[:, None]  # (nodes, edges)
         picked = torch.zeros_like(t, dtype=torch.bool)
         current = torch.zeros(t.shape[0], dtype=torch.long, device=t.device)
-        while True:
-            children = self.edge_parent[None, :] == current[:, None]
-            if not bool(children.any()):
-                return picked
+        for _ in range(self.height):
+            children = children_of[current.clamp(min=0)] & (current >= 0)[:, None]
             best = t.masked_fill(~children, float("-inf")).argmax(dim=1)
             has_children = children.any(dim=1)
-            picked[has_children, best[has_children]] = True
+            picked = picked | (F.one_hot(best, t.shape[1]).bool() & has_children[:, None])
             current = torch.where(has_children, best + 1, torch.full_like(current, -1))
+        return picked
 
     def scores(self, out: dict, rule: str = "soft") -> torch.Tensor:
         if rule == "flat":
@@ -236,3 +242,11 @@ def flatten_tree(tree: list) -> tuple[list[int], dict[int, int]]:
             else:
                 leaf_class[index] = int(child)
     return parent, leaf_class
+
+
+def tree_height(parent: list[int]) -> int:
+    """Edges on the longest root-to-leaf path (nodes numbered breadth first: parents come first)."""
+    depth = [0] * len(parent)
+    for node in range(1, len(parent)):
+        depth[node] = depth[parent[node]] + 1
+    return max(depth)
