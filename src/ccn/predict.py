@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ccn.data.augment import Normalize
-from ccn.data.folder import decode_image
+from ccn.data.images import ALLOWED_NAMES, UnreadableImage, decode_image
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
 
@@ -33,6 +33,18 @@ def class_probabilities(model: torch.nn.Module, x: torch.Tensor, rule: str) -> t
     return torch.softmax(model.head.scores(model(x), inference_rule(model.head, rule)).float(), dim=1)
 
 
+def read_image(path: Path, size: int) -> np.ndarray:
+    """One image file given on the command line, decoded; CCNError naming it when it cannot be."""
+    if path.is_dir():
+        raise CCNError(f"image {path} is a folder, not an image file: pass the image files themselves")
+    if not path.is_file():
+        raise CCNError(f"image {path} does not exist: check the path")
+    try:
+        return decode_image(path, size)
+    except UnreadableImage as err:
+        raise CCNError(f"{err}: pass a {ALLOWED_NAMES} image") from None
+
+
 @torch.no_grad()
 def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved: dict, rule: str,
                    paths: list[str], top: int = 3) -> list[dict]:
@@ -40,10 +52,7 @@ def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved
     classes = hierarchy.classes if hierarchy is not None else saved.get("classes")
     if classes is None:
         raise CCNError("results.json has no class names: re-run training with this version of ccn")
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise CCNError(f"image {missing[0]} does not exist: check the path")
-    images = np.stack([decode_image(Path(p), prep["image_size"]) for p in paths])
+    images = np.stack([read_image(Path(p), prep["image_size"]) for p in paths])
     x = Normalize(prep["mean"], prep["std"])(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
     model.eval()
     probs = class_probabilities(model, x, rule)

@@ -1,7 +1,7 @@
 """Image folders (`root/{train,test}/<class>/*`) and Caltech-101, decoded once and cached.
 
-Every image Pillow reads is accepted; greyscale, palette and RGBA images become RGB and are
-resized to `image_size` x `image_size`. Decoded splits are cached as uint8 arrays keyed by the
+Images are read by ccn.data.images: JPEG, PNG, BMP, GIF, TIFF, WebP and PPM only, checked by
+content, up to a pixel limit; every mode becomes RGB and is resized to `image_size` x `image_size`. Decoded splits are cached as uint8 arrays keyed by the
 file list, sizes and modification times, so a changed folder is read again.
 """
 
@@ -17,32 +17,30 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-
 from ccn.data.base import ImageDataset, to_tensor_images
+from ccn.data.images import UnreadableImage, decode_image, image_extensions
 from ccn.errors import DataError
 from ccn.progress import progress_bar
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: format allow-list, 16-bit and float scaling, transparency over white
 DEFAULT_FOLDER_SIZE = 32
 CALTECH_BACKGROUND = "BACKGROUND_Google"
 
 
-def _image_extensions() -> set[str]:
-    Image.init()
-    return {ext.lower() for ext in Image.registered_extensions()}
-
-
 def is_image_candidate(path: Path, extensions: set[str]) -> bool:
-    """Files with an image extension, or none at all (Caltech ships one such JPEG)."""
+    """Files with the extension of an allowed format, or none at all (Caltech ships one such JPEG).
+    The extension only selects candidates: decoding checks the content."""
     return path.is_file() and not path.name.startswith(".") and (path.suffix == "" or path.suffix.lower() in extensions)
 
 
 def list_class_files(folder: Path) -> dict[str, list[Path]]:
     """{class name: sorted image paths} for every sub-folder of `folder`."""
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"data folder {folder} is a file, not a folder: set data.root to a folder with train/ and "
+                        "test/ inside")
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist: set data.root to a folder with train/ and test/ inside")
-    extensions = _image_extensions()
+    extensions = image_extensions()
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{folder} has no class sub-folders: expected {folder}/<class>/<image files>")
@@ -55,25 +53,15 @@ def list_class_files(folder: Path) -> dict[str, list[Path]]:
     return listing
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image as (size, size, 3) uint8; raises DataError naming the file when it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced scale, much faster
-            image = image.convert("RGB").resize((size, size), Image.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"cannot read image {path} ({err}): remove or replace it, or set data.skip_bad_images=true") from None
-
-
-def _decode_or_none(args) -> Optional[np.ndarray]:
+def _decode_or_reason(args) -> np.ndarray | str:
+    """The decoded image, or (with data.skip_bad_images) why it cannot be read."""
     path, size, skip = args
     try:
         return decode_image(path, size)
-    except DataError:
+    except UnreadableImage as err:
         if skip:
-            return None
-        raise
+            return str(err)
+        raise DataError(f"{err}: remove or replace it, or set data.skip_bad_images=true") from None
 
 
 def decode_split(items: list[tuple[Path, int]], size: int, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,13 +71,13 @@ def decode_split(items: list[tuple[Path, int]], size: int, skip_bad: bool) -> tu
     shown = dict(total=len(jobs), desc=f"decoding {len(jobs)} images", unit="img")
     if len(jobs) > 256 and workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            arrays = list(progress_bar(pool.map(_decode_or_none, jobs, chunksize=64), **shown))
+            arrays = list(progress_bar(pool.map(_decode_or_reason, jobs, chunksize=64), **shown))
     else:
-        arrays = list(progress_bar(map(_decode_or_none, jobs), **shown))
-    kept = [(a, label) for a, (_, label) in zip(arrays, items) if a is not None]
-    for a, (path, _) in zip(arrays, items):
-        if a is None:
-            warnings.warn(f"skipped unreadable image {path}", stacklevel=2)
+        arrays = list(progress_bar(map(_decode_or_reason, jobs), **shown))
+    kept = [(a, label) for a, (_, label) in zip(arrays, items) if not isinstance(a, str)]
+    for a in arrays:
+        if isinstance(a, str):
+            warnings.warn(f"skipped: {a}", stacklevel=2)
     if not kept:
         raise DataError("no readable images in this split: check the data folder")
     images = to_tensor_images(np.stack([a for a, _ in kept]))

@@ -1,0 +1,98 @@
+"""Reading one image file safely: an allow-list of raster formats, a pixel limit, exact RGB.
+
+Pillow picks a decoder from a file's content, not its name, and some of its decoders hand the
+file to another program (EPS and PostScript run Ghostscript). So every image ccn reads is opened
+with `formats=ALLOWED_FORMATS`: a PostScript file named `.jpg` is refused, never rendered.
+
+A small file can describe an enormous image (a decompression bomb); the size in its header is
+checked against MAX_IMAGE_PIXELS before any pixel is decoded.
+
+Every mode Pillow opens becomes 8-bit RGB with the values a viewer would show:
+    16- and 32-bit integer images (I;16*, I)  are read as 16-bit: value / 257
+    floating-point images (F)                 are read as 0..1: value * 255 (clipped)
+    transparent pixels (RGBA, LA, PA, P or L/RGB with a transparent colour) are shown over white
+    CMYK, 1, L, P, YCbCr                      Pillow's own conversion to RGB
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from struct import error as struct_error  # raised by some decoders on short files
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ccn.errors import DataError
+
+# Pillow's names; the JPEG decoder also reads MPO (multi-picture JPEG), PPM also PGM, PBM and PFM.
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+ALLOWED_NAMES = "JPEG, PNG, BMP, GIF, TIFF, WebP or PPM/PGM/PBM"
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # 8192 x 8192; Caltech-101's largest image has 14 M pixels
+BACKGROUND = (255, 255, 255, 255)  # transparent pixels are shown over white
+_HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class UnreadableImage(DataError):
+    """`cannot read image PATH (why)`; callers add the fix that fits them (skip it, replace it ...)."""
+
+
+def image_extensions() -> set[str]:
+    """File name endings of the allowed formats (.jpg, .png, .tif, .pgm ...), lower case."""
+    Image.init()
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in ALLOWED_FORMATS + ("MPO",)}
+
+
+def _too_large(path: Path, pixels: str) -> UnreadableImage:
+    return UnreadableImage(f"cannot read image {path} ({pixels} pixels, more than the limit of {MAX_IMAGE_PIXELS:,}: "
+                           "it may be a decompression bomb; downscale it if it is a real photo)")
+
+
+def open_image(path: Path) -> Image.Image:
+    """The image at `path`, opened (header read, no pixels decoded) by an allowed decoder only."""
+    try:
+        with warnings.catch_warnings():  # Pillow's own bomb warning becomes our error below
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path, formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_large(path, f"more than {Image.MAX_IMAGE_PIXELS:,}") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage(f"cannot read image {path} (not a {ALLOWED_NAMES} file)") from None
+    except OSError as err:
+        raise UnreadableImage(f"cannot read image {path} ({err.strerror or err})") from None
+    except (SyntaxError, ValueError, struct_error) as err:
+        raise UnreadableImage(f"cannot read image {path} ({err})") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise _too_large(path, f"{width} x {height} = {width * height:,}")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB with the values a viewer shows (see the module notes for each mode)."""
+    if image.mode in _HIGH_BIT_DEPTH:
+        values = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.rint(np.clip(values, 0, 65535) / 257).astype(np.uint8))
+    elif image.mode == "F":
+        values = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0)
+        image = Image.fromarray(np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8))
+    if image.has_transparency_data:
+        return Image.alpha_composite(Image.new("RGBA", image.size, BACKGROUND), image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One image as (size, size, 3) uint8; UnreadableImage naming the file when it cannot be read."""
+    path = Path(path)
+    with open_image(path) as image, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # some decoders check frames again
+        try:
+            image.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced scale, much faster
+            rgb = to_rgb(image).resize((size, size), Image.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _too_large(path, f"more than {Image.MAX_IMAGE_PIXELS:,}") from None
+        except (OSError, SyntaxError, ValueError, struct_error, EOFError) as err:
+            raise UnreadableImage(f"cannot read image {path} ({err})") from None
+
