@@ -12,11 +12,13 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from ccn.errors import CCNError
+from ccn.errors import CCNError, WriteError
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync it, then rename over `path`: a crash leaves the old file intact."""
+    """Call write(tmp_path), fsync it, then rename over `path`: a crash leaves the old file intact.
+
+    A failed write (full disk, read-only folder, no permission) is a WriteError, one line."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -25,11 +27,17 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise CCNError(f"could not write {path} ({err.strerror or err}): free disk space or choose another --out; "
-                       "the previous file, if any, is unchanged") from None
+        raise WriteError(f"could not write {path} ({err.strerror or err}): free disk space or make the folder "
+                         "writable; the previous file, if any, is unchanged") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only folder, where nothing was written either
 
 
 def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -53,6 +61,8 @@ def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, 
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    # serialised in memory, written by Python: a full disk is an OSError (safetensors' own save_file
+    # raised SafetensorError instead), which atomic_write reports as one line
     data = canonical_safetensors(tensors, metadata)
     Path(path).write_bytes(data)
 

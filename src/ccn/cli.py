@@ -8,45 +8,57 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
-from ccn.errors import CCNError
+from ccn.errors import CCNError, WriteError
 
 EXIT_USAGE = 2
 
 
 def _train(args) -> None:
     from ccn import config as cfgmod
-    from ccn.dist import shutdown_distributed, world_from_env
-    from ccn.pipeline import run_training
-    from ccn.progress import set_enabled
-    from ccn.runs import default_run_dir, prepare_run_dir, resume_run_dir, start_run_dir
-    from ccn.tracking import RunLog
+    from ccn.dist import world_from_env
+    from ccn.runs import NewRun, default_run_dir, resume_run_dir, resumed_run
 
     world = world_from_env()
     if args.resume:
         if args.config or args.set or args.out or args.force:
             raise CCNError("--resume continues a run with its own config.yaml: drop --config, --set, --out and --force")
         out = Path(args.resume)
-        config = resume_run_dir(out)
-        if config is None:
-            print(f"{out} has already finished (results.json is there): nothing to resume")
-            return
+        with resumed_run(out) if world.is_main else nullcontext(resume_run_dir(out, clean=False)) as config:
+            if config is None:
+                print(f"{out} has already finished (results.json is there): nothing to resume")
+                return
+            _run(config, out, world, resume=True)
     else:
         config = cfgmod.load(args.config, args.set)
         if world.world_size > 1 and not args.out:
             raise CCNError("under torchrun every process must write to one folder: pass --out DIR")
         out = Path(args.out) if args.out else default_run_dir(config)
-        if world.is_main:
-            prepare_run_dir(out, force=args.force)
-            start_run_dir(out, config)
-    set_enabled(config.train.progress and world.is_main)  # also the bar of decoding an image folder
-    try:
-        run_training(config, out, RunLog(out, enabled=world.is_main), world=world, resume=bool(args.resume))
-    finally:
-        shutdown_distributed()
+        # only rank 0 locks, checks and writes the folder; config.yaml is written (and with --force the old
+        # run removed) once the data and model have loaded, so a failed start leaves the folder as it was
+        with NewRun(out, force=args.force) if world.is_main else nullcontext() as run:
+            _run(config, out, world, resume=False, on_start=(lambda: run.start(config)) if run else None)
     if world.is_main:
         print(f"run folder: {out}")
+
+
+def _run(config, out: Path, world, resume: bool, on_start=None) -> None:
+    from ccn.dist import shutdown_distributed
+    from ccn.pipeline import run_training
+    from ccn.progress import set_enabled
+    from ccn.tracking import RunLog
+
+    set_enabled(config.train.progress and world.is_main)  # also the bar of decoding an image folder
+    try:
+        run_training(config, out, RunLog(out, enabled=world.is_main), world=world, resume=resume, on_start=on_start)
+    except WriteError as err:
+        if (out / "config.yaml").is_file():  # the run had started: its last checkpoint can be continued
+            raise WriteError(f"{err}; then continue with `ccn train --resume {out}`") from None
+        raise
+    finally:
+        shutdown_distributed()
 
 
 def _clusters(args) -> None:

@@ -16,3 +16,8 @@ class ConfigError(CCNError):
 
 class DataError(CCNError):
     """Missing, corrupt or inconsistent data."""
+
+
+class WriteError(CCNError):
+    """A file could not be written (disk full, read-only folder, no permission); the previous
+    version of the file, if any, is unchanged."""

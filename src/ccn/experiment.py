@@ -25,8 +25,10 @@ import yaml
 
 from ccn import config as cfgmod
 from ccn.errors import CCNError, ConfigError
+from ccn.checkpoint import atomic_write
+from ccn.locks import FolderLock
 from ccn.progress import echo, progress_bar
-from ccn.runs import prepare_run_dir, read_results, resume_run_dir, start_run_dir
+from ccn.runs import NewRun, read_results, resumed_run
 
 METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
 
@@ -133,10 +135,20 @@ def _variants(spec) -> dict:
 
 
 def run_grid(grid: Grid, out: Path, log=echo) -> dict:
-    """Train every (variant, seed) not yet finished, then write summary.json, report.md and figures."""
+    """Train every (variant, seed) not yet finished, then write summary.json, report.md and figures.
+
+    The experiment folder is locked for the whole grid, and each run folder while it trains, so a
+    second `ccn experiment` (or `ccn train --resume` of one run) cannot write beside this one."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CCNError(f"--out {out} is a file, not a folder: choose another --out")
+    with FolderLock(out, "experiment folder", fix="choose a writable --out"):
+        return _run_locked_grid(grid, out, log)
+
+
+def _run_locked_grid(grid: Grid, out: Path, log) -> dict:
     from ccn.report import write_report
 
-    out = Path(out)
     _claim_folder(out, grid)
     data_cache: dict = {}
     started = time.perf_counter()
@@ -150,7 +162,10 @@ def run_grid(grid: Grid, out: Path, log=echo) -> dict:
 
 
 def _run_one(grid: Grid, out: Path, variant: str, seed: int, data_cache: dict, log) -> None:
-    """Train (or resume, or reuse) the run of one (variant, seed) in OUT/runs/<variant>-s<seed>/."""
+    """Train (or resume, or reuse) the run of one (variant, seed) in OUT/runs/<variant>-s<seed>/.
+
+    A started run (config.yaml is there) is resumed; a new one writes config.yaml only once its data
+    and model are ready, so a run that fails at start-up is started afresh next time."""
     from ccn.data import load_dataset
     from ccn.pipeline import run_training
     from ccn.tracking import RunLog
@@ -160,24 +175,24 @@ def _run_one(grid: Grid, out: Path, variant: str, seed: int, data_cache: dict, l
     if (run_dir / "results.json").is_file():
         log(f"[{variant} seed {seed}] finished earlier: reused")
         return
-    resume = (run_dir / "config.yaml").is_file()
-    if resume:
-        resume_run_dir(run_dir)
-    else:
-        prepare_run_dir(run_dir)
-        start_run_dir(run_dir, config)
-    log(f"[{variant} seed {seed}] {'resuming' if resume else 'training'} in {run_dir}")
     key = repr(config.data)
     if key not in data_cache:  # variants share the data; keep one copy
         data_cache.clear()
         data_cache[key] = load_dataset(config.data)
-    run_training(config, run_dir, RunLog(run_dir, stream=_NullStream()), ds=data_cache[key], resume=resume)
-    top1 = read_results(run_dir)["top1"]
-    log(f"[{variant} seed {seed}] top1 {100 * top1:.2f}%")
+    train = dict(log=RunLog(run_dir, stream=_NullStream()), ds=data_cache[key])
+    if (run_dir / "config.yaml").is_file():
+        with resumed_run(run_dir):
+            log(f"[{variant} seed {seed}] resuming in {run_dir}")
+            run_training(config, run_dir, resume=True, **train)
+    else:
+        with NewRun(run_dir) as run:
+            log(f"[{variant} seed {seed}] training in {run_dir}")
+            run_training(config, run_dir, on_start=lambda: run.start(config), **train)
+    log(f"[{variant} seed {seed}] top1 {100 * read_results(run_dir)['top1']:.2f}%")
 
 
 def _claim_folder(out: Path, grid: Grid) -> None:
-    """Create OUT with grid.yaml, or check that an existing OUT holds the same grid."""
+    """Give OUT its grid.yaml, or check that an existing OUT holds the same grid."""
     path = out / "grid.yaml"
     text = yaml.safe_dump(grid.raw, sort_keys=False)
     if path.exists():
@@ -185,11 +200,7 @@ def _claim_folder(out: Path, grid: Grid) -> None:
             raise CCNError(f"{out} holds another grid (see {path}): choose another --out, or restore the grid to "
                            "continue it")
         return
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    except OSError as err:
-        raise CCNError(f"cannot write to {out} ({err.strerror or err}): choose a writable --out") from None
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 class _NullStream:

@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -176,11 +176,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def run_training(config: Config, out_dir: Optional[Path], log: Optional[RunLog] = None,
-                 world: World = World(), ds: Optional[ImageDataset] = None, resume: bool = False) -> dict:
+                 world: World = World(), ds: Optional[ImageDataset] = None, resume: bool = False,
+                 on_start: Optional[Callable[[], None]] = None) -> dict:
     """Train one run as `config` says; write the run folder when `out_dir` is given; return results.
 
-    With `resume`, continue from the run folder's checkpoint (or from the start when it has none)."""
+    With `resume`, continue from the run folder's checkpoint (or from the start when it has none).
+    `on_start` is called once the data and model are ready, before anything is trained or written
+    (the command line writes config.yaml there, and --force replaces the old run)."""
     run = MethodRun(config, out_dir, log or RunLog(out_dir, enabled=world.is_main), world, ds, resume)
+    if on_start is not None:
+        on_start()
     if resume:
         run.resume()
     return run.train()

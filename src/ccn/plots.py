@@ -17,6 +17,17 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Write a PNG atomically and close the figure; a full disk or read-only folder is a WriteError."""
+    from ccn.checkpoint import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        _pyplot().close(fig)
+    return path
+
+
 def _needs_merges(h: Hierarchy) -> None:
     if h.merges is None or h.distances is None:
         raise CCNError("this hierarchy has no merge tree (an oracle partition saved without one?): nothing to plot")
@@ -34,9 +45,7 @@ def dendrogram_png(h: Hierarchy, path: Path) -> Path:
     ax.set_xlabel(f"{h.how.get('metric', '')} distance between class profiles ({h.how.get('linkage', '')} linkage)")
     ax.set_title(f"{len(h.groups)} groups, formed after epoch {h.how.get('epoch', '?')}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _cut_height(h: Hierarchy) -> float:
@@ -69,6 +78,4 @@ def heatmap_png(h: Hierarchy, path: Path) -> Path:
     fig.colorbar(image, ax=ax, label=f"{h.how.get('metric', '')} distance")
     ax.set_title("class distances, ordered by group")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

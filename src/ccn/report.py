@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +12,9 @@ import torch
 from scipy import stats
 
 from ccn.hierarchy import Hierarchy, agreement
-from ccn.runs import read_results
+from ccn.plots import save_figure
+from ccn.checkpoint import atomic_write
+from ccn.runs import read_results, write_json
 
 
 def paired_difference(values: list[float], reference: list[float]) -> dict:
@@ -142,9 +143,10 @@ def _facts(runs: dict) -> dict:
 def write_report(grid, out: Path, seconds: float) -> dict:
     out = Path(out)
     summary = summarise(grid, out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     figures = write_figures(grid, out, summary)
-    (out / "report.md").write_text(render_report(grid, summary, figures, out))
+    report = render_report(grid, summary, figures, out)
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(report))
     return summary
 
 
@@ -242,8 +244,7 @@ def write_figures(grid, out: Path, summary: dict) -> dict:
     ax.set_ylim(max(0, low - 5), min(100, max(means) + max(stds) + 3))
     ax.set_ylabel("top-1 accuracy % (mean +- std, dots: seeds)")
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy.png")
     figures["accuracy per variant"] = "accuracy.png"
     h = _hierarchy(out, "ccn", grid.seeds[0]) if "ccn" in grid.variants else None
     if h is not None and h.merges is not None:
@@ -266,6 +267,4 @@ def _per_group_png(grid, out: Path, h: Hierarchy, plt) -> Path:
     ax.set_ylabel("top-1 % of the group's classes")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "per_group.png", dpi=110)
-    plt.close(fig)
-    return out / "per_group.png"
+    return save_figure(fig, out / "per_group.png")

@@ -5,15 +5,23 @@
     results.json       final top-1/top-5 (fractions) per inference rule, group accuracies, facts
     hierarchy.json     ccn runs: class names, the groups (names), the tree, the merge tree
     model.safetensors  the weights of the whole network (backbone and head)
+    checkpoint.safetensors  the full training state after the last finished epoch (for --resume)
+    .ccn-lock          present while a process writes the folder (see ccn.locks)
+
+One process writes a run folder at a time; `ccn train` holds its lock from the first check to the
+end, and with --force removes the old run only once the new one has loaded its data and model.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -22,9 +30,11 @@ from ccn.checkpoint import STATE_FILE, atomic_write, load_weights, save_weights
 from ccn.config import Config
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
+from ccn.locks import FolderLock
 from ccn.network import build_model
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", "model.safetensors", STATE_FILE)
+FIGURES = ("dendrogram.png", "distances.png")  # written by `ccn clusters --plot`; replaced with the run
 
 
 def default_run_dir(config: Config) -> Path:
@@ -32,27 +42,81 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{config.data.name}-{config.model.name.replace(':', '_')}-{config.method.name}-s{config.seed}-{stamp}"
 
 
-def prepare_run_dir(path: Path, force: bool = False) -> Path:
-    """Create the run folder; refuse one that already holds a run unless `force` (then clear only our files)."""
-    path = Path(path)
+def _check_out_path(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise CCNError(f"--out {path} is a file, not a folder: choose another --out")
-    existing = [name for name in RUN_FILES if (path / name).exists()]
-    if existing and not force:
-        raise CCNError(f"run folder {path} already holds a run ({', '.join(existing)}): choose another --out, or add "
-                       "--force to replace it")
+
+
+def _check_writable(path: Path) -> None:
+    """Create and remove a file with a name no other process uses, so the test never races another run."""
+    probe = path / f".ccn-write-test.{os.getpid()}.{secrets.token_hex(4)}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".ccn-write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
         raise CCNError(f"cannot write to run folder {path} ({err.strerror or err}): choose a writable --out") from None
-    for name in existing:  # --force: replace this tool's files, leave anything else the user put there
-        (path / name).unlink()
-    if (path / "tensorboard").is_dir() and force:
-        shutil.rmtree(path / "tensorboard")
-    return path
+
+
+def existing_run_files(path: Path) -> list[str]:
+    return [name for name in RUN_FILES if (path / name).exists()]
+
+
+class NewRun:
+    """A run folder claimed for a new run: locked, checked, and left untouched until `start`.
+
+    With --force an old run stays in place while the new one loads its data and builds its model;
+    `start` replaces it only then. A run that fails before `start` leaves the folder as it was (and
+    removes a folder it created), so the same command can be run again."""
+
+    def __init__(self, path: Path, force: bool = False):
+        self.path, self.force = Path(path), force
+        self.created = not self.path.exists()
+        self.lock = FolderLock(self.path, "run folder", fix="choose a writable --out")
+        self.started = False
+
+    def __enter__(self) -> "NewRun":
+        _check_out_path(self.path)
+        try:
+            self.lock.acquire()  # before the checks: two processes cannot both see an empty folder
+            existing = existing_run_files(self.path)
+            if existing and not self.force:
+                raise CCNError(f"run folder {self.path} already holds a run ({', '.join(existing)}): choose another "
+                               "--out, or add --force to replace it")
+            _check_writable(self.path)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def start(self, config: Config) -> None:
+        """The new run has loaded its data and model: remove the old run's files, write config.yaml."""
+        if self.force:
+            remove_run_outputs(self.path)
+        start_run_dir(self.path, config)
+        self.started = True
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+        if self.created and not self.started:
+            try:
+                self.path.rmdir()  # only when empty: nothing of ours or the user's is removed
+            except OSError:
+                pass
+
+
+def remove_run_outputs(path: Path) -> None:
+    """--force: remove this tool's files of the old run; leave anything else the user put there."""
+    try:
+        for name in RUN_FILES + FIGURES:
+            (path / name).unlink(missing_ok=True)
+        for name in RUN_FILES:
+            for stale in path.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        if (path / "tensorboard").is_dir():
+            shutil.rmtree(path / "tensorboard")
+    except OSError as err:
+        raise CCNError(f"cannot replace the old run in {path} ({err.strerror or err}): remove its files by hand "
+                       "or choose another --out") from None
 
 
 def start_run_dir(path: Path, config: Config) -> None:
@@ -60,16 +124,37 @@ def start_run_dir(path: Path, config: Config) -> None:
     atomic_write(Path(path) / "config.yaml", lambda tmp: cfgmod.dump(config, tmp))
 
 
-def resume_run_dir(path: Path) -> Optional[Config]:
-    """The config of an interrupted run folder, or None when that run has already finished."""
+@contextmanager
+def resumed_run(path: Path) -> Iterator[Optional[Config]]:
+    """Hold an interrupted run folder's lock while it is resumed; yields its config (None when finished)."""
     path = Path(path)
+    if not (path / "config.yaml").is_file():  # checked before the lock, which would create a missing folder
+        resume_run_dir(path)
+    with FolderLock(path, "run folder", fix="make it writable to resume the run"):
+        yield resume_run_dir(path)
+
+
+def resume_run_dir(path: Path, clean: bool = True) -> Optional[Config]:
+    """The config of an interrupted run folder, or None when that run has already finished.
+
+    With `clean`, remove the temporary files of a save that was killed (only the lock holder may)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CCNError(f"{path} is a file, not a run folder: pass the --out folder of the interrupted run")
     if not (path / "config.yaml").is_file():
         raise CCNError(f"{path} is not a ccn run folder (no config.yaml): pass the --out folder of the interrupted run")
     if (path / "results.json").is_file():
         return None
-    for stale in path.glob(".*.tmp"):  # a save that was killed half-way; the file it replaced is intact
-        stale.unlink()
-    return cfgmod.load(path / "config.yaml")
+    config = cfgmod.load(path / "config.yaml")
+    if not clean:
+        return config
+    try:
+        for stale in path.glob(".*.tmp"):  # a save that was killed half-way; the file it replaced is intact
+            stale.unlink(missing_ok=True)
+    except OSError as err:
+        raise CCNError(f"cannot write to run folder {path} ({err.strerror or err}): make it writable to resume "
+                       "the run") from None
+    return config
 
 
 def write_json(path: Path, obj) -> None:

@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
+
+from ccn.errors import WriteError
 
 
 class RunLog:
     """Writes nothing when `enabled` is False (the non-zero ranks of a distributed run)."""
 
     def __init__(self, out_dir: Optional[Path], enabled: bool = True, stream=None):
-        self.enabled, self.out_dir = enabled, out_dir
+        self.enabled, self.out_dir = enabled, Path(out_dir) if out_dir is not None else None
         self.stream = stream or sys.stdout
         self.tensorboard = None
-        if enabled and out_dir is not None:
+        self._tensorboard_tried = False
+
+    def _tensorboard(self):
+        """The TensorBoard writer, made at the first epoch: nothing is written into the run folder
+        before the run has started (--force keeps the old run until then)."""
+        if not self._tensorboard_tried and self.enabled and self.out_dir is not None:
+            self._tensorboard_tried = True
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
+                self.tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
             except (ImportError, ModuleNotFoundError):
                 self.tensorboard = None  # tensorboard is optional: pip install 'ccn[tensorboard]'
+        return self.tensorboard
 
     def info(self, message: str) -> None:
         if self.enabled:
@@ -32,9 +42,8 @@ class RunLog:
             return
         self.info(format_epoch(row))
         if self.out_dir is not None:
-            with open(self.out_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-        if self.tensorboard is not None:
+            append_line(self.out_dir / "metrics.jsonl", json.dumps(row))
+        if self._tensorboard() is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch":
                     self.tensorboard.add_scalar(key, value, row["epoch"])
@@ -45,13 +54,30 @@ class RunLog:
         path = self.out_dir / "metrics.jsonl" if self.enabled and self.out_dir is not None else None
         if path is None or not path.exists():
             return
+        from ccn.checkpoint import atomic_write
         rows = [line for line in path.read_text().splitlines() if line.strip()]
         kept = [line for line in rows if json.loads(line)["epoch"] <= last_epoch]
-        path.write_text("".join(line + "\n" for line in kept))
+        atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line; when the disk is full or read-only, cut the file back to its last whole line
+    and raise CCNError (a resumed run reads every line)."""
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "a") as handle:
+            handle.write(line + "\n")
+    except OSError as err:
+        try:
+            os.truncate(path, size)
+        except OSError:
+            pass
+        raise WriteError(f"could not write {path} ({err.strerror or err}): free disk space or make the folder "
+                         "writable; the lines before are unchanged") from None
 
 
 def format_epoch(row: dict) -> str:

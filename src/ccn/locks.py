@@ -1,0 +1,96 @@
+"""One writer per folder: an exclusive lock on FOLDER/.ccn-lock, held for as long as a run writes there.
+
+The lock is `flock` (non-blocking): the kernel drops it when the holder exits, even after SIGKILL,
+so a killed run never leaves a folder locked; a later process simply takes the leftover file.
+The holder writes its pid, host, start time and command into the file, so a second process can
+say who holds the folder. The file is removed on release.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from ccn.errors import CCNError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; folders are not locked there
+    fcntl = None
+
+LOCK_FILE = ".ccn-lock"
+
+
+def _holder_line() -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    command = " ".join(["ccn", *sys.argv[1:]])[:200]
+    return f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {command}"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+class FolderLock:
+    """Exclusive use of `folder` by this process; `what` names the folder in messages ("run folder")."""
+
+    def __init__(self, folder: Path, what: str = "folder", fix: str = "choose a writable folder"):
+        self.folder, self.what, self.fix = Path(folder), what, fix
+        self.path = self.folder / LOCK_FILE
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "FolderLock":
+        """Take the lock or raise CCNError naming the holder; creates `folder` when missing."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            while self.fd is None:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                if not self._lock(fd):
+                    holder = os.read(fd, 1000).decode(errors="replace").strip() or "it is starting"
+                    os.close(fd)
+                    raise CCNError(f"{self.what} {self.folder} is in use by another ccn process ({holder}): wait for "
+                                   "it to finish, or choose another folder")
+                if _same_file(fd, self.path):
+                    self.fd = fd
+                else:  # the previous holder removed the file between our open and our lock: take the new one
+                    os.close(fd)
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, (_holder_line() + "\n").encode())
+        except OSError as err:
+            self.release()
+            raise CCNError(f"cannot write to {self.what} {self.folder} ({err.strerror or err}): {self.fix}") from None
+        return self
+
+    @staticmethod
+    def _lock(fd: int) -> bool:
+        if fcntl is None:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def release(self) -> None:
+        """Remove the lock file, then unlock (in this order, so nobody locks a file about to vanish)."""
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder: the leftover file holds no lock once we close it
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
