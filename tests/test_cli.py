@@ -71,6 +71,15 @@ def test_predict_on_image_files(digits_run, tmp_path):
     assert "zero.png:" in result.stdout and "(group" in result.stdout and "%" in result.stdout
 
 
+def test_predict_on_a_corrupt_image_gives_predict_advice(digits_run, tmp_path):
+    out, _ = digits_run
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = run_cli("predict", str(out), str(tmp_path / "broken.png"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot read image" in result.stderr and "broken.png" in result.stderr
+    assert "pass a JPEG, PNG" in result.stderr and "skip_bad_images" not in result.stderr
+
+
 def test_existing_run_folder_is_refused_then_forced(digits_run):
     out, _ = digits_run
     before = (out / "results.json").read_text()

@@ -158,3 +158,15 @@ def test_a_folder_given_as_an_image_is_named_as_a_folder(tmp_path):
         read_image(tmp_path, 8)
     with pytest.raises(CCNError, match="does not exist"):
         read_image(tmp_path / "nope.png", 8)
+
+
+def test_files_and_folders_mixed_up(tmp_path):
+    from ccn.runs import load_run, resume_run_dir
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match="data.root .*file is a file, not a folder"):
+        load_dataset(DataConfig(name="folder", root=str(a_file)))
+    with pytest.raises(CCNError, match="is a file, not a run folder"):
+        load_run(a_file)
+    with pytest.raises(CCNError, match="is a file, not a run folder"):
+        resume_run_dir(a_file)

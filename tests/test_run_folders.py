@@ -214,6 +214,7 @@ def test_every_write_into_a_read_only_folder_is_one_error(small_disk):
 def test_training_on_a_disk_that_fills_up_stops_cleanly_and_resumes(small_disk):
     flat = [*QUICK, "--set", "method.name=flat"]
     overrides = [arg for arg in flat if arg != "--set"] + ["train.epochs=1"]
+    (small_disk / "probe").mkdir()
     run_training(cfgmod.load(None, overrides), small_disk / "probe", RunLog(small_disk / "probe", stream=io.StringIO()))
     size = (small_disk / "probe" / "checkpoint.safetensors").stat().st_size  # the size of one checkpoint
     subprocess.run(["rm", "-r", str(small_disk / "probe")], check=True)

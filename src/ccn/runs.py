@@ -181,6 +181,8 @@ def read_results(run_dir: Path) -> dict:
 def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, torch.nn.Module, Optional[Hierarchy], dict]:
     """(config, model with its weights, hierarchy or None, results) of a finished run folder."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CCNError(f"{run_dir} is a file, not a run folder: pass the folder a `ccn train` wrote")
     if not run_dir.is_dir():
         raise CCNError(f"run folder {run_dir} does not exist: pass the folder a `ccn train` wrote")
     config = cfgmod.load(run_dir / "config.yaml", overrides)

@@ -112,13 +112,17 @@ def cached_decode(kind: str, items: list[tuple[Path, int]], size: int, skip_bad:
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a damaged cache entry is simply rebuilt
     images, labels = decode_split(items, size, skip_bad)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
             np.savez(handle, images=images.numpy(), labels=labels.numpy())
         os.replace(tmp, path)
-    except OSError as err:
+    except OSError as err:  # a full or read-only cache costs time, not the run
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
         warnings.warn(f"could not write the image cache at {path} ({err}); set CCN_CACHE_DIR to a writable folder",
                       stacklevel=2)
     return images, labels
@@ -127,8 +131,14 @@ def cached_decode(kind: str, items: list[tuple[Path, int]], size: int, skip_bad:
 # ---------------------------------------------------------------- readers
 
 
+def _check_root(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data.root {root} is a file, not a folder: set data.root to the folder that holds the images")
+
+
 def load_folder(root: Path, size: Optional[int], skip_bad: bool, use_cache: bool) -> ImageDataset:
     size = size or DEFAULT_FOLDER_SIZE
+    _check_root(root)
     train = list_class_files(root / "train")
     test = list_class_files(root / "test")
     classes = list(train)
@@ -168,6 +178,7 @@ def caltech_split(base: Path, listing: dict[str, list[Path]], per_class: int = 3
 def load_caltech101(root: Path, size: Optional[int], skip_bad: bool, use_cache: bool,
                     include_background: bool) -> ImageDataset:
     size = size or DEFAULT_FOLDER_SIZE
+    _check_root(root)
     base = root / "101_ObjectCategories"
     if not base.is_dir() and root.name == "101_ObjectCategories":
         base = root
