@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ccn.checkpoint import atomic_write
 from ccn.errors import WriteError
 
 
@@ -54,7 +55,6 @@ class RunLog:
         path = self.out_dir / "metrics.jsonl" if self.enabled and self.out_dir is not None else None
         if path is None or not path.exists():
             return
-        from ccn.checkpoint import atomic_write
         rows = [line for line in path.read_text().splitlines() if line.strip()]
         kept = [line for line in rows if json.loads(line)["epoch"] <= last_epoch]
         atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
@@ -66,7 +66,7 @@ class RunLog:
 
 def append_line(path: Path, line: str) -> None:
     """Append one line; when the disk is full or read-only, cut the file back to its last whole line
-    and raise CCNError (a resumed run reads every line)."""
+    and raise WriteError (a resumed run reads every line)."""
     size = path.stat().st_size if path.exists() else 0
     try:
         with open(path, "a") as handle:
