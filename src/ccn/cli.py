@@ -130,7 +130,10 @@ def _experiment(args) -> None:
     grid = load_grid(args.config, args.set)
     set_enabled(grid.config_for(grid.reference, grid.seeds[0]).train.progress)
     out = Path(args.out) if args.out else Path("experiments") / grid.name
-    summary = run_grid(grid, out)
+    try:
+        summary = run_grid(grid, out)
+    except WriteError as err:  # finished runs are kept: the same command continues the grid
+        raise WriteError(f"{err}; then run the same command again to continue the grid") from None
     for name, p in summary["paired"].items():
         ci = p["ci95"]
         interval = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "(one seed)"
