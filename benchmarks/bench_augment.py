@@ -44,11 +44,11 @@ except ImportError:  # the comparison is optional: kornia is no dependency of cc
 
 def real_images(n: int) -> torch.Tensor | None:
     """Up to n Caltech-101 images (the first of n categories) at 32x32, or None when absent."""
-    from PIL import Image
+    from ccn.data.images import decode_image  # the allow-listed reader ccn itself uses
     paths = sorted(glob.glob(str(CALTECH / "101_ObjectCategories" / "*" / "image_0001.jpg")))[:n]
     if not paths:
         return None
-    arrays = [np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BILINEAR)) for p in paths]
+    arrays = [decode_image(Path(p), 32) for p in paths]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
