@@ -7,6 +7,8 @@ done. Defaults marked "ours" are choices the paper leaves open (see docs/method.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,7 +17,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from ccn.errors import ConfigError
+from ccn.errors import CCNError, ConfigError
+from ccn.validate import read_text
 
 
 @dataclass
@@ -139,16 +142,54 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> C
     return config
 
 
+MAX_CONFIG_BYTES = 1_000_000  # a config or grid file is a few hundred bytes; a bigger one is a mistake
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (plain YAML keeps the last one
+    silently) and refuses aliases (*name), whose nested expansion ("billion laughs") can take
+    exponential time and memory once the values are compared or copied."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.MarkedYAMLError(problem="uses an alias (*name); write the value out instead",
+                                       problem_mark=mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                            "keep one", problem_mark=key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str):
+    """yaml.safe_load with duplicate keys and aliases refused (see _StrictLoader)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A config or grid file as a dict; one ConfigError line for anything that is not a YAML mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist: check the path")
+    fix = "pass a YAML file such as configs/digits.yaml"
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(read_text(path, "config file", fix, limit=MAX_CONFIG_BYTES))
+    except CCNError as err:
+        raise ConfigError(str(err)) from None
     except yaml.YAMLError as err:
-        line = getattr(getattr(err, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
+        raise ConfigError(f"config file {path} is not valid YAML{_yaml_where(err)}: fix it") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply: fix it") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -156,13 +197,23 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
+def _yaml_where(err: yaml.YAMLError) -> str:
+    """' (line N: problem)' from a PyYAML error, as far as it says."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    parts = [f"line {mark.line + 1}"] if mark is not None else []
+    if problem:
+        parts.append(str(problem))
+    return f" ({': '.join(parts)})" if parts else ""
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: write it as KEY=VALUE, for example train.epochs=5")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text) if text != "" else None
-    except yaml.YAMLError:
+        value = parse_yaml(text) if text != "" else None
+    except (yaml.YAMLError, RecursionError):
         value = text
     return key.strip(), value
 
@@ -241,68 +292,175 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
 
 
-def _positive(key: str, value, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise ConfigError(f"{key} must be greater than 0, got {value!r}")
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric key allows: low..high, each end included unless marked open."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, value) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or (value < self.high or (not self.high_open and value == self.high))
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"greater than {self.low}" if self.low_open else f"{self.low} or more"
+        if self.low_open or self.high_open:
+            low = f"greater than {self.low}" if self.low_open else f"at least {self.low}"
+            high = f"less than {self.high}" if self.high_open else f"at most {self.high}"
+            return f"{low} and {high}"
+        return f"between {self.low} and {self.high}"
+
+
+BIG = 10**7  # images per class, class counts: far above any data set ccn reads
+# Every numeric key and the values it allows (None, where a key is Optional, always passes: it
+# means "the default"). Upper bounds stop a typo from hanging a run or exhausting memory; they sit
+# far above any recipe (docs/bad-input.md lists them). Floats must also be finite, checked for
+# every float key by _check_finite.
+LIMITS: dict[str, Bounds] = {
+    "seed": Bounds(0, 2**32 - 1),
+    "data.image_size": Bounds(8, 1024),
+    "data.train_per_class": Bounds(1, BIG),
+    "data.test_per_class": Bounds(1, BIG),
+    "data.crop_padding": Bounds(0, 256),
+    "data.cutout": Bounds(0, 1024),
+    "data.num_classes": Bounds(2, 10_000),
+    "data.num_groups": Bounds(1, 10_000),
+    "model.width": Bounds(1, 4096),
+    "model.depth": Bounds(1, 1000),
+    "model.alpha": Bounds(1, 10_000),
+    "model.widen_factor": Bounds(1, 64),
+    "model.shakedrop": Bounds(0, 1),
+    "model.dropout": Bounds(0, 1, high_open=True),
+    "train.epochs": Bounds(1, 100_000),
+    "train.batch_size": Bounds(1, 2**20),
+    "train.eval_batch_size": Bounds(1, 2**20),
+    "train.lr": Bounds(0, None, low_open=True),  # too large a rate stops the run at its first nan loss
+    "train.momentum": Bounds(0, 1),
+    "train.weight_decay": Bounds(0, 1),
+    "train.label_smoothing": Bounds(0, 1, high_open=True),
+    "train.warmup_epochs": Bounds(0, 100_000),
+    "train.gamma": Bounds(0, 1, low_open=True),
+    "method.probe_epochs": Bounds(1, 100_000),
+    "method.cluster_epoch": Bounds(0, 100_000),  # 0: refused for ccn runs with its own message
+    "method.recurse_epoch": Bounds(1, 100_000),
+    "method.holdout_fraction": Bounds(0, 1, low_open=True, high_open=True),
+    "method.groups": Bounds(1, BIG),
+    "method.threshold": Bounds(0, None, low_open=True),
+    "method.min_group_size": Bounds(1, BIG),
+    "method.max_group_size": Bounds(1, BIG),
+    "method.flat_weight": Bounds(0, 1000),
+    "method.blend_weight": Bounds(0, 1),
+    "method.depth": Bounds(1, None),  # above 2: see validate
+    "method.split_min_size": Bounds(2, BIG),
+}
+
+# (key, default): keys that only matter when another key has a given value. Setting one to anything
+# but its default while it does not matter would be silently ignored, so it is refused instead.
+ONLY_WHEN = {
+    "train.gamma": ("train.schedule", "step"),
+    "train.milestones": ("train.schedule", "step"),
+    "data.num_classes": ("data.name", "synthetic"),
+    "data.num_groups": ("data.name", "synthetic"),
+    "data.randaugment_n": ("data.augment", "randaugment"),
+    "data.randaugment_m": ("data.augment", "randaugment"),
+}
+
+# Pairs where setting both would let one silently win over the other.
+EXCLUSIVE = [
+    ("method.groups", "method.threshold", "both decide how many groups there are"),
+    ("method.groups", "method.min_group_size", "merging small groups changes the number of groups"),
+    ("method.groups", "method.max_group_size", "splitting large groups changes the number of groups"),
+]
+
+
+def get_key(config: Config, key: str):
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _default_of(key: str):
+    return get_key(Config(), key)
 
 
 def validate(config: Config) -> None:
-    """Reject values no run could use, naming the key and what is allowed."""
-    d, m, t, meth = config.data, config.model, config.train, config.method
-    for key, value in [
-        ("data.image_size", d.image_size),
-        ("data.train_per_class", d.train_per_class),
-        ("data.test_per_class", d.test_per_class),
-        ("model.width", m.width),
-        ("model.depth", m.depth),
-        ("model.alpha", m.alpha),
-        ("model.widen_factor", m.widen_factor),
-        ("method.groups", meth.groups),
-        ("method.threshold", meth.threshold),
-        ("method.min_group_size", meth.min_group_size),
-        ("method.max_group_size", meth.max_group_size),
-    ]:
-        _positive(key, value)
-    for key, value in [
-        ("train.epochs", t.epochs),
-        ("train.batch_size", t.batch_size),
-        ("train.lr", t.lr),
-        ("train.eval_batch_size", t.eval_batch_size),
-        ("method.probe_epochs", meth.probe_epochs),
-        ("method.depth", meth.depth),
-    ]:
-        _positive(key, value, allow_none=False)
-    for key, value in [("train.weight_decay", t.weight_decay), ("train.warmup_epochs", t.warmup_epochs),
-                       ("data.cutout", d.cutout), ("method.flat_weight", meth.flat_weight)]:
-        if value < 0:
-            raise ConfigError(f"{key} must be 0 or more, got {value!r}")
-    for key, value in [("train.label_smoothing", t.label_smoothing), ("model.dropout", m.dropout),
-                       ("method.blend_weight", meth.blend_weight), ("train.momentum", t.momentum)]:
-        if not 0 <= value <= 1:
-            raise ConfigError(f"{key} must lie between 0 and 1, got {value!r}")
+    """Reject values no run could use, and combinations where one key would silently override
+    another, naming the keys and what is allowed."""
+    _check_finite(config)
+    for key, bounds in LIMITS.items():
+        value = get_key(config, key)
+        if value is not None and not bounds.allows(value):
+            raise ConfigError(f"{key} must be {bounds.describe()}, got {value!r}")
+    _check_combinations(config)
+    d, t, meth = config.data, config.train, config.method
     if not 0 <= d.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be 0 (score the test set) or a share below 1, got {d.val_fraction}")
     if not 0 <= d.randaugment_n <= 14:
         raise ConfigError(f"data.randaugment_n must lie between 0 and 14 operations per image, got {d.randaugment_n}")
     if not 0 <= d.randaugment_m <= 30:
         raise ConfigError(f"data.randaugment_m must lie between 0 and 30 (magnitude bins), got {d.randaugment_m}")
-    if not 0 < meth.holdout_fraction < 1:
-        raise ConfigError(f"method.holdout_fraction must lie strictly between 0 and 1, got {meth.holdout_fraction}")
-    if d.num_classes < 2 or d.num_groups < 1 or d.num_groups > d.num_classes:
-        raise ConfigError("data.num_classes must be >= 2 and 1 <= data.num_groups <= data.num_classes")
+    if d.num_groups > d.num_classes:
+        raise ConfigError(f"data.num_groups ({d.num_groups}) must not exceed data.num_classes ({d.num_classes})")
+    if meth.depth > 2:
+        raise ConfigError(f"method.depth={meth.depth}: only depth 1 (groups) and 2 (groups split once more) are "
+                          "implemented; use method.depth=2")
     if meth.name == "ccn":
         _validate_method_schedule(config)
     if t.warmup_epochs >= t.epochs:
         raise ConfigError(f"train.warmup_epochs ({t.warmup_epochs}) must be smaller than train.epochs ({t.epochs})")
-    if not all(isinstance(x, (int, float)) and 0 < x < 1 for x in t.milestones):
-        raise ConfigError("train.milestones must be fractions of the run between 0 and 1, e.g. [0.5, 0.75]")
-    if m.init is not None and Path(m.init).suffix.lower() in PICKLE_SUFFIXES:
-        raise ConfigError(f"model.init={m.init}: ccn reads safetensors only (pickled files can run code); save the "
-                          "weights with safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')")
-    if not (config.device in ("auto", "cpu", "mps", "cuda") or config.device.startswith("cuda:")):
+    _check_milestones(t.milestones)
+    if config.model.init is not None and Path(config.model.init).suffix.lower() in PICKLE_SUFFIXES:
+        raise ConfigError(f"model.init={config.model.init}: ccn reads safetensors only (pickled files can run code); "
+                          "save the weights with safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')")
+    if not (config.device in ("auto", "cpu", "mps", "cuda") or re.fullmatch(r"cuda:\d{1,3}", config.device)):
         raise ConfigError(f"device={config.device!r} is not allowed; choose auto, cpu, cuda, cuda:N or mps")
+
+
+def _check_finite(config: Config) -> None:
+    """nan and inf slip through every comparison check, so refuse them first, in every float key."""
+    for key, value in _all_values(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+
+
+def _all_values(config: Config):
+    """(dotted key, value) of every field, sections included."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from ((f"{f.name}.{g.name}", getattr(value, g.name)) for g in dataclasses.fields(value))
+        else:
+            yield f.name, value
+
+
+def _check_milestones(milestones: list) -> None:
+    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in milestones)
+    if not ok or len(milestones) > 100:
+        raise ConfigError(f"train.milestones must be fractions of the run between 0 and 1, e.g. [0.5, 0.75]; "
+                          f"got {milestones!r}")
+    if any(b <= a for a, b in zip(milestones, milestones[1:])):
+        raise ConfigError(f"train.milestones must be in increasing order without repeats, got {milestones!r}")
+
+
+def _check_combinations(config: Config) -> None:
+    for key, (other, needed) in ONLY_WHEN.items():
+        if get_key(config, key) != _default_of(key) and get_key(config, other) != needed:
+            raise ConfigError(f"{key} only applies when {other}={needed} (here {other}={get_key(config, other)}): "
+                              f"remove {key}, or set {other}={needed}")
+    for a, b, why in EXCLUSIVE:
+        if get_key(config, a) is not None and get_key(config, b) is not None:
+            raise ConfigError(f"{a} and {b} cannot both be set ({why}, so one would silently override the "
+                              "other): keep one")
+    meth = config.method
+    if meth.cluster_epoch is not None and meth.probe_epochs != _default_of("method.probe_epochs"):
+        raise ConfigError("method.cluster_epoch and method.probe_epochs cannot both be set (cluster_epoch would "
+                          "silently replace probe_epochs): keep one")
 
 
 def _validate_method_schedule(config: Config) -> None:
@@ -317,9 +475,6 @@ def _validate_method_schedule(config: Config) -> None:
             f"groups are formed after epoch {cluster_epoch} but train.epochs is {epochs}: "
             "raise train.epochs or lower method.probe_epochs / method.cluster_epoch"
         )
-    if meth.depth > 2:
-        raise ConfigError(f"method.depth={meth.depth}: only depth 1 (groups) and 2 (groups split once more) are "
-                          "implemented; use method.depth=2")
     if meth.depth > 1 and meth.partition != "file":
         if recursion_epoch(meth) <= cluster_epoch:
             raise ConfigError(f"method.recurse_epoch={meth.recurse_epoch} is not after the clustering epoch "
@@ -332,7 +487,8 @@ def _validate_method_schedule(config: Config) -> None:
         raise ConfigError("method.recurse_epoch is set but nothing is split again: set method.depth=2 (and a learned "
                           "or random partition), or remove method.recurse_epoch")
     if meth.min_group_size and meth.max_group_size and meth.min_group_size > meth.max_group_size:
-        raise ConfigError("method.min_group_size must not exceed method.max_group_size")
+        raise ConfigError(f"method.min_group_size ({meth.min_group_size}) must not exceed method.max_group_size "
+                          f"({meth.max_group_size})")
     _validate_partition(meth)
 
 
@@ -345,6 +501,18 @@ def _validate_partition(meth: MethodConfig) -> None:
             if value is not None:
                 raise ConfigError(f"{key} cannot be used with method.clustering=balanced, which makes K groups of "
                                   "equal size: remove it, or use method.clustering=agglomerative")
+
+
+def check_against_classes(config: Config, num_classes: int, source: str = "the data") -> None:
+    """Checks that need the class count, made once the data is loaded and before training starts."""
+    meth = config.method
+    if meth.name != "ccn":
+        return
+    for key in ("method.groups", "method.min_group_size"):
+        value = get_key(config, key)
+        if value is not None and value > num_classes:
+            raise ConfigError(f"{key}={value} is impossible with {num_classes} classes in {source}: "
+                              f"choose between 1 and {num_classes}")
 
 
 def clustering_epoch(meth: MethodConfig) -> int:

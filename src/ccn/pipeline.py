@@ -203,6 +203,7 @@ class MethodRun:
         seed_everything(config.seed, config.train.deterministic)
         self.data = prepare_data(config, self.device, world, ds)
         self.ds = self.data.ds
+        cfgmod.check_against_classes(config, self.ds.num_classes, f"data {self.ds.name}")
         torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
         self.model = build_model(config, self.ds.num_classes)
         # a resumed run takes every weight from its checkpoint, so model.init's file is not needed again

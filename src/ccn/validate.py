@@ -1,0 +1,163 @@
+"""Checks for the files ccn reads back (results.json, hierarchy.json, checkpoint headers, YAML).
+
+A reader parses its file, then checks every value it will use with the tiny functions below. Each
+raises `Invalid` naming the field and what it must hold; `checked(path, fix)` turns that into one
+`CCNError` line naming the file as well, so a damaged or hand-edited file never ends in a traceback
+or, worse, in a silently wrong result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from ccn.errors import CCNError
+
+MAX_JSON_BYTES = 256 * 2**20  # results.json / hierarchy.json of 100k classes stay far below this
+MAX_NESTING = 64  # deeper lists or mappings than any ccn file holds; guards recursion
+
+
+class Invalid(ValueError):
+    """One field of a file does not hold what it must; `checked` adds the file's name."""
+
+
+@contextmanager
+def checked(path, fix: str) -> Iterator[None]:
+    """Turn `Invalid` (and a too-deep structure) raised inside into CCNError('<path>: <problem>: <fix>')."""
+    try:
+        yield
+    except Invalid as err:
+        raise CCNError(f"{path}: {err}: {fix}") from None
+    except RecursionError:
+        raise CCNError(f"{path}: its structure is nested too deeply: {fix}") from None
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_text(path: Path, what: str, fix: str, limit: int = MAX_JSON_BYTES) -> str:
+    """The file's text, refusing a missing, huge, binary or non-UTF-8 file with one line."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise CCNError(f"{what} {path} is {size} bytes, more than the {limit} a {what} may have: {fix}")
+        data = path.read_bytes()
+    except OSError as err:
+        raise CCNError(f"cannot read {what} {path} ({err.strerror or err}): {fix}") from None
+    if b"\0" in data:
+        raise CCNError(f"{what} {path} is a binary file, not text: {fix}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CCNError(f"{what} {path} is not UTF-8 text (byte {err.start}): {fix}") from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json(text: str, source, fix: str) -> Any:
+    """json.loads that refuses NaN/Infinity and names `source` when the text is not JSON."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as err:  # JSONDecodeError is a ValueError; so is a refused constant
+        raise CCNError(f"{source} is not valid JSON ({err}): {fix}") from None
+    except RecursionError:
+        raise CCNError(f"{source} is nested too deeply to be a ccn file: {fix}") from None
+
+
+def read_json(path: Path, what: str, fix: str) -> Any:
+    return parse_json(read_text(path, what, fix), path, fix)
+
+
+# ---------------------------------------------------------------- checks; each returns its value
+
+
+def require_mapping(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise Invalid(f"{where} must be a mapping, got {_short(value)}")
+    return value
+
+
+def require_keys(mapping: dict, keys, where: str = "") -> dict:
+    missing = [k for k in keys if k not in mapping]
+    if missing:
+        raise Invalid(f"{where + ' ' if where else ''}lacks {', '.join(repr(k) for k in missing)}")
+    return mapping
+
+
+def require_str(value, where: str, choices=None) -> str:
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"{where} must be non-empty text, got {_short(value)}")
+    if choices is not None and value not in choices:
+        raise Invalid(f"{where} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def require_int(value, where: str, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Invalid(f"{where} must be a whole number, got {_short(value)}")
+    _require_range(value, where, low, high)
+    return value
+
+
+def require_number(value, where: str, low: Optional[float] = None, high: Optional[float] = None) -> float:
+    """A finite int or float (never a bool, nan or inf) within [low, high]."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise Invalid(f"{where} must be a finite number, got {_short(value)}")
+    _require_range(value, where, low, high)
+    return value
+
+
+def require_list(value, where: str, length: Optional[int] = None, min_length: int = 0) -> list:
+    if not isinstance(value, list):
+        raise Invalid(f"{where} must be a list, got {_short(value)}")
+    if length is not None and len(value) != length:
+        raise Invalid(f"{where} must have {length} entries, has {len(value)}")
+    if len(value) < min_length:
+        raise Invalid(f"{where} must have at least {min_length} entries, has {len(value)}")
+    return value
+
+
+def require_list_of_str(value, where: str, length: Optional[int] = None, unique: bool = True) -> list[str]:
+    require_list(value, where, length)
+    for i, item in enumerate(value):
+        require_str(item, f"{where}[{i}]")
+    if unique and len(set(value)) != len(value):
+        repeated = next(v for i, v in enumerate(value) if v in value[:i])
+        raise Invalid(f"{where} names {repeated!r} twice")
+    return value
+
+
+def require_numbers(value, where: str, length: Optional[int] = None, low=None, high=None,
+                    allow_none: bool = False) -> list:
+    require_list(value, where, length)
+    for i, item in enumerate(value):
+        if item is None and allow_none:
+            continue
+        require_number(item, f"{where}[{i}]", low, high)
+    return value
+
+
+def require_matrix(value, where: str, rows: int, cols: int) -> list:
+    """A rows x cols list of lists of finite numbers."""
+    require_list(value, where, rows)
+    for i, row in enumerate(value):
+        require_numbers(row, f"{where}[{i}]", cols)
+    return value
+
+
+def _require_range(value, where: str, low, high) -> None:
+    if low is not None and value < low:
+        raise Invalid(f"{where} must be {low} or more, got {value!r}")
+    if high is not None and value > high:
+        raise Invalid(f"{where} must be at most {high}, got {value!r}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
