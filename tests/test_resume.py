@@ -31,7 +31,8 @@ def reference(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("point", ["step-18", "during-save", "after-probe", "after-clustering", "step-30"])
+@pytest.mark.parametrize("point", ["step-18", "during-save", "after-probe", "after-clustering", "step-30",
+                                   "mid-metrics-line-3", "after-epoch-row-2", "before-results"])
 def test_killed_and_resumed_run_is_bit_identical(point, reference, tmp_path):
     out = tmp_path / "run"
     killed = _train_killed_at(point, out)

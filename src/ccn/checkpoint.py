@@ -13,6 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from ccn.errors import CCNError, WriteError
+from ccn.validate import (Invalid, checked, parse_json, require_int, require_keys, require_list, require_mapping,
+                          require_number, require_numbers, require_str)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -155,16 +157,54 @@ def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     atomic_write(path, write)
 
 
+CHECKPOINT_FIX = "it is damaged or not a ccn checkpoint; delete it to restart the run from epoch 1, or start a new run"
+STAGES = ("flat", "probe", "ccn", "tree")
+
+
 def read_training_state(path: Path) -> tuple[dict, dict]:
-    """(tensors, state) of a checkpoint; CCNError when it is damaged or not ours."""
+    """(tensors, state) of a checkpoint; CCNError when it is damaged, edited or not ours."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        return tensors, json.loads(meta[_STATE_KEY])
-    except (SafetensorError, OSError, ValueError, KeyError) as err:
-        raise CCNError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}): it is damaged or not a ccn "
-                       "checkpoint; start a new run") from None
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        raise CCNError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}): {CHECKPOINT_FIX}") from None
+    if _STATE_KEY not in meta:
+        raise CCNError(f"checkpoint {path} has no ccn training state in its header: {CHECKPOINT_FIX}")
+    state = parse_json(meta[_STATE_KEY], f"the training state in checkpoint {path}", CHECKPOINT_FIX)
+    with checked(f"checkpoint {path}", CHECKPOINT_FIX):
+        check_training_state(tensors, state)
+    return tensors, state
+
+
+def check_training_state(tensors: dict, state) -> None:
+    """Invalid unless the header's state and the tensors hold what a resume reads."""
+    require_mapping(state, "its training state")
+    require_keys(state, ["epoch", "step", "stage", "hierarchy", "cluster_seconds", "seconds", "config", "optimizer"],
+                 "its training state")
+    require_int(state["epoch"], "'epoch'", 1)
+    require_int(state["step"], "'step'", 0)
+    require_str(state["stage"], "'stage'", STAGES)
+    for key in ("cluster_seconds", "seconds"):
+        require_number(state[key], f"'{key}'", 0)
+    require_mapping(state["config"], "'config'")
+    if state["hierarchy"] is not None:
+        require_mapping(state["hierarchy"], "'hierarchy'")
+    optimizer = require_keys(require_mapping(state["optimizer"], "'optimizer'"), ["param_groups", "state"], "'optimizer'")
+    for i, group in enumerate(require_list(optimizer["param_groups"], "'optimizer'.param_groups", min_length=1)):
+        where = f"'optimizer'.param_groups[{i}]"
+        require_keys(require_mapping(group, where), ["params", "lr"], where)
+        require_numbers(group["params"], f"{where}.params", low=0)
+        require_number(group["lr"], f"{where}.lr", 0)
+    for index in require_mapping(optimizer["state"], "'optimizer'.state"):
+        if not index.isdigit():
+            raise Invalid(f"'optimizer'.state has key {index!r}, which is not a parameter number")
+    rng = tensors.get("rng.torch")
+    if rng is None or rng.dtype != torch.uint8 or rng.dim() != 1:
+        raise Invalid("its tensor 'rng.torch' (the random number generator state) is missing or malformed")
+    for name in tensors:
+        if name.startswith("optim.") and (name.count(".") < 2 or not name.split(".")[1].isdigit()):
+            raise Invalid(f"its tensor {name!r} is not an optimizer state this version writes")
 
 
 def restore_training_state(tensors: dict, state: dict, model: torch.nn.Module,
@@ -173,8 +213,12 @@ def restore_training_state(tensors: dict, state: dict, model: torch.nn.Module,
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     check_state_fits(model, weights, source)
     model.load_state_dict(weights)
-    optimizer.load_state_dict(_optimizer_state(tensors, state["optimizer"]))
-    torch.set_rng_state(tensors["rng.torch"])
+    try:  # the header was checked field by field; what is left is whether it fits this optimizer
+        optimizer.load_state_dict(_optimizer_state(tensors, state["optimizer"]))
+        torch.set_rng_state(tensors["rng.torch"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:
+        raise CCNError(f"checkpoint {source} does not fit this run ({type(err).__name__}: {err}): "
+                       f"{CHECKPOINT_FIX}") from None
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])

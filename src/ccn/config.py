@@ -134,7 +134,12 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> C
     raw: dict = {}
     if path is not None:
         raw = read_yaml(path)
-    config = _overlay(Config(), raw, prefix="")
+    try:  # name the file in what is wrong with its values (an edited config.yaml of a run, say)
+        config = _overlay(Config(), raw, prefix="")
+        if not overrides:
+            validate(config)
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}" if path is not None else str(err)) from None
     for item in overrides:
         key, value = parse_override(item)
         config = _overlay(config, nest({key: value}), prefix="")

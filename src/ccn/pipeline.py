@@ -252,6 +252,7 @@ class MethodRun:
             self.log.epoch({"epoch": epoch, "epochs": config.train.epochs, "stage": row_stage, **stats,
                             "top1": scores["top1"], "top5": scores["top5"],
                             "lr": self.trainer.optimizer.param_groups[0]["lr"]})
+            fault_point(f"after-epoch-row-{epoch}")  # metrics.jsonl is one epoch ahead of the checkpoint here
             self.save_checkpoint(epoch)
         return self.finish()
 
@@ -331,6 +332,16 @@ class MethodRun:
                  "config": self.config.to_dict()}
         save_training_state(path, self.model, self.trainer.optimizer, state)
 
+    def _check_resumable(self, state: dict, path: Path) -> None:
+        """The checked header must also fit this run: an epoch within it, groups exactly when the stage has them."""
+        if state["epoch"] > self.config.train.epochs:
+            raise CCNError(f"checkpoint {path} is from epoch {state['epoch']}, after the run's last epoch "
+                           f"({self.config.train.epochs}): it is not this run's checkpoint; delete it to restart")
+        if (state["hierarchy"] is None) != (state["stage"] in ("flat", "probe")):
+            raise CCNError(f"checkpoint {path} is at stage {state['stage']!r} but "
+                           f"{'has no' if state['hierarchy'] is None else 'has'} groups: it is damaged; delete it "
+                           "to restart the run from epoch 1")
+
     def resume(self) -> None:
         """Continue after the last saved epoch; with no checkpoint yet, start again from epoch 1."""
         path = self._checkpoint_path()
@@ -341,8 +352,12 @@ class MethodRun:
         if state["config"] != self.config.to_dict():
             raise CCNError(f"{path} was saved with another configuration than {path.parent / 'config.yaml'}: "
                            "restore that file, or start a new run")
+        self._check_resumable(state, path)
         if state["hierarchy"] is not None:
-            self.hierarchy = Hierarchy.from_json(state["hierarchy"])
+            self.hierarchy = Hierarchy.from_json(state["hierarchy"], f"the hierarchy in checkpoint {path}")
+            if self.hierarchy.classes != self.ds.classes:
+                raise CCNError(f"checkpoint {path} groups other classes than data {self.ds.name} has: "
+                               "resume with the data the run started on")
             head = make_head(self.config, self.model.backbone.num_features, self.ds.num_classes, self.hierarchy,
                              flat=self.model.head.flat)
             self._install_head(head, state["stage"])

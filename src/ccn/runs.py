@@ -26,12 +26,14 @@ from typing import Iterator, Optional
 import torch
 
 from ccn import config as cfgmod
-from ccn.checkpoint import STATE_FILE, atomic_write, load_weights, save_weights
+from ccn.checkpoint import STATE_FILE, atomic_write, fault_point, load_weights, save_weights
 from ccn.config import Config
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
 from ccn.locks import FolderLock
 from ccn.network import build_model
+from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list_of_str, require_mapping,
+                          require_number, require_numbers, require_str)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", "model.safetensors", STATE_FILE)
 FIGURES = ("dendrogram.png", "distances.png")  # written by `ccn clusters --plot`; replaced with the run
@@ -168,14 +170,61 @@ def write_run(out_dir: Path, config: Config, model: torch.nn.Module, results: di
     if hierarchy is not None:
         atomic_write(out_dir / "hierarchy.json", lambda tmp: hierarchy.save(tmp))
     save_weights(model, out_dir / "model.safetensors", {"format": "ccn-1", "model": config.model.name})
+    fault_point("before-results")  # results.json comes last: until it is there, --resume finishes the run again
     write_json(out_dir / "results.json", results)
 
 
+RESULTS_FIX = "restore the file the run wrote, or delete the run folder and train it again"
+
+
 def read_results(run_dir: Path) -> dict:
+    """results.json of a finished run, checked field by field (CCNError naming the file otherwise)."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise CCNError(f"{run_dir} has no results.json: is it a finished ccn run folder?")
-    return json.loads(path.read_text())
+    results = read_json(path, "results file", RESULTS_FIX)
+    with checked(path, RESULTS_FIX):
+        check_results(results)
+    return results
+
+
+def check_results(results) -> None:
+    """Invalid unless `results` holds every value ccn reads back from results.json, of the right kind."""
+    require_mapping(results, "the file")
+    require_keys(results, ["top1", "top5", "rule", "rules", "per_class_top1", "num_classes", "data", "model",
+                           "epochs", "train_images", "test_images", "wall_time_s", "device", "machine", "preprocess"])
+    for key in ("top1", "top5", "group_acc", "within_acc"):
+        if key in results:  # top1 and top5 are required above; the group accuracies only in ccn runs
+            require_number(results[key], f"'{key}'", 0, 1)
+    require_str(results["rule"], "'rule'")
+    rules = require_mapping(results["rules"], "'rules'")
+    if results["rule"] not in rules:
+        raise Invalid(f"'rule' is {results['rule']!r}, which is not in 'rules'")
+    for rule, scores in rules.items():
+        require_keys(require_mapping(scores, f"'rules'.{rule}"), ["top1", "top5"], f"'rules'.{rule}")
+        for key in ("top1", "top5"):
+            require_number(scores[key], f"'rules'.{rule}.{key}", 0, 1)
+    num_classes = require_int(results["num_classes"], "'num_classes'", 2, cfgmod.BIG)
+    if "classes" in results:
+        require_list_of_str(results["classes"], "'classes'", num_classes)
+    require_numbers(results["per_class_top1"], "'per_class_top1'", num_classes, 0, 1, allow_none=True)
+    if "per_group_top1" in results:
+        require_numbers(results["per_group_top1"], "'per_group_top1'", None, 0, 1, allow_none=True)
+    for key in ("data", "model", "device", "machine"):
+        require_str(results[key], f"'{key}'")
+    require_int(results["epochs"], "'epochs'", 1)
+    for key in ("train_images", "test_images"):
+        require_int(results[key], f"'{key}'", 0)
+    for key in ("wall_time_s", "clustering_seconds"):
+        if key in results:
+            require_number(results[key], f"'{key}'", 0)
+    prep = require_mapping(results["preprocess"], "'preprocess'")
+    require_keys(prep, ["image_size", "mean", "std"], "'preprocess'")
+    require_int(prep["image_size"], "'preprocess'.image_size", 1, 4096)
+    channels = len(require_numbers(prep["mean"], "'preprocess'.mean", None, 0, 1))
+    if channels not in (1, 3):
+        raise Invalid(f"'preprocess'.mean must have 1 or 3 entries (one per colour channel), has {channels}")
+    require_numbers(prep["std"], "'preprocess'.std", channels, 1e-6, 1)
 
 
 def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, torch.nn.Module, Optional[Hierarchy], dict]:
@@ -188,9 +237,25 @@ def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, 
     config = cfgmod.load(run_dir / "config.yaml", overrides)
     results = read_results(run_dir)
     hierarchy = Hierarchy.load(run_dir / "hierarchy.json") if (run_dir / "hierarchy.json").exists() else None
+    check_run_files_agree(run_dir, config, results, hierarchy)
     model = build_model(config, results["num_classes"], hierarchy)
     load_weights(model, run_dir / "model.safetensors")
     return config, model, hierarchy, results
+
+
+def check_run_files_agree(run_dir: Path, config: Config, results: dict, hierarchy: Optional[Hierarchy]) -> None:
+    """config.yaml, results.json and hierarchy.json must describe the same run."""
+    if config.method.name == "ccn" and hierarchy is None:
+        raise CCNError(f"{run_dir / 'config.yaml'} says method.name=ccn but {run_dir} has no hierarchy.json: "
+                       "restore it from the run")
+    if config.method.name == "flat" and hierarchy is not None:
+        raise CCNError(f"{run_dir / 'config.yaml'} says method.name=flat but {run_dir} has a hierarchy.json: "
+                       "remove it, or restore the config the run wrote")
+    if hierarchy is None:
+        return
+    if hierarchy.num_classes != results["num_classes"] or hierarchy.classes != results.get("classes", hierarchy.classes):
+        raise CCNError(f"{run_dir / 'hierarchy.json'} and results.json name different classes "
+                       f"({hierarchy.num_classes} and {results['num_classes']}): restore the files the run wrote")
 
 
 # ---------------------------------------------------------------- starting from trained weights (model.init)
@@ -204,8 +269,8 @@ def init_weights_file(source: str) -> tuple[Path, Optional[list[str]]]:
         if not weights.is_file():
             raise CCNError(f"model.init={source} holds no model.safetensors: pass a finished run folder or a "
                            ".safetensors file")
-        results = path / "results.json"
-        return weights, json.loads(results.read_text()).get("classes") if results.is_file() else None
+        results = path / "results.json"  # checked like any results.json ccn reads back
+        return weights, read_results(path).get("classes") if results.is_file() else None
     if not path.is_file():
         raise CCNError(f"model.init={source} does not exist: pass a run folder or a .safetensors file")
     if path.suffix != ".safetensors":

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ccn.checkpoint import atomic_write
+from ccn.checkpoint import atomic_write, fault_point
 from ccn.errors import WriteError
 
 
@@ -43,7 +43,8 @@ class RunLog:
             return
         self.info(format_epoch(row))
         if self.out_dir is not None:
-            append_line(self.out_dir / "metrics.jsonl", json.dumps(row))
+            # fault point: a crash mid-line leaves a torn last line, which truncate drops on resume
+            append_line(self.out_dir / "metrics.jsonl", json.dumps(row), fault=f"mid-metrics-line-{row['epoch']}")
         if self._tensorboard() is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -51,12 +52,18 @@ class RunLog:
             self.tensorboard.flush()
 
     def truncate(self, last_epoch: int) -> None:
-        """Drop metrics.jsonl rows after `last_epoch` (a resumed run replays those epochs)."""
+        """Keep only metrics.jsonl rows up to `last_epoch` (a resumed run replays the later epochs).
+
+        A row a crash cut short, or any line that is not a row, is dropped too: the log then holds
+        exactly the epochs the checkpoint has, and resuming never fails on it."""
         path = self.out_dir / "metrics.jsonl" if self.enabled and self.out_dir is not None else None
         if path is None or not path.exists():
             return
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line)["epoch"] <= last_epoch]
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        kept = [line for line in lines if _row_epoch(line) is not None and _row_epoch(line) <= last_epoch]
+        dropped = sum(1 for line in lines if line.strip() and _row_epoch(line) is None)
+        if dropped:
+            self.info(f"  metrics.jsonl: dropped {dropped} damaged line(s) (a crash mid-write)")
         atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
     def close(self) -> None:
@@ -64,13 +71,18 @@ class RunLog:
             self.tensorboard.close()
 
 
-def append_line(path: Path, line: str) -> None:
+def append_line(path: Path, line: str, fault: Optional[str] = None) -> None:
     """Append one line; when the disk is full or read-only, cut the file back to its last whole line
     and raise WriteError (a resumed run reads every line)."""
     size = path.stat().st_size if path.exists() else 0
     try:
         with open(path, "a") as handle:
-            handle.write(line + "\n")
+            text = line + "\n"
+            handle.write(text[: len(text) // 2])
+            handle.flush()
+            if fault is not None:
+                fault_point(fault)  # testing hook: the resume tests kill the process mid-line here
+            handle.write(text[len(text) // 2:])
     except OSError as err:
         try:
             os.truncate(path, size)
@@ -78,6 +90,16 @@ def append_line(path: Path, line: str) -> None:
             pass
         raise WriteError(f"could not write {path} ({err.strerror or err}): free disk space or make the folder "
                          "writable; the lines before are unchanged") from None
+
+
+def _row_epoch(line: str) -> Optional[int]:
+    """The epoch of a metrics.jsonl line, or None when the line is not a whole row."""
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    epoch = row.get("epoch") if isinstance(row, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def format_epoch(row: dict) -> str:

@@ -9,9 +9,12 @@ from typing import Optional
 
 import numpy as np
 import torch
+from scipy.cluster.hierarchy import is_valid_linkage
 from torch.nn import functional as F
 
-from ccn.errors import CCNError, ConfigError
+from ccn.errors import ConfigError
+from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list, require_list_of_str,
+                          require_mapping, require_matrix, require_number, require_numbers, require_str)
 
 
 def group_index(groups: list[list[int]], num_classes: int) -> torch.Tensor:
@@ -97,26 +100,91 @@ class Hierarchy:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Hierarchy":
-        try:
-            classes = list(data["classes"])
-            index = {name: i for i, name in enumerate(classes)}
-            tree = _map_tree(data.get("tree") or data["groups"], lambda name: index[name])
-        except (KeyError, TypeError) as err:
-            raise CCNError(f"hierarchy.json is malformed ({err}): it needs 'classes' and 'groups' of class names") from None
-        arr = lambda key: None if data.get(key) is None else np.asarray(data[key], dtype=np.float64)  # noqa: E731
-        return cls(classes, tree, data.get("how", {}), arr("distances"), arr("merges"))
+    def from_json(cls, data, source: str = "hierarchy.json") -> "Hierarchy":
+        """A Hierarchy from its JSON form; CCNError naming `source` unless every field holds what it must."""
+        with checked(source, "restore the file the run wrote, or train the run again"):
+            return cls(*parse_hierarchy(data))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> "Hierarchy":
-        path = Path(path)
-        try:
-            return cls.from_json(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise CCNError(f"cannot read {path} ({err}): is this a ccn run folder of a ccn (not flat) run?") from None
+        fix = "is this the folder of a ccn (not flat) run? restore the file, or train the run again"
+        return cls.from_json(read_json(Path(path), "hierarchy file", fix), str(path))
+
+
+# ---------------------------------------------------------------- reading hierarchy.json back
+
+KNOWN_HOW = {"partition": str, "metric": str, "linkage": str, "probe_set": str, "groups": int, "epoch": int,
+             "depth": int, "split_epoch": int, "coarse_ari": float, "coarse_nmi": float}
+
+
+def parse_hierarchy(data) -> tuple:
+    """(classes, tree of indices, how, distances, merges) from hierarchy.json's content; Invalid
+    unless the class names are unique, every group names known classes, and every class is in
+    exactly one group."""
+    require_mapping(data, "the file")
+    classes = require_list_of_str(require_keys(data, ["classes"])["classes"], "'classes'")
+    if len(classes) < 2:
+        raise Invalid(f"'classes' must name at least 2 classes, has {len(classes)}")
+    index = {name: i for i, name in enumerate(classes)}
+    if data.get("tree") is None and data.get("groups") is None:
+        raise Invalid("lacks 'groups'")
+    tree = [_parse_group(g, index, f"'tree' group {k + 1}") for k, g in enumerate(
+        require_list(data["tree"], "'tree'", min_length=1) if data.get("tree") is not None else [])]
+    if data.get("groups") is not None:
+        groups = [_parse_group(g, index, f"'groups' group {k + 1}", depth=1) for k, g in enumerate(
+            require_list(data["groups"], "'groups'", min_length=1))]
+        if tree and [sorted(leaves(t)) for t in tree] != [sorted(g) for g in groups]:
+            raise Invalid("'groups' and 'tree' do not hold the same classes in the same groups")
+        tree = tree or groups
+    _require_partition(tree, classes)
+    how = require_mapping(data.get("how") or {}, "'how'")
+    for key, kind in KNOWN_HOW.items():
+        if key in how:
+            check = {str: require_str, int: require_int, float: require_number}[kind]
+            check(how[key], f"'how'.{key}")
+    if "coarse" in how:
+        require_numbers(how["coarse"], "'how'.coarse", len(classes))
+    C = len(classes)
+    distances = None if data.get("distances") is None else np.asarray(
+        require_matrix(data["distances"], "'distances'", C, C), dtype=np.float64)
+    merges = None if data.get("merges") is None else np.asarray(
+        require_matrix(data["merges"], "'merges'", C - 1, 4), dtype=np.float64)
+    if merges is not None and not is_valid_linkage(merges):
+        raise Invalid("'merges' is not a valid merge tree (scipy linkage matrix)")
+    return classes, tree, how, distances, merges
+
+
+def _parse_group(node, index: dict, where: str, depth: int = 2) -> list:
+    """A group as class indices: a non-empty list of class names, or (depth 2) of such lists."""
+    require_list(node, where, min_length=1)
+    if all(isinstance(item, str) for item in node):
+        return [_class_index(name, index, where) for name in node]
+    if depth < 2 or not all(isinstance(item, list) for item in node):
+        raise Invalid(f"{where} must be a list of class names" + (" or of lists of class names" if depth == 2 else ""))
+    return [_parse_group(item, index, f"{where}, part {i + 1}", depth=1) for i, item in enumerate(node)]
+
+
+def _class_index(name: str, index: dict, where: str) -> int:
+    if name not in index:
+        raise Invalid(f"{where} names {name!r}, which is not in 'classes'")
+    return index[name]
+
+
+def _require_partition(tree: list, classes: list[str]) -> None:
+    group_of: dict[int, int] = {}
+    for k, node in enumerate(tree):
+        for c in leaves(node):
+            if c in group_of:
+                where = "twice in group" if group_of[c] == k else "in groups"
+                raise Invalid(f"class {classes[c]!r} is {where} {group_of[c] + 1}" +
+                              ("" if group_of[c] == k else f" and {k + 1}") + ": every class must be in exactly one group")
+            group_of[c] = k
+    missing = [classes[c] for c in range(len(classes)) if c not in group_of]
+    if missing:
+        raise Invalid(f"classes {missing[:5]} are in no group: every class must be in exactly one group")
 
 
 def partition_labels(groups: list[list[int]], num_classes: int) -> list[int]:
