@@ -37,3 +37,26 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     """Run `python -m ccn ...` in a fresh process, as a user would."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "ccn", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+TINY_RUN = ["data.name=synthetic", "data.num_classes=6", "data.num_groups=2", "data.train_per_class=6",
+            "data.test_per_class=2", "model.width=4", "train.epochs=2", "train.progress=false"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished two-epoch ccn run on 6 synthetic classes (about a second), for tests that damage its
+    files: copy it first (shutil.copytree), never change it."""
+    import io
+
+    from ccn import config as cfgmod
+    from ccn.pipeline import run_training
+    from ccn.runs import prepare_run_dir, start_run_dir
+    from ccn.tracking import RunLog
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    config = cfgmod.load(None, TINY_RUN)
+    prepare_run_dir(out)
+    start_run_dir(out, config)
+    run_training(config, out, RunLog(out, stream=io.StringIO()))
+    return out

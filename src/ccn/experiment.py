@@ -90,12 +90,19 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return base
 
 
+MAX_SEEDS = 1000  # a grid trains variants x seeds runs; more seeds than this is a typo
+
+
 def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
     raw = cfgmod.read_yaml(path)
     unknown = set(raw) - {"base", "variants", "seeds", "reference"}
     if unknown:
-        raise ConfigError(f"grid file {path}: unknown section(s) {sorted(unknown)}; allowed: base, variants, seeds, reference")
+        raise ConfigError(f"grid file {path}: unknown section(s) {sorted(map(str, unknown))}; allowed: base, variants, "
+                          "seeds, reference")
     base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"grid file {path}: base must be a mapping of config sections (data:, model:, ...), "
+                          f"got {base!r}")
     top: dict = {}
     for item in overrides:  # --set applies to the base config; seeds= and reference= to the grid
         key, value = cfgmod.parse_override(item)
@@ -103,12 +110,10 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
             top[key] = value
         else:
             base = deep_merge(base, cfgmod.nest({key: value}))
-    seeds = top.get("seeds", raw.get("seeds", [0, 1, 2]))
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must be a list of distinct whole numbers such as [0, 1, 2], got {seeds!r}")
-    variants = _variants(raw.get("variants") or ["flat", "ccn", "random"])
+    seeds = _seeds(top.get("seeds", raw.get("seeds", [0, 1, 2])))
+    variants = _variants(raw["variants"] if raw.get("variants") is not None else ["flat", "ccn", "random"])
     reference = top.get("reference", raw.get("reference", "flat"))
-    if reference not in variants:
+    if not isinstance(reference, str) or reference not in variants:
         raise ConfigError(f"reference variant {reference!r} is not in the grid's variants ({', '.join(variants)})")
     grid = Grid(base, variants, seeds, reference, Path(path).stem,
                 {"base": base, "variants": variants, "seeds": seeds, "reference": reference})
@@ -117,20 +122,37 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
     return grid
 
 
+def _seeds(seeds) -> list:
+    low, high = cfgmod.LIMITS["seed"].low, cfgmod.LIMITS["seed"].high
+    if (not isinstance(seeds, list) or not seeds or len(seeds) > MAX_SEEDS
+            or not all(isinstance(s, int) and not isinstance(s, bool) and low <= s <= high for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"seeds must be a list of 1 to {MAX_SEEDS} distinct whole numbers from {low} to {high} "
+                          f"such as [0, 1, 2], got {seeds!r}")
+    return seeds
+
+
 def _variants(spec) -> dict:
     if isinstance(spec, list):
+        if any(not isinstance(name, str) for name in spec) or len(set(spec)) != len(spec):
+            raise ConfigError(f"variants must be a list of distinct names such as [flat, ccn, random], got {spec!r}")
         spec = {name: None for name in spec}
     if not isinstance(spec, dict):
         raise ConfigError("variants must be a list of names or a mapping name -> overrides")
+    if not spec:
+        raise ConfigError("variants is empty: name at least one, e.g. variants: [flat, ccn]")
     variants = {}
     for name, overrides in spec.items():
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ConfigError(f"variant name {name!r} may hold only letters, digits, '.', '_' and '-'")
         if overrides is None:
             overrides = builtin_variant(name)
             if overrides is None:
                 raise ConfigError(f"variant {name!r} is not built in ({BUILTIN_VARIANTS}): give its overrides")
-        variants[str(name)] = overrides
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"variant {name!r}: its overrides must be a mapping of config sections such as "
+                              f"{{method: {{metric: l2}}}}, got {overrides!r}")
+        variants[name] = overrides
     return variants
 
 
@@ -196,7 +218,11 @@ def _claim_folder(out: Path, grid: Grid) -> None:
     path = out / "grid.yaml"
     text = yaml.safe_dump(grid.raw, sort_keys=False)
     if path.exists():
-        if yaml.safe_load(path.read_text()) != yaml.safe_load(text):
+        try:
+            saved = cfgmod.read_yaml(path)
+        except ConfigError as err:
+            raise CCNError(f"{path} is damaged ({err}): restore it to continue the grid, or choose another --out") from None
+        if saved != yaml.safe_load(text):
             raise CCNError(f"{out} holds another grid (see {path}): choose another --out, or restore the grid to "
                            "continue it")
         return

@@ -48,6 +48,8 @@ def read_image(path: Path, size: int) -> np.ndarray:
 @torch.no_grad()
 def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved: dict, rule: str,
                    paths: list[str], top: int = 3) -> list[dict]:
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise CCNError(f"--top {top} asks for no classes: give 1 or more (e.g. --top 3)")
     prep = saved["preprocess"]
     classes = hierarchy.classes if hierarchy is not None else saved.get("classes")
     if classes is None:

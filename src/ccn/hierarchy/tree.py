@@ -145,6 +145,8 @@ def parse_hierarchy(data) -> tuple:
         if key in how:
             check = {str: require_str, int: require_int, float: require_number}[kind]
             check(how[key], f"'how'.{key}")
+    if ("coarse_ari" in how) != ("coarse_nmi" in how):
+        raise Invalid("'how' must hold both coarse_ari and coarse_nmi, or neither")
     if "coarse" in how:
         require_numbers(how["coarse"], "'how'.coarse", len(classes))
     C = len(classes)
