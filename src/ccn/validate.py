@@ -119,6 +119,8 @@ def require_list(value, where: str, length: Optional[int] = None, min_length: in
     if length is not None and len(value) != length:
         raise Invalid(f"{where} must have {length} entries, has {len(value)}")
     if len(value) < min_length:
+        if min_length == 1:
+            raise Invalid(f"{where} must not be empty")
         raise Invalid(f"{where} must have at least {min_length} entries, has {len(value)}")
     return value
 

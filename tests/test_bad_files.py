@@ -1,0 +1,301 @@
+"""Damaged or hand-edited files ccn reads back, and bad grids: each case of docs/bad-input.md
+("Files ccn reads back", "Grid files", "Command line") ends in one CCNError line that names the
+file and what is wrong - never a traceback, never a silently wrong result."""
+
+import io
+import json
+import shutil
+import struct
+
+import pytest
+import yaml
+
+from ccn.checkpoint import read_training_state
+from ccn.errors import CCNError, ConfigError
+from ccn.experiment import load_grid
+from ccn.hierarchy import Hierarchy
+from ccn.runs import load_run, read_results
+from ccn.tracking import RunLog
+from conftest import run_cli
+
+
+@pytest.fixture
+def run(tiny_run, tmp_path):
+    """A copy of the session's tiny finished ccn run (6 classes, 2 groups) to damage."""
+    shutil.copytree(tiny_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _one_line(err, *words):
+    message = str(err.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, message
+
+
+# ---------------------------------------------------------------- results.json
+
+def _set(key, value):
+    return lambda d: d.__setitem__(key, value)
+
+
+RESULTS_CASES = [
+    pytest.param(b"{\"top1\": 0.5,", "is not valid JSON", id="results-truncated"),
+    pytest.param(b"\xff\xfe{}", "is not UTF-8 text", id="results-not-utf8"),
+    pytest.param(b"[" * 50_000 + b"]" * 50_000, "nested too deeply", id="results-deep-nesting"),
+    pytest.param(b"[1, 2]", "the file must be a mapping", id="results-not-a-mapping"),
+    pytest.param(_set("top1", float("nan")), "is not valid JSON (NaN is not a number JSON allows", id="results-nan"),
+    pytest.param(_set("top1", "high"), "'top1' must be a finite number, got 'high'", id="results-top1-text"),
+    pytest.param(_set("top1", 3.5), "'top1' must be at most 1", id="results-top1-above-one"),
+    pytest.param(lambda d: d.pop("num_classes"), "lacks 'num_classes'", id="results-missing-key"),
+    pytest.param(_set("num_classes", 10**12), "'num_classes' must be at most", id="results-huge-class-count"),
+    pytest.param(lambda d: d["classes"].__setitem__(1, d["classes"][0]), "'classes' names", id="results-class-twice"),
+    pytest.param(lambda d: d["per_class_top1"].pop(), "'per_class_top1' must have 6 entries",
+                 id="results-per-class-length"),
+    pytest.param(lambda d: d["preprocess"].__setitem__("std", [0, 0.2, 0.2]), "'preprocess'.std[0] must be",
+                 id="results-zero-std"),
+    pytest.param(_set("rule", "vote"), "'rule' is 'vote', which is not in 'rules'", id="results-unknown-rule"),
+]
+
+
+@pytest.mark.parametrize("damage, words", RESULTS_CASES)
+def test_damaged_results_json(damage, words, run):
+    path = run / "results.json"
+    path.write_bytes(damage) if isinstance(damage, bytes) else _edit_json(path, damage)
+    with pytest.raises(CCNError) as err:
+        read_results(run)
+    _one_line(err, str(path), words)
+
+
+# ---------------------------------------------------------------- hierarchy.json
+
+def _groups(change):
+    def edit(d):
+        d.pop("tree")
+        change(d["groups"], d["classes"])
+    return edit
+
+
+HIERARCHY_CASES = [
+    pytest.param(_groups(lambda g, c: g[1].append(g[0][0])), "is in groups 1 and 2", id="hierarchy-class-in-two-groups"),
+    pytest.param(_groups(lambda g, c: max(g, key=len).pop()), "are in no group", id="hierarchy-class-in-no-group"),
+    pytest.param(_groups(lambda g, c: g[0].append("zebra")), "names 'zebra', which is not in 'classes'",
+                 id="hierarchy-unknown-class"),
+    pytest.param(lambda d: d["classes"].__setitem__(1, d["classes"][0]), "'classes' names", id="hierarchy-class-name-twice"),
+    pytest.param(_groups(lambda g, c: g.append([])), "must not be empty", id="hierarchy-empty-group"),
+    pytest.param(lambda d: d["tree"].reverse(), "'groups' and 'tree' do not hold the same", id="hierarchy-tree-disagrees"),
+    pytest.param(lambda d: d.__setitem__("classes", ["only"]), "at least 2 classes", id="hierarchy-one-class"),
+    pytest.param(lambda d: d["distances"].pop(), "'distances' must have 6 entries", id="hierarchy-distances-shape"),
+    pytest.param(lambda d: d["merges"][0].__setitem__(0, -7.0), "'merges' is not a valid merge tree",
+                 id="hierarchy-merges-invalid"),
+    pytest.param(lambda d: d["how"].__setitem__("coarse_ari", "high"), "'how'.coarse_ari must be a finite number",
+                 id="hierarchy-coarse-ari-text"),
+    pytest.param(lambda d: d.__setitem__("tree", [[[["g0_c0"]]]]), "must be a list of class names",
+                 id="hierarchy-nested-too-deep"),
+    pytest.param(b'{"classes": ["a", "b"], "groups": [["a", "b"]', "is not valid JSON", id="hierarchy-truncated"),
+]
+
+
+@pytest.mark.parametrize("damage, words", HIERARCHY_CASES)
+def test_damaged_hierarchy_json(damage, words, run):
+    path = run / "hierarchy.json"
+    path.write_bytes(damage) if isinstance(damage, bytes) else _edit_json(path, damage)
+    with pytest.raises(CCNError) as err:
+        Hierarchy.load(path)
+    _one_line(err, str(path), words)
+
+
+def test_run_files_that_disagree(run):
+    """hierarchy.json of other classes, or missing in a ccn run: load_run says which files disagree."""
+    _edit_json(run / "hierarchy.json", lambda d: d.__setitem__("classes", [c + "x" for c in d["classes"]]) or
+               d.__setitem__("groups", [[c + "x" for c in g] for g in d["groups"]]) or d.pop("tree"))
+    with pytest.raises(CCNError) as err:
+        load_run(run)
+    _one_line(err, "hierarchy.json and results.json name different classes")
+    (run / "hierarchy.json").unlink()
+    with pytest.raises(CCNError) as err:
+        load_run(run)
+    _one_line(err, "says method.name=ccn but", "has no hierarchy.json")
+
+
+def test_edited_config_yaml_of_a_run_names_the_file(run):
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("lr: 0.05", "lr: .nan"))
+    with pytest.raises(ConfigError) as err:
+        load_run(run)
+    _one_line(err, str(run / "config.yaml"), "train.lr must be a finite number")
+
+
+def test_truncated_weights(run):
+    path = run / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CCNError) as err:
+        load_run(run)
+    _one_line(err, "cannot read weights", "missing or damaged")
+
+
+# ---------------------------------------------------------------- checkpoint header
+
+def _state(change):
+    def edit(header):
+        state = json.loads(header["__metadata__"]["ccn_state"])
+        change(state)
+        header["__metadata__"]["ccn_state"] = json.dumps(state)
+    return edit
+
+
+def _rewrite_header(path, edit):
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    edit(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + size:])
+
+
+CHECKPOINT_CASES = [
+    pytest.param(_state(lambda s: s.__setitem__("epoch", "two")), "'epoch' must be a whole number", id="checkpoint-epoch-text"),
+    pytest.param(_state(lambda s: s.__setitem__("seconds", float("nan"))), "NaN is not a number JSON allows",
+                 id="checkpoint-nan-seconds"),
+    pytest.param(_state(lambda s: s.__setitem__("stage", "warp")), "'stage' must be one of", id="checkpoint-unknown-stage"),
+    pytest.param(_state(lambda s: s.pop("optimizer")), "lacks 'optimizer'", id="checkpoint-missing-optimizer"),
+    pytest.param(_state(lambda s: s["optimizer"]["param_groups"][0].__setitem__("lr", -1)), ".lr must be 0 or more",
+                 id="checkpoint-negative-lr"),
+    pytest.param(lambda h: h["__metadata__"].pop("ccn_state"), "has no ccn training state", id="checkpoint-no-state"),
+    pytest.param(lambda h: h["__metadata__"].__setitem__("ccn_state", "{"), "is not valid JSON",
+                 id="checkpoint-state-not-json"),
+    pytest.param(lambda h: h.__setitem__("rng.other", h.pop("rng.torch")), "'rng.torch'", id="checkpoint-missing-rng"),
+    pytest.param(lambda h: h["rng.torch"].__setitem__("shape", [10**12]), "cannot read checkpoint",
+                 id="checkpoint-tensor-shape-edited"),
+    pytest.param(None, "cannot read checkpoint", id="checkpoint-truncated"),
+]
+
+
+@pytest.mark.parametrize("edit, words", CHECKPOINT_CASES)
+def test_damaged_checkpoint(edit, words, run):
+    path = run / "checkpoint.safetensors"
+    if edit is None:
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        _rewrite_header(path, edit)
+    with pytest.raises(CCNError) as err:
+        read_training_state(path)
+    _one_line(err, str(path), words)
+
+
+@pytest.fixture
+def resumable(run):
+    """A MethodRun of the tiny run's config whose resume() reads run/checkpoint.safetensors."""
+    from ccn import config as cfgmod
+    from ccn.dist import World
+    from ccn.pipeline import MethodRun
+    return MethodRun(cfgmod.load(run / "config.yaml"), run, RunLog(None, stream=io.StringIO()), World(), None)
+
+
+@pytest.mark.parametrize("change, words", [
+    pytest.param(lambda s: s.__setitem__("epoch", 9), "after the run's last epoch", id="checkpoint-epoch-beyond-run"),
+    pytest.param(lambda s: s.__setitem__("stage", "probe"), "at stage 'probe' but has groups", id="checkpoint-stage-and-groups"),
+    pytest.param(lambda s: s["hierarchy"]["groups"][0].append(s["hierarchy"]["groups"][1][0]) or s["hierarchy"].pop("tree"),
+                 "the hierarchy in checkpoint", id="checkpoint-bad-partition"),
+    pytest.param(lambda s: s["optimizer"]["param_groups"][0].__setitem__("params", [0]), "does not fit this run",
+                 id="checkpoint-optimizer-of-another-model"),
+])
+def test_checkpoint_that_does_not_fit_the_run(change, words, run, resumable):
+    _rewrite_header(run / "checkpoint.safetensors", _state(change))
+    with pytest.raises(CCNError) as err:
+        resumable.resume()
+    _one_line(err, words)
+
+
+# ---------------------------------------------------------------- metrics.jsonl
+
+def test_torn_and_damaged_metrics_lines_are_dropped_on_resume(run):
+    path = run / "metrics.jsonl"
+    rows = path.read_text().splitlines()
+    path.write_bytes(("\n".join([rows[0], "\xff garbage", "[1, 2]", rows[1][:20]])).encode("utf-8", "surrogateescape"))
+    out = io.StringIO()
+    RunLog(run, stream=out).truncate(2)
+    assert path.read_text().splitlines() == [rows[0]]
+    assert "dropped 3 damaged line(s)" in out.getvalue()
+
+
+# ---------------------------------------------------------------- grid files
+
+GRID = "base: {data: {name: synthetic, num_classes: 6, num_groups: 2}, train: {epochs: 3}}\n"
+GRID_CASES = [
+    pytest.param(GRID + "variants: []\n", "variants is empty", id="grid-empty-variants"),
+    pytest.param(GRID + "variants: {}\n", "variants is empty", id="grid-empty-variant-mapping"),
+    pytest.param(GRID + "variants: {flat: , wide: 5}\n", "variant 'wide': its overrides must be a mapping",
+                 id="grid-overrides-not-mapping"),
+    pytest.param(GRID + "variants: [1, 2]\n", "variants must be a list of distinct names", id="grid-numeric-variant-names"),
+    pytest.param(GRID + "variants: [flat, ccn, flat]\n", "variants must be a list of distinct names",
+                 id="grid-repeated-variant"),
+    pytest.param(GRID + "seeds: [true, false]\n", "seeds must be a list", id="grid-bool-seeds"),
+    pytest.param(GRID + "seeds: [-1, 0]\n", "from 0 to 4294967295", id="grid-negative-seed"),
+    pytest.param(GRID + f"seeds: {list(range(1001))}\n", "seeds must be a list of 1 to 1000", id="grid-too-many-seeds"),
+    pytest.param("base: 5\n", "base must be a mapping", id="grid-base-not-mapping"),
+    pytest.param(GRID + "reference: [flat]\n", "reference variant ['flat'] is not in", id="grid-reference-not-text"),
+    pytest.param(GRID + "seeds: [0]\nseeds: [1]\n", "key 'seeds' appears twice", id="grid-duplicate-key"),
+    pytest.param(GRID + "variants: {g: {method: {groups: 2, threshold: 0.3}}, flat: }\n",
+                 "variant 'g': method.groups and method.threshold cannot both be set", id="grid-variant-silent-override"),
+]
+
+
+@pytest.mark.parametrize("text, words", GRID_CASES)
+def test_bad_grid_files(text, words, tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_grid(path)
+    _one_line(err, words)
+
+
+def test_damaged_grid_yaml_in_an_experiment_folder(tmp_path):
+    from ccn.experiment import _claim_folder
+    path = tmp_path / "g.yaml"
+    path.write_text(GRID + "variants: [flat, ccn]\nseeds: [0]\n")
+    grid = load_grid(path)
+    _claim_folder(tmp_path / "exp", grid)
+    saved = tmp_path / "exp" / "grid.yaml"
+    for damage in (b"base: {data: [\n", b"\x00\x01binary"):
+        saved.write_bytes(damage)
+        with pytest.raises(CCNError) as err:
+            _claim_folder(tmp_path / "exp", grid)
+        _one_line(err, str(saved), "is damaged", "restore it")
+        assert saved.read_bytes() == damage  # the user's file is left as it was
+
+
+# ---------------------------------------------------------------- command line (few: each costs a process)
+
+def _clean_exit_2(result, *words):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("top", [pytest.param("0", id="predict-top-0"), pytest.param("-1", id="predict-top-negative")])
+def test_predict_top_must_be_positive(top, run, tmp_path):
+    from PIL import Image
+    Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
+    _clean_exit_2(run_cli("predict", str(run), str(tmp_path / "x.png"), "--top", top), f"--top {top}", "1 or more")
+
+
+def test_cli_damaged_files_are_one_line(run, tmp_path):
+    """The same readers through the command line: config, results.json, hierarchy.json, checkpoint."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"train: {epochs: 3}\ntrain: {epochs: 4}\n")
+    _clean_exit_2(run_cli("train", "--config", str(bad), "--out", str(tmp_path / "r")), "appears twice")
+    assert not (tmp_path / "r").exists()
+    (run / "hierarchy.json").write_text('{"classes": ["a", "a"], "groups": [["a"]]}')
+    _clean_exit_2(run_cli("clusters", str(run)), "hierarchy.json", "'classes' names 'a' twice")
+    (run / "results.json").write_text("[]")
+    _clean_exit_2(run_cli("evaluate", str(run)), "results.json", "must be a mapping")
+    (run / "results.json").unlink()
+    _rewrite_header(run / "checkpoint.safetensors", _state(lambda s: s.__setitem__("step", -5)))
+    _clean_exit_2(run_cli("train", "--resume", str(run)), "checkpoint", "'step' must be 0 or more")
