@@ -299,3 +299,35 @@ def test_cli_damaged_files_are_one_line(run, tmp_path):
     (run / "results.json").unlink()
     _rewrite_header(run / "checkpoint.safetensors", _state(lambda s: s.__setitem__("step", -5)))
     _clean_exit_2(run_cli("train", "--resume", str(run)), "checkpoint", "'step' must be 0 or more")
+
+
+def test_results_of_another_run_in_a_grid_folder(tiny_run, tmp_path):
+    """A results.json copied in from elsewhere (other rules or classes) is named, not averaged in."""
+    from types import SimpleNamespace
+
+    from ccn.report import summarise
+    for seed in (0, 1):
+        shutil.copytree(tiny_run, tmp_path / "runs" / f"ccn-s{seed}")
+    _edit_json(tmp_path / "runs" / "ccn-s1" / "results.json", lambda d: d["rules"].pop("blend"))
+    grid = SimpleNamespace(variants={"ccn": {}}, seeds=[0, 1], reference="ccn")
+    with pytest.raises(CCNError) as err:
+        summarise(grid, tmp_path)
+    _one_line(err, str(tmp_path / "runs" / "ccn-s1" / "results.json"), "not this grid's run")
+
+
+@pytest.mark.parametrize("extra, words", [
+    pytest.param(["data.train_per_class=30"], "the training loss became nan in epoch 1", id="nan-loss-in-epoch-1"),
+    pytest.param([], "the network's outputs are not finite after epoch 1, so classes cannot be grouped",
+                 id="non-finite-outputs-at-clustering"),
+])
+def test_diverging_run_stops_with_one_line(extra, words, tmp_path):
+    """lr=1e30: the loss turns nan in epoch 1, or (one step per epoch) the loss stays finite but the
+    outputs overflow before clustering. Before any checkpoint exists, none is claimed to be kept."""
+    from ccn import config as cfgmod
+    from ccn.pipeline import run_training
+    from conftest import TINY_RUN
+    config = cfgmod.load(None, [*TINY_RUN, "train.lr=1e30", *extra])
+    with pytest.raises(CCNError) as err:
+        run_training(config, tmp_path, RunLog(tmp_path, stream=io.StringIO()))
+    _one_line(err, words, "lower train.lr")
+    assert "checkpoint" not in str(err.value) and not (tmp_path / "checkpoint.safetensors").exists()

@@ -147,6 +147,8 @@ VALUE_CASES = [
                  id="num-classes-not-synthetic"),
     pytest.param(["data.name=synthetic", "data.num_classes=4", "data.num_groups=5"],
                  "data.num_groups (5) must not exceed data.num_classes (4)", id="more-planted-groups-than-classes"),
+    pytest.param(["data.name=synthetic", "data.num_classes=10000", "data.image_size=512"], "would need",
+                 id="synthetic-too-big-for-memory"),
     pytest.param(["device=cuda:x"], "device='cuda:x' is not allowed", id="bad-cuda-index"),
 ]
 

@@ -412,6 +412,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.randaugment_m must lie between 0 and 30 (magnitude bins), got {d.randaugment_m}")
     if d.num_groups > d.num_classes:
         raise ConfigError(f"data.num_groups ({d.num_groups}) must not exceed data.num_classes ({d.num_classes})")
+    if d.name == "synthetic":
+        _check_synthetic_size(d)
     if meth.depth > 2:
         raise ConfigError(f"method.depth={meth.depth}: only depth 1 (groups) and 2 (groups split once more) are "
                           "implemented; use method.depth=2")
@@ -442,6 +444,20 @@ def _all_values(config: Config):
             yield from ((f"{f.name}.{g.name}", getattr(value, g.name)) for g in dataclasses.fields(value))
         else:
             yield f.name, value
+
+
+MAX_SYNTHETIC_BYTES = 2 * 2**30
+
+
+def _check_synthetic_size(d: DataConfig) -> None:
+    """Each key is within its range, but together they could still ask for more memory than a machine has."""
+    size = d.image_size or 16
+    images = d.num_classes * ((d.train_per_class or 100) + (d.test_per_class or 50))
+    need = images * size * size * 3 * 4  # float32 while the images are made
+    if need > MAX_SYNTHETIC_BYTES:
+        raise ConfigError(f"data.name=synthetic with {d.num_classes} classes x {images // d.num_classes} images of "
+                          f"{size}px would need {need / 2**30:.0f} GiB while generated: lower data.num_classes, "
+                          "data.image_size or data.train_per_class / data.test_per_class")
 
 
 def _check_milestones(milestones: list) -> None:

@@ -24,8 +24,8 @@ from typing import Optional
 import yaml
 
 from ccn import config as cfgmod
-from ccn.errors import CCNError, ConfigError
 from ccn.checkpoint import atomic_write
+from ccn.errors import CCNError, ConfigError
 from ccn.locks import FolderLock
 from ccn.progress import echo, progress_bar
 from ccn.runs import NewRun, read_results, resumed_run

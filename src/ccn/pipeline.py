@@ -238,7 +238,8 @@ class MethodRun:
         for epoch in range(self.first_epoch, config.train.epochs + 1):
             stats = self.trainer.train_epoch(self.data.train, epoch)
             if not math.isfinite(stats["loss"]):
-                kept = "the checkpoint of the last good epoch is kept; " if self._checkpoint_path() else ""
+                saved = self._checkpoint_path()  # none before the first epoch ends: say "kept" only when true
+                kept = "the checkpoint of the last good epoch is kept; " if saved is not None and saved.exists() else ""
                 raise CCNError(f"the training loss became {stats['loss']} in epoch {epoch}: {kept}lower train.lr "
                                "(or add train.warmup_epochs) and run again")
             row_stage = self.stage
@@ -260,6 +261,9 @@ class MethodRun:
         """Step 2, then the three-level head of step 3 on the same features."""
         tick = time.perf_counter()
         profiles = flat_profiles(self.model, self.data.probe, self.ds.num_classes, self.precision)
+        if not bool(torch.isfinite(profiles).all()):  # the loss can stay finite while the outputs overflow
+            raise CCNError(f"the network's outputs are not finite after epoch {epoch}, so classes cannot be grouped: "
+                           "lower train.lr (or add train.warmup_epochs) and run again")
         self.hierarchy = form_groups(self.config, profiles, self.ds, epoch)
         self.cluster_seconds = time.perf_counter() - tick
         torch.manual_seed(self.config.seed + 1)  # new heads start the same for every partition of a seed

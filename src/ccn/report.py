@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy, agreement
 from ccn.plots import save_figure
 from ccn.checkpoint import atomic_write
@@ -78,6 +79,7 @@ def summarise(grid, out: Path) -> dict:
     variants, runs = {}, {}
     for name in grid.variants:
         results = [read_results(out / "runs" / f"{name}-s{seed}") for seed in grid.seeds]
+        _require_alike(out, name, grid.seeds, results, runs)
         runs[name] = results
         top1 = [r["top1"] for r in results]
         top5 = [r["top5"] for r in results]
@@ -100,6 +102,17 @@ def summarise(grid, out: Path) -> dict:
     return {"reference": grid.reference, "seeds": grid.seeds, "variants": variants, "paired": paired,
             "controls": paired_extra,
             "groups": group_statistics(grid, out, runs), "facts": _facts(runs)}
+
+
+def _require_alike(out: Path, name: str, seeds: list, results: list[dict], earlier: dict) -> None:
+    """Every run of a grid must score the same classes, and every seed of a variant the same rules:
+    a results.json from elsewhere would otherwise be averaged in silently (or fail half-way)."""
+    first = next(iter(earlier.values()))[0] if earlier else results[0]
+    for seed, r in zip(seeds, results):
+        if r["num_classes"] != first["num_classes"] or set(r["rules"]) != set(results[0]["rules"]):
+            raise CCNError(f"{out / 'runs' / f'{name}-s{seed}' / 'results.json'} scores other classes or rules than "
+                           "the grid's other runs: it is not this grid's run; delete that run folder and rerun to "
+                           "train it again")
 
 
 def _hierarchy(out: Path, name: str, seed: int) -> Optional[Hierarchy]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ccn.checkpoint import atomic_write, fault_point
-from ccn.errors import WriteError
+from ccn.errors import CCNError, WriteError
 
 
 class RunLog:
@@ -59,7 +59,10 @@ class RunLog:
         path = self.out_dir / "metrics.jsonl" if self.enabled and self.out_dir is not None else None
         if path is None or not path.exists():
             return
-        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        try:
+            lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        except OSError as err:
+            raise CCNError(f"cannot read {path} ({err.strerror or err}): move it aside to resume without it") from None
         kept = [line for line in lines if _row_epoch(line) is not None and _row_epoch(line) <= last_epoch]
         dropped = sum(1 for line in lines if line.strip() and _row_epoch(line) is None)
         if dropped:
