@@ -26,7 +26,7 @@ from ccn.hierarchy import Hierarchy
 from ccn.runs import read_results
 from ccn.tracking import RunLog
 
-FUZZ = settings(max_examples=40, deadline=2000, derandomize=True,
+FUZZ = settings(max_examples=40, deadline=2000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 SECONDS_PER_EXAMPLE = 5
 

@@ -186,7 +186,7 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist: check the path")
-    fix = "pass a YAML file such as configs/digits.yaml"
+    fix = "pass a YAML text file saved as UTF-8, such as configs/digits.yaml"
     try:
         raw = parse_yaml(read_text(path, "config file", fix, limit=MAX_CONFIG_BYTES))
     except CCNError as err:
