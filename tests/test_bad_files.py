@@ -331,3 +331,31 @@ def test_diverging_run_stops_with_one_line(extra, words, tmp_path):
         run_training(config, tmp_path, RunLog(tmp_path, stream=io.StringIO()))
     _one_line(err, words, "lower train.lr")
     assert "checkpoint" not in str(err.value) and not (tmp_path / "checkpoint.safetensors").exists()
+
+
+# ---------------------------------------------------------------- method.groups_file
+
+CHAIN = {"nodes": [{"id": i} for i in range(5000)] + [{"id": "x", "label": "a"}, {"id": "y", "label": "b"}],
+         "links": [{"source": i, "target": i + 1} for i in range(4999)]
+         + [{"source": 4999, "target": "x"}, {"source": 4999, "target": "y"}]}
+
+
+@pytest.mark.parametrize("content, words", [
+    pytest.param('{"groups": ' + "[" * 100_000 + "]" * 100_000 + "}", "is not readable JSON",
+                 id="groups-file-deep-nesting"),
+    pytest.param(json.dumps(CHAIN), "nested too deeply", id="groups-file-deep-chain"),
+    pytest.param(json.dumps({"groups": [["a", "b"], [], ["c"]]}), "has a group with no class in it",
+                 id="groups-file-empty-group"),
+    pytest.param(json.dumps({"tree": [["a", ["b", []]], ["c"]]}), "has a group with no class in it",
+                 id="groups-file-empty-sub-group"),
+    pytest.param(b'{"groups": [["a\xff"]]}', "is not UTF-8 text", id="groups-file-not-utf8"),
+    pytest.param('{"groups": [["a", "b"], ["c", NaN]]}', "NaN is not a number JSON allows", id="groups-file-nan"),
+])
+def test_bad_groups_file(content, words, tmp_path):
+    from ccn.hierarchy import read_groups_file
+    path = tmp_path / "groups.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    classes = ["a", "b"] if content == json.dumps(CHAIN) else ["a", "b", "c"]
+    with pytest.raises(CCNError) as err:
+        read_groups_file(path, classes, whole_tree=True)
+    _one_line(err, "method.groups_file", str(path), words)

@@ -273,3 +273,33 @@ def test_metrics_jsonl_damaged_is_cleaned_on_resume(data, run, tiny_run):
         RunLog(run, stream=io.StringIO()).truncate(1)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(row["epoch"] <= 1 for row in rows)
+
+
+# ---------------------------------------------------------------- method.groups_file (a partition the user brings)
+
+
+def nbdt_graph(names) -> dict:
+    """A small NBDT-style node-link graph: root -> two inner nodes -> the classes."""
+    half = len(names) // 2
+    nodes = [{"id": "root"}, {"id": "a"}, {"id": "b"}] + [{"id": f"n{i}", "label": n} for i, n in enumerate(names)]
+    links = [{"source": "root", "target": "a"}, {"source": "root", "target": "b"}]
+    links += [{"source": "a" if i < half else "b", "target": f"n{i}"} for i in range(len(names))]
+    return {"nodes": nodes, "links": links}
+
+
+@FUZZ
+@given(data=st.data())
+def test_groups_file_damaged(data, run, tiny_run):
+    from ccn.hierarchy import read_groups_file
+    classes = json.loads(original(tiny_run, "hierarchy.json"))["classes"]
+    source = data.draw(st.sampled_from(["hierarchy", "nbdt"]))
+    valid = json.loads(original(tiny_run, "hierarchy.json")) if source == "hierarchy" else nbdt_graph(classes)
+    path = run / "groups.json"
+    if data.draw(st.booleans()):
+        path.write_text(json_text(data.draw(damaged_value(valid))))
+    else:
+        path.write_bytes(data.draw(damaged_bytes(json.dumps(valid).encode())))
+    whole_tree = data.draw(st.booleans())
+    tree = loads_or_refuses(lambda: read_groups_file(path, classes, whole_tree))
+    if tree is not None:
+        Hierarchy(classes, tree)  # a partition of exactly these classes, no empty group

@@ -56,14 +56,15 @@ def read_text(path: Path, what: str, fix: str, limit: int = MAX_JSON_BYTES) -> s
         raise CCNError(f"{what} {path} is not UTF-8 text (byte {err.start}): {fix}") from None
 
 
-def _refuse_constant(name: str):
+def refuse_constant(name: str):
+    """json.loads(parse_constant=...): NaN, Infinity and -Infinity are not numbers a ccn file holds."""
     raise ValueError(f"{name} is not a number JSON allows")
 
 
 def parse_json(text: str, source, fix: str) -> Any:
     """json.loads that refuses NaN/Infinity and names `source` when the text is not JSON."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=refuse_constant)
     except ValueError as err:  # JSONDecodeError is a ValueError; so is a refused constant
         raise CCNError(f"{source} is not valid JSON ({err}): {fix}") from None
     except RecursionError:

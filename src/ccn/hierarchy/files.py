@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ccn.errors import ConfigError
+from ccn.errors import CCNError, ConfigError
+from ccn.hierarchy.tree import _has_empty_node
+from ccn.validate import checked, read_text, refuse_constant
 
 
 def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool) -> list:
@@ -24,11 +26,20 @@ def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool) -> 
     if not path.is_file():
         what = "a folder" if path.is_dir() else "missing"
         raise ConfigError(f"method.groups_file={path} is {what}: give a hierarchy.json or an NBDT graph JSON file")
+    fix = "give a hierarchy.json or an NBDT graph JSON file"
+    try:  # size, binary and encoding are checked as for every file ccn reads
+        text = read_text(path, "method.groups_file", fix)
+    except CCNError as err:
+        raise ConfigError(str(err)) from None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"method.groups_file={path} is not readable JSON ({err}): give a hierarchy.json or an "
-                          "NBDT graph JSON file") from None
+        data = json.loads(text, parse_constant=refuse_constant)
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply to parse
+        raise ConfigError(f"method.groups_file={path} is not readable JSON ({err or 'nested too deeply'}): {fix}") from None
+    with checked(f"method.groups_file={path}", fix):  # a tree too deep for the recursive walks below
+        return _groups_from(data, path, classes, whole_tree)
+
+
+def _groups_from(data, path: Path, classes: list[str], whole_tree: bool) -> list:
     if isinstance(data, dict) and "nodes" in data and "links" in data:
         named = _node_link_tree(data, path)
     elif isinstance(data, dict) and ("tree" in data or "groups" in data):
@@ -39,7 +50,10 @@ def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool) -> 
     tree = _collapse(_index_tree(named, classes, path))
     if not isinstance(tree, list):
         raise ConfigError(f"method.groups_file={path} holds a single class: a partition needs at least two")
-    return tree if whole_tree else [_leaves(node) for node in tree]
+    tree = tree if whole_tree else [_leaves(node) for node in tree]
+    if _has_empty_node(tree):
+        raise ConfigError(f"method.groups_file={path} has a group with no class in it: remove the empty group")
+    return tree
 
 
 def _node_link_tree(data: dict, path: Path) -> list:

@@ -45,6 +45,11 @@ def tree_depth(node) -> int:
     return 0 if not isinstance(node, list) else 1 + max(tree_depth(child) for child in node)
 
 
+def _has_empty_node(node) -> bool:
+    """Whether the nested-list tree has an empty list (a group or sub-group of no class) anywhere."""
+    return isinstance(node, list) and (not node or any(_has_empty_node(child) for child in node))
+
+
 def _map_tree(node, fn):
     return [_map_tree(child, fn) for child in node] if isinstance(node, list) else fn(node)
 
@@ -64,6 +69,8 @@ class Hierarchy:
     merges: Optional[np.ndarray] = None
 
     def __post_init__(self):
+        if _has_empty_node(self.tree):  # a group (or sub-group) of no class would get a softmax over nothing
+            raise ConfigError("a group of the partition holds no class: every group needs at least one")
         group_index(self.groups, len(self.classes))  # raises unless every class is in exactly one group
 
     @property
