@@ -8,7 +8,6 @@ import shutil
 import struct
 
 import pytest
-import yaml
 
 from ccn.checkpoint import read_training_state
 from ccn.errors import CCNError, ConfigError
