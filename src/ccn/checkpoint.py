@@ -173,24 +173,15 @@ def read_training_state(path: Path) -> tuple[dict, dict]:
         raise CCNError(f"checkpoint {path} has no ccn training state in its header: {CHECKPOINT_FIX}")
     state = parse_json(meta[_STATE_KEY], f"the training state in checkpoint {path}", CHECKPOINT_FIX)
     with checked(f"checkpoint {path}", CHECKPOINT_FIX):
-        check_training_state(tensors, state)
+        _check_restorable(tensors, state)
     return tensors, state
 
 
-def check_training_state(tensors: dict, state) -> None:
-    """Invalid unless the header's state and the tensors hold what a resume reads."""
+def _check_restorable(tensors: dict, state) -> None:
+    """Invalid unless the state holds what restore_training_state reads: optimizer and RNG state."""
     require_mapping(state, "its training state")
-    require_keys(state, ["epoch", "step", "stage", "hierarchy", "cluster_seconds", "seconds", "config", "optimizer"],
-                 "its training state")
-    require_int(state["epoch"], "'epoch'", 1)
-    require_int(state["step"], "'step'", 0)
-    require_str(state["stage"], "'stage'", STAGES)
-    for key in ("cluster_seconds", "seconds"):
-        require_number(state[key], f"'{key}'", 0)
-    require_mapping(state["config"], "'config'")
-    if state["hierarchy"] is not None:
-        require_mapping(state["hierarchy"], "'hierarchy'")
-    optimizer = require_keys(require_mapping(state["optimizer"], "'optimizer'"), ["param_groups", "state"], "'optimizer'")
+    optimizer = require_keys(state, ["optimizer"], "its training state")["optimizer"]
+    require_keys(require_mapping(optimizer, "'optimizer'"), ["param_groups", "state"], "'optimizer'")
     for i, group in enumerate(require_list(optimizer["param_groups"], "'optimizer'.param_groups", min_length=1)):
         where = f"'optimizer'.param_groups[{i}]"
         require_keys(require_mapping(group, where), ["params", "lr"], where)
@@ -205,6 +196,22 @@ def check_training_state(tensors: dict, state) -> None:
     for name in tensors:
         if name.startswith("optim.") and (name.count(".") < 2 or not name.split(".")[1].isdigit()):
             raise Invalid(f"its tensor {name!r} is not an optimizer state this version writes")
+
+
+def check_run_state(state: dict, path: Path) -> None:
+    """CCNError naming the checkpoint unless its state holds what a resumed run reads: the epoch,
+    step, stage, groups, timings and config it was saved with."""
+    with checked(f"checkpoint {path}", CHECKPOINT_FIX):
+        require_keys(state, ["epoch", "step", "stage", "hierarchy", "cluster_seconds", "seconds", "config"],
+                     "its training state")
+        require_int(state["epoch"], "'epoch'", 1)
+        require_int(state["step"], "'step'", 0)
+        require_str(state["stage"], "'stage'", STAGES)
+        for key in ("cluster_seconds", "seconds"):
+            require_number(state[key], f"'{key}'", 0)
+        require_mapping(state["config"], "'config'")
+        if state["hierarchy"] is not None:
+            require_mapping(state["hierarchy"], "'hierarchy'")
 
 
 def restore_training_state(tensors: dict, state: dict, model: torch.nn.Module,

@@ -23,7 +23,8 @@ import torch
 
 from ccn import config as cfgmod
 from ccn.config import Config
-from ccn.checkpoint import STATE_FILE, fault_point, read_training_state, restore_training_state, save_training_state
+from ccn.checkpoint import (STATE_FILE, check_run_state, fault_point, read_training_state, restore_training_state,
+                            save_training_state)
 from ccn.data import ImageDataset, load_dataset
 from ccn.data.base import split_per_class
 from ccn.data.augment import Augment, Normalize
@@ -353,6 +354,7 @@ class MethodRun:
             self.log.truncate(0)
             return
         tensors, state = read_training_state(path)
+        check_run_state(state, path)
         if state["config"] != self.config.to_dict():
             raise CCNError(f"{path} was saved with another configuration than {path.parent / 'config.yaml'}: "
                            "restore that file, or start a new run")
