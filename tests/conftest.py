@@ -51,12 +51,11 @@ def tiny_run(tmp_path_factory) -> Path:
 
     from ccn import config as cfgmod
     from ccn.pipeline import run_training
-    from ccn.runs import prepare_run_dir, start_run_dir
+    from ccn.runs import NewRun
     from ccn.tracking import RunLog
 
     out = tmp_path_factory.mktemp("tiny") / "run"
     config = cfgmod.load(None, TINY_RUN)
-    prepare_run_dir(out)
-    start_run_dir(out, config)
-    run_training(config, out, RunLog(out, stream=io.StringIO()))
+    with NewRun(out) as run:
+        run_training(config, out, RunLog(out, stream=io.StringIO()), on_start=lambda: run.start(config))
     return out

@@ -259,6 +259,7 @@ def test_damaged_grid_yaml_in_an_experiment_folder(tmp_path):
     path = tmp_path / "g.yaml"
     path.write_text(GRID + "variants: [flat, ccn]\nseeds: [0]\n")
     grid = load_grid(path)
+    (tmp_path / "exp").mkdir()  # run_grid makes and locks the folder before it claims it
     _claim_folder(tmp_path / "exp", grid)
     saved = tmp_path / "exp" / "grid.yaml"
     for damage in (b"base: {data: [\n", b"\x00\x01binary"):
