@@ -67,7 +67,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warm-up from lr/10
     milestones: list = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of the run
     gamma: float = 0.1  # step: factor at each milestone
-    bf16: bool = True  # autocast in bfloat16 on CUDA; ignored on CPU
+    bf16: Optional[bool] = None  # bfloat16 autocast; None: on for CUDA, off on CPU; true/false honoured on both
+    ema: float = 0.0  # decay of an average of the weights, scored and saved beside them (e.g. 0.999); 0: off
     channels_last: bool = True  # NHWC memory format on CUDA and CPU (faster on both); ignored on mps
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch.use_deterministic_algorithms
@@ -288,6 +289,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.randaugment_n must lie between 0 and 14 operations per image, got {d.randaugment_n}")
     if not 0 <= d.randaugment_m <= 30:
         raise ConfigError(f"data.randaugment_m must lie between 0 and 30 (magnitude bins), got {d.randaugment_m}")
+    if not 0 <= t.ema < 1:
+        raise ConfigError(f"train.ema is the decay of the weight average and must be 0 (off) or in [0, 1), got {t.ema}")
     if not 0 < meth.holdout_fraction < 1:
         raise ConfigError(f"method.holdout_fraction must lie strictly between 0 and 1, got {meth.holdout_fraction}")
     if d.num_classes < 2 or d.num_groups < 1 or d.num_groups > d.num_classes:

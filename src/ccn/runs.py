@@ -68,7 +68,7 @@ def resume_run_dir(path: Path) -> Optional[Config]:
     if (path / "results.json").is_file():
         return None
     for stale in path.glob(".*.tmp"):  # a save that was killed half-way; the file it replaced is intact
-        stale.unlink()
+        stale.unlink(missing_ok=True)  # under torchrun every rank cleans up: another may have been first
     return cfgmod.load(path / "config.yaml")
 
 

@@ -21,8 +21,9 @@ class _ShakeDropFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, keep_prob):
         shape = (x.shape[0], 1, 1, 1)
-        gate = torch.bernoulli(torch.full(shape, keep_prob, device=x.device, dtype=x.dtype))
-        alpha = torch.empty(shape, device=x.device, dtype=x.dtype).uniform_(-1, 1)
+        # drawn in float32: under bf16 autocast a keep probability such as 0.999 would round to 1.0
+        gate = torch.bernoulli(torch.full(shape, keep_prob, device=x.device, dtype=torch.float32)).to(x.dtype)
+        alpha = torch.empty(shape, device=x.device, dtype=torch.float32).uniform_(-1, 1).to(x.dtype)
         ctx.save_for_backward(gate)
         return x * (gate + alpha - gate * alpha)
 
