@@ -148,6 +148,7 @@ def test_probe_set_train_puts_the_training_images_on_the_device_once():
     assert data.probe.images is data.train.images and data.probe.labels is data.train.labels
 
 
+@pytest.mark.slow
 def test_a_cpu_run_with_bf16_autocast_trains_and_scores(tmp_path):
     from ccn.pipeline import run_training
     config = cfgmod.load(None, ["data.train_per_class=30", "data.test_per_class=10", "model.width=8",
@@ -156,3 +157,64 @@ def test_a_cpu_run_with_bf16_autocast_trains_and_scores(tmp_path):
     results = run_training(config, None)
     assert results["hierarchy"]["how"]["depth"] == 2
     assert results["top1"] > 0.3  # 10 classes: chance is 0.1
+
+
+def _scoring_setup(rank: int = 0, world: int = 1, batch: int = 7):
+    """A three-level head on random features: (model, test batches of this rank, group mask)."""
+    from ccn.data.augment import Normalize
+    from ccn.data.loader import TensorBatches
+    from ccn.heads import ThreeLevelHead
+
+    class Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = ThreeLevelHead(12, [[0, 3, 5], [1, 2], [4]])
+
+        def forward(self, x):
+            return self.head(x.flatten(1))
+
+    torch.manual_seed(0)
+    model = Features()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (45, 3, 2, 2), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 6, (45,), generator=g)
+    batches = TensorBatches(images, labels, batch, Normalize([0.5] * 3, [0.25] * 3), shuffle=False,
+                            drop_last=False, rank=rank, world_size=world)
+    return model, batches, model.head.mask
+
+
+def _whole_set_scores(model, batches, mask) -> dict:
+    """The scores computed at once over the whole set's outputs: what the batched tally must equal."""
+    from ccn.evaluate import group_metrics, model_outputs, per_class_accuracy, topk_accuracy
+    out, labels = model_outputs(model, batches)
+    soft = model.head.scores(out, "soft")
+    return {"top1": topk_accuracy(soft, labels, 1), "top5": topk_accuracy(soft, labels, 5),
+            "hard": topk_accuracy(model.head.scores(out, "hard"), labels, 1),
+            "per_class_top1": per_class_accuracy(soft, labels), **group_metrics(soft, labels, mask)}
+
+
+def _same_scores(tallied: dict, whole: dict) -> None:
+    assert tallied["top1"] == pytest.approx(whole["top1"]) and tallied["top5"] == pytest.approx(whole["top5"])
+    assert tallied["rules"]["hard"]["top1"] == pytest.approx(whole["hard"])
+    for key in ("per_class_top1", "per_group_top1", "group_acc", "within_acc"):
+        assert tallied[key] == pytest.approx(whole[key])
+
+
+def test_scores_tallied_batch_by_batch_equal_the_whole_set_scores():
+    from ccn.evaluate import score
+    model, batches, mask = _scoring_setup(batch=7)  # 45 images: a short last batch
+    _same_scores(score(model, batches, mask, "soft"), _whole_set_scores(model, *_scoring_setup(batch=45)[1:]))
+
+
+def _shares_worker(rank: int, world: int, init_file: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from ccn.evaluate import score
+        model, batches, mask = _scoring_setup(rank, world)
+        _same_scores(score(model, batches, mask, "soft"), _whole_set_scores(model, *_scoring_setup(batch=45)[1:]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_each_rank_scores_its_share_and_all_get_the_whole_set_scores(tmp_path):
+    torch.multiprocessing.spawn(_shares_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
