@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from bench_speed import bare_images_per_s, make_model, ours_images_per_s, plain_step, rotate_rounds, sync
+from ccn.dist import configure_backends
 
 MEAN, STD = np.array([0.49, 0.48, 0.45], np.float32), np.array([0.25, 0.24, 0.26], np.float32)
 
@@ -75,6 +76,7 @@ def peer_images_per_s(model, images_hwc, labels, batch, steps, workers, device=t
 def measure_peer(model_name: str, batch: int, steps: int, rounds: int, workers: int,
                  device: torch.device = torch.device("cpu")) -> dict:
     """Images/s per contender (bare, ours, peer) and round, and their medians."""
+    configure_backends(device, deterministic=False)  # cudnn.benchmark on CUDA for every contender, as in training
     g = torch.Generator().manual_seed(0)
     n = batch * (steps + 1)  # the peer's first batch is its untimed warm-up
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)

@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from ccn.config import TrainConfig
+from ccn.dist import configure_backends
 from ccn.data.augment import Augment, Normalize
 from ccn.data.loader import TensorBatches
 from ccn.heads import FlatHead, ThreeLevelHead
@@ -108,6 +109,7 @@ def clustering_seconds(num_classes: int) -> float:
 def measure_speed(model_name: str, batch: int, steps: int, rounds: int, classes: int = 100,
                   device: torch.device = torch.device("cpu")) -> dict:
     """Images/s per contender and round, their medians, and the paired ratios (see the module doc)."""
+    configure_backends(device, deterministic=False)  # cudnn.benchmark on CUDA for every contender, as in training
     g = torch.Generator().manual_seed(0)
     n = batch * steps
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)

@@ -12,6 +12,8 @@ DIR/device_check.log and covers, each section timed and recorded even when it fa
                  resume, depth 2 and the weight average run there on the GPU)
     benchmarks   bench_peer + bench_speed figures for ResNet-18, resnet9 and WRN-28-10 at batch 512
                  (bf16 on CUDA): images/s, ratio to a bare loop, ratio to the PIL + DataLoader peer
+    recipe_cost  our trainer's speed on PyramidNet-272 + ShakeDrop at batch 64: seconds per epoch and
+                 hours for the 1800 epochs of configs/cifar100_pyramidnet.yaml
     compile      one short torch.compile training run
     augment      one epoch with a strong augmentation policy (data.augment=autoaugment), where the
                  checkout has that key
@@ -179,6 +181,31 @@ def benchmarks(check: Check) -> dict:
     return {"models": figures, "goals_met": goals}
 
 
+def recipe_cost(check: Check) -> dict:
+    """Our trainer's images/s on the paper-scale network of configs/cifar100_pyramidnet.yaml (batch 64,
+    bf16 on CUDA), turned into seconds per CIFAR epoch and GPU-hours for its 1800 epochs: the measured
+    replacement for the estimate written in that file."""
+    import torch
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_speed import ours_images_per_s
+    from ccn.heads import FlatHead
+    from ccn.models import Classifier, create_backbone
+
+    # quick: the same blocks and ShakeDrop in a 20-layer, alpha-16 PyramidNet
+    name, depth, alpha, batch, steps = (("pyramidnet-20 alpha 16", 20, 16, 8, 1) if check.quick
+                                        else ("pyramidnet272 alpha 200", 272, 200, 64, 30))
+    torch.manual_seed(0)
+    backbone = create_backbone("pyramidnet", depth=depth, alpha=alpha, shakedrop=0.5)
+    model = Classifier(backbone, FlatHead(backbone.num_features, 100))
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 100, (batch * steps,), generator=g)
+    speed = ours_images_per_s(model, images, labels, batch, steps, torch.device(check.device))
+    epoch_s = 50_000 / speed
+    return {"model": name, "batch": batch, "steps": steps, "images_per_s": round(speed, 1),
+            "epoch_seconds": round(epoch_s, 1), "hours_for_1800_epochs": round(1800 * epoch_s / 3600, 1)}
+
+
 def small_run(data_root: Path, quick: bool, device: str) -> list[str]:
     """A short training run's settings on the JPEG copy."""
     per_class = ["--set", "data.train_per_class=20", "--set", "data.test_per_class=10"] if quick else \
@@ -274,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no CUDA device here: use --device cpu")
+    from ccn.dist import configure_backends
+    configure_backends(torch.device(device), deterministic=False)  # cudnn.benchmark, as training runs use
     archive = Path(args.archive) if args.archive else DATA_DIR / ARCHIVE
     if not archive.is_file():
         archive = shared_archive()
@@ -292,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         tick = time.perf_counter()
         check.data_root = unpack(archive, check.work, args.quick)
         check.report["unpack_seconds"] = round(time.perf_counter() - tick, 1)
-        sections = {"cuda_tests": cuda_tests, "benchmarks": benchmarks, "compile": compile_run,
+        sections = {"cuda_tests": cuda_tests, "benchmarks": benchmarks, "recipe_cost": recipe_cost,
+                    "compile": compile_run,
                     "augment": augment_run, "study": study, "timm": timm_run}
         chosen = args.sections.split(",") if args.sections else list(sections)
         for name in chosen:

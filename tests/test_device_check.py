@@ -23,10 +23,12 @@ def test_quick_cpu_device_check_covers_every_section(tmp_path):
     report = json.loads((tmp_path / "device_check.json").read_text())
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     sections = report["sections"]
-    assert set(sections) == {"cuda_tests", "benchmarks", "compile", "augment", "study", "timm"}
+    assert set(sections) == {"cuda_tests", "benchmarks", "recipe_cost", "compile", "augment", "study",
+                             "timm"}
     assert sections["cuda_tests"]["failed"] == 0 and sections["cuda_tests"]["skipped"] >= 3  # no GPU here
     figures = next(iter(sections["benchmarks"]["models"].values()))
     assert all(v > 0 for v in figures["images_per_s"].values()) and figures["ours_over_peer"] > 0
+    assert sections["recipe_cost"]["images_per_s"] > 0
     assert sections["compile"]["status"] == "passed" and sections["compile"]["device"] == "cpu"
     assert len(sections["study"]["runs"]) == 4 and "ccn" in sections["study"]["paired"]
     assert report["device"] == "cpu" and report["torch"]
