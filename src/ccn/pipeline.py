@@ -342,6 +342,7 @@ class MethodRun:
         results = self.score_test()
         if self.trainer.ema is not None:
             results = self._with_average_scores(results, self.trainer.ema)
+        results.setdefault("model_weights", "live")  # which weights model.safetensors holds
         seconds = self.earlier_seconds + time.perf_counter() - self.started
         results.update(run_facts(self.config, self.ds, self.model, self.device, seconds, self.data))
         results["clustering_seconds"] = self.cluster_seconds
@@ -365,7 +366,7 @@ class MethodRun:
         model.safetensors); `scores_by_weights` keeps both, and `model_weights` says which was saved."""
         with ema.swapped_in(self.model):
             averaged = self.score_test()
-        brief = lambda r: {"top1": r["top1"], "top5": r["top5"], "rules": r["rules"]}  # noqa: E731
+        brief = lambda r: {k: r[k] for k in ("top1", "top5", "balanced_top1", "rules")}  # noqa: E731
         return {**averaged, "model_weights": "ema", "ema_decay": self.config.train.ema,
                 "scores_by_weights": {"ema": brief(averaged), "live": brief(live)}}
 
