@@ -212,9 +212,22 @@ def _shares_worker(rank: int, world: int, init_file: str) -> None:
         from ccn.evaluate import score
         model, batches, mask = _scoring_setup(rank, world)
         _same_scores(score(model, batches, mask, "soft"), _whole_set_scores(model, *_scoring_setup(batch=45)[1:]))
+        _main_rank_goes_first(rank, world, Path(init_file).with_name("downloaded"))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_each_rank_scores_its_share_and_all_get_the_whole_set_scores(tmp_path):
+def _main_rank_goes_first(rank: int, world: int, marker: Path) -> None:
+    """What a download under torchrun relies on: rank 0 finishes the block before the others enter it."""
+    import time
+    from ccn.dist import main_rank_first
+    with main_rank_first(World(rank, world, rank), torch.device("cpu")):
+        if rank == 0:
+            time.sleep(0.5)  # a slow download
+            marker.write_text("done")
+        else:
+            assert marker.read_text() == "done"
+
+
+def test_each_rank_scores_its_share_and_all_get_the_whole_set_scores_and_rank_0_downloads_first(tmp_path):
     torch.multiprocessing.spawn(_shares_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
