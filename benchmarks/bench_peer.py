@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from bench_speed import bare_images_per_s, make_model, ours_images_per_s, plain_step, rotate_rounds, sync
+from ccn.dist import configure_backends
 
 MEAN, STD = np.array([0.49, 0.48, 0.45], np.float32), np.array([0.25, 0.24, 0.26], np.float32)
 
@@ -72,6 +73,28 @@ def peer_images_per_s(model, images_hwc, labels, batch, steps, workers, device=t
     return batch * steps / (time.perf_counter() - start)
 
 
+def measure_peer(model_name: str, batch: int, steps: int, rounds: int, workers: int,
+                 device: torch.device = torch.device("cpu")) -> dict:
+    """Images/s per contender (bare, ours, peer) and round, and their medians."""
+    configure_backends(device, deterministic=False)  # cudnn.benchmark on CUDA for every contender, as in training
+    g = torch.Generator().manual_seed(0)
+    n = batch * (steps + 1)  # the peer's first batch is its untimed warm-up
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
+
+    def fresh():
+        return make_model(model_name, 10)
+
+    contenders = {
+        "bare": lambda: bare_images_per_s(fresh(), images, labels, batch, steps, device, channels_last=True),
+        "ours": lambda: ours_images_per_s(fresh(), images, labels, batch, steps, device),
+        "peer": lambda: peer_images_per_s(fresh(), hwc, labels.numpy(), batch, steps, workers, device),
+    }
+    runs = rotate_rounds(contenders, rounds)
+    return {"images_per_s": runs, "median": {k: statistics.median(v) for k, v in runs.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="resnet20")
@@ -82,22 +105,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
     device = torch.device(args.device)
-    g = torch.Generator().manual_seed(0)
-    n = args.batch * (args.steps + 1)  # the peer's first batch is its untimed warm-up
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
-
-    def fresh():
-        return make_model(args.model, 10)
-
-    contenders = {
-        "bare": lambda: bare_images_per_s(fresh(), images, labels, args.batch, args.steps, device, channels_last=True),
-        "ours": lambda: ours_images_per_s(fresh(), images, labels, args.batch, args.steps, device),
-        "peer": lambda: peer_images_per_s(fresh(), hwc, labels.numpy(), args.batch, args.steps, args.workers, device),
-    }
-    runs = rotate_rounds(contenders, args.rounds)
-    med = {k: statistics.median(v) for k, v in runs.items()}
+    found = measure_peer(args.model, args.batch, args.steps, args.rounds, args.workers, device)
+    runs, med = found["images_per_s"], found["median"]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     text = "\n".join([
         f"\n## Peer pipeline: {args.model}, batch {args.batch}, {args.steps} steps x {args.rounds} rounds "

@@ -1,6 +1,6 @@
 """Speed benchmarks, each a ratio measured within one run (these machines are noisy).
 
-    python benchmarks/bench_speed.py [--model resnet20] [--batch 256] [--steps 8] [--rounds 8]
+    python benchmarks/bench_speed.py [--model resnet20] [--batch 256] [--steps 8] [--rounds 8] [--device cpu|cuda]
 
 1. our trainer (Trainer.train_epoch over TensorBatches, augmentation included) against a bare
    PyTorch loop (forward, cross-entropy, backward, SGD step) over the same model, batch size and
@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from ccn.config import TrainConfig
+from ccn.dist import configure_backends
 from ccn.data.augment import Augment, Normalize
 from ccn.data.loader import TensorBatches
 from ccn.heads import FlatHead, ThreeLevelHead
@@ -105,22 +106,18 @@ def clustering_seconds(num_classes: int) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--classes", type=int, default=100)
-    args = parser.parse_args()
+def measure_speed(model_name: str, batch: int, steps: int, rounds: int, classes: int = 100,
+                  device: torch.device = torch.device("cpu")) -> dict:
+    """Images/s per contender and round, their medians, and the paired ratios (see the module doc)."""
+    configure_backends(device, deterministic=False)  # cudnn.benchmark on CUDA for every contender, as in training
     g = torch.Generator().manual_seed(0)
-    n = args.batch * args.steps
+    n = batch * steps
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, args.classes, (n,), generator=g)
-    groups = [list(range(k, args.classes, 10)) for k in range(10)]
+    labels = torch.randint(0, classes, (n,), generator=g)
+    groups = [list(range(k, classes, 10)) for k in range(10)]
 
     def timed(fn, groups=None, **kw):
-        return lambda: fn(make_model(args.model, args.classes, groups), images, labels, args.batch, args.steps, **kw)
+        return lambda: fn(make_model(model_name, classes, groups), images, labels, batch, steps, device=device, **kw)
 
     contenders = {
         "bare (NCHW)": timed(bare_images_per_s),
@@ -128,17 +125,36 @@ def main() -> None:
         "ours": timed(ours_images_per_s),
         "ccn head": timed(ours_images_per_s, groups),
     }
-    runs = rotate_rounds(contenders, args.rounds)
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    # the head cost as a paired ratio per round: both ran back to back, so slow drifts of the machine cancel
-    head_cost = sorted(f / c for f, c in zip(runs["ours"], runs["ccn head"]))
-    overhead = sorted(o / b for o, b in zip(runs["ours"], runs["bare (channels_last)"]))
+    runs = rotate_rounds(contenders, rounds)
+    # the ratios paired per round: both ran back to back, so slow drifts of the machine cancel
+    return {"images_per_s": runs, "median": {k: statistics.median(v) for k, v in runs.items()},
+            "head_cost": sorted(f / c for f, c in zip(runs["ours"], runs["ccn head"])),
+            "overhead": sorted(o / b for o, b in zip(runs["ours"], runs["bare (channels_last)"]))}
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (bf16 autocast on CUDA, as our trainer)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    found = measure_speed(args.model, args.batch, args.steps, args.rounds, args.classes, device)
+    runs, med, head_cost, overhead = found["images_per_s"], found["median"], found["head_cost"], found["overhead"]
     cluster = {c: min(clustering_seconds(c) for _ in range(3)) for c in (100, 1000)}
     lines = [
         f"\n## Speed: {args.model}, batch {args.batch}, {args.steps} steps x {args.rounds} rounds "
         f"({datetime.date.today()})",
         f"Machine: {platform.node()} {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        "CPU. Command: `python benchmarks/bench_speed.py` (random uint8 images 32x32, "
+        f"{device_name(device)}. Command: `python benchmarks/bench_speed.py --model {args.model} --batch {args.batch} "
+        f"--device {args.device}` (random uint8 images 32x32, "
         f"{args.classes} classes; one untimed warm-up step per contender and round).",
         "",
         "| what | images/s (median) | ratio |",

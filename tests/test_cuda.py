@@ -56,3 +56,50 @@ def test_augmentation_operations_give_the_same_pixels_on_cuda_as_on_cpu():
     a = policy(x.cuda(), torch.Generator(device="cuda").manual_seed(1))
     b = policy(x.cuda(), torch.Generator(device="cuda").manual_seed(1))
     assert a.is_cuda and torch.equal(a, b)
+
+
+# digits, 40 images per class, groups after epoch 1, split again after epoch 2: deterministic mode,
+# the weight average and dropout, all on the GPU
+GPU_RUN = ["--set", "device=cuda", "--set", "data.train_per_class=40", "--set", "data.test_per_class=10",
+           "--set", "model.width=8", "--set", "train.epochs=4", "--set", "train.deterministic=true",
+           "--set", "train.progress=false", "--set", "model.dropout=0.2", "--set", "method.depth=2",
+           "--set", "train.ema=0.9"]
+
+
+def test_deterministic_depth2_run_resumes_bit_identically_on_cuda(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from safetensors.torch import load_file
+    reference = tmp_path / "ref"
+    result = run_cli("train", *GPU_RUN, "--out", str(reference))
+    assert result.returncode == 0, result.stderr  # deterministic mode needs CUBLAS_WORKSPACE_CONFIG on CUDA
+    results = json.loads((reference / "results.json").read_text())
+    assert results["device"].startswith("cuda") and results["hierarchy"]["how"]["depth"] == 2
+    assert results["model_weights"] == "ema"
+    killed = tmp_path / "killed"
+    env = {**os.environ, "CCN_FAULT": "step-42"}  # in epoch 4, after the split
+    run = subprocess.run([sys.executable, "-m", "ccn", "train", *GPU_RUN, "--out", str(killed)],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == -9, run.stderr
+    resumed = run_cli("train", "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    ours, theirs = load_file(str(killed / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_profile_sums_and_scores_stay_on_the_gpu():
+    from ccn.hierarchy.affinity import class_profile_sums
+    probs = torch.softmax(torch.randn(32, 5, device="cuda"), 1)
+    sums, counts = class_profile_sums(probs, torch.arange(32, device="cuda") % 5, 5)
+    assert sums.is_cuda and counts.is_cuda and sums.dtype == torch.float64
+
+
+def test_shakedrop_pyramidnet_trains_a_step_under_bf16_autocast():
+    from ccn.models import create_backbone
+    model = create_backbone("pyramidnet", depth=20, alpha=16, shakedrop=0.5).cuda()
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        features = model(x)
+    features.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

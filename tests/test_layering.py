@@ -16,7 +16,7 @@ LAYERS = [
     {"hierarchy"},
     {"heads"},
     {"network"},
-    {"train"},
+    {"ema", "train"},
     {"evaluate"},
     {"runs", "predict", "plots", "export"},
     {"pipeline"},

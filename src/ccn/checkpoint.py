@@ -137,13 +137,16 @@ def _optimizer_state(tensors: dict, plain: dict) -> dict:
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
-def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Everything a run needs to continue exactly: weights, optimizer, RNG states, `state` (plain data).
+def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+                        extra: dict | None = None) -> None:
+    """Everything a run needs to continue exactly: weights, optimizer, RNG states, `state` (plain data),
+    and `extra` tensors (the weight average), whose names must not start with model./optim./rng.
 
     One safetensors file, written atomically: a crash during the save leaves the previous one."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optim_tensors, optim_plain = _optimizer_parts(optimizer)
     tensors.update(optim_tensors)
+    tensors.update(extra or {})
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):

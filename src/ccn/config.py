@@ -70,7 +70,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warm-up from lr/10
     milestones: list = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of the run
     gamma: float = 0.1  # step: factor at each milestone
-    bf16: bool = True  # autocast in bfloat16 on CUDA; ignored on CPU
+    bf16: Optional[bool] = None  # bfloat16 autocast; None: on for CUDA, off on CPU; true/false honoured on both
+    ema: float = 0.0  # decay of an average of the weights, scored and saved beside them (e.g. 0.999); 0: off
     channels_last: bool = True  # NHWC memory format on CUDA and CPU (faster on both); ignored on mps
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch.use_deterministic_algorithms
@@ -417,6 +418,8 @@ def validate(config: Config) -> None:
     if meth.depth > 2:
         raise ConfigError(f"method.depth={meth.depth}: only depth 1 (groups) and 2 (groups split once more) are "
                           "implemented; use method.depth=2")
+    if not 0 <= t.ema < 1:
+        raise ConfigError(f"train.ema is the decay of the weight average and must be 0 (off) or in [0, 1), got {t.ema}")
     if meth.name == "ccn":
         _validate_method_schedule(config)
     if t.warmup_epochs >= t.epochs:

@@ -5,8 +5,9 @@ Library code takes `device` as an argument; only the command line calls `resolve
 
 from __future__ import annotations
 
+import datetime
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,10 @@ def resolve_device(name: str = "auto", world: World = World()) -> torch.device:
     """'auto' -> the local CUDA device when there is one, else CPU; checks that the device exists."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda:") and world.world_size > 1:
+        # every torchrun process would train on that one GPU
+        raise ConfigError(f"device={name} names one GPU, but torchrun starts {world.world_size} processes: use "
+                          "device=cuda (each process takes the GPU of its LOCAL_RANK) or auto")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"device={name} but this machine has no CUDA device: use device=cpu or auto")
@@ -45,15 +50,50 @@ def resolve_device(name: str = "auto", world: World = World()) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, bf16: bool):
-    """The precision context of forward passes: bfloat16 autocast on CUDA when `bf16`, else none."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def uses_bf16(device: torch.device, bf16: bool | None) -> bool:
+    """train.bf16: None (auto) means on for CUDA, off elsewhere; true or false is honoured on CPU and CUDA."""
+    if device.type not in ("cpu", "cuda"):
+        return False
+    return device.type == "cuda" if bf16 is None else bool(bf16)
+
+
+def autocast(device: torch.device, bf16: bool | None):
+    """The precision context of forward passes: bfloat16 autocast when `uses_bf16`, else none."""
+    if uses_bf16(device, bf16):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
 def backend_for(device: torch.device) -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
+    """NCCL for CUDA tensors plus gloo for CPU ones: NCCL alone cannot reduce a CPU tensor, and a
+    CPU tensor slipping into a collective would otherwise crash the run after hours of training."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """Kernel choices: deterministic algorithms when asked (with the cuBLAS workspace setting that CUDA
+    needs for them, else the first matrix product raises), otherwise cuDNN's autotuner on CUDA."""
+    if deterministic:
+        # must be set before the first cuBLAS call; ":4096:8" is one of the two values CUDA documents
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed image sizes: autotuned convolutions pay off at once
+
+
+_SEED_STRIDE = 7_919  # keeps (seed, rank, epoch) streams of nearby seeds apart
+
+
+def stream_seed(seed: int, rank: int, epoch: int) -> int:
+    """Seed of the training randomness (dropout, ShakeDrop) of one rank in one epoch. Different for
+    each rank, so ranks do not repeat each other's masks; a function of the epoch, so a resumed run
+    (each rank reseeding itself) replays exactly without any rank's RNG state in the checkpoint."""
+    return ((seed * _SEED_STRIDE + rank) * 1_000_003 + epoch) % 2**63
+
+
+def seed_stream(seed: int, rank: int, epoch: int) -> None:
+    torch.manual_seed(stream_seed(seed, rank, epoch))  # seeds the CPU and every CUDA generator
 
 
 # ---------------------------------------------------------------- process group helpers
@@ -69,7 +109,25 @@ def init_distributed(world: World, device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group(backend=backend_for(device))
+    # an hour, not the default 10 minutes: the other ranks wait while rank 0 downloads or decodes data
+    torch.distributed.init_process_group(backend=backend_for(device), timeout=datetime.timedelta(hours=1))
+
+
+def barrier(device: torch.device) -> None:
+    """Wait for every rank (an all-reduce of one number on the training device)."""
+    if is_distributed():
+        all_reduce_sum(torch.zeros(1, device=device))
+
+
+@contextmanager
+def main_rank_first(world: World, device: torch.device):
+    """Rank 0 runs the block first (downloads, extracts, writes caches); the others then run it and
+    find the files in place, so no two processes write the same file."""
+    if not world.is_main:
+        barrier(device)
+    yield
+    if world.is_main:
+        barrier(device)
 
 
 def shutdown_distributed() -> None:

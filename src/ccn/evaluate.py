@@ -1,20 +1,120 @@
 """Evaluation: a model's outputs over a set of batches, and their scores (top-k accuracy per
-inference rule, group and within-group accuracy). Needs a model and data, no optimizer."""
+inference rule, group and within-group accuracy). Needs a model and data, no optimizer.
+
+Scores are tallied batch by batch on the evaluation device: counts of hits, never the whole set's
+(N, C) outputs or the heads' (B, K, C) intermediates for all N images at once (ImageNet-1k validation
+would need 6.4 GB per such tensor), and no host synchronisation until the end. Under torchrun each
+rank tallies its share of the batches and the counts are summed over ranks, so every rank ends with
+the same scores.
+"""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, ContextManager, Optional
+from typing import Callable, ContextManager, Iterator, Optional
 
 import torch
 
 from ccn.data.loader import TensorBatches
-from ccn.dist import broadcast_buffers
+from ccn.dist import all_reduce_sum, broadcast_buffers
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    return topk_hits(scores, labels, k).float().mean().item()
+
+
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(B,) bool: the label is among the `k` best scores (k is capped at the class count)."""
     k = min(k, scores.shape[1])
-    return (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
+    return (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+
+
+class ScoreTally:
+    """Running counts for `evaluate_outputs`' result: hits per rule, per class and per group."""
+
+    def __init__(self, head: torch.nn.Module, default_rule: str, mask: Optional[torch.Tensor],
+                 device: torch.device):
+        self.head, self.device = head, device
+        self.rule = default_rule if default_rule in head.rules else head.rules[0]
+        self.mask = mask.to(device) if mask is not None and "soft" in head.rules else None
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        value = value.to(torch.float64 if self.device.type != "mps" else torch.float32)
+        self.parts[name] = self.parts[name] + value if name in self.parts else value
+
+    def add(self, out: dict, labels: torch.Tensor) -> None:
+        out = {k: v.to(self.device).float() for k, v in out.items()}
+        labels = labels.to(self.device)
+        self._add("n", torch.tensor([len(labels)], device=self.device))
+        for rule in self.head.rules:
+            scores = self.head.scores(out, rule)
+            self._add(f"{rule}.top1", topk_hits(scores, labels, 1).sum()[None])
+            self._add(f"{rule}.top5", topk_hits(scores, labels, 5).sum()[None])
+            if rule == self.rule:
+                correct = (scores.argmax(dim=1) == labels).float()
+                num_classes = scores.shape[1]
+                self._add("class.hits", torch.zeros(num_classes, device=self.device).index_add_(0, labels, correct))
+                self._add("class.count", torch.bincount(labels, minlength=num_classes))
+        if self.mask is not None:
+            for name, value in group_counts(self.head.scores(out, "soft"), labels, self.mask).items():
+                self._add(name, value)
+
+    def result(self, over_ranks: bool = True) -> dict:
+        """The scores, with the counts summed over ranks when `over_ranks` (one host synchronisation)."""
+        names = sorted(self.parts)
+        sizes = [len(self.parts[k]) for k in names]
+        stacked = torch.cat([self.parts[k] for k in names])
+        flat = (all_reduce_sum(stacked) if over_ranks else stacked).tolist()
+        counts, start = {}, 0
+        for name, size in zip(names, sizes):
+            counts[name], start = flat[start:start + size], start + size
+        n = max(1.0, counts["n"][0])
+        rules = {r: {"top1": counts[f"{r}.top1"][0] / n, "top5": counts[f"{r}.top5"][0] / n} for r in self.head.rules}
+        per_class = ratios(counts["class.hits"], counts["class.count"])
+        present = [a for a in per_class if a is not None]
+        result = {"top1": rules[self.rule]["top1"], "top5": rules[self.rule]["top5"], "rule": self.rule,
+                  "rules": rules,
+                  # mean of the per-class top-1: partition-free, and not dominated by a data set's largest classes
+                  "balanced_top1": sum(present) / max(1, len(present)), "per_class_top1": per_class}
+        if self.mask is not None:
+            result.update({"group_acc": counts["group.hits"][0] / n, "within_acc": counts["within.hits"][0] / n,
+                           "per_group_top1": ratios(counts["group.correct"], counts["group.count"])})
+        return result
+
+
+def ratios(hits: list, counts: list) -> list:
+    """hits / count per entry, None where the count is 0 (a class or group with no test image)."""
+    return [h / c if c > 0 else None for h, c in zip(hits, counts)]
+
+
+def group_counts(log_p: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
+    """From log p(c|x) (B, C) and the (K, C) group mask: how many times the most probable group is the
+    true one, the true class wins inside its true group, and (per true group) the class is right."""
+    group_of = mask.float().argmax(dim=0)
+    true_group = group_of[labels]
+    group_probs = log_p.exp() @ mask.float().T  # p(k|x) = sum of p(c|x) over the classes of k
+    within = log_p.masked_fill(~mask[true_group], float("-inf")).argmax(dim=1) == labels
+    correct = (log_p.argmax(dim=1) == labels).float()
+    num_groups = mask.shape[0]
+    return {
+        "group.hits": (group_probs.argmax(dim=1) == true_group).sum()[None],
+        "within.hits": within.sum()[None],
+        "group.correct": torch.zeros(num_groups, device=log_p.device).index_add_(0, true_group, correct),
+        "group.count": torch.bincount(true_group, minlength=num_groups),
+    }
+
+
+def group_metrics(log_p: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Group accuracy, within-group accuracy and top-1 per true group of one set of outputs.
+
+    Both depend on the partition and are not comparable across partitions: a one-class group has
+    within-group accuracy 1 by construction, and fewer, larger groups make group accuracy easier.
+    Compare variants with top-1, top-5 and balanced_top1 instead."""
+    counts = {k: v.tolist() for k, v in group_counts(log_p, labels.to(log_p.device), mask.to(log_p.device)).items()}
+    n = max(1, len(labels))
+    return {"group_acc": counts["group.hits"][0] / n, "within_acc": counts["within.hits"][0] / n,
+            "per_group_top1": ratios(counts["group.correct"], counts["group.count"])}
 
 
 def per_class_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> list:
@@ -22,72 +122,50 @@ def per_class_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> list:
     correct = (scores.argmax(dim=1) == labels).float()
     num_classes = scores.shape[1]
     hits = torch.zeros(num_classes, device=scores.device).index_add_(0, labels, correct)
-    counts = torch.bincount(labels, minlength=num_classes)
-    return [float(h / n) if n > 0 else None for h, n in zip(hits.tolist(), counts.tolist())]
+    return ratios(hits.tolist(), torch.bincount(labels, minlength=num_classes).tolist())
 
 
-def group_metrics(log_p: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
-    """From log p(c|x) (B, C) and the (K, C) group mask: how often the most probable group is the
-    true one, how often the true class wins inside its true group, and top-1 per true group.
-
-    Both depend on the partition and are not comparable across partitions: a one-class group has
-    within-group accuracy 1 by construction, and fewer, larger groups make group accuracy easier.
-    Compare variants with top-1, top-5 and balanced_top1 instead."""
-    mask = mask.to(log_p.device)
-    group_of = mask.float().argmax(dim=0)
-    true_group = group_of[labels]
-    group_probs = log_p.exp() @ mask.float().T  # p(k|x) = sum of p(c|x) over the classes of k
-    within = log_p.masked_fill(~mask[true_group], float("-inf")).argmax(dim=1) == labels
-    correct = log_p.argmax(dim=1) == labels
-    per_group = [correct[true_group == k].float().mean().item() if bool((true_group == k).any()) else None
-                 for k in range(mask.shape[0])]
-    return {
-        "group_acc": (group_probs.argmax(dim=1) == true_group).float().mean().item(),
-        "within_acc": within.float().mean().item(),
-        "per_group_top1": per_group,
-    }
+def head_device(head: torch.nn.Module) -> torch.device:
+    return next(head.buffers(), next(head.parameters())).device
 
 
 def evaluate_outputs(head: torch.nn.Module, out: dict, labels: torch.Tensor, default_rule: str = "soft",
                      mask: Optional[torch.Tensor] = None) -> dict:
     """Top-1/top-5 for every rule the head supports; the default rule's also as `top1`/`top5`."""
-    device = next(head.buffers(), next(head.parameters())).device
-    out = {k: v.to(device) for k, v in out.items()}
-    labels = labels.to(device)
-    rules = {}
-    for rule in head.rules:
-        scores = head.scores(out, rule)
-        rules[rule] = {"top1": topk_accuracy(scores, labels, 1), "top5": topk_accuracy(scores, labels, 5)}
-    rule = default_rule if default_rule in rules else head.rules[0]
-    per_class = per_class_accuracy(head.scores(out, rule), labels)
-    present = [a for a in per_class if a is not None]
-    result = {"top1": rules[rule]["top1"], "top5": rules[rule]["top5"], "rule": rule, "rules": rules,
-              # mean of the per-class top-1: partition-free, and not dominated by a data set's largest classes
-              "balanced_top1": sum(present) / max(1, len(present)), "per_class_top1": per_class}
-    if mask is not None and "soft" in head.rules:
-        result.update(group_metrics(head.scores(out, "soft"), labels, mask))
-    return result
+    tally = ScoreTally(head, default_rule, mask, head_device(head))
+    tally.add(out, labels)
+    return tally.result(over_ranks=False)
 
 
 @torch.no_grad()
-def model_outputs(model: torch.nn.Module, batches: TensorBatches,
-                  precision: Callable[[], ContextManager] = nullcontext) -> tuple[dict, torch.Tensor]:
-    """Head outputs (on the CPU, float32) and labels for every item of `batches`, in order, in eval mode."""
+def batch_outputs(model: torch.nn.Module, batches: TensorBatches,
+                  precision: Callable[[], ContextManager] = nullcontext) -> Iterator[tuple[dict, torch.Tensor]]:
+    """(head outputs in float32, labels) per batch, on the batches' device, in eval mode."""
     broadcast_buffers(model)
     model.eval()
-    outputs: dict[str, list] = {}
-    labels = []
     for x, y in batches.epoch(0):
         with precision():
             out = model(x)
+        yield {k: v.float() for k, v in out.items()}, y
+
+
+def model_outputs(model: torch.nn.Module, batches: TensorBatches,
+                  precision: Callable[[], ContextManager] = nullcontext) -> tuple[dict, torch.Tensor]:
+    """Head outputs (on the CPU, float32) and labels for every item of `batches`, in order: for small
+    sets only (the whole (N, C) outputs are held; `score` does not need this)."""
+    outputs: dict[str, list] = {}
+    labels = []
+    for out, y in batch_outputs(model, batches, precision):
         for key, value in out.items():
-            outputs.setdefault(key, []).append(value.float().cpu())
-        labels.append(y.cpu())
-    return {k: torch.cat(v) for k, v in outputs.items()}, torch.cat(labels)
+            outputs.setdefault(key, []).append(value)
+        labels.append(y)
+    return {k: torch.cat(v).cpu() for k, v in outputs.items()}, torch.cat(labels).cpu()
 
 
 def score(model: torch.nn.Module, batches: TensorBatches, mask: Optional[torch.Tensor], rule: str,
           precision: Callable[[], ContextManager] = nullcontext) -> dict:
-    """Scores of `model` on `batches`; `mask` is the (K, C) group mask of a hierarchy, if any."""
-    out, labels = model_outputs(model, batches, precision)
-    return evaluate_outputs(model.head, out, labels, rule, mask)
+    """Scores of `model` on `batches` (summed over ranks); `mask` is the (K, C) group mask of a hierarchy."""
+    tally = ScoreTally(model.head, rule, mask, batches.labels.device)
+    for out, y in batch_outputs(model, batches, precision):
+        tally.add(out, y)
+    return tally.result()

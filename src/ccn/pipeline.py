@@ -30,9 +30,11 @@ from ccn.data.base import split_per_class
 from ccn.data.augment import Augment, Normalize
 from ccn.data.loader import TensorBatches
 from ccn.data.policies import make_policy
-from ccn.dist import World, all_reduce_sum, autocast, init_distributed, resolve_device, wrap_for_training
+from ccn.dist import (World, all_reduce_sum, autocast, configure_backends, init_distributed, main_rank_first,
+                      resolve_device, seed_stream, wrap_for_training)
+from ccn.ema import WeightAverage
 from ccn.errors import CCNError
-from ccn.evaluate import model_outputs, score
+from ccn.evaluate import batch_outputs, score
 from ccn.hierarchy import Hierarchy, build_hierarchy, choose_partition, default_group_count, random_partition
 from ccn.hierarchy.affinity import class_profile_sums, profiles_from_sums
 from ccn.models import count_parameters
@@ -93,33 +95,56 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
     t, seed = config.train, config.seed
     eval_kwargs = dict(normalize=normalize, shuffle=False, drop_last=False, channels_last=channels_last)
     on = lambda a: a.to(device)  # noqa: E731
+    train_x, train_y = on(x), on(y)
+    # probe_set=train profiles the training images themselves: one copy on the device, not two
+    probe_x, probe_y = (train_x, train_y) if probe_x is x else (on(probe_x), on(probe_y))
     if t.batch_size % world.world_size:
         raise CCNError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly among "
                        f"{world.world_size} processes: choose a multiple of {world.world_size}")
-    train = TensorBatches(on(x), on(y), min(t.batch_size, len(y)), normalize, default_augment(config, ds),
+    train = TensorBatches(train_x, train_y, min(t.batch_size, len(y)), normalize, default_augment(config, ds),
                           seed=seed, rank=world.rank, world_size=world.world_size, channels_last=channels_last)
-    test = TensorBatches(on(test_x), on(test_y), t.eval_batch_size, **eval_kwargs)
-    # every rank profiles its share of the probe set; the sums are added across ranks
-    probe = TensorBatches(on(probe_x), on(probe_y), t.eval_batch_size, rank=world.rank,
-                          world_size=world.world_size, **eval_kwargs)
+    # every rank scores and profiles its share of the test and probe sets; the counts are added across ranks
+    shares = dict(rank=world.rank, world_size=world.world_size)
+    test = TensorBatches(on(test_x), on(test_y), t.eval_batch_size, **shares, **eval_kwargs)
+    probe = TensorBatches(probe_x, probe_y, t.eval_batch_size, **shares, **eval_kwargs)
     return RunData(ds, normalize, train, test, probe, eval_set)
 
 
 # ---------------------------------------------------------------- step 2: groups
 
 
+class ProfileSums:
+    """Class-profile sums and counts, added up batch by batch on the training device."""
+
+    def __init__(self):
+        self.sums = self.counts = None
+
+    def add(self, probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        sums, counts = class_profile_sums(probs, labels, num_classes)
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def profiles(self) -> torch.Tensor:
+        """The mean rows, summed over all ranks while still on the device (NCCL reduces only CUDA
+        tensors), then moved to the CPU for clustering."""
+        return profiles_from_sums(all_reduce_sum(self.sums), all_reduce_sum(self.counts)).cpu()
+
+
 def reduced_profiles(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Class profiles from this rank's share of the probe set, summed over all ranks: every rank
     gets the same profiles, hence the same groups."""
-    sums, counts = class_profile_sums(probs, labels, num_classes)
-    return profiles_from_sums(all_reduce_sum(sums), all_reduce_sum(counts))
+    tally = ProfileSums()
+    tally.add(probs, labels, num_classes)
+    return tally.profiles()
 
 
 @torch.no_grad()
 def flat_profiles(model: torch.nn.Module, probe: TensorBatches, num_classes: int, precision=nullcontext) -> torch.Tensor:
     """Mean softmax of the level-1 (flat) head per class: eval mode, no augmentation."""
-    out, labels = model_outputs(model, probe, precision)
-    return reduced_profiles(torch.softmax(out["z"].double(), dim=1), labels, num_classes)
+    tally = ProfileSums()
+    for out, labels in batch_outputs(model, probe, precision):
+        tally.add(torch.softmax(out["z"].double(), dim=1), labels, num_classes)
+    return tally.profiles()
 
 
 def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch: int) -> Hierarchy:
@@ -127,6 +152,27 @@ def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch:
     hierarchy = choose_partition(config.method, profiles, ds.classes, config.seed, ds.coarse, ds.name)
     hierarchy.how.update(epoch=epoch, probe_set=config.method.probe_set)
     return hierarchy
+
+
+def large_group_profiles(model: torch.nn.Module, probe: TensorBatches, num_classes: int, large: list,
+                         precision=nullcontext) -> list:
+    """Per group in `large`: the class profiles of the masked (level-3) softmax restricted to the group."""
+    if not large:
+        return []
+    tallies = [ProfileSums() for _ in large]
+    device = probe.labels.device
+    local_index = []  # class -> its position inside its group (-1: another group), per large group
+    for members in large:
+        index = torch.full((num_classes,), -1, dtype=torch.long, device=device)
+        index[torch.tensor(members, device=device)] = torch.arange(len(members), device=device)
+        local_index.append(index)
+    for out, labels in batch_outputs(model, probe, precision):
+        _, log_within = model.head.log_probs(out)
+        for members, index, tally in zip(large, local_index, tallies):
+            local = index[labels]
+            rows = local >= 0
+            tally.add(log_within[rows][:, members].exp(), local[rows], len(members))
+    return [tally.profiles() for tally in tallies]
 
 
 @torch.no_grad()
@@ -137,20 +183,17 @@ def split_large_groups(config: Config, model: torch.nn.Module, probe: TensorBatc
 
     Under partition=random the sub-groups are random too (the sizes the learned split gives, shuffled
     classes), so the control stays random at every level. When no group is large enough, the
-    hierarchy stays at depth 1 and says so (`how["split"]`)."""
+    hierarchy stays at depth 1 and says so (`how["split"]`). The profiles are summed batch by batch
+    on the device (never the whole probe set's (N, C) outputs) and over ranks."""
     meth = config.method
-    head = model.head
-    out, labels = model_outputs(model, probe, precision)
-    _, log_within = head.log_probs({k: v.to(head.mask.device) for k, v in out.items()})
-    log_within, tree, split = log_within.cpu(), [], 0
+    large = [members for members in hierarchy.groups if len(members) >= meth.split_min_size]
+    profiles = large_group_profiles(model, probe, hierarchy.num_classes, large, precision)
+    tree, split = [], 0
     for k, members in enumerate(hierarchy.groups):
         if len(members) < meth.split_min_size:
             tree.append(members)
             continue
-        rows = torch.isin(labels, torch.tensor(members))
-        local = {c: i for i, c in enumerate(members)}
-        local_labels = torch.tensor([local[int(c)] for c in labels[rows]], dtype=torch.long)
-        S = reduced_profiles(log_within[rows][:, members].exp(), local_labels, len(members))
+        S = profiles[split]
         parts = build_hierarchy(S, [str(c) for c in members], meth.metric, max(2, default_group_count(len(members))),
                                 linkage=meth.linkage, clustering=meth.clustering, profile=meth.profile).groups
         if meth.partition == "random":
@@ -168,12 +211,10 @@ def split_large_groups(config: Config, model: torch.nn.Module, probe: TensorBatc
 # ---------------------------------------------------------------- the run
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int, deterministic: bool, device: torch.device = torch.device("cpu")) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+    configure_backends(device, deterministic)
 
 
 def run_training(config: Config, out_dir: Optional[Path], log: Optional[RunLog] = None,
@@ -201,8 +242,9 @@ class MethodRun:
         self.started = time.perf_counter()
         self.device = resolve_device(config.device, world)
         init_distributed(world, self.device)
-        seed_everything(config.seed, config.train.deterministic)
-        self.data = prepare_data(config, self.device, world, ds)
+        seed_everything(config.seed, config.train.deterministic, self.device)
+        with main_rank_first(world, self.device):  # one process downloads, extracts and caches
+            self.data = prepare_data(config, self.device, world, ds)
         self.ds = self.data.ds
         cfgmod.check_against_classes(config, self.ds.num_classes, f"data {self.ds.name}")
         torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
@@ -237,6 +279,7 @@ class MethodRun:
         config, meth = self.config, self.config.method
         self.log.info(describe_run(config, self.ds, self.model, self.device, len(self.data.train)))
         for epoch in range(self.first_epoch, config.train.epochs + 1):
+            seed_stream(config.seed, self.world.rank, epoch)  # dropout and ShakeDrop: per rank, per epoch
             stats = self.trainer.train_epoch(self.data.train, epoch)
             if not math.isfinite(stats["loss"]):
                 saved = self._checkpoint_path()  # none before the first epoch ends: say "kept" only when true
@@ -287,6 +330,8 @@ class MethodRun:
     def _install_head(self, head: torch.nn.Module, stage: str) -> None:
         self.model.head = head.to(self.device)
         self.trainer.rebuild_optimizer()
+        if self.trainer.ema is not None:  # the new heads' entries start from their live weights
+            self.trainer.ema.follow(self.model)
         self.stage = stage
         self._wrap()
 
@@ -307,6 +352,9 @@ class MethodRun:
 
     def finish(self) -> dict:
         results = self.score_test()
+        if self.trainer.ema is not None:
+            results = self._with_average_scores(results, self.trainer.ema)
+        results.setdefault("model_weights", "live")  # which weights model.safetensors holds
         seconds = self.earlier_seconds + time.perf_counter() - self.started
         results.update(run_facts(self.config, self.ds, self.model, self.device, seconds, self.data))
         results["clustering_seconds"] = self.cluster_seconds
@@ -317,9 +365,22 @@ class MethodRun:
             results.update(group_sizes=self.hierarchy.how["sizes"], group_balance=self.hierarchy.how["balance"])
         self.log.info(final_line(results))
         if self.out_dir is not None and self.world.is_main:
-            write_run(self.out_dir, self.config, self.model, results, self.hierarchy)
+            if self.trainer.ema is not None:  # model.safetensors holds the weights results.json names
+                with self.trainer.ema.swapped_in(self.model):
+                    write_run(self.out_dir, self.config, self.model, results, self.hierarchy)
+            else:
+                write_run(self.out_dir, self.config, self.model, results, self.hierarchy)
         self.log.close()
         return results
+
+    def _with_average_scores(self, live: dict, ema: WeightAverage) -> dict:
+        """With train.ema: the averaged weights are the run's result (top1, rules, ... and
+        model.safetensors); `scores_by_weights` keeps both, and `model_weights` says which was saved."""
+        with ema.swapped_in(self.model):
+            averaged = self.score_test()
+        brief = lambda r: {k: r[k] for k in ("top1", "top5", "balanced_top1", "rules")}  # noqa: E731
+        return {**averaged, "model_weights": "ema", "ema_decay": self.config.train.ema,
+                "scores_by_weights": {"ema": brief(averaged), "live": brief(live)}}
 
     # -- checkpoints
 
@@ -335,7 +396,8 @@ class MethodRun:
                  "cluster_seconds": self.cluster_seconds, "init": self.init_record,
                  "seconds": self.earlier_seconds + time.perf_counter() - self.started,
                  "config": self.config.to_dict()}
-        save_training_state(path, self.model, self.trainer.optimizer, state)
+        extra = self.trainer.ema.tensors() if self.trainer.ema is not None else None
+        save_training_state(path, self.model, self.trainer.optimizer, state, extra)
 
     def _check_resumable(self, state: dict, path: Path) -> None:
         """The checked header must also fit this run: an epoch within it, groups exactly when the stage has them."""
@@ -368,6 +430,8 @@ class MethodRun:
                              flat=self.model.head.flat)
             self._install_head(head, state["stage"])
         restore_training_state(tensors, state, self.model, self.trainer.optimizer, path)
+        if self.trainer.ema is not None:
+            self.trainer.ema.load(tensors)
         self.trainer.step, self.stage = state["step"], state["stage"]
         self.cluster_seconds, self.earlier_seconds = state["cluster_seconds"], state["seconds"]
         self.init_record = state.get("init")

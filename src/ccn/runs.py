@@ -113,7 +113,7 @@ def remove_run_outputs(path: Path) -> None:
             (path / name).unlink(missing_ok=True)
         for name in RUN_FILES:
             for stale in path.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+                stale.unlink(missing_ok=True)  # under torchrun every rank cleans up: another may have been first
         if (path / "tensorboard").is_dir():
             shutil.rmtree(path / "tensorboard")
     except OSError as err:
@@ -152,7 +152,7 @@ def resume_run_dir(path: Path, clean: bool = True) -> Optional[Config]:
         return config
     try:
         for stale in path.glob(".*.tmp"):  # a save that was killed half-way; the file it replaced is intact
-            stale.unlink(missing_ok=True)
+            stale.unlink(missing_ok=True)  # under torchrun every rank cleans up: another may have been first
     except OSError as err:
         raise CCNError(f"cannot write to run folder {path} ({err.strerror or err}): make it writable to resume "
                        "the run") from None

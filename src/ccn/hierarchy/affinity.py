@@ -24,10 +24,13 @@ def register_metric(name: str):
 
 
 def class_profile_sums(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, C) float64 sums of `probs` (N, C) per label, and (C,) counts: the parts that ranks add up."""
-    probs, labels = probs.detach().double().cpu(), labels.cpu()
-    sums = torch.zeros(num_classes, probs.shape[1], dtype=torch.float64).index_add_(0, labels, probs)
-    return sums, torch.bincount(labels, minlength=num_classes).double()
+    """(C, C) sums of `probs` (N, C) per label, and (C,) counts: the parts that ranks add up. They stay
+    on the device of `probs` (an NCCL process group reduces only CUDA tensors), in float64 (float32 on
+    MPS, which has no float64)."""
+    dtype = torch.float32 if probs.device.type == "mps" else torch.float64
+    probs, labels = probs.detach().to(dtype), labels.to(probs.device)
+    sums = torch.zeros(num_classes, probs.shape[1], dtype=dtype, device=probs.device).index_add_(0, labels, probs)
+    return sums, torch.bincount(labels, minlength=num_classes).to(dtype)
 
 
 def profiles_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -21,16 +21,18 @@ class _ShakeDropFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, keep_prob):
         shape = (x.shape[0], 1, 1, 1)
-        gate = torch.bernoulli(torch.full(shape, keep_prob, device=x.device, dtype=x.dtype))
-        alpha = torch.empty(shape, device=x.device, dtype=x.dtype).uniform_(-1, 1)
+        # drawn and combined in float32: under bf16 autocast a keep probability such as 0.999 would round
+        # to 1.0 (no block ever dropped), and a kept block's 1 + a - a would not come out as exactly 1
+        gate = torch.bernoulli(torch.full(shape, keep_prob, device=x.device, dtype=torch.float32))
+        alpha = torch.empty(shape, device=x.device, dtype=torch.float32).uniform_(-1, 1)
         ctx.save_for_backward(gate)
-        return x * (gate + alpha - gate * alpha)
+        return x * (gate + alpha - gate * alpha).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         (gate,) = ctx.saved_tensors
         beta = torch.empty_like(gate).uniform_(0, 1)
-        return grad * (gate + beta - gate * beta), None
+        return grad * (gate + beta - gate * beta).to(grad.dtype), None
 
 
 class ShakeDrop(nn.Module):
