@@ -85,6 +85,11 @@ def test_cli_bad_key_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_config_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder: pass a YAML file"):
+        cfgmod.load(tmp_path)
+
+
 def test_cli_missing_config_file(tmp_path):
     result = run_cli("train", "--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -185,6 +185,8 @@ def parse_yaml(text: str):
 def read_yaml(path: str | Path) -> dict:
     """A config or grid file as a dict; one ConfigError line for anything that is not a YAML mapping."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder: pass a YAML file such as configs/digits.yaml")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist: check the path")
     fix = "pass a YAML text file saved as UTF-8, such as configs/digits.yaml"
