@@ -228,23 +228,20 @@ def one_run(check: Check, name: str, settings: list[str], env: dict | None = Non
     return results_of(out)
 
 
-def compile_run(check: Check) -> dict:
+def one_flat_epoch(check: Check, name: str, *settings: str) -> dict:
+    """One flat epoch of a small network (fastnet w8 when quick, else resnet9) with `settings` on top."""
     model = ["--set", "model.name=fastnet", "--set", "model.width=8"] if check.quick else \
         ["--set", "model.name=resnet9"]
-    return one_run(check, "compile", [*small_run(check.data_root, check.quick, check.device), *model,
-                                      "--set", "train.compile=true", "--set", "train.epochs=1",
-                                      "--set", "method.name=flat"])
+    return one_run(check, name, [*small_run(check.data_root, check.quick, check.device), *model, *settings,
+                                 "--set", "train.epochs=1", "--set", "method.name=flat"])
+
+
+def compile_run(check: Check) -> dict:
+    return one_flat_epoch(check, "compile", "--set", "train.compile=true")
 
 
 def augment_run(check: Check) -> dict:
-    from ccn.config import DataConfig
-    if "augment" not in DataConfig.__dataclass_fields__:
-        return {"status": "skipped", "why": "this checkout has no data.augment key (branch aug adds it)"}
-    model = ["--set", "model.name=fastnet", "--set", "model.width=8"] if check.quick else \
-        ["--set", "model.name=resnet9"]
-    return one_run(check, "augment", [*small_run(check.data_root, check.quick, check.device), *model,
-                                      "--set", "data.augment=autoaugment", "--set", "train.epochs=1",
-                                      "--set", "method.name=flat"])
+    return one_flat_epoch(check, "augment", "--set", "data.augment=autoaugment")
 
 
 def study(check: Check) -> dict:
