@@ -137,3 +137,15 @@ def test_groups_file_with_other_class_names_is_one_clear_error(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not readable JSON"):
         read_groups_file(tmp_path / "bad.json", ["a"], whole_tree=False)
+
+
+def test_a_groups_file_that_does_not_fit_stops_the_run_before_training(tmp_path):
+    """A missing or mismatched groups file is found at start-up (not after the probe epochs), and
+    the run folder is left as if nothing had been run."""
+    from conftest import run_cli
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(nbdt_graph([[0, 1], [2, 3]], ["cat", "dog", "car", "truck"])))
+    result = run_cli("train", "--set", "method.partition=file", "--set", f"method.groups_file={path}",
+                     "--set", "train.epochs=3", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "does not match the data set's class names" in result.stderr
+    assert "epoch" not in result.stdout and not (tmp_path / "run").exists()

@@ -35,7 +35,8 @@ from ccn.dist import (World, all_reduce_sum, autocast, configure_backends, init_
 from ccn.ema import WeightAverage
 from ccn.errors import CCNError
 from ccn.evaluate import batch_outputs, score
-from ccn.hierarchy import Hierarchy, build_hierarchy, choose_partition, default_group_count, random_partition
+from ccn.hierarchy import (Hierarchy, build_hierarchy, choose_partition, default_group_count, random_partition,
+                           read_groups_file)
 from ccn.hierarchy.affinity import class_profile_sums, profiles_from_sums
 from ccn.models import count_parameters
 from ccn.runs import load_initial_weights, write_run
@@ -247,10 +248,14 @@ class MethodRun:
             self.data = prepare_data(config, self.device, world, ds)
         self.ds = self.data.ds
         cfgmod.check_against_classes(config, self.ds.num_classes, f"data {self.ds.name}")
+        # a resumed run takes its weights and groups from its checkpoint: the files named by
+        # model.init and method.groups_file are not needed again
+        resuming = resume and self._checkpoint_path() is not None and self._checkpoint_path().exists()
+        if config.method.name == "ccn" and config.method.partition == "file" and not resuming:
+            # read now, so a missing or mismatched file stops the run before its probe epochs, not after
+            read_groups_file(config.method.groups_file, self.ds.classes, whole_tree=config.method.depth > 1)
         torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
         self.model = build_model(config, self.ds.num_classes)
-        # a resumed run takes every weight from its checkpoint, so model.init's file is not needed again
-        resuming = resume and self._checkpoint_path() is not None and self._checkpoint_path().exists()
         self.init_record = None if resuming else self._start_from_trained_weights()
         self.model = self.model.to(self.device)
         if uses_channels_last(config, self.device):
