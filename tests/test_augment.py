@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ccn.data.augment import Augment, Normalize, cutout, random_crop, random_flip
@@ -88,3 +89,18 @@ def test_normalize_matches_definition():
     out = Normalize([0.1, 0.2, 0.3], [0.5, 0.5, 0.5])(x)
     expected = (x.float() / 255 - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / 0.5
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["none", "autoaugment", "randaugment", "trivialaugment"])
+def test_each_rank_augments_only_its_share_exactly_as_one_process_would(policy):
+    """Under torchrun each rank augments only its share of the global batch, with the draws one
+    process makes for the whole batch: the shares put together are the single-process batch."""
+    from ccn.data.augment import Share
+    from ccn.data.policies import make_policy
+    x = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
+    augment = Augment(crop_padding=2, flip=True, cutout=4,
+                      policy=None if policy == "none" else make_policy(policy))
+    whole = augment(x, _gen())
+    for rank in range(3):
+        part = augment(x[rank::3], _gen(), Share(rank, 3, len(x)))
+        assert torch.equal(part, whole[rank::3]), rank

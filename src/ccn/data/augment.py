@@ -1,6 +1,9 @@
 """Batched augmentation on uint8 image tensors: pure tensor ops, one seeded generator, no per-image Python.
 
 Each function takes a (B, C, H, W) tensor on any device and a `torch.Generator` on that device.
+With a `Share`, the images are one process's share of a larger global batch: the random numbers
+are drawn for the whole global batch (exactly what one process would draw) and only the share's
+are used, so N processes that each augment their share see what one process sees, at 1/N the work.
 """
 
 from __future__ import annotations
@@ -11,33 +14,58 @@ from typing import Callable, Optional
 import torch
 
 
-def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class Share:
+    """Images `start`, `start + step`, ... of a global batch of `total` images (one rank's share)."""
+
+    start: int
+    step: int
+    total: int
+
+    def of(self, drawn: torch.Tensor) -> torch.Tensor:
+        """The share's entries of per-image draws laid out along the last dimension."""
+        return drawn[..., self.start::self.step]
+
+
+def batch_size(images: torch.Tensor, share: Optional[Share]) -> int:
+    """How many images the random draws are made for: the global batch when augmenting a share."""
+    return len(images) if share is None else share.total
+
+
+def mine(drawn: torch.Tensor, share: Optional[Share]) -> torch.Tensor:
+    return drawn if share is None else share.of(drawn)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator, share: Optional[Share] = None) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
+    flip = mine(torch.rand(batch_size(images, share), device=images.device, generator=generator), share) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator,
+                share: Optional[Share] = None) -> torch.Tensor:
     """Zero-pad by `padding` pixels, then cut an H x W window at a random offset per image."""
     if padding <= 0:
         return images
     b, _, h, w = images.shape
+    n = batch_size(images, share)
     padded = torch.nn.functional.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (b,), device=images.device, generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (b,), device=images.device, generator=generator)
+    dy = mine(torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator), share)
+    dx = mine(torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator), share)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
     batch = torch.arange(b, device=images.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # gather, back to (B, C, H, W)
 
 
-def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator, share: Optional[Share] = None) -> torch.Tensor:
     """Zero a size x size square (clipped at the border) centred at a random pixel of each image."""
     if size <= 0:
         return images
-    b, _, h, w = images.shape
-    cy = torch.randint(0, h, (b, 1, 1), device=images.device, generator=generator)
-    cx = torch.randint(0, w, (b, 1, 1), device=images.device, generator=generator)
+    _, _, h, w = images.shape
+    n = batch_size(images, share)
+    cy = mine(torch.randint(0, h, (n,), device=images.device, generator=generator), share)[:, None, None]
+    cx = mine(torch.randint(0, w, (n,), device=images.device, generator=generator), share)[:, None, None]
     ys = torch.arange(h, device=images.device)[None, :, None]
     xs = torch.arange(w, device=images.device)[None, None, :]
     half = size // 2
@@ -55,15 +83,15 @@ class Augment:
     crop_padding: int = 4
     flip: bool = True
     cutout: int = 0
-    policy: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None
+    policy: Optional[Callable[..., torch.Tensor]] = None  # (images, generator, share) -> images
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        images = random_crop(images, self.crop_padding, generator)
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, share: Optional[Share] = None) -> torch.Tensor:
+        images = random_crop(images, self.crop_padding, generator, share)
         if self.flip:
-            images = random_flip(images, generator)
+            images = random_flip(images, generator, share)
         if self.policy is not None:
-            images = self.policy(images, generator)
-        return cutout(images, self.cutout, generator)
+            images = self.policy(images, generator, share)
+        return cutout(images, self.cutout, generator, share)
 
 
 class Normalize(torch.nn.Module):

@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from ccn.data.augment import Augment, Normalize
+from ccn.data.augment import Augment, Normalize, Share
 
 _EPOCH_STRIDE = 1_000_003  # keeps the per-epoch and per-batch seeds of one run apart
 
@@ -47,20 +47,19 @@ class TensorBatches:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of one epoch from `start_batch` on. With world_size ranks, each takes every
-        world_size-th image of the same global batch, augmented exactly as one process would, so N
-        ranks together see what a single process sees."""
+        world_size-th image of the same global batch and augments only those, with the random draws
+        one process makes for the whole batch, so N ranks together see what a single process sees."""
         order = self._order(epoch)
         generator = torch.Generator(device=self.images.device)
         share = slice(self.rank, None, self.world_size)
         for b in range(start_batch, self.num_batches()):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            if self.augment is None:
-                idx = idx[share]
-                images = self.images[idx]
-            else:
+            mine = idx[share]
+            images = self.images[mine]
+            if self.augment is not None:  # draws for the whole global batch, work on this rank's share only
                 generator.manual_seed((self.seed * _EPOCH_STRIDE + epoch) * 65_537 + b)
-                images = self.augment(self.images[idx], generator)[share]
-                idx = idx[share]
+                images = self.augment(images, generator, Share(self.rank, self.world_size, len(idx)))
+            idx = mine
             x = self.normalize(images)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
+
+from ccn.data.augment import Share, batch_size, mine
 
 # ---------------------------------------------------------------- operations (PIL semantics)
 
@@ -324,13 +326,13 @@ def single_threaded_on_cpu(policy_call):
     AutoAugment on 256 images took 169-1069 ms per batch with 2 threads and 52-146 ms with this,
     8 alternating calls each. Results do not depend on the thread count (no float reductions)."""
     @functools.wraps(policy_call)
-    def wrapper(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def wrapper(self, images: torch.Tensor, generator: torch.Generator, share: Optional[Share] = None) -> torch.Tensor:
         threads = torch.get_num_threads()
         if images.device.type != "cpu" or threads == 1:
-            return policy_call(self, images, generator)
+            return policy_call(self, images, generator, share)
         torch.set_num_threads(1)
         try:
-            return policy_call(self, images, generator)
+            return policy_call(self, images, generator, share)
         finally:
             torch.set_num_threads(threads)
     return wrapper
@@ -346,14 +348,15 @@ class AutoAugment:
     its two operations with the operation's probability (10 magnitude bins, standard ranges)."""
 
     @single_threaded_on_cpu
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        b, device = len(images), images.device
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, share: Optional[Share] = None
+                 ) -> torch.Tensor:
+        b, device = batch_size(images, share), images.device
         table = torch.tensor([[OP_INDEX[op] for op, _, _ in sub] for sub in AUTOAUGMENT_CIFAR10], device=device)
         probs = torch.tensor([[p for _, p, _ in sub] for sub in AUTOAUGMENT_CIFAR10], device=device)
         mags = torch.tensor([[m for _, _, m in sub] for sub in AUTOAUGMENT_CIFAR10], device=device)
-        choice = torch.randint(0, len(AUTOAUGMENT_CIFAR10), (b,), device=device, generator=generator)
-        coins = torch.rand(2, b, device=device, generator=generator)
-        negative = _draw_sign(2 * b, generator, device).view(2, b)
+        choice = mine(torch.randint(0, len(AUTOAUGMENT_CIFAR10), (b,), device=device, generator=generator), share)
+        coins = mine(torch.rand(2, b, device=device, generator=generator), share)
+        negative = mine(_draw_sign(2 * b, generator, device).view(2, b), share)
         for slot in range(2):
             active = coins[slot] < probs[choice, slot]
             images = apply_ops(images, table[choice, slot], mags[choice, slot], negative[slot], active, 10, STANDARD)
@@ -369,13 +372,14 @@ class RandAugment:
     magnitude: int = 9
 
     @single_threaded_on_cpu
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        b, device = len(images), images.device
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, share: Optional[Share] = None
+                 ) -> torch.Tensor:
+        b, device = batch_size(images, share), images.device
         ops = torch.tensor([OP_INDEX[n] for n in RANDAUGMENT_OPS], device=device)
-        picks = ops[torch.randint(0, len(ops), (self.num_ops, b), device=device, generator=generator)]
-        negative = _draw_sign(self.num_ops * b, generator, device).view(self.num_ops, b)
-        bins = torch.full((b,), self.magnitude, device=device)
-        active = torch.ones(b, dtype=torch.bool, device=device)
+        picks = mine(ops[torch.randint(0, len(ops), (self.num_ops, b), device=device, generator=generator)], share)
+        negative = mine(_draw_sign(self.num_ops * b, generator, device).view(self.num_ops, b), share)
+        bins = torch.full((len(images),), self.magnitude, device=device)
+        active = torch.ones(len(images), dtype=torch.bool, device=device)
         for slot in range(self.num_ops):
             images = apply_ops(images, picks[slot], bins, negative[slot], active, 31, STANDARD)
         return images
@@ -387,13 +391,14 @@ class TrivialAugment:
     uniformly from 31 bins, with a random sign (wide ranges)."""
 
     @single_threaded_on_cpu
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        b, device = len(images), images.device
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, share: Optional[Share] = None
+                 ) -> torch.Tensor:
+        b, device = batch_size(images, share), images.device
         ops = torch.tensor([OP_INDEX[n] for n in RANDAUGMENT_OPS], device=device)
-        pick = ops[torch.randint(0, len(ops), (b,), device=device, generator=generator)]
-        bins = torch.randint(0, 31, (b,), device=device, generator=generator)
-        negative = _draw_sign(b, generator, device)
-        active = torch.ones(b, dtype=torch.bool, device=device)
+        pick = mine(ops[torch.randint(0, len(ops), (b,), device=device, generator=generator)], share)
+        bins = mine(torch.randint(0, 31, (b,), device=device, generator=generator), share)
+        negative = mine(_draw_sign(b, generator, device), share)
+        active = torch.ones(len(images), dtype=torch.bool, device=device)
         return apply_ops(images, pick, bins, negative, active, 31, WIDE)
 
 
