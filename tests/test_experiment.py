@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -136,3 +137,23 @@ def test_other_grid_in_the_same_folder_is_refused(grid_run, tmp_path):
     other.write_text(GRID.replace("seeds: [0, 1]", "seeds: [5, 6]"))
     result = run_cli("experiment", "--config", str(other), "--out", str(folder / "out"))
     assert result.returncode == 2 and "holds another grid" in result.stderr
+
+
+def test_a_grid_that_adds_seeds_and_variants_widens_the_folder(grid_run, tmp_path):
+    folder, _ = grid_run
+    out = tmp_path / "out"
+    shutil.copytree(folder / "out", out)
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(GRID.replace("late-2]", "late-2, k-3]"))
+    result = run_cli("experiment", "--config", str(wider), "--out", str(out), "--set", "seeds=[0, 1, 2]")
+    assert result.returncode == 0, result.stderr
+    assert "grows by seeds 2 and variants k-3" in result.stdout
+    assert result.stdout.count("finished earlier: reused") == 10 and result.stdout.count("training in") == 8
+    ours = json.loads((out / "summary.json").read_text())["variants"]
+    theirs = json.loads((folder / "out" / "summary.json").read_text())["variants"]
+    assert set(ours) == set(theirs) | {"k-3"}
+    for name, old in theirs.items():  # the first two seeds are the finished runs, untouched
+        assert ours[name]["top1"][:2] == old["top1"] and len(ours[name]["top1"]) == 3
+    assert load_grid(out / "grid.yaml").seeds == [0, 1, 2]
+    narrower = run_cli("experiment", "--config", str(folder / "g.yaml"), "--out", str(out))
+    assert narrower.returncode == 2 and "may only add seeds or variants" in narrower.stderr

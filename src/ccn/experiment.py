@@ -9,7 +9,8 @@ Grid file:
     reference: flat  # paired differences are taken against this variant
 
 Each (variant, seed) trains in OUT/runs/<variant>-s<seed>/. A finished run is reused and an
-interrupted one resumed, so running the same command again continues the grid.
+interrupted one resumed, so running the same command again continues the grid; a grid that only
+adds seeds or variants (`--set seeds=[...]`) widens it in place.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def run_grid(grid: Grid, out: Path, log=echo) -> dict:
 def _run_locked_grid(grid: Grid, out: Path, log) -> dict:
     from ccn.report import write_report
 
-    _claim_folder(out, grid)
+    _claim_folder(out, grid, log)
     data_cache: dict = {}
     started = time.perf_counter()
     runs = [(variant, seed) for seed in grid.seeds for variant in grid.variants]
@@ -213,20 +214,47 @@ def _run_one(grid: Grid, out: Path, variant: str, seed: int, data_cache: dict, l
     log(f"[{variant} seed {seed}] top1 {100 * read_results(run_dir)['top1']:.2f}%")
 
 
-def _claim_folder(out: Path, grid: Grid) -> None:
-    """Give OUT its grid.yaml, or check that an existing OUT holds the same grid."""
+def _claim_folder(out: Path, grid: Grid, log=echo) -> None:
+    """Give OUT its grid.yaml, or check that an existing OUT holds the same grid or one this grid extends.
+
+    Adding seeds or variants to a grid leaves every finished run valid (the base config and each
+    variant's overrides are unchanged), so a study can be widened in place to narrow its intervals."""
     path = out / "grid.yaml"
     text = yaml.safe_dump(grid.raw, sort_keys=False)
+    wanted = yaml.safe_load(text)
     if path.exists():
         try:
             saved = cfgmod.read_yaml(path)
         except ConfigError as err:
             raise CCNError(f"{path} is damaged ({err}): restore it to continue the grid, or choose another --out") from None
-        if saved != yaml.safe_load(text):
+        if saved == wanted:
+            return
+        added = _grid_additions(saved, wanted)
+        if added is None:
             raise CCNError(f"{out} holds another grid (see {path}): choose another --out, or restore the grid to "
-                           "continue it")
-        return
+                           "continue it (a grid may only add seeds or variants to the one a folder holds)")
+        log(f"{out}: the grid grows by {added}; finished runs are reused")
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _grid_additions(saved, wanted: dict) -> Optional[str]:
+    """What `wanted` adds to the saved grid ("seeds 3, 4"), or None unless it only adds seeds or variants."""
+    if not isinstance(saved, dict) or set(saved) != set(wanted):
+        return None
+    if saved["base"] != wanted["base"] or saved["reference"] != wanted["reference"]:
+        return None
+    saved_variants, saved_seeds = saved["variants"], saved["seeds"]
+    if (not isinstance(saved_variants, dict) or not isinstance(saved_seeds, list)
+            or not all(isinstance(seed, int) for seed in saved_seeds)):
+        return None
+    if any(wanted["variants"].get(name, object()) != overrides for name, overrides in saved_variants.items()):
+        return None
+    if not set(saved_seeds) <= set(wanted["seeds"]):
+        return None
+    parts = [f"{what} {', '.join(map(str, new))}" for what, new in (
+        ("seeds", [s for s in wanted["seeds"] if s not in saved_seeds]),
+        ("variants", [v for v in wanted["variants"] if v not in saved_variants])) if new]
+    return " and ".join(parts)
 
 
 class _NullStream:
