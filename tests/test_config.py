@@ -52,7 +52,7 @@ def test_bad_values_name_the_key(override, words):
     (["method.groups_file=h.json"], ["method.partition=file and method.groups_file=PATH go together"]),
     (["method.clustering=balanced", "method.threshold=0.5"], ["method.threshold cannot be used with method.clustering=balanced"]),
     (["method.clustering=balanced", "method.max_group_size=5"], ["method.max_group_size cannot be used"]),
-    (["data.val_fraction=1"], ["data.val_fraction must be 0"]),
+    (["data.val_fraction=1"], ["data.val_fraction must be at least 0 and less than 1 (0: score the test set)"]),
 ])
 def test_settings_that_would_change_what_a_run_means_are_refused(overrides, words):
     """A run must be what its name says: clustering at epoch 0 is a flat model, recursion before
@@ -126,6 +126,12 @@ VALUE_CASES = [
     pytest.param(["model.dropout=1"], "model.dropout must be at least 0 and less than 1", id="dropout-one"),
     pytest.param(["method.groups=1000000000"], "method.groups must be between 1 and", id="huge-groups"),
     pytest.param(["seed=-1"], "seed must be between 0 and 4294967295", id="negative-seed"),
+    pytest.param(["train.ema=1"], "train.ema must be at least 0 and less than 1 (the decay", id="ema-one"),
+    pytest.param(["data.val_fraction=-0.2"], "data.val_fraction must be at least 0", id="negative-val-fraction"),
+    pytest.param(["data.augment=randaugment", "data.randaugment_n=15"], "data.randaugment_n must be between 0 and 14",
+                 id="randaugment-n-15"),
+    pytest.param(["data.augment=randaugment", "data.randaugment_m=31"], "data.randaugment_m must be between 0 and 30",
+                 id="randaugment-m-31"),
     pytest.param(["seed=1099511627776"], "seed must be between 0 and 4294967295", id="huge-seed"),
     pytest.param(["train.momentum=1.5"], "train.momentum must be between 0 and 1", id="momentum-above-one"),
     pytest.param(["train.weight_decay=5"], "train.weight_decay must be between 0 and 1", id="huge-weight-decay"),

@@ -308,6 +308,7 @@ class Bounds:
     high: Optional[float] = None
     low_open: bool = False
     high_open: bool = False
+    meaning: str = ""  # what a special value means, said beside the range ("0: off")
 
     def allows(self, value) -> bool:
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
@@ -315,6 +316,9 @@ class Bounds:
         return self.high is None or (value < self.high or (not self.high_open and value == self.high))
 
     def describe(self) -> str:
+        return self._range() + (f" ({self.meaning})" if self.meaning else "")
+
+    def _range(self) -> str:
         if self.high is None:
             return f"greater than {self.low}" if self.low_open else f"{self.low} or more"
         if self.low_open or self.high_open:
@@ -338,6 +342,9 @@ LIMITS: dict[str, Bounds] = {
     "data.cutout": Bounds(0, 1024),
     "data.num_classes": Bounds(2, 10_000),
     "data.num_groups": Bounds(1, 10_000),
+    "data.val_fraction": Bounds(0, 1, high_open=True, meaning="0: score the test set"),
+    "data.randaugment_n": Bounds(0, 14),  # operations per image; 14 is every operation
+    "data.randaugment_m": Bounds(0, 30),  # magnitude bins, as in the RandAugment paper
     "model.width": Bounds(1, 4096),
     "model.depth": Bounds(1, 1000),
     "model.alpha": Bounds(1, 10_000),
@@ -353,6 +360,7 @@ LIMITS: dict[str, Bounds] = {
     "train.label_smoothing": Bounds(0, 1, high_open=True),
     "train.warmup_epochs": Bounds(0, 100_000),
     "train.gamma": Bounds(0, 1, low_open=True),
+    "train.ema": Bounds(0, 1, high_open=True, meaning="the decay of the weight average; 0: off"),
     "method.probe_epochs": Bounds(1, 100_000),
     "method.cluster_epoch": Bounds(0, 100_000),  # 0: refused for ccn runs with its own message
     "method.recurse_epoch": Bounds(1, 100_000),
@@ -407,12 +415,6 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be {bounds.describe()}, got {value!r}")
     _check_combinations(config)
     d, t, meth = config.data, config.train, config.method
-    if not 0 <= d.val_fraction < 1:
-        raise ConfigError(f"data.val_fraction must be 0 (score the test set) or a share below 1, got {d.val_fraction}")
-    if not 0 <= d.randaugment_n <= 14:
-        raise ConfigError(f"data.randaugment_n must lie between 0 and 14 operations per image, got {d.randaugment_n}")
-    if not 0 <= d.randaugment_m <= 30:
-        raise ConfigError(f"data.randaugment_m must lie between 0 and 30 (magnitude bins), got {d.randaugment_m}")
     if d.num_groups > d.num_classes:
         raise ConfigError(f"data.num_groups ({d.num_groups}) must not exceed data.num_classes ({d.num_classes})")
     if d.name == "synthetic":
@@ -420,8 +422,6 @@ def validate(config: Config) -> None:
     if meth.depth > 2:
         raise ConfigError(f"method.depth={meth.depth}: only depth 1 (groups) and 2 (groups split once more) are "
                           "implemented; use method.depth=2")
-    if not 0 <= t.ema < 1:
-        raise ConfigError(f"train.ema is the decay of the weight average and must be 0 (off) or in [0, 1), got {t.ema}")
     if meth.name == "ccn":
         _validate_method_schedule(config)
     if t.warmup_epochs >= t.epochs:
