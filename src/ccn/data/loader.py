@@ -51,15 +51,14 @@ class TensorBatches:
         one process makes for the whole batch, so N ranks together see what a single process sees."""
         order = self._order(epoch)
         generator = torch.Generator(device=self.images.device)
-        share = slice(self.rank, None, self.world_size)
         for b in range(start_batch, self.num_batches()):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            mine = idx[share]
-            images = self.images[mine]
+            share = Share(self.rank, self.world_size, len(idx))
+            idx = share.of(idx)
+            images = self.images[idx]
             if self.augment is not None:  # draws for the whole global batch, work on this rank's share only
                 generator.manual_seed((self.seed * _EPOCH_STRIDE + epoch) * 65_537 + b)
-                images = self.augment(images, generator, Share(self.rank, self.world_size, len(idx)))
-            idx = mine
+                images = self.augment(images, generator, share)
             x = self.normalize(images)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
