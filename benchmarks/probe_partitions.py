@@ -22,7 +22,9 @@ import torch
 from ccn import config as cfgmod
 from ccn.dist import World
 from ccn.hierarchy import agreement, build_hierarchy
-from ccn.pipeline import MethodRun, flat_profiles
+from ccn.evaluate import batch_outputs
+from ccn.hierarchy.profiles import flat_profiles
+from ccn.pipeline import MethodRun
 from ccn.tracking import RunLog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ def probe(root: str, seed: int, groups: int) -> dict:
     run = MethodRun(config, None, RunLog(None, enabled=False), World(), None)
     tick = time.perf_counter()
     run.trainer.train_epoch(run.data.train, 1)
-    profiles = flat_profiles(run.model, run.data.probe, run.ds.num_classes)
+    profiles = flat_profiles(batch_outputs(run.model, run.data.probe), run.ds.num_classes)
     result = {"probe_epoch_s": round(time.perf_counter() - tick, 1)}
     for profile, clustering in SETTINGS:
         h = build_hierarchy(profiles, run.ds.classes, groups=groups, profile=profile, clustering=clustering)

@@ -6,7 +6,8 @@ import errno
 import pytest
 import torch
 
-from ccn.checkpoint import atomic_write, save_weights
+from ccn.checkpoint import save_weights
+from ccn.files import atomic_write
 from ccn.data.base import ImageDataset
 from ccn.errors import CCNError, DataError
 from conftest import run_cli
@@ -84,7 +85,7 @@ def test_missing_run_folder_and_image(tmp_path):
 def test_torchrun_without_out_and_uneven_batch(tmp_path, monkeypatch):
     from ccn import config as cfgmod
     from ccn.dist import World
-    from ccn.pipeline import prepare_data
+    from ccn.data.prepare import prepare_data
     with pytest.raises(CCNError, match="choose a multiple of 2"):
         prepare_data(cfgmod.load(None, ["train.batch_size=33"]), torch.device("cpu"), World(0, 2, 0))
     monkeypatch.setenv("WORLD_SIZE", "2")

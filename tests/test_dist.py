@@ -17,7 +17,7 @@ def _helpers_worker(rank: int, world: int, init_file: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         from ccn.dist import all_reduce_sum, broadcast_buffers
-        from ccn.pipeline import reduced_profiles
+        from ccn.hierarchy.profiles import reduced_profiles
 
         total = all_reduce_sum(torch.tensor([float(rank + 1)]))
         assert total.item() == 3.0

@@ -24,23 +24,23 @@ def test_the_cuda_process_group_gets_gloo_beside_nccl(monkeypatch):
 
 def test_profile_sums_stay_on_the_device_until_reduced(monkeypatch):
     """NCCL reduces only CUDA tensors: the sums must not be moved to the CPU before the all-reduce."""
-    from ccn import pipeline
+    from ccn.hierarchy import profiles
     reduced = []
-    monkeypatch.setattr(pipeline, "all_reduce_sum", lambda t: reduced.append(t) or t)
+    monkeypatch.setattr(profiles, "all_reduce_sum", lambda t: reduced.append(t) or t)
 
     def no_cpu(self):
         raise AssertionError("a tensor was moved to the CPU before the reduction")
 
-    tally = pipeline.ProfileSums()
+    tally = profiles.ProfileSums()
     monkeypatch.setattr(torch.Tensor, "cpu", no_cpu)
     probs = torch.softmax(torch.randn(12, 4, dtype=torch.float64), 1)
     tally.add(probs, torch.arange(12) % 4, 4)
     tally.add(probs, torch.arange(12) % 4, 4)
     monkeypatch.undo()
-    monkeypatch.setattr(pipeline, "all_reduce_sum", lambda t: reduced.append(t) or t)
-    profiles = tally.profiles()
+    monkeypatch.setattr(profiles, "all_reduce_sum", lambda t: reduced.append(t) or t)
+    summed = tally.profiles()
     assert [t.dtype for t in reduced] == [torch.float64, torch.float64]
-    assert torch.allclose(profiles, pipeline.reduced_profiles(probs, torch.arange(12) % 4, 4))
+    assert torch.allclose(summed, profiles.reduced_profiles(probs, torch.arange(12) % 4, 4))
 
 
 def test_deterministic_mode_sets_the_cublas_workspace(monkeypatch):
@@ -142,7 +142,7 @@ def test_logged_loss_equals_the_true_one_over_a_long_bf16_epoch():
 
 
 def test_probe_set_train_puts_the_training_images_on_the_device_once():
-    from ccn.pipeline import prepare_data
+    from ccn.data.prepare import prepare_data
     config = cfgmod.load(None, ["data.train_per_class=5", "data.test_per_class=2"])
     data = prepare_data(config, torch.device("meta"))  # each .to("meta") would make a new tensor
     assert data.probe.images is data.train.images and data.probe.labels is data.train.labels

@@ -106,7 +106,7 @@ def test_depth_two_without_a_large_group_keeps_a_loadable_depth_one_run(planted,
 def test_probe_holdout_removes_the_same_images_from_flat_and_ccn(planted):
     """probe_set=holdout takes images out of training for every method, so a flat baseline of the
     same grid trains on exactly the images its ccn runs train on (pairing)."""
-    from ccn.pipeline import prepare_data
+    from ccn.data.prepare import prepare_data
     import torch
     datas = {}
     for method in ("flat", "ccn"):

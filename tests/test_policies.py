@@ -15,7 +15,7 @@ from ccn.data.loader import TensorBatches
 from ccn.data.policies import (OPERATIONS, STANDARD, WIDE, AutoAugment, RandAugment, TrivialAugment, apply_ops,
                                make_policy, op_values)
 from ccn.errors import ConfigError
-from ccn.pipeline import default_augment
+from ccn.data.prepare import default_augment
 from conftest import run_cli
 
 # Tolerance against PIL, per operation and value, over 8 real images: mean |ours - PIL| below 0.1

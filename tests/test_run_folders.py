@@ -16,13 +16,14 @@ import pytest
 import torch
 
 from ccn import config as cfgmod
-from ccn.checkpoint import atomic_write, read_training_state, save_training_state, save_weights
+from ccn.checkpoint import read_training_state, save_training_state, save_weights
+from ccn.files import atomic_write
 from ccn.errors import WriteError
 from ccn.hierarchy import build_hierarchy
 from ccn.locks import LOCK_FILE, FolderLock
 from ccn.pipeline import run_training
 from ccn.plots import save_figure
-from ccn.runs import write_json
+from ccn.files import write_json
 from ccn.tracking import RunLog, append_line
 from conftest import run_cli
 

@@ -1,10 +1,9 @@
-"""Weights and training state on disk: safetensors files written atomically (temporary file,
-fsync, rename), with no pickled Python objects, so loading never runs code."""
+"""Weights and training state on disk: safetensors files written atomically (ccn.files), with no
+pickled Python objects, so loading never runs code."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -12,34 +11,10 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from ccn.errors import CCNError, WriteError
+from ccn.errors import CCNError
+from ccn.files import atomic_write, fault_point
 from ccn.validate import (Invalid, checked, parse_json, require_int, require_keys, require_list, require_mapping,
                           require_number, require_numbers, require_str)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync it, then rename over `path`: a crash leaves the old file intact.
-
-    A failed write (full disk, read-only folder, no permission) is a WriteError, one line."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise WriteError(f"could not write {path} ({err.strerror or err}): free disk space or make the folder "
-                         "writable; the previous file, if any, is unchanged") from None
-    finally:
-        _discard(tmp)
-
-
-def _discard(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only folder, where nothing was written either
 
 
 def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -102,16 +77,6 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 STATE_FILE = "checkpoint.safetensors"
 _STATE_KEY = "ccn_state"
-
-
-def fault_point(name: str) -> None:
-    """Testing hook: the process kills itself with SIGKILL when CCN_FAULT names this point.
-
-    The resume tests use it to stop a run at exact places (mid-epoch, inside a save, right after
-    clustering); it does nothing unless that variable is set."""
-    if os.environ.get("CCN_FAULT") == name:
-        import signal
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -90,7 +90,7 @@ def _clusters(args) -> None:
 def _evaluate(args) -> None:
     from ccn.dist import autocast, resolve_device
     from ccn.evaluate import score
-    from ccn.pipeline import prepare_data
+    from ccn.data.prepare import prepare_data
     from ccn.runs import load_run
 
     config, model, hierarchy, saved = load_run(Path(args.run_dir), args.set)

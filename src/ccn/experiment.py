@@ -25,7 +25,7 @@ from typing import Optional
 import yaml
 
 from ccn import config as cfgmod
-from ccn.checkpoint import atomic_write
+from ccn.files import atomic_write
 from ccn.errors import CCNError, ConfigError
 from ccn.locks import FolderLock
 from ccn.progress import echo, progress_bar

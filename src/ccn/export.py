@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ccn.checkpoint import atomic_write
+from ccn.files import atomic_write, write_json
 from ccn.errors import CCNError
 from ccn.predict import class_probabilities, inference_rule
-from ccn.runs import load_run, write_json
+from ccn.runs import load_run
 
 FORMATS = ("onnx",)
 OPSET = 17

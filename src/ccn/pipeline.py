@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 import platform
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,194 +21,23 @@ import torch
 
 from ccn import config as cfgmod
 from ccn.config import Config
-from ccn.checkpoint import (STATE_FILE, check_run_state, fault_point, read_training_state, restore_training_state,
+from ccn.checkpoint import (STATE_FILE, check_run_state, read_training_state, restore_training_state,
                             save_training_state)
-from ccn.data import ImageDataset, load_dataset
-from ccn.data.base import split_per_class
-from ccn.data.augment import Augment, Normalize
-from ccn.data.loader import TensorBatches
-from ccn.data.policies import make_policy
-from ccn.dist import (World, all_reduce_sum, autocast, configure_backends, init_distributed, main_rank_first,
+from ccn.files import fault_point
+from ccn.data import ImageDataset
+from ccn.data.prepare import RunData, prepare_data, uses_channels_last
+from ccn.dist import (World, autocast, configure_backends, init_distributed, main_rank_first,
                       resolve_device, seed_stream, wrap_for_training)
 from ccn.ema import WeightAverage
 from ccn.errors import CCNError
 from ccn.evaluate import batch_outputs, score
-from ccn.hierarchy import (Hierarchy, build_hierarchy, choose_partition, default_group_count, random_partition,
-                           read_groups_file)
-from ccn.hierarchy.affinity import class_profile_sums, profiles_from_sums
+from ccn.hierarchy import Hierarchy, read_groups_file
+from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.models import count_parameters
 from ccn.runs import load_initial_weights, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
 from ccn.train import Trainer
-
-PROBE_HOLDOUT_SEED = 12345  # fixed, not the run seed: every variant and seed holds out the same images
-VALIDATION_SEED = 54321  # likewise for data.val_fraction
-
-
-# ---------------------------------------------------------------- data
-
-
-@dataclass
-class RunData:
-    """A data set moved to the training device, with its batch iterators."""
-
-    ds: ImageDataset
-    normalize: Normalize
-    train: TensorBatches
-    test: TensorBatches  # the images scored: the test set, or the validation hold-out (data.val_fraction)
-    probe: TensorBatches  # images whose softmax defines the class profiles (no augmentation)
-    eval_set: str = "test"  # which images `test` holds: "test" or "validation"
-
-
-def default_augment(config: Config, ds: ImageDataset) -> Augment:
-    padding = config.data.crop_padding if config.data.crop_padding is not None else max(1, ds.image_size // 8)
-    flip = config.data.flip if config.data.flip is not None else ds.flip
-    policy = make_policy(config.data.augment, config.data.randaugment_n, config.data.randaugment_m)
-    return Augment(crop_padding=padding, flip=flip, cutout=config.data.cutout, policy=policy)
-
-
-def uses_channels_last(config: Config, device: torch.device) -> bool:
-    """NHWC images and weights: faster on CUDA and also on CPU, where oneDNN's convolutions ran
-    ResNet-20 and ResNet-9 training 15-25 % faster and evaluation 1.2-1.8x faster (benchmarks/RESULTS.md)."""
-    return config.train.channels_last and device.type in ("cpu", "cuda")
-
-
-def prepare_data(config: Config, device: torch.device, world: World = World(),
-                 ds: Optional[ImageDataset] = None, preprocess: Optional[dict] = None) -> RunData:
-    """The run's data on `device`. `preprocess` (a saved run's mean and std, 0-1 scale) replaces the
-    statistics of these training images, so a saved run is scored with the normalisation it learned."""
-    ds = ds if ds is not None else load_dataset(config.data)
-    mean, std = (preprocess["mean"], preprocess["std"]) if preprocess is not None else ds.channel_stats()
-    normalize = Normalize(mean, std).to(device)
-    x, y = ds.train_images, ds.train_labels
-    test_x, test_y, eval_set = ds.test_images, ds.test_labels, "test"
-    if config.data.val_fraction > 0:  # choose settings on training images; the test set stays untouched
-        keep, held = split_per_class(y, config.data.val_fraction, VALIDATION_SEED)
-        test_x, test_y, eval_set, x, y = x[held], y[held], "validation", x[keep], y[keep]
-    probe_x, probe_y = x, y
-    if config.method.probe_set == "holdout":  # for every method, so a flat baseline trains on the same images
-        keep, held = split_per_class(y, config.method.holdout_fraction, PROBE_HOLDOUT_SEED)
-        probe_x, probe_y, x, y = x[held], y[held], x[keep], y[keep]
-    channels_last = uses_channels_last(config, device)
-    t, seed = config.train, config.seed
-    eval_kwargs = dict(normalize=normalize, shuffle=False, drop_last=False, channels_last=channels_last)
-    on = lambda a: a.to(device)  # noqa: E731
-    train_x, train_y = on(x), on(y)
-    # probe_set=train profiles the training images themselves: one copy on the device, not two
-    probe_x, probe_y = (train_x, train_y) if probe_x is x else (on(probe_x), on(probe_y))
-    if t.batch_size % world.world_size:
-        raise CCNError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly among "
-                       f"{world.world_size} processes: choose a multiple of {world.world_size}")
-    train = TensorBatches(train_x, train_y, min(t.batch_size, len(y)), normalize, default_augment(config, ds),
-                          seed=seed, rank=world.rank, world_size=world.world_size, channels_last=channels_last)
-    # every rank scores and profiles its share of the test and probe sets; the counts are added across ranks
-    shares = dict(rank=world.rank, world_size=world.world_size)
-    test = TensorBatches(on(test_x), on(test_y), t.eval_batch_size, **shares, **eval_kwargs)
-    probe = TensorBatches(probe_x, probe_y, t.eval_batch_size, **shares, **eval_kwargs)
-    return RunData(ds, normalize, train, test, probe, eval_set)
-
-
-# ---------------------------------------------------------------- step 2: groups
-
-
-class ProfileSums:
-    """Class-profile sums and counts, added up batch by batch on the training device."""
-
-    def __init__(self):
-        self.sums = self.counts = None
-
-    def add(self, probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
-        sums, counts = class_profile_sums(probs, labels, num_classes)
-        self.sums = sums if self.sums is None else self.sums + sums
-        self.counts = counts if self.counts is None else self.counts + counts
-
-    def profiles(self) -> torch.Tensor:
-        """The mean rows, summed over all ranks while still on the device (NCCL reduces only CUDA
-        tensors), then moved to the CPU for clustering."""
-        return profiles_from_sums(all_reduce_sum(self.sums), all_reduce_sum(self.counts)).cpu()
-
-
-def reduced_profiles(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class profiles from this rank's share of the probe set, summed over all ranks: every rank
-    gets the same profiles, hence the same groups."""
-    tally = ProfileSums()
-    tally.add(probs, labels, num_classes)
-    return tally.profiles()
-
-
-@torch.no_grad()
-def flat_profiles(model: torch.nn.Module, probe: TensorBatches, num_classes: int, precision=nullcontext) -> torch.Tensor:
-    """Mean softmax of the level-1 (flat) head per class: eval mode, no augmentation."""
-    tally = ProfileSums()
-    for out, labels in batch_outputs(model, probe, precision):
-        tally.add(torch.softmax(out["z"].double(), dim=1), labels, num_classes)
-    return tally.profiles()
-
-
-def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch: int) -> Hierarchy:
-    """The partition of step 2 (learned, or a control), with when and from what it was made."""
-    hierarchy = choose_partition(config.method, profiles, ds.classes, config.seed, ds.coarse, ds.name)
-    hierarchy.how.update(epoch=epoch, probe_set=config.method.probe_set)
-    return hierarchy
-
-
-def large_group_profiles(model: torch.nn.Module, probe: TensorBatches, num_classes: int, large: list,
-                         precision=nullcontext) -> list:
-    """Per group in `large`: the class profiles of the masked (level-3) softmax restricted to the group."""
-    if not large:
-        return []
-    tallies = [ProfileSums() for _ in large]
-    device = probe.labels.device
-    local_index = []  # class -> its position inside its group (-1: another group), per large group
-    for members in large:
-        index = torch.full((num_classes,), -1, dtype=torch.long, device=device)
-        index[torch.tensor(members, device=device)] = torch.arange(len(members), device=device)
-        local_index.append(index)
-    for out, labels in batch_outputs(model, probe, precision):
-        _, log_within = model.head.log_probs(out)
-        for members, index, tally in zip(large, local_index, tallies):
-            local = index[labels]
-            rows = local >= 0
-            tally.add(log_within[rows][:, members].exp(), local[rows], len(members))
-    return [tally.profiles() for tally in tallies]
-
-
-@torch.no_grad()
-def split_large_groups(config: Config, model: torch.nn.Module, probe: TensorBatches, hierarchy: Hierarchy,
-                       epoch: int, precision=nullcontext) -> Hierarchy:
-    """Recursion: inside each group of >= split_min_size classes, profile the classes with the masked
-    (level-3) softmax restricted to the group and cluster them again into round(sqrt(size)) parts.
-
-    Under partition=random the sub-groups are random too (the sizes the learned split gives, shuffled
-    classes), so the control stays random at every level. When no group is large enough, the
-    hierarchy stays at depth 1 and says so (`how["split"]`). The profiles are summed batch by batch
-    on the device (never the whole probe set's (N, C) outputs) and over ranks."""
-    meth = config.method
-    large = [members for members in hierarchy.groups if len(members) >= meth.split_min_size]
-    profiles = large_group_profiles(model, probe, hierarchy.num_classes, large, precision)
-    tree, split = [], 0
-    for k, members in enumerate(hierarchy.groups):
-        if len(members) < meth.split_min_size:
-            tree.append(members)
-            continue
-        S = profiles[split]
-        parts = build_hierarchy(S, [str(c) for c in members], meth.metric, max(2, default_group_count(len(members))),
-                                linkage=meth.linkage, clustering=meth.clustering, profile=meth.profile).groups
-        if meth.partition == "random":
-            parts = random_partition(len(members), sorted(map(len, parts), reverse=True), seed=config.seed + 1 + k)
-        tree.append([[members[i] for i in part] for part in parts])
-        split += 1
-    if split == 0:
-        return Hierarchy(hierarchy.classes, hierarchy.tree,
-                         {**hierarchy.how, "split": f"none: no group has {meth.split_min_size} or more classes"},
-                         hierarchy.distances, hierarchy.merges)
-    how = {**hierarchy.how, "depth": 2, "split_epoch": epoch, "split": f"{split} group(s)"}
-    return Hierarchy(hierarchy.classes, tree, how, hierarchy.distances, hierarchy.merges)
-
-
-# ---------------------------------------------------------------- the run
-
 
 def seed_everything(seed: int, deterministic: bool, device: torch.device = torch.device("cpu")) -> None:
     torch.manual_seed(seed)
@@ -309,7 +136,7 @@ class MethodRun:
     def cluster_classes(self, epoch: int) -> None:
         """Step 2, then the three-level head of step 3 on the same features."""
         tick = time.perf_counter()
-        profiles = flat_profiles(self.model, self.data.probe, self.ds.num_classes, self.precision)
+        profiles = flat_profiles(batch_outputs(self.model, self.data.probe, self.precision), self.ds.num_classes)
         if not bool(torch.isfinite(profiles).all()):  # the loss can stay finite while the outputs overflow
             raise CCNError(f"the network's outputs are not finite after epoch {epoch}, so classes cannot be grouped: "
                            "lower train.lr (or add train.warmup_epochs) and run again")
@@ -325,12 +152,17 @@ class MethodRun:
     def recurse(self, epoch: int) -> None:
         """The recursion: split large groups and continue with a tree head (or, when no group is
         large enough, keep the three-level head and say so)."""
-        self.hierarchy = split_large_groups(self.config, self.model, self.data.probe, self.hierarchy, epoch,
-                                            self.precision)
+        self.hierarchy = split_large_groups(self.config, self._probe_within, self.hierarchy, epoch)
         if self.hierarchy.depth > 1:
             self._install_head(tree_head_from(self.model.head, self.hierarchy.tree, self.config), "tree")
         self.log.info(f"  recursion after epoch {epoch}: tree of depth {self.hierarchy.depth} "
                       f"(split: {self.hierarchy.how['split']})")
+
+    @torch.no_grad()
+    def _probe_within(self):
+        """(log p(class | group, x), labels) per probe batch, for the recursion's profiles."""
+        for out, labels in batch_outputs(self.model, self.data.probe, self.precision):
+            yield self.model.head.log_probs(out)[1], labels
 
     def _install_head(self, head: torch.nn.Module, stage: str) -> None:
         self.model.head = head.to(self.device)

@@ -19,7 +19,7 @@ def _pyplot():
 
 def save_figure(fig, path: Path) -> Path:
     """Write a PNG atomically and close the figure; a full disk or read-only folder is a WriteError."""
-    from ccn.checkpoint import atomic_write
+    from ccn.files import atomic_write
 
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))

@@ -14,8 +14,8 @@ from scipy import stats
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy, agreement
 from ccn.plots import save_figure
-from ccn.checkpoint import atomic_write
-from ccn.runs import read_results, write_json
+from ccn.files import atomic_write, write_json
+from ccn.runs import read_results
 
 
 def paired_difference(values: list[float], reference: list[float]) -> dict:

@@ -26,7 +26,8 @@ from typing import Iterator, Optional
 import torch
 
 from ccn import config as cfgmod
-from ccn.checkpoint import STATE_FILE, atomic_write, fault_point, load_weights, save_weights
+from ccn.checkpoint import STATE_FILE, load_weights, save_weights
+from ccn.files import atomic_write, fault_point, write_json
 from ccn.config import Config
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
@@ -157,10 +158,6 @@ def resume_run_dir(path: Path, clean: bool = True) -> Optional[Config]:
         raise CCNError(f"cannot write to run folder {path} ({err.strerror or err}): make it writable to resume "
                        "the run") from None
     return config
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
 
 
 def write_run(out_dir: Path, config: Config, model: torch.nn.Module, results: dict,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ccn.checkpoint import atomic_write, fault_point
+from ccn.files import atomic_write, fault_point
 from ccn.errors import CCNError, WriteError
 
 

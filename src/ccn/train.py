@@ -13,7 +13,7 @@ import time
 import torch
 from torch import nn
 
-from ccn.checkpoint import fault_point
+from ccn.files import fault_point
 from ccn.config import TrainConfig
 from ccn.data.loader import TensorBatches
 from ccn.dist import all_reduce_sum, autocast, is_distributed

@@ -1,0 +1,81 @@
+"""The run's data on the training device: splits (validation, probe hold-out), normalisation, and
+the batch iterators every stage of a run draws from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ccn.config import Config
+from ccn.data import ImageDataset, load_dataset
+from ccn.data.augment import Augment, Normalize
+from ccn.data.base import split_per_class
+from ccn.data.loader import TensorBatches
+from ccn.data.policies import make_policy
+from ccn.dist import World
+from ccn.errors import CCNError
+
+PROBE_HOLDOUT_SEED = 12345  # fixed, not the run seed: every variant and seed holds out the same images
+VALIDATION_SEED = 54321  # likewise for data.val_fraction
+
+
+@dataclass
+class RunData:
+    """A data set moved to the training device, with its batch iterators."""
+
+    ds: ImageDataset
+    normalize: Normalize
+    train: TensorBatches
+    test: TensorBatches  # the images scored: the test set, or the validation hold-out (data.val_fraction)
+    probe: TensorBatches  # images whose softmax defines the class profiles (no augmentation)
+    eval_set: str = "test"  # which images `test` holds: "test" or "validation"
+
+
+def default_augment(config: Config, ds: ImageDataset) -> Augment:
+    padding = config.data.crop_padding if config.data.crop_padding is not None else max(1, ds.image_size // 8)
+    flip = config.data.flip if config.data.flip is not None else ds.flip
+    policy = make_policy(config.data.augment, config.data.randaugment_n, config.data.randaugment_m)
+    return Augment(crop_padding=padding, flip=flip, cutout=config.data.cutout, policy=policy)
+
+
+def uses_channels_last(config: Config, device: torch.device) -> bool:
+    """NHWC images and weights: faster on CUDA and also on CPU, where oneDNN's convolutions ran
+    ResNet-20 and ResNet-9 training 15-25 % faster and evaluation 1.2-1.8x faster (benchmarks/RESULTS.md)."""
+    return config.train.channels_last and device.type in ("cpu", "cuda")
+
+
+def prepare_data(config: Config, device: torch.device, world: World = World(),
+                 ds: Optional[ImageDataset] = None, preprocess: Optional[dict] = None) -> RunData:
+    """The run's data on `device`. `preprocess` (a saved run's mean and std, 0-1 scale) replaces the
+    statistics of these training images, so a saved run is scored with the normalisation it learned."""
+    ds = ds if ds is not None else load_dataset(config.data)
+    mean, std = (preprocess["mean"], preprocess["std"]) if preprocess is not None else ds.channel_stats()
+    normalize = Normalize(mean, std).to(device)
+    x, y = ds.train_images, ds.train_labels
+    test_x, test_y, eval_set = ds.test_images, ds.test_labels, "test"
+    if config.data.val_fraction > 0:  # choose settings on training images; the test set stays untouched
+        keep, held = split_per_class(y, config.data.val_fraction, VALIDATION_SEED)
+        test_x, test_y, eval_set, x, y = x[held], y[held], "validation", x[keep], y[keep]
+    probe_x, probe_y = x, y
+    if config.method.probe_set == "holdout":  # for every method, so a flat baseline trains on the same images
+        keep, held = split_per_class(y, config.method.holdout_fraction, PROBE_HOLDOUT_SEED)
+        probe_x, probe_y, x, y = x[held], y[held], x[keep], y[keep]
+    channels_last = uses_channels_last(config, device)
+    t, seed = config.train, config.seed
+    eval_kwargs = dict(normalize=normalize, shuffle=False, drop_last=False, channels_last=channels_last)
+    on = lambda a: a.to(device)  # noqa: E731
+    train_x, train_y = on(x), on(y)
+    # probe_set=train profiles the training images themselves: one copy on the device, not two
+    probe_x, probe_y = (train_x, train_y) if probe_x is x else (on(probe_x), on(probe_y))
+    if t.batch_size % world.world_size:
+        raise CCNError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly among "
+                       f"{world.world_size} processes: choose a multiple of {world.world_size}")
+    train = TensorBatches(train_x, train_y, min(t.batch_size, len(y)), normalize, default_augment(config, ds),
+                          seed=seed, rank=world.rank, world_size=world.world_size, channels_last=channels_last)
+    # every rank scores and profiles its share of the test and probe sets; the counts are added across ranks
+    shares = dict(rank=world.rank, world_size=world.world_size)
+    test = TensorBatches(on(test_x), on(test_y), t.eval_batch_size, **shares, **eval_kwargs)
+    probe = TensorBatches(probe_x, probe_y, t.eval_batch_size, **shares, **eval_kwargs)
+    return RunData(ds, normalize, train, test, probe, eval_set)
