@@ -84,8 +84,11 @@ def balanced_partition(D: np.ndarray, groups: int, start: list[list[int]], max_r
 
     Start from `start` (the agglomerative cut into K groups), then repeat: the cost of putting
     class c in group k is its mean distance to k's current members; give every class one seat of
-    the K fixed-size groups so that the total cost is smallest (an assignment problem); stop when
-    no class moves. Every group lies within a factor 2 of C/K by construction (within one class)."""
+    the K fixed-size groups so that the total cost is smallest (an assignment problem); then swap
+    pairs of classes between groups while a swap lowers the sum of within-group distances; stop when
+    nothing moves. The assignment step alone can stop in a poor fixed point whose outcome hangs on
+    how the solver breaks ties between equal seats (scipy 1.16 and 1.17 differ); the swaps do not.
+    Every group lies within a factor 2 of C/K by construction (within one class)."""
     from scipy.optimize import linear_sum_assignment
 
     num_classes = len(D)
@@ -98,11 +101,31 @@ def balanced_partition(D: np.ndarray, groups: int, start: list[list[int]], max_r
         counts = member.sum(0)[None, :] - member  # members of each group other than c itself
         cost = (D @ member) / np.maximum(counts, 1)
         _, seat = linear_sum_assignment(cost[:, seats])
-        new = seats[seat]
+        new = _improve_by_swaps(D, seats[seat], groups)
         if np.array_equal(new, labels):
             break
         labels = new
     return _labels_to_groups(labels)
+
+
+def _improve_by_swaps(D: np.ndarray, labels: np.ndarray, groups: int, max_swaps: int = 10_000) -> np.ndarray:
+    """Swap the pair of classes (in different groups) that lowers the sum of within-group distances
+    most, until no swap lowers it; group sizes do not change.
+
+    With S[i, k] = sum of D[i, m] over the members m of group k, swapping i (in A) and j (in B)
+    changes the sum by S[j, A] - S[i, A] + S[i, B] - S[j, B] - 2 D[i, j]."""
+    labels = labels.copy()
+    for _ in range(max_swaps):
+        S = D @ np.eye(groups)[labels]
+        own = S[np.arange(len(labels)), labels]
+        cross = S[:, labels]  # cross[j, i] = S[j, group of i]
+        gain = cross + cross.T - own[:, None] - own[None, :] - 2 * D
+        gain[labels[:, None] == labels[None, :]] = 0.0
+        i, j = np.unravel_index(np.argmin(gain), gain.shape)
+        if gain[i, j] >= -1e-12 * max(1.0, float(np.abs(D).max())):
+            break
+        labels[i], labels[j] = labels[j], labels[i]
+    return labels
 
 
 def learned_partition(D: np.ndarray, groups: Optional[int] = None, threshold: Optional[float] = None,
