@@ -11,7 +11,7 @@ import torch
 from ccn.data.store import ImageRows, select
 from ccn.errors import DataError
 
-STATS_CHUNK = 1024  # images per chunk when channel statistics are summed over a store
+STATS_CHUNK_BYTES = 32 * 2**20  # float64 working memory per chunk when statistics are summed over a store
 
 
 @dataclass
@@ -79,13 +79,14 @@ def channel_stats(images: torch.Tensor | ImageRows) -> tuple[list[float], list[f
     Tensors (digits, synthetic, CIFAR): one float32 pass over them all, the computation every
     earlier run used, so their normalisation (and results) stay bit-identical. A store (folder,
     Caltech-101, ImageNet; memory or disk alike, so the store never changes a result): float64 sums
-    over chunks of STATS_CHUNK images, so memory does not grow with the data set."""
+    over chunks of about STATS_CHUNK_BYTES, so memory does not grow with the data set."""
     if isinstance(images, torch.Tensor):
         x = images.float().div_(255)
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     total = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)
-    for chunk in images.chunks(STATS_CHUNK):
+    per_image = 8 * int(np.prod(images.shape[1:]))
+    for chunk in images.chunks(max(1, STATS_CHUNK_BYTES // per_image)):
         x = chunk.to(torch.float64).div_(255)
         total += x.sum(dim=(0, 2, 3))
         squares += x.square().sum(dim=(0, 2, 3))
