@@ -11,7 +11,7 @@ import torch
 from ccn.data.store import ImageRows, select
 from ccn.errors import DataError
 
-STATS_CHUNK_BYTES = 32 * 2**20  # float64 working memory per chunk when statistics are summed over a store
+STATS_CHUNK_BYTES = 32 * 2**20  # int64 working memory per chunk when statistics are summed over a store
 
 
 @dataclass
@@ -78,22 +78,23 @@ def channel_stats(images: torch.Tensor | ImageRows) -> tuple[list[float], list[f
 
     Tensors (digits, synthetic, CIFAR): one float32 pass over them all, the computation every
     earlier run used, so their normalisation (and results) stay bit-identical. A store (folder,
-    Caltech-101, ImageNet; memory or disk alike, so the store never changes a result): float64 sums
-    over chunks of about STATS_CHUNK_BYTES, so memory does not grow with the data set."""
+    Caltech-101, ImageNet): exact integer sums of the pixel values and their squares, chunk by chunk
+    (about STATS_CHUNK_BYTES of int64 at a time), so memory does not grow with the data set and the
+    result does not depend on the store, the chunking or the number of threads."""
     if isinstance(images, torch.Tensor):
         x = images.float().div_(255)
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
+    total, squares = [0, 0, 0], [0, 0, 0]
     per_image = 8 * int(np.prod(images.shape[1:]))
     for chunk in images.chunks(max(1, STATS_CHUNK_BYTES // per_image)):
-        x = chunk.to(torch.float64).div_(255)
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.square().sum(dim=(0, 2, 3))
-    count = len(images) * images.shape[2] * images.shape[3]
-    mean = total / count
-    var = (squares - count * mean.square()) / max(count - 1, 1)
-    return mean.tolist(), var.clamp_min(0).sqrt().clamp_min(1e-3).tolist()
+        x = chunk.to(torch.int64)
+        total = [a + b for a, b in zip(total, x.sum(dim=(0, 2, 3)).tolist())]
+        squares = [a + b for a, b in zip(squares, x.square_().sum(dim=(0, 2, 3)).tolist())]
+    n = len(images) * images.shape[2] * images.shape[3]
+    mean = [t / (255 * n) for t in total]
+    # unbiased variance from exact integers: (n * sum(v^2) - sum(v)^2) / (n (n - 1)), in 255^2 units
+    var = [(n * q - t * t) / (n * max(n - 1, 1)) / 255 ** 2 for t, q in zip(total, squares)]
+    return mean, [max(v ** 0.5, 1e-3) for v in var]
 
 
 def cap_per_class(labels: torch.Tensor, cap: Optional[int], seed: int = 0) -> torch.Tensor:

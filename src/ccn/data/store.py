@@ -31,7 +31,9 @@ import json
 import os
 import signal
 import warnings
+from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterator, Optional, Protocol, Sequence
@@ -49,6 +51,7 @@ AUTO_MEMORY_SHARE = 0.5  # auto keeps data in memory up to this share of the mem
 UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge number near 2**63
 DECODE_CHUNK = 32  # images per task handed to a decoding worker
 PARALLEL_FROM = 256  # fewer images are decoded in the parent: starting workers costs more
+IN_FLIGHT = 2  # chunks per worker decoded ahead of the writer: bounds the memory decoding takes
 
 
 class ImageSource(Protocol):
@@ -150,6 +153,9 @@ def choose_store(requested: str, decoded_bytes: int) -> tuple[str, str]:
     if not limits:
         return "memory", f"auto: {size}, and this machine states no memory limit"
     allowed, source = min(limits)
+    copies = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # torchrun: each rank on this machine holds one
+    if copies > 1:
+        allowed, source = allowed // copies, f"{source}, shared by {copies} processes on this machine"
     share = f"{AUTO_MEMORY_SHARE:.0%} of the {allowed / 2**30:.2f} GiB this process may use ({source})"
     if decoded_bytes <= AUTO_MEMORY_SHARE * allowed:
         return "memory", f"auto: {size} fits in {share}"
@@ -207,13 +213,20 @@ def decoded_images(items: Sequence[tuple[Path, int]], size: int, skip_bad: bool)
     if len(items) <= PARALLEL_FROM or workers < 2:
         yield from progress_bar((_decode_or_reason(path, size, skip_bad) for path, _ in items), **shown)
         return
-    ranges = [(start, min(start + DECODE_CHUNK, len(items))) for start in range(0, len(items), DECODE_CHUNK)]
+    ranges = iter([(start, min(start + DECODE_CHUNK, len(items))) for start in range(0, len(items), DECODE_CHUNK)])
     with Pool(workers, initializer=_start_worker, initargs=(os.getpid(), items, size, skip_bad)) as pool, \
             progress_bar(**shown) as bar:
-        for done, chunk in enumerate(pool.imap(_decode_range, ranges)):
+        # at most IN_FLIGHT chunks per worker are decoded ahead of the writer (Pool.imap has no such
+        # bound: with a slow disk the decoded images would pile up in this process's memory)
+        pending = deque(pool.apply_async(_decode_range, (r,)) for r in islice(ranges, IN_FLIGHT * workers))
+        done = 0
+        while pending:
+            chunk = pending.popleft().get()
+            pending.extend(pool.apply_async(_decode_range, (r,)) for r in islice(ranges, 1))
             yield from chunk
             bar.update(len(chunk))
-            if done == 1:
+            done += 1
+            if done == 2:
                 fault_point("store-mid-decode")
 
 
@@ -298,6 +311,7 @@ class StoreFile:
         rename it, then write the sidecar: only a complete store ever has one."""
         self.discard()
         self.data.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphaned_temporaries(self.data)
         holder = {}
 
         def write_rows(tmp: Path) -> None:
@@ -326,6 +340,28 @@ class StoreFile:
         else:  # copy-on-write map: pages stay the file's, and nothing can write to the store
             array = np.memmap(self.data, dtype=np.uint8, mode="c", shape=shape)
         return ImageRows(torch.from_numpy(array), kind=kind), torch.tensor(meta["labels"], dtype=torch.long)
+
+
+def _remove_orphaned_temporaries(path: Path) -> None:
+    """Delete the temporary files of earlier builds of this store whose process is gone (kill -9
+    leaves them, and each is as large as the store). ccn.files names them .NAME.PID.tmp."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _reserve(handle, nbytes: int) -> None:
