@@ -153,10 +153,10 @@ def test_folder_cache_is_used_and_refreshed(tmp_path, monkeypatch):
     make_folder(tmp_path / "d")
     cfg = DataConfig(name="folder", root=str(tmp_path / "d"), image_size=8)
     load_dataset(cfg)
-    from ccn.data import folder
+    from ccn.data import store
     calls = []
-    real = folder.decode_split
-    monkeypatch.setattr(folder, "decode_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = store.decode_split
+    monkeypatch.setattr(store, "decode_split", lambda *a, **k: calls.append(1) or real(*a, **k))
     load_dataset(cfg)
     assert calls == []  # both splits came from the cache
     _save(tmp_path / "d" / "train" / "cat" / "new.png", "RGB", colour=50)

@@ -11,7 +11,7 @@ from PIL import Image
 from ccn import progress
 from ccn.config import TrainConfig
 from ccn.data.augment import Normalize
-from ccn.data.folder import decode_split
+from ccn.data.store import decode_split
 from ccn.data.loader import TensorBatches
 from ccn.heads import FlatHead
 from ccn.models import Classifier

@@ -46,7 +46,9 @@ def test_image_cache_with_a_payload_is_rebuilt_not_loaded(tmp_path, monkeypatch)
     cfg = DataConfig(name="folder", root=str(tmp_path / "d"), image_size=8)
     load_dataset(cfg)
     target = tmp_path / "pwned"
-    for cached in folder.cache_dir().glob("*.npz"):  # replace every cache entry with a pickled object array
+    cached_files = list(folder.cache_dir().glob("*"))
+    assert cached_files
+    for cached in cached_files:  # replace every cache file (data and sidecar) with a pickled object array
         with open(cached, "wb") as handle:
             np.savez(handle, images=np.array([_Payload(target)], dtype=object), labels=np.zeros(1))
     ds = load_dataset(cfg)

@@ -36,7 +36,11 @@ class DataConfig:
     augment: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = "none"
     randaugment_n: int = 2  # RandAugment N: operations per image, 0-14 (torchvision's default 2)
     randaugment_m: int = 9  # RandAugment M: magnitude bin, 0 (identity) to 30 (torchvision's default 9)
-    cache: bool = True  # keep decoded image folders as uint8 arrays next to the data
+    cache: bool = True  # keep decoded image folders in the cache (CCN_CACHE_DIR, default ~/.cache/ccn) for later runs
+    # where decoded image files live (folder, caltech101): memory, disk (a file in the cache, memory-mapped),
+    # auto (memory when N x 3 x S x S bytes fit in half the memory this process may use, else disk), or
+    # stream (not yet available); README "Large data sets"
+    store: Literal["auto", "memory", "disk", "stream"] = "auto"
     skip_bad_images: bool = False  # warn and skip unreadable images instead of stopping
     val_fraction: float = 0.0  # >0: hold out this share of each class's training images (seeded, the same for
     #                            every run seed) and score them instead of the test set, to choose settings

@@ -110,6 +110,8 @@ class MethodRun:
     def train(self) -> dict:
         config, meth = self.config, self.config.method
         self.log.info(describe_run(config, self.ds, self.model, self.device, len(self.data.train)))
+        if "store" in self.ds.notes:  # which store data.store=auto picked, and why
+            self.log.info(f"data store: {self.ds.notes['store']}")
         for epoch in range(self.first_epoch, config.train.epochs + 1):
             seed_stream(config.seed, self.world.rank, epoch)  # dropout and ShakeDrop: per rank, per epoch
             stats = self.trainer.train_epoch(self.data.train, epoch)

@@ -9,14 +9,19 @@ from ccn.data.base import ImageDataset, apply_caps
 from ccn.data.builtin import load_digits_dataset, make_synthetic, resized
 from ccn.data.cifar import load_cifar10, load_cifar100
 from ccn.data.folder import load_caltech101, load_folder
+from ccn.data.store import StoreOptions
 from ccn.errors import ConfigError
 
 DATASETS: dict[str, Callable] = {}
+STORED: set[str] = set()  # data sets decoded from image files into a store (data.store applies)
 
 
-def register_dataset(name: str):
+def register_dataset(name: str, stored: bool = False):
+    """Register a reader; `stored` ones decode image files through ccn.data.store.stored_splits."""
     def wrap(fn):
         DATASETS[name] = fn
+        if stored:
+            STORED.add(name)
         return fn
     return wrap
 
@@ -43,20 +48,23 @@ def _cifar100(cfg) -> ImageDataset:
     return resized(load_cifar100(Path(cfg.root), cfg.download), cfg.image_size)
 
 
-@register_dataset("folder")
+@register_dataset("folder", stored=True)
 def _folder(cfg) -> ImageDataset:
-    return load_folder(Path(cfg.root), cfg.image_size, cfg.skip_bad_images, cfg.cache)
+    return load_folder(Path(cfg.root), cfg.image_size, StoreOptions.from_config(cfg))
 
 
-@register_dataset("caltech101")
+@register_dataset("caltech101", stored=True)
 def _caltech101(cfg) -> ImageDataset:
-    return load_caltech101(Path(cfg.root), cfg.image_size, cfg.skip_bad_images, cfg.cache, cfg.include_background)
+    return load_caltech101(Path(cfg.root), cfg.image_size, StoreOptions.from_config(cfg), cfg.include_background)
 
 
 def load_dataset(cfg) -> ImageDataset:
     """Read the data set named by `cfg.name` (a DataConfig), apply the per-class caps, check it."""
     if cfg.name not in DATASETS:
         raise ConfigError(f"data.name={cfg.name!r} is not a known data set; choose one of: {', '.join(DATASETS)}")
+    if cfg.store not in ("auto", "memory") and cfg.name not in STORED:
+        raise ConfigError(f"data.store={cfg.store} applies to data sets read from image files ({', '.join(sorted(STORED))}); "
+                          f"{cfg.name} is read whole into memory: use data.store=auto or memory")
     ds = DATASETS[cfg.name](cfg)
     return apply_caps(ds, cfg.train_per_class, cfg.test_per_class).check()
 

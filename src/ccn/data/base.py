@@ -1,4 +1,4 @@
-"""The in-memory data set every reader returns: uint8 images, int64 labels, class names."""
+"""The data set every reader returns: uint8 images (a tensor, or ImageRows of a store), int64 labels, class names."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ccn.data.store import ImageRows, select
 from ccn.errors import DataError
+
+STATS_CHUNK_BYTES = 32 * 2**20  # int64 working memory per chunk when statistics are summed over a store
 
 
 @dataclass
 class ImageDataset:
-    """A whole data set held as tensors.
+    """A whole data set.
 
-    `train_images`/`test_images` are uint8 tensors of shape (N, 3, H, W); labels are int64 in
+    `train_images`/`test_images` are uint8 images of shape (N, 3, H, W): tensors for the data sets
+    generated or read whole (digits, synthetic, CIFAR), ImageRows of a store (ccn.data.store: in
+    memory or mapped from disk) for image files; labels are int64 in
     [0, C). `coarse` maps each class to a coarse label (CIFAR-100's 20 superclasses, or the planted
     groups of `synthetic`) when the data set has one; the oracle partition and the ARI/NMI scores use it.
     `flip` is the data set's default for random horizontal flips (off for digits, whose mirror
@@ -24,9 +29,9 @@ class ImageDataset:
 
     name: str
     classes: list[str]
-    train_images: torch.Tensor
+    train_images: torch.Tensor | ImageRows
     train_labels: torch.Tensor
-    test_images: torch.Tensor
+    test_images: torch.Tensor | ImageRows
     test_labels: torch.Tensor
     coarse: Optional[list[int]] = None
     coarse_names: Optional[list[str]] = None
@@ -64,11 +69,32 @@ class ImageDataset:
         return self
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training images, in [0, 1] units."""
-        x = self.train_images.float().div_(255)
-        mean = x.mean(dim=(0, 2, 3))
-        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-        return mean.tolist(), std.tolist()
+        """Per-channel mean and std of all training images, in [0, 1] units."""
+        return channel_stats(self.train_images)
+
+
+def channel_stats(images: torch.Tensor | ImageRows) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) std of `images`, in [0, 1] units.
+
+    Tensors (digits, synthetic, CIFAR): one float32 pass over them all, the computation every
+    earlier run used, so their normalisation (and results) stay bit-identical. A store (folder,
+    Caltech-101, ImageNet): exact integer sums of the pixel values and their squares, chunk by chunk
+    (about STATS_CHUNK_BYTES of int64 at a time), so memory does not grow with the data set and the
+    result does not depend on the store, the chunking or the number of threads."""
+    if isinstance(images, torch.Tensor):
+        x = images.float().div_(255)
+        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    total, squares = [0, 0, 0], [0, 0, 0]
+    per_image = 8 * int(np.prod(images.shape[1:]))
+    for chunk in images.chunks(max(1, STATS_CHUNK_BYTES // per_image)):
+        x = chunk.to(torch.int64)
+        total = [a + b for a, b in zip(total, x.sum(dim=(0, 2, 3)).tolist())]
+        squares = [a + b for a, b in zip(squares, x.square_().sum(dim=(0, 2, 3)).tolist())]
+    n = len(images) * images.shape[2] * images.shape[3]
+    mean = [t / (255 * n) for t in total]
+    # unbiased variance from exact integers: (n * sum(v^2) - sum(v)^2) / (n (n - 1)), in 255^2 units
+    var = [(n * q - t * t) / (n * max(n - 1, 1)) / 255 ** 2 for t, q in zip(total, squares)]
+    return mean, [max(v ** 0.5, 1e-3) for v in var]
 
 
 def cap_per_class(labels: torch.Tensor, cap: Optional[int], seed: int = 0) -> torch.Tensor:
@@ -85,14 +111,16 @@ def cap_per_class(labels: torch.Tensor, cap: Optional[int], seed: int = 0) -> to
 
 
 def split_per_class(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kept indices, held-out indices): `fraction` of each class (at least one image, none from a
-    one-image class) held out, chosen with `seed` -- a fixed seed, not the run's, so every variant
-    and seed of a study holds out the same images and stays paired."""
+    """(kept indices, held-out indices): `fraction` of each class held out (at least one image, and
+    never the last one: a one-image class gives none, and every class keeps at least one), chosen
+    with `seed` -- a fixed seed, not the run's, so every variant and seed of a study holds out the
+    same images and stays paired. Where the last-one rule does not bind, the images held out are the
+    ones earlier versions chose (the same draws, in the same order)."""
     generator = torch.Generator().manual_seed(seed)
     held = []
     for c in labels.unique():
         idx = (labels == c).nonzero().flatten()
-        take = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
+        take = min(max(1, round(fraction * len(idx))), len(idx) - 1)
         held.append(idx[torch.randperm(len(idx), generator=generator)[:take]])
     held_idx = torch.cat(held).sort().values
     keep = torch.ones(len(labels), dtype=torch.bool)
@@ -104,8 +132,8 @@ def apply_caps(ds: ImageDataset, train_cap: Optional[int], test_cap: Optional[in
     """Keep at most `train_cap`/`test_cap` images per class (seeded, independent of the run seed)."""
     tr = cap_per_class(ds.train_labels, train_cap)
     te = cap_per_class(ds.test_labels, test_cap)
-    ds.train_images, ds.train_labels = ds.train_images[tr], ds.train_labels[tr]
-    ds.test_images, ds.test_labels = ds.test_images[te], ds.test_labels[te]
+    ds.train_images, ds.train_labels = select(ds.train_images, tr), ds.train_labels[tr]
+    ds.test_images, ds.test_labels = select(ds.test_images, te), ds.test_labels[te]
     return ds
 
 

@@ -1,4 +1,6 @@
-"""Batches straight from tensors held on the training device (no DataLoader, no worker processes).
+"""Batches straight from tensors held on the training device (no DataLoader, no worker processes),
+or gathered per batch from a store (ccn.data.store.ImageSource: a memory-mapped file) and moved to
+the device (through pinned memory on CUDA).
 
 The permutation of an epoch and the augmentation of each batch come from generators seeded by
 (seed, epoch, batch), so the same seed gives every variant the same data order, a resumed run
@@ -12,6 +14,7 @@ from typing import Iterator, Optional
 import torch
 
 from ccn.data.augment import Augment, Normalize, Share
+from ccn.data.store import ImageSource
 
 _EPOCH_STRIDE = 1_000_003  # keeps the per-epoch and per-batch seeds of one run apart
 
@@ -22,20 +25,31 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class TensorBatches:
-    """Iterate (normalised float images, labels) over uint8 tensors that already live on `device`."""
+    """Iterate (normalised float images, labels) over uint8 images: a tensor that already lives on the
+    device of `labels`, or an ImageSource gathered batch by batch. Either way the batches, their order
+    and their augmentation draws are the same."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalize,
+    def __init__(self, images: torch.Tensor | ImageSource, labels: torch.Tensor, batch_size: int, normalize: Normalize,
                  augment: Optional[Augment] = None, shuffle: bool = True, drop_last: bool = True,
                  seed: int = 0, rank: int = 0, world_size: int = 1, channels_last: bool = False):
         self.images, self.labels = images, labels
         self.batch_size, self.normalize, self.augment = batch_size, normalize, augment
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
+        self.device = labels.device
 
     def _order(self, epoch: int) -> torch.Tensor:
         n = len(self.labels)
         order = epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
-        return order.to(self.images.device)
+        return order.to(self.device)
+
+    def _images(self, idx: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.images, torch.Tensor):
+            return self.images[idx]
+        batch = self.images.gather(idx.cpu())
+        if self.device.type == "cuda":  # page-locked, so the copy runs beside the GPU's work
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
 
     def num_batches(self) -> int:
         """Global batches per epoch; with several ranks each takes its share of every batch."""
@@ -50,12 +64,12 @@ class TensorBatches:
         world_size-th image of the same global batch and augments only those, with the random draws
         one process makes for the whole batch, so N ranks together see what a single process sees."""
         order = self._order(epoch)
-        generator = torch.Generator(device=self.images.device)
+        generator = torch.Generator(device=self.device)
         for b in range(start_batch, self.num_batches()):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             share = Share(self.rank, self.world_size, len(idx))
             idx = share.of(idx)
-            images = self.images[idx]
+            images = self._images(idx)
             if self.augment is not None:  # draws for the whole global batch, work on this rank's share only
                 generator.manual_seed((self.seed * _EPOCH_STRIDE + epoch) * 65_537 + b)
                 images = self.augment(images, generator, share)

@@ -11,11 +11,12 @@ import torch
 from ccn.config import Config
 from ccn.data import ImageDataset, load_dataset
 from ccn.data.augment import Augment, Normalize
-from ccn.data.base import split_per_class
+from ccn.data.base import channel_stats, split_per_class
+from ccn.data.store import select
 from ccn.data.loader import TensorBatches
 from ccn.data.policies import make_policy
 from ccn.dist import World
-from ccn.errors import CCNError
+from ccn.errors import CCNError, DataError
 
 PROBE_HOLDOUT_SEED = 12345  # fixed, not the run seed: every variant and seed holds out the same images
 VALIDATION_SEED = 54321  # likewise for data.val_fraction
@@ -51,24 +52,28 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
     """The run's data on `device`. `preprocess` (a saved run's mean and std, 0-1 scale) replaces the
     statistics of these training images, so a saved run is scored with the normalisation it learned."""
     ds = ds if ds is not None else load_dataset(config.data)
-    mean, std = (preprocess["mean"], preprocess["std"]) if preprocess is not None else ds.channel_stats()
-    normalize = Normalize(mean, std).to(device)
     x, y = ds.train_images, ds.train_labels
     test_x, test_y, eval_set = ds.test_images, ds.test_labels, "test"
     if config.data.val_fraction > 0:  # choose settings on training images; the test set stays untouched
         keep, held = split_per_class(y, config.data.val_fraction, VALIDATION_SEED)
-        test_x, test_y, eval_set, x, y = x[held], y[held], "validation", x[keep], y[keep]
+        if len(held) == 0:
+            raise DataError(f"data.val_fraction={config.data.val_fraction} holds out no image: every class has a "
+                            "single training image; set data.val_fraction=0 or add training images")
+        test_x, test_y, eval_set, x, y = select(x, held), y[held], "validation", select(x, keep), y[keep]
+    # statistics of the images the run trains on (the probe hold-out included), never of the validation images
+    mean, std = (preprocess["mean"], preprocess["std"]) if preprocess is not None else channel_stats(x)
+    normalize = Normalize(mean, std).to(device)
     probe_x, probe_y = x, y
     if config.method.probe_set == "holdout":  # for every method, so a flat baseline trains on the same images
         keep, held = split_per_class(y, config.method.holdout_fraction, PROBE_HOLDOUT_SEED)
-        probe_x, probe_y, x, y = x[held], y[held], x[keep], y[keep]
+        _check_probe_holdout(config, y, held, ds.classes)
+        probe_x, probe_y, x, y = select(x, held), y[held], select(x, keep), y[keep]
     channels_last = uses_channels_last(config, device)
     t, seed = config.train, config.seed
     eval_kwargs = dict(normalize=normalize, shuffle=False, drop_last=False, channels_last=channels_last)
-    on = lambda a: a.to(device)  # noqa: E731
-    train_x, train_y = on(x), on(y)
+    train_x, train_y = on_device(x, device), y.to(device)
     # probe_set=train profiles the training images themselves: one copy on the device, not two
-    probe_x, probe_y = (train_x, train_y) if probe_x is x else (on(probe_x), on(probe_y))
+    probe_x, probe_y = (train_x, train_y) if probe_x is x else (on_device(probe_x, device), probe_y.to(device))
     if t.batch_size % world.world_size:
         raise CCNError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly among "
                        f"{world.world_size} processes: choose a multiple of {world.world_size}")
@@ -76,6 +81,32 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
                           seed=seed, rank=world.rank, world_size=world.world_size, channels_last=channels_last)
     # every rank scores and profiles its share of the test and probe sets; the counts are added across ranks
     shares = dict(rank=world.rank, world_size=world.world_size)
-    test = TensorBatches(on(test_x), on(test_y), t.eval_batch_size, **shares, **eval_kwargs)
+    test = TensorBatches(on_device(test_x, device), test_y.to(device), t.eval_batch_size, **shares, **eval_kwargs)
     probe = TensorBatches(probe_x, probe_y, t.eval_batch_size, **shares, **eval_kwargs)
     return RunData(ds, normalize, train, test, probe, eval_set)
+
+
+def _check_probe_holdout(config: Config, labels: torch.Tensor, held: torch.Tensor, classes: list[str]) -> None:
+    """method.probe_set=holdout must hold out an image of every class: class profiles need them all."""
+    missing = sorted(set(labels.unique().tolist()) - set(labels[held].unique().tolist()))
+    if missing:
+        names = ", ".join(classes[c] for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(f"method.probe_set=holdout holds out no image of {len(missing)} class(es) ({names}): each "
+                        "has a single training image; use method.probe_set=train or give every class at least 2 "
+                        "training images")
+
+
+ON_DEVICE_SHARE = 0.25  # a memory store goes to a GPU whole when it takes at most this share of its free memory (ours)
+
+
+def on_device(images, device: torch.device):
+    """Images where the batches read them: tensors (digits, synthetic, CIFAR) move to the device as
+    before; a memory store on a GPU with room moves there whole (the fast path); anything else is
+    gathered per batch (on CPU this copies nothing, for a disk store nothing is read ahead)."""
+    if isinstance(images, torch.Tensor):
+        return images.to(device)
+    if device.type == "cuda" and images.kind == "memory":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.nbytes <= ON_DEVICE_SHARE * free:
+            return images[:].to(device)
+    return images

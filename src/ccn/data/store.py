@@ -1,0 +1,442 @@
+"""Decoded images in a store: in memory, or memory-mapped from a file in the cache.
+
+Memory model. A data set of N images at S x S pixels decodes to N x 3 x S x S bytes (uint8).
+    data.store=memory  the decoded images live in the process's memory (anonymous pages); small data
+                       sets then go to the training device whole (today's fast path).
+    data.store=disk    the decoded images are written image by image to a file in the cache and mapped
+                       read-only: they live in the page cache, which the kernel fills and evicts as
+                       needed, so the process's own memory does not grow with N. Every torchrun rank
+                       maps the same file (rank 0 builds it first).
+    data.store=auto    memory when the decoded size is at most half of the memory this process may use
+                       (the smallest of the cgroup limit, v1 memory.limit_in_bytes or v2 memory.max, and
+                       the machine's MemAvailable), else disk (ours: the other half is left for the model,
+                       the batches and the rest of the machine).
+    data.store=stream  decode the compressed files per batch (not yet available).
+
+A store file is written under a temporary name, renamed when complete, and used only when its
+sidecar (written last) names the same inputs and its size is exactly N x 3 x S x S: a store left
+half-written by kill -9 or a full disk is rebuilt, and one built from other files or settings is
+never reused (the file name is a hash of every path, label, size, mtime, the image size and
+STORE_VERSION).
+
+Every source of images the batch iterators read implements `ImageSource`: `gather(indices)` returns
+uint8 (n, 3, S, S) CPU images, plus `__len__` and `shape`. `ImageRows` is the one for decoded images;
+a streaming store implements the same three.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from itertools import islice
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Iterator, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ccn.data.images import UnreadableImage, decode_image
+from ccn.errors import ConfigError, DataError, WriteError
+from ccn.files import atomic_write, fault_point, write_json
+from ccn.progress import progress_bar
+
+STORE_VERSION = 3  # 3: raw uint8 file + JSON sidecar (2 was an .npz of the whole split)
+AUTO_MEMORY_SHARE = 0.5  # auto keeps data in memory up to this share of the memory the process may use (ours)
+UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge number near 2**63
+DECODE_CHUNK = 32  # images per task handed to a decoding worker
+PARALLEL_FROM = 256  # fewer images are decoded in the parent: starting workers costs more
+IN_FLIGHT = 2  # chunks per worker decoded ahead of the writer: bounds the memory decoding takes
+
+
+class ImageSource(Protocol):
+    """What the batch iterators need from a store (the seam a streaming store implements)."""
+
+    shape: tuple
+
+    def __len__(self) -> int: ...
+
+    def gather(self, indices: torch.Tensor) -> torch.Tensor: ...
+
+
+class ImageRows:
+    """uint8 (N, 3, S, S) images: a CPU tensor (in memory, or mapped from a store file) seen through an
+    optional index. `take` makes a view (the validation split, hold-out and caps copy no pixels);
+    `gather` and indexing copy out only the rows asked for."""
+
+    def __init__(self, base: torch.Tensor, index: Optional[torch.Tensor] = None, kind: str = "memory"):
+        self.base, self.index, self.kind = base, index, kind
+        self.dtype, self.ndim = base.dtype, base.ndim
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self), *self.base.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * int(np.prod(self.base.shape[1:]))
+
+    def __len__(self) -> int:
+        return len(self.base) if self.index is None else len(self.index)
+
+    def _rows(self, indices: torch.Tensor) -> torch.Tensor:
+        return indices if self.index is None else self.index[indices]
+
+    def take(self, indices: torch.Tensor) -> "ImageRows":
+        return ImageRows(self.base, self._rows(torch.as_tensor(indices, dtype=torch.long)), self.kind)
+
+    def gather(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.base[self._rows(torch.as_tensor(indices, dtype=torch.long))]
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, int):
+            return self.gather(torch.tensor([key]))[0]
+        if isinstance(key, slice):
+            return self.gather(torch.arange(len(self))[key])
+        return self.gather(key)
+
+    def chunks(self, rows: int) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self), rows):
+            yield self.gather(torch.arange(start, min(start + rows, len(self))))
+
+
+def select(images, indices: torch.Tensor):
+    """Rows `indices` of a tensor (a copy, as before) or of ImageRows (a view)."""
+    return images.take(indices) if isinstance(images, ImageRows) else images[indices]
+
+
+# ---------------------------------------------------------------- which store
+
+
+def memory_limits() -> list[tuple[int, str]]:
+    """(bytes, where from) for every limit on this process's memory that the machine states."""
+    found = []
+    for line in _read("/proc/self/cgroup").splitlines():
+        _, controllers, group = (line.split(":", 2) + ["", ""])[:3]
+        if "memory" in controllers.split(","):
+            candidates = [(f"/sys/fs/cgroup/memory{group}/memory.limit_in_bytes", "cgroup memory.limit_in_bytes")]
+        elif controllers == "":
+            candidates = [(f"{mount}{group}/memory.max", "cgroup memory.max")
+                          for mount in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")]
+        else:
+            continue
+        for path, name in candidates:
+            text = _read(path).strip()
+            if text.isdigit() and int(text) < UNLIMITED:
+                found.append((int(text), name))
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemAvailable:"):
+            found.append((int(line.split()[1]) * 1024, "MemAvailable"))
+    return found
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, ValueError):
+        return ""
+
+
+def choose_store(requested: str, decoded_bytes: int) -> tuple[str, str]:
+    """(memory or disk, why) for data.store=`requested` and data of `decoded_bytes`."""
+    if requested == "stream":
+        raise ConfigError("data.store=stream is not yet available: use data.store=auto, memory or disk")
+    size = f"{decoded_bytes / 1e9:.2f} GB decoded"
+    if requested != "auto":
+        return requested, f"data.store={requested} ({size})"
+    limits = memory_limits()
+    if not limits:
+        return "memory", f"auto: {size}, and this machine states no memory limit"
+    allowed, source = min(limits)
+    copies = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # torchrun: each rank on this machine holds one
+    if copies > 1:
+        allowed, source = allowed // copies, f"{source}, shared by {copies} processes on this machine"
+    share = f"{AUTO_MEMORY_SHARE:.0%} of the {allowed / 2**30:.2f} GiB this process may use ({source})"
+    if decoded_bytes <= AUTO_MEMORY_SHARE * allowed:
+        return "memory", f"auto: {size} fits in {share}"
+    return "disk", f"auto: {size} is more than {share}"
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _die_with_parent(parent: int) -> None:
+    """Decoding workers end when the process that started them ends, even by kill -9 or the OOM
+    killer (Linux: the kernel sends SIGKILL at the parent's death), instead of idling on as orphans."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: the pool's own pipes still end idle workers when the parent exits cleanly
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+_worker_items: Sequence = ()
+
+
+def _start_worker(parent: int, items: Sequence, size: int, skip_bad: bool) -> None:
+    global _worker_items, _worker_settings
+    _die_with_parent(parent)
+    _worker_items, _worker_settings = items, (size, skip_bad)
+
+
+_worker_settings = (0, False)
+
+
+def _decode_or_reason(path: Path, size: int, skip_bad: bool) -> np.ndarray | str:
+    """The decoded image, or (with data.skip_bad_images) why it cannot be read."""
+    try:
+        return decode_image(path, size)
+    except UnreadableImage as err:
+        if skip_bad:
+            return str(err)
+        raise DataError(f"{err}: remove or replace it, or set data.skip_bad_images=true") from None
+
+
+def _decode_range(bounds: tuple[int, int]) -> list:
+    size, skip_bad = _worker_settings
+    return [_decode_or_reason(path, size, skip_bad) for path, _ in _worker_items[bounds[0]:bounds[1]]]
+
+
+def decoded_images(items: Sequence[tuple[Path, int]], size: int, skip_bad: bool) -> Iterator[np.ndarray | str]:
+    """Each item's (size, size, 3) image (or, with skip_bad, why it was skipped), in order, decoded by
+    worker processes that end with this one. Nothing is kept: the caller writes each image away."""
+    workers = min(os.cpu_count() or 1, 8)
+    shown = dict(total=len(items), desc=f"decoding {len(items)} images", unit="img")
+    if len(items) <= PARALLEL_FROM or workers < 2:
+        yield from progress_bar((_decode_or_reason(path, size, skip_bad) for path, _ in items), **shown)
+        return
+    ranges = iter([(start, min(start + DECODE_CHUNK, len(items))) for start in range(0, len(items), DECODE_CHUNK)])
+    with Pool(workers, initializer=_start_worker, initargs=(os.getpid(), items, size, skip_bad)) as pool, \
+            progress_bar(**shown) as bar:
+        # at most IN_FLIGHT chunks per worker are decoded ahead of the writer (Pool.imap has no such
+        # bound: with a slow disk the decoded images would pile up in this process's memory)
+        pending = deque(pool.apply_async(_decode_range, (r,)) for r in islice(ranges, IN_FLIGHT * workers))
+        done = 0
+        while pending:
+            chunk = pending.popleft().get()
+            pending.extend(pool.apply_async(_decode_range, (r,)) for r in islice(ranges, 1))
+            yield from chunk
+            bar.update(len(chunk))
+            done += 1
+            if done == 2:
+                fault_point("store-mid-decode")
+
+
+def write_images(items: Sequence[tuple[Path, int]], size: int, skip_bad: bool, put) -> list[int]:
+    """Decode `items`, calling put(row, (3, S, S) array) for each readable image; its labels."""
+    labels = []
+    for result, (path, label) in zip(decoded_images(items, size, skip_bad), items):
+        if isinstance(result, str):
+            warnings.warn(f"skipped: {result}", stacklevel=3)
+            continue
+        put(len(labels), result.transpose(2, 0, 1))
+        labels.append(label)
+    if not labels:
+        raise DataError("no readable images in this split: check the data folder")
+    return labels
+
+
+def decode_split(items: Sequence[tuple[Path, int]], size: int, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 (N, 3, S, S), labels) in memory, each image written into one preallocated array."""
+    out = np.empty((len(items), 3, size, size), dtype=np.uint8)
+    labels = write_images(items, size, skip_bad, out.__setitem__)
+    return torch.from_numpy(out[:len(labels)]), torch.tensor(labels, dtype=torch.long)
+
+
+# ---------------------------------------------------------------- store files
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CCN_CACHE_DIR", Path.home() / ".cache" / "ccn"))
+
+
+def cache_key(kind: str, items: Sequence[tuple[Path, int]], size: int, extra: str = "") -> str:
+    """A hash of everything the decoded images depend on: any change gives another store."""
+    digest = hashlib.sha256(f"{kind}|{size}|{STORE_VERSION}|{extra}".encode())
+    for path, label in items:
+        stat = path.stat()
+        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+@dataclass
+class StoreFile:
+    """A decoded split on disk: `data` (raw uint8 rows) and `sidecar` (JSON: what, how many, labels)."""
+
+    data: Path
+    sidecar: Path
+    key: str
+    size: int
+
+    @classmethod
+    def for_split(cls, kind: str, items, size: int, skip_bad: bool) -> "StoreFile":
+        key = cache_key(kind, items, size, str(skip_bad))
+        base = cache_dir() / f"{kind}-{key}"
+        return cls(base.with_suffix(".u8"), base.with_suffix(".json"), key, size)
+
+    def row_bytes(self) -> int:
+        return 3 * self.size * self.size
+
+    def read_sidecar(self) -> Optional[dict]:
+        """The sidecar when it and the data file describe one complete store, else None."""
+        try:
+            meta = json.loads(self.sidecar.read_text())
+            n, labels = int(meta["images"]), meta["labels"]
+            complete = (meta.get("format") == "ccn-store" and meta.get("version") == STORE_VERSION
+                        and meta.get("key") == self.key and meta.get("image_size") == self.size
+                        and isinstance(labels, list) and len(labels) == n > 0
+                        and all(type(v) is int for v in labels)
+                        and self.data.stat().st_size == n * self.row_bytes())
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return meta if complete else None
+
+    def discard(self) -> None:
+        for path in (self.sidecar, self.data):  # the sidecar first: without it the data is never used
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def write(self, items, skip_bad: bool) -> dict:
+        """Decode `items` straight into the data file (under a temporary name, space reserved first),
+        rename it, then write the sidecar: only a complete store ever has one."""
+        self.discard()
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphaned_temporaries(self.data)
+        holder = {}
+
+        def write_rows(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                _reserve(handle, len(items) * self.row_bytes())
+                put = lambda row, image: handle.write(np.ascontiguousarray(image).tobytes())  # noqa: E731
+                holder["labels"] = write_images(items, self.size, skip_bad, put)
+                handle.truncate(len(holder["labels"]) * self.row_bytes())  # rows of skipped images
+            fault_point("store-before-rename")
+
+        try:
+            atomic_write(self.data, write_rows)
+        except WriteError as err:
+            raise WriteError(f"{err}; or point CCN_CACHE_DIR at a disk with room for the decoded images") from None
+        fault_point("store-before-sidecar")
+        meta = {"format": "ccn-store", "version": STORE_VERSION, "key": self.key, "image_size": self.size,
+                "images": len(holder["labels"]), "skipped": len(items) - len(holder["labels"]),
+                "labels": holder["labels"]}
+        write_json(self.sidecar, meta)
+        return meta
+
+    def open(self, meta: dict, kind: str) -> tuple[ImageRows, torch.Tensor]:
+        shape = (int(meta["images"]), 3, self.size, self.size)
+        if kind == "memory":
+            array = np.fromfile(self.data, dtype=np.uint8).reshape(shape)
+        else:  # copy-on-write map: pages stay the file's, and nothing can write to the store
+            array = np.memmap(self.data, dtype=np.uint8, mode="c", shape=shape)
+        return ImageRows(torch.from_numpy(array), kind=kind), torch.tensor(meta["labels"], dtype=torch.long)
+
+
+def _remove_orphaned_temporaries(path: Path) -> None:
+    """Delete the temporary files of earlier builds of this store whose process is gone (kill -9
+    leaves them, and each is as large as the store). ccn.files names them .NAME.PID.tmp."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _reserve(handle, nbytes: int) -> None:
+    """Claim the disk space now, so a full disk stops the build at once instead of after decoding."""
+    if nbytes and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(handle.fileno(), 0, nbytes)
+        except OSError as err:
+            if err.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: a file system without it; writes still check
+                raise
+
+
+def stored_split(kind: str, items, size: int, options: "StoreOptions", store: str) -> tuple[ImageRows, torch.Tensor]:
+    """One split's decoded images in `store` (memory or disk), from the cache when it holds them."""
+    if not options.cache:
+        if store == "memory":
+            images, labels = decode_split(items, size, options.skip_bad)
+            return ImageRows(images, kind="memory"), labels
+        return _unnamed_disk_split(kind, items, size, options)
+    file = StoreFile.for_split(kind, items, size, options.skip_bad)
+    meta = file.read_sidecar()
+    if meta is None:
+        if store == "memory":  # decode in memory; a cache that cannot be written costs time, not the run
+            images, labels = decode_split(items, size, options.skip_bad)
+            _try_to_cache(file, images, labels)
+            return ImageRows(images, kind="memory"), labels
+        meta = file.write(items, options.skip_bad)
+    return file.open(meta, store)
+
+
+def _try_to_cache(file: StoreFile, images: torch.Tensor, labels: torch.Tensor) -> None:
+    try:
+        file.discard()
+        file.data.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(file.data, lambda tmp: images.numpy().tofile(tmp))
+        write_json(file.sidecar, {"format": "ccn-store", "version": STORE_VERSION, "key": file.key,
+                                  "image_size": file.size, "images": len(labels), "skipped": 0,
+                                  "labels": labels.tolist()})
+    except (OSError, WriteError) as err:
+        file.discard()
+        warnings.warn(f"could not write the image cache at {file.data.parent} ({err}); set CCN_CACHE_DIR to a "
+                      "writable folder", stacklevel=3)
+
+
+def _unnamed_disk_split(kind: str, items, size: int, options: "StoreOptions") -> tuple[ImageRows, torch.Tensor]:
+    """data.cache=false with a disk store: a store file that is removed once mapped (the map keeps it)."""
+    file = StoreFile.for_split(f".{kind}-{os.getpid()}", items, size, options.skip_bad)
+    try:
+        meta = file.write(items, options.skip_bad)
+        return file.open(meta, "disk")
+    finally:
+        file.discard()
+
+
+# ---------------------------------------------------------------- the stored data set
+
+
+@dataclass
+class StoreOptions:
+    store: str = "auto"  # data.store
+    cache: bool = True  # data.cache
+    skip_bad: bool = False  # data.skip_bad_images
+
+    @classmethod
+    def from_config(cls, cfg) -> "StoreOptions":
+        return cls(store=cfg.store, cache=cfg.cache, skip_bad=cfg.skip_bad_images)
+
+
+def stored_splits(kind: str, train: Sequence[tuple[Path, int]], test: Sequence[tuple[Path, int]], size: int,
+                  options: StoreOptions) -> dict:
+    """The fields of an ImageDataset for (path, label) listings decoded at `size` x `size`: train and
+    test images in the store data.store picks (memory or disk), labels, and notes["store"] saying
+    which store and why. Every reader of image files (folder, Caltech-101, ImageNet) goes through here."""
+    store, why = choose_store(options.store, (len(train) + len(test)) * 3 * size * size)
+    x_train, y_train = stored_split(kind, train, size, options, store)
+    x_test, y_test = stored_split(kind, test, size, options, store)
+    return dict(train_images=x_train, train_labels=y_train, test_images=x_test, test_labels=y_test,
+                notes={"store": f"{store}: {why}"})
