@@ -34,7 +34,7 @@ from ccn.evaluate import batch_outputs, score
 from ccn.hierarchy import Hierarchy, read_groups_file
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.models import count_parameters
-from ccn.runs import load_initial_weights, write_run
+from ccn.runs import load_initial_weights, write_distances, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
 from ccn.train import Trainer
@@ -142,6 +142,8 @@ class MethodRun:
                            "lower train.lr (or add train.warmup_epochs) and run again")
         self.hierarchy = form_groups(self.config, profiles, self.ds, epoch)
         self.cluster_seconds = time.perf_counter() - tick
+        if self.out_dir is not None and self.world.is_main:  # once per run: checkpoints keep the groups only
+            write_distances(Path(self.out_dir), self.hierarchy)
         torch.manual_seed(self.config.seed + 1)  # new heads start the same for every partition of a seed
         self._install_head(make_head(self.config, self.model.backbone.num_features, self.ds.num_classes,
                                      self.hierarchy, flat=self.model.head.flat), "ccn")
