@@ -26,12 +26,14 @@ def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], met
     Profiles on a GPU are compared there (float32 tiles); on the CPU, L1 distances between more than
     `sparse_above` classes use sparse top-k profiles (`top_k`, default: twice the largest group
     expected), since the dense L1 is cubic in the number of classes."""
-    S = profiles if isinstance(profiles, torch.Tensor) else torch.as_tensor(np.asarray(profiles, dtype=np.float64))
+    S = profiles if isinstance(profiles, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(profiles, dtype=np.float64))
     if profile == "prior":
         S = prior_corrected(S)
     C = len(classes)
     k = groups if groups is not None or threshold is not None else default_group_count(C)
-    sparse = metric == "l1" and S.device.type == "cpu" and (top_k is not None or C > sparse_above)
+    if S.device.type != "cpu" and C <= sparse_above:  # small problems: the CPU's float64, as without a GPU
+        S = S.cpu()
+    sparse = metric == "l1" and S.device.type == "cpu" and C > sparse_above
     D, computed = condensed_distances(S, metric, top_k=(top_k or default_top_k(C, k, max_size)) if sparse else None)
     del S
     parts, Z = learned_partition(D, k, threshold, linkage, min_size, max_size, balanced=clustering == "balanced")
@@ -45,7 +47,8 @@ def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[s
     """The hierarchy of step 2. The learned partition is always computed (its distances and merge
     tree are kept for plots, and `random` takes its sizes); the controls replace its groups."""
     learned = build_hierarchy(profiles, classes, meth.metric, meth.groups, meth.threshold, meth.linkage,
-                              meth.min_group_size, meth.max_group_size, meth.clustering, meth.profile)
+                              meth.min_group_size, meth.max_group_size, meth.clustering, meth.profile,
+                              meth.sparse_above, meth.top_k)
     chosen = learned
     if meth.partition != "learned":
         tree = _control_tree(meth, learned, classes, seed, coarse, dataset)
