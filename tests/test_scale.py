@@ -135,6 +135,28 @@ def test_a_damaged_distances_file_is_one_line(tmp_path, damage, words):
     assert words in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, words", [
+    (["method.top_k=64", "method.metric=cosine"], "method.top_k is for method.metric=l1 only"),
+    (["method.top_k=10", "method.max_group_size=8"], "method.top_k=10 is below twice method.max_group_size=8"),
+    (["method.top_k=1"], "method.top_k must be between 2 and"),
+    (["method.sparse_above=1"], "method.sparse_above must be between 2 and"),
+], ids=["top-k-not-l1", "top-k-below-twice-max-group", "top-k-one", "sparse-above-one"])
+def test_bad_sparse_settings(overrides, words):
+    from ccn import config as cfgmod
+    from ccn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        cfgmod.load(None, overrides)
+
+
+def test_old_hierarchy_json_with_asymmetric_distances_is_refused():
+    S, _ = planted(6, 2)
+    data = build_hierarchy(S, names(6), groups=2).to_json()
+    data["distances"] = (np.arange(36.0).reshape(6, 6) * (1 - np.eye(6))).tolist()
+    with pytest.raises(CCNError, match="'distances' must be a symmetric matrix"):
+        Hierarchy.from_json(data, "h.json")
+
+
 def _old_style(run_dir):
     """Make a run folder look like one written before distances.npy: the C x C lists in hierarchy.json."""
     data = json.loads((run_dir / "hierarchy.json").read_text())
@@ -212,3 +234,20 @@ def test_three_level_head_at_10000_classes_allocates_nothing_class_by_class():
         for rule in head.rules:
             head.scores(out, rule)
     assert Largest.biggest <= K * C < C * C // 10
+
+
+@pytest.mark.slow
+def test_ccn_train_on_10000_synthetic_classes(tmp_path):
+    """End to end at 10,000 classes on the CPU: tiny images, one image per class and a tiny network,
+    so the cost is the class count itself (heads, profiles, step 2, scoring, the run's files)."""
+    out = tmp_path / "run"
+    result = run_cli("train", "--out", str(out), *[f"--set={s}" for s in (
+        "data.name=synthetic", "data.num_classes=10000", "data.num_groups=100", "data.train_per_class=1",
+        "data.test_per_class=1", "data.image_size=8", "model.width=4", "train.epochs=2", "train.batch_size=500",
+        "train.progress=false")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    h = json.loads((out / "hierarchy.json").read_text())
+    assert len(h["classes"]) == 10_000 and len(h["groups"]) == 100 and "distances" not in h
+    assert h["how"]["distances"].startswith("sparse top-") and (out / "hierarchy.json").stat().st_size < 10_000_000
+    assert read_distances(out / DISTANCES_FILE, 10_000).shape == (10_000 * 9_999 // 2,)
+    assert json.loads((out / "results.json").read_text())["num_classes"] == 10_000
