@@ -98,6 +98,16 @@ def test_many_classes_use_sparse_profiles_record_the_dropped_mass_and_recover_pl
     assert "top_k" not in build_hierarchy(S, names(400), groups=20).how  # at most sparse_above classes: dense
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_many_profiles_on_cuda_are_tiled_there_and_give_the_cpu_groups():
+    S, planted_groups = planted(400, 20)
+    on_gpu = build_hierarchy(torch.tensor(S, device="cuda"), names(400), groups=20, sparse_above=300)
+    assert on_gpu.how["distances"] == "dense, float32 tiles on cuda"
+    assert on_gpu.groups == build_hierarchy(S, names(400), groups=20).groups  # the CPU's dense float64
+    assert agreement(on_gpu.groups, planted_groups, 400)["ari"] == pytest.approx(1.0)
+
+
 def test_distance_blocks_read_from_condensed_match_the_square_matrix():
     D = pdist(np.random.default_rng(4).random((9, 3)))
     rows, cols = [4, 0, 8], [8, 4, 1, 0]
@@ -251,3 +261,24 @@ def test_ccn_train_on_10000_synthetic_classes(tmp_path):
     assert h["how"]["distances"].startswith("sparse top-") and (out / "hierarchy.json").stat().st_size < 10_000_000
     assert read_distances(out / DISTANCES_FILE, 10_000).shape == (10_000 * 9_999 // 2,)
     assert json.loads((out / "results.json").read_text())["num_classes"] == 10_000
+
+
+def test_tree_head_greedy_descent_needs_no_nodes_by_edges_matrix():
+    """The hard rule's descent compares each row's current node with the edges' parents (B x E), and
+    picks what the former (nodes x edges) lookup picked."""
+    from torch.nn import functional as F
+
+    from ccn.heads import TreeHead
+
+    torch.manual_seed(0)
+    head = TreeHead(8, [[[0, 3], [5]], [1, 2], [4, [6, 7]]], 8)
+    t = head(torch.randn(6, 8))["t"]
+    children_of = head.edge_parent[None, :] == torch.arange(head.num_nodes)[:, None]
+    picked, current = torch.zeros_like(t, dtype=torch.bool), torch.zeros(6, dtype=torch.long)
+    for _ in range(head.height):
+        children = children_of[current.clamp(min=0)] & (current >= 0)[:, None]
+        best = t.masked_fill(~children, float("-inf")).argmax(dim=1)
+        has = children.any(dim=1)
+        picked = picked | (F.one_hot(best, t.shape[1]).bool() & has[:, None])
+        current = torch.where(has, best + 1, torch.full_like(current, -1))
+    assert torch.equal(head._greedy_path(t), picked) and picked.any(1).all()

@@ -203,12 +203,10 @@ class TreeHead(nn.Module):
         The descent takes `height` steps for every row (a row at its leaf picks nothing more), a
         loop of fixed length rather than one that stops on a tensor value, so the rule traces (ONNX
         export, torch.compile) the same for every input."""
-        node_ids = torch.arange(self.num_nodes, device=t.device)
-        children_of = self.edge_parent[None, :] == node_ids[:, None]  # (nodes, edges)
         picked = torch.zeros_like(t, dtype=torch.bool)
         current = torch.zeros(t.shape[0], dtype=torch.long, device=t.device)
         for _ in range(self.height):
-            children = children_of[current.clamp(min=0)] & (current >= 0)[:, None]
+            children = self.edge_parent[None, :] == current[:, None]  # (B, E); none where current is -1
             best = t.masked_fill(~children, float("-inf")).argmax(dim=1)
             has_children = children.any(dim=1)
             picked = picked | (F.one_hot(best, t.shape[1]).bool() & has_children[:, None])

@@ -148,8 +148,11 @@ class MethodRun:
         self._install_head(make_head(self.config, self.model.backbone.num_features, self.ds.num_classes,
                                      self.hierarchy, flat=self.model.head.flat), "ccn")
         sizes = sorted((len(g) for g in self.hierarchy.groups), reverse=True)
-        self.log.info(f"  step 2 after epoch {epoch}: {len(sizes)} {self.hierarchy.how['partition']} groups "
-                      f"(sizes {sizes}), {self.cluster_seconds:.2f}s")
+        how = self.hierarchy.how
+        dropped = f", mass dropped per profile {how['dropped_mass']['mean']:.3f} mean" if "dropped_mass" in how else ""
+        self.log.info(f"  step 2 after epoch {epoch}: {len(sizes)} {how['partition']} groups "
+                      f"(sizes {sizes if len(sizes) <= 50 else f'{sizes[:50]} and {len(sizes) - 50} more'}), "
+                      f"{how.get('distances', 'dense')} distances{dropped}, {self.cluster_seconds:.2f}s")
 
     def recurse(self, epoch: int) -> None:
         """The recursion: split large groups and continue with a tree head (or, when no group is
