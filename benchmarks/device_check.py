@@ -19,6 +19,9 @@ DIR/device_check.log and covers, each section timed and recorded even when it fa
                  checkout has that key
     study        flat / ccn x 2 seeds on the CIFAR-10 JPEG copy (`ccn experiment`)
     timm         one short run with a `timm:` backbone, where timm and torchvision import
+    classes      step 2 (build_hierarchy) on 21,000 planted classes with the profiles on the GPU
+                 (benchmarks/bench_classes.py): seconds, peak memory, planted groups recovered;
+                 issue 18's goal is <= 60 s on one GPU (quick: 400 classes on the CPU)
 
 On one H100 the whole check is sized to end well inside 8 minutes (a time budget skips what is left
 after 7); `--quick` runs a reduced version of every section (tiny models, a data subset) in a couple
@@ -276,6 +279,16 @@ def timm_run(check: Check) -> dict:
                                    "--set", "method.name=flat"])
 
 
+def classes_run(check: Check) -> dict:
+    """build_hierarchy at 21,000 classes on the device, in a fresh process (its own peak memory)."""
+    size, device = (400, "cpu") if check.quick else (21_000, check.device)
+    result = check.run([sys.executable, str(REPO / "benchmarks" / "bench_classes.py"), "--one", str(size),
+                        "--device", device, "--threads", str(os.cpu_count() or 2)])
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    goals = {"seconds <= 60 (issue 18, one GPU)": figures["seconds"] <= 60, "planted groups recovered": figures["ari"] > 0.99}
+    return {**figures, "goals_met": goals, "status": "passed" if all(goals.values()) or check.quick else "failed"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="folder for device_check.json and device_check.log")
@@ -320,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         check.report["unpack_seconds"] = round(time.perf_counter() - tick, 1)
         sections = {"cuda_tests": cuda_tests, "benchmarks": benchmarks, "recipe_cost": recipe_cost,
                     "compile": compile_run,
-                    "augment": augment_run, "study": study, "timm": timm_run}
+                    "augment": augment_run, "study": study, "timm": timm_run, "classes": classes_run}
         chosen = args.sections.split(",") if args.sections else list(sections)
         for name in chosen:
             check.section(name, lambda fn=sections[name]: fn(check))

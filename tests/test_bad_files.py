@@ -90,7 +90,8 @@ HIERARCHY_CASES = [
     pytest.param(_groups(lambda g, c: g.append([])), "must not be empty", id="hierarchy-empty-group"),
     pytest.param(lambda d: d["tree"].reverse(), "'groups' and 'tree' do not hold the same", id="hierarchy-tree-disagrees"),
     pytest.param(lambda d: d.__setitem__("classes", ["only"]), "at least 2 classes", id="hierarchy-one-class"),
-    pytest.param(lambda d: d["distances"].pop(), "'distances' must have 6 entries", id="hierarchy-distances-shape"),
+    pytest.param(lambda d: d.__setitem__("distances", [[0.0] * 6] * 5), "'distances' must have 6 entries",
+                 id="hierarchy-distances-shape"),  # hierarchy.json held distances before distances.npy
     pytest.param(lambda d: d["merges"][0].__setitem__(0, -7.0), "'merges' is not a valid merge tree",
                  id="hierarchy-merges-invalid"),
     pytest.param(lambda d: d["how"].__setitem__("coarse_ari", "high"), "'how'.coarse_ari must be a finite number",

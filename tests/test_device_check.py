@@ -24,7 +24,8 @@ def test_quick_cpu_device_check_covers_every_section(tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     sections = report["sections"]
     assert set(sections) == {"cuda_tests", "benchmarks", "recipe_cost", "compile", "augment", "study",
-                             "timm"}
+                             "timm", "classes"}
+    assert sections["classes"]["classes"] == 400 and sections["classes"]["ari"] == 1.0
     assert sections["cuda_tests"]["failed"] == 0 and sections["cuda_tests"]["skipped"] >= 3  # no GPU here
     figures = next(iter(sections["benchmarks"]["models"].values()))
     assert all(v > 0 for v in figures["images_per_s"].values()) and figures["ours_over_peer"] > 0

@@ -83,7 +83,7 @@ def _clusters(args) -> None:
         print(f"agreement with the data set's coarse labels: ARI {how['coarse_ari']:.3f}, NMI {how['coarse_nmi']:.3f}")
     if args.plot:
         out = Path(args.run_dir)
-        for made in (dendrogram_png(h, out / "dendrogram.png"), heatmap_png(h, out / "distances.png")):
+        for made in (dendrogram_png(h, out / "dendrogram.png"), heatmap_png(h.with_distances(out), out / "distances.png")):
             print(f"wrote {made}")
 
 

@@ -108,6 +108,11 @@ class MethodConfig:
     depth: int = 1  # 2: split large groups again ("recursively"); with partition=file: the file's whole tree
     recurse_epoch: Optional[int] = None  # epoch after which groups are split; None: one epoch after clustering
     split_min_size: int = 4  # only groups with at least this many classes are split
+    # Many classes (ours): the dense L1 distance is cubic in the class count, so above `sparse_above`
+    # classes (profiles on the CPU) each profile keeps its `top_k` largest entries plus one exact
+    # "rest" coordinate (the mass dropped, recorded in hierarchy.json's how.dropped_mass).
+    sparse_above: int = 3000  # classes; the dense L1 takes ~10 s at 2,000 classes on 2 cores
+    top_k: Optional[int] = None  # entries kept per profile row; None: twice the largest group expected, >= 256
 
 
 @dataclass
@@ -377,6 +382,8 @@ LIMITS: dict[str, Bounds] = {
     "method.blend_weight": Bounds(0, 1),
     "method.depth": Bounds(1, None),  # above 2: see validate
     "method.split_min_size": Bounds(2, BIG),
+    "method.sparse_above": Bounds(2, BIG),
+    "method.top_k": Bounds(2, BIG),
 }
 
 # (key, default): keys that only matter when another key has a given value. Setting one to anything
@@ -520,6 +527,18 @@ def _validate_method_schedule(config: Config) -> None:
         raise ConfigError(f"method.min_group_size ({meth.min_group_size}) must not exceed method.max_group_size "
                           f"({meth.max_group_size})")
     _validate_partition(meth)
+    _validate_sparse(meth)
+
+
+def _validate_sparse(meth: MethodConfig) -> None:
+    """top_k is L1's and must keep the largest group whole (twice its size: the issue-18 measurement
+    that k = 16 collapsed the groups)."""
+    if meth.top_k is not None and meth.metric != "l1":
+        raise ConfigError(f"method.top_k is for method.metric=l1 only (metric is {meth.metric}): remove it")
+    if meth.top_k is not None and meth.max_group_size is not None and meth.top_k < 2 * meth.max_group_size:
+        raise ConfigError(f"method.top_k={meth.top_k} is below twice method.max_group_size={meth.max_group_size}: "
+                          "sparse profiles that keep fewer entries than a group has split it; "
+                          f"set method.top_k to {2 * meth.max_group_size} or more")
 
 
 def _validate_partition(meth: MethodConfig) -> None:

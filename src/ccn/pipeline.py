@@ -34,7 +34,7 @@ from ccn.evaluate import batch_outputs, score
 from ccn.hierarchy import Hierarchy, read_groups_file
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.models import count_parameters
-from ccn.runs import load_initial_weights, write_run
+from ccn.runs import load_initial_weights, write_distances, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
 from ccn.train import Trainer
@@ -144,12 +144,17 @@ class MethodRun:
                            "lower train.lr (or add train.warmup_epochs) and run again")
         self.hierarchy = form_groups(self.config, profiles, self.ds, epoch)
         self.cluster_seconds = time.perf_counter() - tick
+        if self.out_dir is not None and self.world.is_main:  # once per run: checkpoints keep the groups only
+            write_distances(Path(self.out_dir), self.hierarchy)
         torch.manual_seed(self.config.seed + 1)  # new heads start the same for every partition of a seed
         self._install_head(make_head(self.config, self.model.backbone.num_features, self.ds.num_classes,
                                      self.hierarchy, flat=self.model.head.flat), "ccn")
         sizes = sorted((len(g) for g in self.hierarchy.groups), reverse=True)
-        self.log.info(f"  step 2 after epoch {epoch}: {len(sizes)} {self.hierarchy.how['partition']} groups "
-                      f"(sizes {sizes}), {self.cluster_seconds:.2f}s")
+        how = self.hierarchy.how
+        dropped = f", mass dropped per profile {how['dropped_mass']['mean']:.3f} mean" if "dropped_mass" in how else ""
+        self.log.info(f"  step 2 after epoch {epoch}: {len(sizes)} {how['partition']} groups "
+                      f"(sizes {sizes if len(sizes) <= 50 else f'{sizes[:50]} and {len(sizes) - 50} more'}), "
+                      f"{how.get('distances', 'dense')} distances{dropped}, {self.cluster_seconds:.2f}s")
 
     def recurse(self, epoch: int) -> None:
         """The recursion: split large groups and continue with a tree head (or, when no group is

@@ -262,7 +262,8 @@ def write_figures(grid, out: Path, summary: dict) -> dict:
     h = _hierarchy(out, "ccn", grid.seeds[0]) if "ccn" in grid.variants else None
     if h is not None and h.merges is not None:
         figures["dendrogram of the learned groups"] = dendrogram_png(h, out / "dendrogram.png").name
-        figures["class distances"] = heatmap_png(h, out / "distances.png").name
+        run_dir = out / "runs" / f"ccn-s{grid.seeds[0]}"
+        figures["class distances"] = heatmap_png(h.with_distances(run_dir), out / "distances.png").name
         figures["accuracy per learned group"] = _per_group_png(grid, out, h, plt).name
     return figures
 

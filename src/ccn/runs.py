@@ -4,6 +4,7 @@
     metrics.jsonl      one row per epoch
     results.json       final top-1/top-5 (fractions) per inference rule, group accuracies, facts
     hierarchy.json     ccn runs: class names, the groups (names), the tree, the merge tree
+    distances.npy      ccn runs: the class distances step 2 clustered (condensed float32), written once
     model.safetensors  the weights of the whole network (backbone and head)
     checkpoint.safetensors  the full training state after the last finished epoch (for --resume)
     .ccn-lock          present while a process writes the folder (see ccn.locks)
@@ -31,12 +32,14 @@ from ccn.files import atomic_write, fault_point, write_json
 from ccn.config import Config
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
+from ccn.hierarchy.tree import DISTANCES_FILE, save_distances
 from ccn.locks import FolderLock
 from ccn.network import build_model
 from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list_of_str, require_mapping,
                           require_number, require_numbers, require_str)
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", "model.safetensors", STATE_FILE)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", DISTANCES_FILE, "model.safetensors",
+             STATE_FILE)
 FIGURES = ("dendrogram.png", "distances.png")  # written by `ccn clusters --plot`; replaced with the run
 
 
@@ -165,10 +168,19 @@ def write_run(out_dir: Path, config: Config, model: torch.nn.Module, results: di
     out_dir = Path(out_dir)
     atomic_write(out_dir / "config.yaml", lambda tmp: cfgmod.dump(config, tmp))
     if hierarchy is not None:
+        write_distances(out_dir, hierarchy, replace=False)
         atomic_write(out_dir / "hierarchy.json", lambda tmp: hierarchy.save(tmp))
     save_weights(model, out_dir / "model.safetensors", {"format": "ccn-1", "model": config.model.name})
     fault_point("before-results")  # results.json comes last: until it is there, --resume finishes the run again
     write_json(out_dir / "results.json", results)
+
+
+def write_distances(out_dir: Path, hierarchy: Hierarchy, replace: bool = True) -> None:
+    """distances.npy, once per run: step 2 writes it (replace); the end of the run writes it only if
+    it is not there yet (a hierarchy resumed from a checkpoint holds no distances: its run wrote them)."""
+    path = Path(out_dir) / DISTANCES_FILE
+    if hierarchy.distances is not None and (replace or not path.exists()):
+        save_distances(path, hierarchy.distances)
 
 
 RESULTS_FIX = "restore the file the run wrote, or delete the run folder and train it again"

@@ -9,6 +9,7 @@ from scipy.cluster.hierarchy import cut_tree, fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from ccn.errors import ConfigError
+from ccn.hierarchy.affinity import condensed_index
 
 
 def default_group_count(num_classes: int) -> int:
@@ -16,9 +17,30 @@ def default_group_count(num_classes: int) -> int:
     return max(1, min(num_classes, int(round(num_classes ** 0.5))))
 
 
+# Distances D are condensed (C(C-1)/2 entries, scipy's layout) or, for small problems and tests, square.
+
+def class_count(D: np.ndarray) -> int:
+    return len(D) if D.ndim == 2 else int(round((1 + (1 + 8 * len(D)) ** 0.5) / 2))
+
+
+def condensed(D: np.ndarray) -> np.ndarray:
+    """Condensed float64 distances (what scipy's linkage works on) from either form."""
+    return np.asarray(squareform(D, checks=False) if D.ndim == 2 else D, dtype=np.float64)
+
+
+def distance_block(D: np.ndarray, rows, cols) -> np.ndarray:
+    """The (len(rows), len(cols)) block of the square distance matrix, read from either form."""
+    if D.ndim == 2:
+        return D[np.ix_(rows, cols)]
+    i, j = np.asarray(rows, dtype=np.int64)[:, None], np.asarray(cols, dtype=np.int64)[None, :]
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    block = D[condensed_index(class_count(D), lo, hi).clip(min=0)]
+    return np.where(lo == hi, 0.0, block)
+
+
 def merge_tree(D: np.ndarray, method: str = "average") -> np.ndarray:
     """scipy linkage matrix ((C - 1) x 4) of agglomerative clustering on the distances D."""
-    return linkage(squareform(D, checks=False), method=method)
+    return linkage(condensed(D), method=method)
 
 
 def _labels_to_groups(labels: np.ndarray) -> list[list[int]]:
@@ -40,7 +62,7 @@ def cut(Z: np.ndarray, groups: Optional[int] = None, threshold: Optional[float] 
 
 
 def _mean_distance(D: np.ndarray, a: list[int], b: list[int]) -> float:
-    return float(D[np.ix_(a, b)].mean())
+    return float(distance_block(D, a, b).mean())
 
 
 def enforce_sizes(groups: list[list[int]], D: np.ndarray, min_size: Optional[int],
@@ -55,7 +77,7 @@ def enforce_sizes(groups: list[list[int]], D: np.ndarray, min_size: Optional[int
             if len(g) <= max_size:
                 done.append(g)
                 continue
-            sub = cut(merge_tree(D[np.ix_(g, g)], method), groups=2)
+            sub = cut(merge_tree(distance_block(D, g, g), method), groups=2)
             groups += [[g[i] for i in part] for part in sub]
         groups = done
     if min_size is not None:
@@ -67,7 +89,7 @@ def enforce_sizes(groups: list[list[int]], D: np.ndarray, min_size: Optional[int
             room = [g for g in groups if max_size is None or len(g) + len(small) <= max_size]
             if not room:
                 raise ConfigError(f"method.min_group_size={min_size} and method.max_group_size={max_size} cannot both "
-                                  f"hold for {len(D)} classes in these groups: widen the range between them")
+                                  f"hold for {class_count(D)} classes in these groups: widen the range between them")
             nearest = min(room, key=lambda other: _mean_distance(D, small, other))
             nearest += small
             nearest.sort()
@@ -88,9 +110,11 @@ def balanced_partition(D: np.ndarray, groups: int, start: list[list[int]], max_r
     pairs of classes between groups while a swap lowers the sum of within-group distances; stop when
     nothing moves. The assignment step alone can stop in a poor fixed point whose outcome hangs on
     how the solver breaks ties between equal seats (scipy 1.16 and 1.17 differ); the swaps do not.
-    Every group lies within a factor 2 of C/K by construction (within one class)."""
+    Every group lies within a factor 2 of C/K by construction (within one class). It needs the
+    square matrix and solves C x C assignment problems: meant for up to a few thousand classes."""
     from scipy.optimize import linear_sum_assignment
 
+    D = D if D.ndim == 2 else squareform(D)
     num_classes = len(D)
     labels = np.empty(num_classes, dtype=int)
     for k, members in enumerate(sorted(start, key=len, reverse=True)):  # larger groups get the larger seats

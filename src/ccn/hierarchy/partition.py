@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ccn.config import MethodConfig
-from ccn.hierarchy.affinity import class_distances, prior_corrected
+from ccn.hierarchy.affinity import SPARSE_ABOVE, condensed_distances, default_top_k, prior_corrected
 from ccn.hierarchy.clustering import default_group_count, learned_partition, oracle_partition, random_partition
 from ccn.hierarchy.files import read_groups_file
 from ccn.hierarchy.tree import Hierarchy, agreement
@@ -19,17 +19,27 @@ from ccn.hierarchy.tree import Hierarchy, agreement
 def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], metric: str = "l1",
                     groups: Optional[int] = None, threshold: Optional[float] = None, linkage: str = "average",
                     min_size: Optional[int] = None, max_size: Optional[int] = None,
-                    clustering: str = "agglomerative", profile: str = "softmax") -> Hierarchy:
-    """Group classes whose profiles are close: the learned partition of the method."""
-    S = np.ascontiguousarray(profiles, dtype=np.float64)
+                    clustering: str = "agglomerative", profile: str = "softmax", sparse_above: int = SPARSE_ABOVE,
+                    top_k: Optional[int] = None) -> Hierarchy:
+    """Group classes whose profiles are close: the learned partition of the method.
+
+    Profiles on a GPU are compared there (float32 tiles); on the CPU, L1 distances between more than
+    `sparse_above` classes use sparse top-k profiles (`top_k`, default: twice the largest group
+    expected), since the dense L1 is cubic in the number of classes."""
+    S = profiles if isinstance(profiles, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(profiles, dtype=np.float64))
     if profile == "prior":
         S = prior_corrected(S)
-    D = class_distances(S, metric)
-    k = groups if groups is not None or threshold is not None else default_group_count(len(classes))
+    C = len(classes)
+    k = groups if groups is not None or threshold is not None else default_group_count(C)
+    if S.device.type != "cpu" and C <= sparse_above:  # small problems: the CPU's float64, as without a GPU
+        S = S.cpu()
+    sparse = metric == "l1" and S.device.type == "cpu" and C > sparse_above
+    D, computed = condensed_distances(S, metric, top_k=(top_k or default_top_k(C, k, max_size)) if sparse else None)
+    del S
     parts, Z = learned_partition(D, k, threshold, linkage, min_size, max_size, balanced=clustering == "balanced")
     how = {"partition": "learned", "metric": metric, "linkage": linkage, "clustering": clustering,
-           "profile": profile, "groups": len(parts)}
-    return Hierarchy(classes, parts, how, distances=D, merges=Z)
+           "profile": profile, "groups": len(parts), **computed}
+    return Hierarchy(classes, parts, how, distances=D.astype(np.float32), merges=Z)
 
 
 def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[str], seed: int,
@@ -37,7 +47,8 @@ def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[s
     """The hierarchy of step 2. The learned partition is always computed (its distances and merge
     tree are kept for plots, and `random` takes its sizes); the controls replace its groups."""
     learned = build_hierarchy(profiles, classes, meth.metric, meth.groups, meth.threshold, meth.linkage,
-                              meth.min_group_size, meth.max_group_size, meth.clustering, meth.profile)
+                              meth.min_group_size, meth.max_group_size, meth.clustering, meth.profile,
+                              meth.sparse_above, meth.top_k)
     chosen = learned
     if meth.partition != "learned":
         tree = _control_tree(meth, learned, classes, seed, coarse, dataset)

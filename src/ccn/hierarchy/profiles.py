@@ -30,9 +30,9 @@ class ProfileSums:
         self.counts = counts if self.counts is None else self.counts + counts
 
     def profiles(self) -> torch.Tensor:
-        """The mean rows, summed over all ranks while still on the device (NCCL reduces only CUDA
-        tensors), then moved to the CPU for clustering."""
-        return profiles_from_sums(all_reduce_sum(self.sums), all_reduce_sum(self.counts)).cpu()
+        """The mean rows, summed over all ranks on the device (NCCL reduces only CUDA tensors); they
+        stay there, so that step 2 can compare thousands of classes on a GPU (build_hierarchy)."""
+        return profiles_from_sums(all_reduce_sum(self.sums), all_reduce_sum(self.counts))
 
 
 def reduced_profiles(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -105,7 +105,8 @@ def split_large_groups(config: Config, within: Callable[[], Iterable[tuple[torch
             continue
         S = profiles[split]
         parts = build_hierarchy(S, [str(c) for c in members], meth.metric, max(2, default_group_count(len(members))),
-                                linkage=meth.linkage, clustering=meth.clustering, profile=meth.profile).groups
+                                linkage=meth.linkage, clustering=meth.clustering, profile=meth.profile,
+                                sparse_above=meth.sparse_above, top_k=meth.top_k).groups
         if meth.partition == "random":
             parts = random_partition(len(members), sorted(map(len, parts), reverse=True), seed=config.seed + 1 + k)
         tree.append([[members[i] for i in part] for part in parts])

@@ -10,9 +10,11 @@ from typing import Optional
 import numpy as np
 import torch
 from scipy.cluster.hierarchy import is_valid_linkage
+from scipy.spatial.distance import squareform
 from torch.nn import functional as F
 
-from ccn.errors import ConfigError
+from ccn.errors import CCNError, ConfigError
+from ccn.files import atomic_write
 from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list, require_list_of_str,
                           require_mapping, require_matrix, require_number, require_numbers, require_str)
 
@@ -60,7 +62,10 @@ class Hierarchy:
 
     A depth-1 tree is a plain partition, e.g. [[0, 3], [1, 2]]; a depth-2 tree splits groups
     again, e.g. [[[0], [3, 5]], [1, 2, 4]]. `merges` (scipy linkage matrix) and `distances` keep
-    what the clustering saw, for plots."""
+    what the clustering saw, for plots. `distances` are condensed (scipy's layout, C(C-1)/2 float32
+    values) and saved beside hierarchy.json as distances.npy, once per run: never in the JSON, which
+    stays small at 10,000 classes, nor in checkpoints. `load` leaves them on disk (predict and
+    evaluate never need them); `with_distances` reads them for plots."""
 
     classes: list[str]
     tree: list
@@ -102,7 +107,6 @@ class Hierarchy:
             "tree": _map_tree(self.tree, lambda c: self.classes[c]),
             "depth": self.depth,
             "how": self.how,
-            "distances": None if self.distances is None else np.round(self.distances, 6).tolist(),
             "merges": None if self.merges is None else self.merges.tolist(),
         }
 
@@ -115,10 +119,53 @@ class Hierarchy:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
 
+    def with_distances(self, run_dir: str | Path) -> "Hierarchy":
+        """This hierarchy with its class distances: those it holds (an old hierarchy.json kept them in
+        the JSON), else the run folder's distances.npy (CCNError, one line, if missing or damaged)."""
+        if self.distances is None:
+            self.distances = read_distances(Path(run_dir) / DISTANCES_FILE, self.num_classes)
+        return self
+
     @classmethod
     def load(cls, path: str | Path) -> "Hierarchy":
         fix = "is this the folder of a ccn (not flat) run? restore the file, or train the run again"
         return cls.from_json(read_json(Path(path), "hierarchy file", fix), str(path))
+
+
+# ---------------------------------------------------------------- the distances file
+
+DISTANCES_FILE = "distances.npy"  # condensed float32 class distances, beside hierarchy.json
+DISTANCES_FIX = "restore the file the run wrote, or train the run again (step 2 writes it)"
+
+
+def save_distances(path: str | Path, distances: np.ndarray) -> None:
+    """Write condensed distances as a plain .npy array (no pickled objects), atomically."""
+    D = np.ascontiguousarray(distances, dtype=np.float32)
+    atomic_write(Path(path), lambda tmp: _save_npy(tmp, D))
+
+
+def _save_npy(tmp: Path, D: np.ndarray) -> None:
+    with open(tmp, "wb") as handle:  # a file handle: np.save would add .npy to the temporary name
+        np.save(handle, D, allow_pickle=False)
+
+
+def read_distances(path: Path, num_classes: int) -> np.ndarray:
+    """The condensed distances of `num_classes` classes in `path`; CCNError naming the file unless it
+    is a readable .npy of C(C-1)/2 finite, non-negative numbers."""
+    if not path.is_file():
+        raise CCNError(f"{path} is missing: the class distances are needed for this; {DISTANCES_FIX}")
+    expected = num_classes * (num_classes - 1) // 2
+    try:
+        D = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as err:
+        raise CCNError(f"{path} is not a readable .npy array ({err}): {DISTANCES_FIX}") from None
+    if D.shape != (expected,) or D.dtype.kind != "f":
+        raise CCNError(f"{path} holds a {D.dtype} array of shape {D.shape}, not the {expected} distances of "
+                       f"{num_classes} classes: {DISTANCES_FIX}")
+    D = np.asarray(D, dtype=np.float32)
+    if not np.isfinite(D).all() or (D < 0).any():
+        raise CCNError(f"{path} holds negative or non-finite distances: {DISTANCES_FIX}")
+    return D
 
 
 # ---------------------------------------------------------------- reading hierarchy.json back
@@ -157,13 +204,20 @@ def parse_hierarchy(data) -> tuple:
     if "coarse" in how:
         require_numbers(how["coarse"], "'how'.coarse", len(classes))
     C = len(classes)
-    distances = None if data.get("distances") is None else np.asarray(
-        require_matrix(data["distances"], "'distances'", C, C), dtype=np.float64)
+    distances = None if data.get("distances") is None else _old_distances(data["distances"], C)
     merges = None if data.get("merges") is None else np.asarray(
         require_matrix(data["merges"], "'merges'", C - 1, 4), dtype=np.float64)
     if merges is not None and not is_valid_linkage(merges):
         raise Invalid("'merges' is not a valid merge tree (scipy linkage matrix)")
     return classes, tree, how, distances, merges
+
+
+def _old_distances(value, C: int) -> np.ndarray:
+    """Condensed float32 distances from the C x C lists that hierarchy.json held before distances.npy."""
+    D = np.asarray(require_matrix(value, "'distances'", C, C), dtype=np.float64)
+    if not np.allclose(D, D.T) or (D < 0).any():
+        raise Invalid("'distances' must be a symmetric matrix of non-negative numbers")
+    return squareform(D * (1 - np.eye(C)), checks=False).astype(np.float32)
 
 
 def _parse_group(node, index: dict, where: str, depth: int = 2) -> list:
