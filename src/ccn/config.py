@@ -177,6 +177,25 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# Numbers are read as written, in decimal (YAML 1.2's rule), for config files and --set alike. YAML
+# 1.1, PyYAML's default, reads `010` as octal 8, `1:30` as 90 (base 60) and `0b11` as 3: a seed or
+# epoch count silently other than the one typed. Here `010` is 10, and `1:30`, `0x10`, `0b11` are
+# text, which a number key refuses naming the value.
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_DECIMAL_INT = re.compile(r"^[-+]?[0-9](?:_?[0-9])*$")
+_DECIMAL_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9](?:_?[0-9])*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
+                                |[-+]?[0-9](?:_?[0-9])*[eE][-+]?[0-9]+
+                                |[-+]?\.(?:inf|Inf|INF)
+                                |\.(?:nan|NaN|NAN))$""", re.X)
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(_INT, _DECIMAL_INT, list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(_FLOAT, _DECIMAL_FLOAT, list("-+0123456789."))
+_StrictLoader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node).replace("_", ""), 10))
+
+
 def parse_yaml(text: str):
     """yaml.safe_load with duplicate keys and aliases refused (see _StrictLoader)."""
     return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
