@@ -115,7 +115,7 @@ VALUE_CASES = [
     pytest.param(["train.gamma=0.5"], "train.gamma only applies when train.schedule=step", id="gamma-without-step"),
     pytest.param(["train.schedule=step", "train.gamma=0"], "train.gamma must be greater than 0", id="zero-gamma"),
     pytest.param(["train.epochs=1000000000"], "train.epochs must be between 1 and 100000", id="huge-epochs"),
-    pytest.param(["train.batch_size=1000000000"], "train.batch_size must be between 1 and", id="huge-batch"),
+    pytest.param(["train.batch_size=1000000000"], "train.batch_size must be between 2 and", id="huge-batch"),
     pytest.param(["train.eval_batch_size=0"], "train.eval_batch_size must be between 1 and", id="zero-eval-batch"),
     pytest.param(["data.image_size=100000"], "data.image_size must be between 8 and 1024", id="huge-image-size"),
     pytest.param(["data.image_size=2"], "data.image_size must be between 8 and 1024", id="tiny-image-size"),

@@ -61,7 +61,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 20  # total budget, probe epochs included
-    batch_size: int = 32  # global: split evenly among torchrun processes; the defaults are the digits job
+    batch_size: int = 32  # global: split evenly among torchrun processes, at least 2 each; the defaults are the digits job
     lr: float = 0.05  # peak learning rate at this batch size
     momentum: float = 0.9  # Nesterov
     weight_decay: float = 5e-4  # not applied to norm weights and biases (ours)
@@ -371,7 +371,7 @@ LIMITS: dict[str, Bounds] = {
     "model.shakedrop": Bounds(0, 1),
     "model.dropout": Bounds(0, 1, high_open=True),
     "train.epochs": Bounds(1, 100_000),
-    "train.batch_size": Bounds(1, 2**20),
+    "train.batch_size": Bounds(2, 2**20, meaning="batch normalisation cannot train on one image per step"),
     "train.eval_batch_size": Bounds(1, 2**20),
     "train.lr": Bounds(0, None, low_open=True),  # too large a rate stops the run at its first nan loss
     "train.momentum": Bounds(0, 1),

@@ -40,6 +40,21 @@ def default_augment(config: Config, ds: ImageDataset) -> Augment:
     return Augment(crop_padding=padding, flip=flip, cutout=config.data.cutout, policy=policy)
 
 
+def check_training_batch(batch_size: int, train_images: int, world: World) -> None:
+    """One line, before any training, when a process would train on batches of one image: batch
+    normalisation cannot (PyTorch raises deep inside the first step). The last, partial batch of an
+    epoch is dropped, so only the batch size and the number of training images matter."""
+    if batch_size // world.world_size >= 2:
+        return
+    per_process = f" ({world.world_size} processes)" if world.world_size > 1 else ""
+    if train_images < 2 * world.world_size:
+        raise CCNError(f"the training split holds {train_images} image(s){per_process}, too few to train "
+                       "(batch normalisation needs at least 2 per step): use more training images per class, "
+                       "or a smaller data.val_fraction / method.holdout_fraction")
+    raise CCNError(f"train.batch_size={batch_size} gives batches of one image per process{per_process}, which "
+                   f"batch normalisation cannot train on: choose at least {2 * world.world_size}")
+
+
 def uses_channels_last(config: Config, device: torch.device) -> bool:
     """NHWC images and weights: faster on CUDA and also on CPU, where oneDNN's convolutions ran
     ResNet-20 and ResNet-9 training 15-25 % faster and evaluation 1.2-1.8x faster (benchmarks/RESULTS.md)."""
@@ -72,6 +87,7 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
     if t.batch_size % world.world_size:
         raise CCNError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly among "
                        f"{world.world_size} processes: choose a multiple of {world.world_size}")
+    check_training_batch(min(t.batch_size, len(y)), len(y), world)
     train = TensorBatches(train_x, train_y, min(t.batch_size, len(y)), normalize, default_augment(config, ds),
                           seed=seed, rank=world.rank, world_size=world.world_size, channels_last=channels_last)
     # every rank scores and profiles its share of the test and probe sets; the counts are added across ranks
