@@ -34,6 +34,11 @@ class RunData:
 
 
 def default_augment(config: Config, ds: ImageDataset) -> Augment:
+    side = min(ds.train_images.shape[-2:])
+    if config.data.cutout >= side:  # a square as large as the image blanks (nearly) every training image
+        raise CCNError(f"data.cutout={config.data.cutout} is not smaller than the {side} px images of {ds.name}: "
+                       f"it would blank the training images; choose at most {side - 1} (about half the image "
+                       "side is usual: 16 for 32 px CIFAR), or 0 for none")
     padding = config.data.crop_padding if config.data.crop_padding is not None else max(1, ds.image_size // 8)
     flip = config.data.flip if config.data.flip is not None else ds.flip
     policy = make_policy(config.data.augment, config.data.randaugment_n, config.data.randaugment_m)
