@@ -94,14 +94,12 @@ def _evaluate(args) -> None:
     from ccn.dist import autocast, resolve_device
     from ccn.evaluate import score
     from ccn.data.prepare import prepare_data
-    from ccn.runs import load_run
+    from ccn.runs import check_same_classes, load_run
 
     config, model, hierarchy, saved = load_run(Path(args.run_dir), args.set)
     device = resolve_device(config.device)
     data = prepare_data(config, device, preprocess=saved["preprocess"])
-    if data.ds.num_classes != saved["num_classes"]:
-        raise CCNError(f"the run has {saved['num_classes']} classes but data {data.ds.name} has "
-                       f"{data.ds.num_classes}: evaluate on data with the same classes")
+    check_same_classes(saved, data.ds.classes, data.ds.name)
     model.to(device)
     result = score(model, data.test, hierarchy.mask() if hierarchy is not None else None, config.method.inference,
                    lambda: autocast(device, config.train.bf16))

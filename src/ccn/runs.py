@@ -240,6 +240,25 @@ def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, 
     return config, model, hierarchy, results
 
 
+def check_same_classes(results: dict, classes: list[str], data_name: str) -> None:
+    """CCNError unless data set `data_name` has the classes the run learned, by name and in order (a
+    run's output k means its k-th class; the same count of other classes would be scored as nonsense).
+    Runs whose results.json names no classes can only be checked by count."""
+    saved = results.get("classes")
+    if saved is None:
+        if len(classes) != results["num_classes"]:
+            raise CCNError(f"the run has {results['num_classes']} classes but data {data_name} has {len(classes)}: "
+                           "evaluate on data with the same classes")
+        return
+    if list(saved) == list(classes):
+        return
+    unknown, absent = [c for c in classes if c not in saved], [c for c in saved if c not in classes]
+    detail = (f"not learned by the run: {', '.join(unknown[:5])}" if unknown
+              else f"missing: {', '.join(absent[:5])}" if absent else "the same names in another order")
+    raise CCNError(f"data {data_name} does not have the classes the run learned ({detail}): evaluate on data "
+                   "with the same classes, named as in the run's results.json")
+
+
 def check_run_files_agree(run_dir: Path, config: Config, results: dict, hierarchy: Optional[Hierarchy]) -> None:
     """config.yaml, results.json and hierarchy.json must describe the same run."""
     if config.method.name == "ccn" and hierarchy is None:
