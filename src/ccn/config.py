@@ -89,7 +89,7 @@ class MethodConfig:
     holdout_fraction: float = 0.1  # probe_set=holdout: share of each class kept out of training
     metric: Literal["l1", "l2", "cosine", "js", "confusion"] = "l1"  # paper: L1
     linkage: Literal["average", "complete", "single", "ward"] = "average"  # ours
-    groups: Optional[int] = None  # K; None: round(sqrt(C)) (ours)
+    groups: Optional[int] = None  # the number of groups K (a count); None: round(sqrt(C)) (ours)
     threshold: Optional[float] = None  # cut the merge tree at this distance instead of K groups
     min_group_size: Optional[int] = None
     max_group_size: Optional[int] = None
