@@ -160,3 +160,19 @@ def test_no_import_circles():
 
     for name in graph:
         visit(name, [])
+
+
+def test_the_config_module_is_always_cfgmod():
+    """`config` always names a Config instance; the module ccn.config, imported whole, is `cfgmod`
+    (see ccn/config.py), in the package, the tests and the benchmarks alike."""
+    wrong = []
+    for folder in ("src", "tests", "benchmarks"):
+        for path in (PACKAGE.parents[1] / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module == "ccn" and node.level == 0:
+                    names = [a for a in node.names if a.name == "config"]
+                elif isinstance(node, ast.Import):
+                    names = [a for a in node.names if a.name == "ccn.config"]
+                wrong += [f"{path.name}:{node.lineno}" for a in names if a.asname != "cfgmod"]
+    assert not wrong, f"import the config module as cfgmod: {wrong}"

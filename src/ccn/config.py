@@ -2,6 +2,11 @@
 
 Every run writes its fully resolved config to `config.yaml`, so a run folder says exactly what was
 done. Defaults marked "ours" are choices the paper leaves open (see docs/method.md).
+
+Names, everywhere in the package, tests and benchmarks: `config` is a `Config` (one run's settings);
+this module, where its functions are needed, is imported as `from ccn import config as cfgmod`
+(never under the name `config`); single classes come by name (`from ccn.config import Config`).
+tests/test_layering.py checks the import half of this.
 """
 
 from __future__ import annotations
