@@ -40,7 +40,7 @@ def probe(root: str, seed: int, groups: int) -> dict:
     profiles = flat_profiles(batch_outputs(run.model, run.data.probe), run.ds.num_classes)
     result = {"probe_epoch_s": round(time.perf_counter() - tick, 1)}
     for profile, clustering in SETTINGS:
-        h = build_hierarchy(profiles, run.ds.classes, groups=groups, profile=profile, clustering=clustering)
+        h = build_hierarchy(profiles, run.ds.classes, num_groups=groups, profile=profile, clustering=clustering)
         result[f"{profile}-{clustering}"] = {"sizes": sorted(map(len, h.groups), reverse=True), "groups": h.groups,
                                              "named": h.named_groups()}
     result["classes"] = run.ds.classes

@@ -110,3 +110,26 @@ def test_checkpoint_from_another_model_is_refused(digits_run, tmp_path):
     (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("width: 8", "width: 16"))
     result = run_cli("evaluate", str(other))
     assert result.returncode == 2 and "does not fit this model" in result.stderr
+
+
+def test_evaluate_on_other_classes_of_the_same_count_is_refused(digits_run):
+    """W4 (issue 21): a data set with as many classes but other names was scored as if it were the run's."""
+    out, _ = digits_run
+    result = run_cli("evaluate", str(out), "--set", "data.name=synthetic", "--set", "data.num_classes=10")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "does not have the classes the run learned (not learned by the run: g0_c0" in result.stderr
+
+
+def test_class_names_are_compared_by_name_and_order():
+    from ccn.errors import CCNError
+    from ccn.runs import check_same_classes
+    saved = {"num_classes": 3, "classes": ["cat", "dog", "owl"]}
+    check_same_classes(saved, ["cat", "dog", "owl"], "pets")
+    for classes, detail in ((["cat", "owl", "dog"], "the same names in another order"),
+                            (["cat", "dog", "eel"], "not learned by the run: eel"),
+                            (["cat", "dog"], "missing: owl")):
+        with pytest.raises(CCNError, match=detail):
+            check_same_classes(saved, classes, "pets")
+    check_same_classes({"num_classes": 2}, ["a", "b"], "old")  # a run that names no classes: by count
+    with pytest.raises(CCNError, match="the run has 2 classes but data old has 3"):
+        check_same_classes({"num_classes": 2}, ["a", "b", "c"], "old")

@@ -115,7 +115,7 @@ VALUE_CASES = [
     pytest.param(["train.gamma=0.5"], "train.gamma only applies when train.schedule=step", id="gamma-without-step"),
     pytest.param(["train.schedule=step", "train.gamma=0"], "train.gamma must be greater than 0", id="zero-gamma"),
     pytest.param(["train.epochs=1000000000"], "train.epochs must be between 1 and 100000", id="huge-epochs"),
-    pytest.param(["train.batch_size=1000000000"], "train.batch_size must be between 1 and", id="huge-batch"),
+    pytest.param(["train.batch_size=1000000000"], "train.batch_size must be between 2 and", id="huge-batch"),
     pytest.param(["train.eval_batch_size=0"], "train.eval_batch_size must be between 1 and", id="zero-eval-batch"),
     pytest.param(["data.image_size=100000"], "data.image_size must be between 8 and 1024", id="huge-image-size"),
     pytest.param(["data.image_size=2"], "data.image_size must be between 8 and 1024", id="tiny-image-size"),
@@ -210,3 +210,29 @@ def test_bad_config_files(content, words, tmp_path):
 def test_aliases_in_overrides_are_only_text():
     with pytest.raises(ConfigError, match="must be a number"):
         cfgmod.load(None, ["train.lr=*a"])
+
+
+@pytest.mark.parametrize("written, read", [("010", 10), ("08", 8), ("1_000", 1000), ("+7", 7)])
+def test_whole_numbers_are_read_as_written_in_decimal(written, read):
+    """YAML 1.1 reads 010 as octal 8; ccn reads numbers as typed, in --set and in files alike."""
+    assert cfgmod.load(None, [f"seed={written}"]).seed == read
+
+
+@pytest.mark.parametrize("written", ["1:30", "0x10", "0b11", "0o17"])
+def test_yaml_11_number_forms_are_refused_not_converted(written, tmp_path):
+    """1:30 was 90 (base 60), 0b11 was 3: now text, which a number key refuses naming the value."""
+    with pytest.raises(ConfigError, match=f"seed must be a whole number, got '{written}'"):
+        cfgmod.load(None, [f"seed={written}"])
+    path = tmp_path / "c.yaml"
+    path.write_text(f"seed: {written}\ntrain:\n  epochs: 010\n")
+    with pytest.raises(ConfigError, match=f"seed must be a whole number, got '{written}'"):
+        cfgmod.load(str(path), [])
+    path.write_text("train:\n  epochs: 010\n")
+    assert cfgmod.load(str(path), []).train.epochs == 10
+
+
+def test_float_forms_still_read_as_numbers():
+    config = cfgmod.load(None, ["train.lr=1e-3", "train.weight_decay=5.e-4", "train.momentum=.9"])
+    assert (config.train.lr, config.train.weight_decay, config.train.momentum) == (0.001, 5e-4, 0.9)
+    with pytest.raises(ConfigError, match="train.lr must be a number, got '1:30.5'"):
+        cfgmod.load(None, ["train.lr=1:30.5"])

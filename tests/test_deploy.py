@@ -192,3 +192,82 @@ def test_a_bare_native_backbone_and_bad_sources(tmp_path):
     missing = cfgmod.from_dict({"model": {"init": str(tmp_path / "none.safetensors")}})
     with pytest.raises(CCNError, match="does not exist"):
         load_initial_weights(build_model(missing, 3), missing, ["a", "b", "c"])
+
+
+# ---------------------------------------------------------------- model.init files that are damaged (issue 21)
+
+
+def _init_file(tmp_path, state):
+    path = tmp_path / "init.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    config = cfgmod.from_dict({"model": {"name": "fastnet", "width": 4, "init": str(path)}})
+    return config, build_model(config, 3)
+
+
+def _ccn_layout(head: dict) -> dict:
+    torch.manual_seed(0)
+    return {**{f"backbone.{k}": v for k, v in FastNet(width=4).state_dict().items()},
+            **{f"head.flat.{k}": v for k, v in head.items()}}
+
+
+W, B = torch.randn(3, FastNet(width=4).num_features), torch.randn(3)
+
+
+@pytest.mark.parametrize("head, message", [
+    ({"bias": B}, "its flat head has no weight"),
+    ({"weight": torch.tensor(1.0), "bias": B}, r"weight is \(\) and bias \(3,\)"),
+    ({"weight": W.to(torch.int8), "bias": B}, "holds int8 values, not floating-point"),
+    ({"weight": W.to(torch.complex64), "bias": B}, "holds complex64 values"),
+], ids=["only-bias", "0-d-weight", "int8-head", "complex-head"])
+def test_a_damaged_flat_head_in_model_init_is_one_line(tmp_path, head, message):
+    config, model = _init_file(tmp_path, _ccn_layout(head))
+    with pytest.raises(CCNError, match=message) as err:
+        load_initial_weights(model, config, ["a", "b", "c"])
+    assert "is damaged" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.complex64])
+def test_model_init_backbone_of_integer_or_complex_values_is_refused(tmp_path, dtype):
+    state = _ccn_layout({"weight": W, "bias": B})
+    state["backbone.body.0.weight"] = state["backbone.body.0.weight"].to(dtype)
+    config, model = _init_file(tmp_path, state)
+    with pytest.raises(CCNError, match=f"body.0.weight holds {str(dtype)[6:]} values, not floating-point"):
+        load_initial_weights(model, config, ["a", "b", "c"])
+
+
+def test_model_init_with_nan_weights_is_refused_naming_the_tensor(tmp_path):
+    state = _ccn_layout({"weight": W, "bias": B})
+    state["head.flat.bias"] = torch.tensor([0.0, float("nan"), 1.0])
+    config, model = _init_file(tmp_path, state)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CCNError, match=r"NaN or infinite weights \(head.flat.bias\).*finite weights"):
+        load_initial_weights(model, config, ["a", "b", "c"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing half-loaded
+
+
+def test_a_bare_file_whose_classifier_reads_other_features_says_so(tmp_path):
+    torch.manual_seed(0)
+    trained = FastNet(width=4)
+    wide = torch.nn.Linear(trained.num_features + 5, 3)
+    config, model = _init_file(tmp_path, {**trained.state_dict(), "fc.weight": wide.weight.detach(),
+                                          "fc.bias": wide.bias.detach()})
+    record = load_initial_weights(model, config, ["a", "b", "c"])
+    assert not record["flat_head"]
+    assert record["flat_head_fresh_because"] == (f"its flat head reads {trained.num_features + 5} features, "
+                                                 f"this backbone gives {trained.num_features}")
+
+
+def test_a_run_folder_with_nan_weights_is_refused_by_predict_evaluate_export(runs, tmp_path, images):
+    import shutil
+    run = tmp_path / "nan-run"
+    shutil.copytree(runs["flat"], run)
+    state = load_file(str(run / "model.safetensors"))
+    name = next(k for k in state if k.startswith("head.flat.weight"))
+    state[name][0, 0] = float("nan")
+    save_file(state, str(run / "model.safetensors"))
+    for argv in (["predict", str(run), images[0], "--json"], ["evaluate", str(run)],
+                 ["export", str(run), "--out", str(tmp_path / "m.onnx")]):
+        result = run_cli(*argv)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, (argv, result.stderr)
+        assert f"holds NaN or infinite weights ({name})" in result.stderr, argv
+    assert not (tmp_path / "m.onnx").exists()

@@ -114,6 +114,7 @@ def test_late_variant_clusters_later(grid_run):
     assert [r["stage"] for r in rows] == ["probe", "probe", "ccn"]
 
 
+@pytest.mark.slow  # a whole grid run again after a kill: the longest unmarked test (210 s at load 25, beside 273 s for the slow EMA run)
 def test_rerun_reuses_and_interrupted_grid_continues(grid_run, tmp_path):
     folder, _ = grid_run
     again = run_cli("experiment", "--config", str(folder / "g.yaml"), "--out", str(folder / "out"))

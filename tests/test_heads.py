@@ -122,6 +122,17 @@ def test_tree_head_of_depth_one_equals_three_level_head():
         assert lt[key].item() == pytest.approx(l3[key].item(), rel=1e-5)
 
 
+def test_both_hierarchical_heads_share_one_rule_table():
+    """The inference rules are written once (heads.RULE_SCORES); an unknown rule is one clear error."""
+    from ccn.heads import RULE_SCORES, HierarchicalHead
+    assert ThreeLevelHead.scores is TreeHead.scores is HierarchicalHead.scores
+    assert ThreeLevelHead.rules == TreeHead.rules == tuple(RULE_SCORES)
+    head3 = make_head()
+    for head in (head3, _tree_like(head3, GROUPS)):
+        with pytest.raises(ConfigError, match="unknown inference rule 'argmax'; choose one of: soft, hard"):
+            head.scores(head(torch.randn(2, 8)), "argmax")
+
+
 def test_tree_head_depth_two_sums_to_one_and_matches_path_product():
     torch.manual_seed(0)
     tree = [[[0, 3], [5]], [1, 2], [4]]

@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 import torch
@@ -36,7 +37,7 @@ def test_metrics_are_symmetric_zero_diagonal_and_recover_planted_groups(metric):
     groups = [[0, 4, 7], [1, 2, 8, 9], [3, 5, 6]]
     D = class_distances(planted_profiles(groups), metric)
     assert np.allclose(D, D.T) and np.allclose(np.diag(D), 0) and (D >= 0).all()
-    h = build_hierarchy(planted_profiles(groups), [str(i) for i in range(10)], metric=metric, groups=3)
+    h = build_hierarchy(planted_profiles(groups), [str(i) for i in range(10)], metric=metric, num_groups=3)
     assert sorted(h.groups) == sorted(groups)
 
 
@@ -48,12 +49,12 @@ def test_l1_is_the_sum_of_absolute_differences():
 def test_cut_gives_exactly_k_groups_and_threshold_works():
     S = planted_profiles([[0, 1], [2, 3], [4, 5], [6, 7]])
     for k in range(1, 9):
-        parts, _ = learned_partition(class_distances(S), groups=k)
+        parts, _ = learned_partition(class_distances(S), num_groups=k)
         assert len(parts) == k and sorted(c for g in parts for c in g) == list(range(8))
     parts, _ = learned_partition(class_distances(S), threshold=0.5)
     assert sorted(parts) == [[0, 1], [2, 3], [4, 5], [6, 7]]
     with pytest.raises(ConfigError, match="method.groups=9 is impossible"):
-        learned_partition(class_distances(S), groups=9)
+        learned_partition(class_distances(S), num_groups=9)
 
 
 def test_size_bounds():
@@ -76,7 +77,7 @@ def test_oracle_partition():
 
 
 def test_hierarchy_json_round_trip_and_mask(tmp_path):
-    h = build_hierarchy(planted_profiles([[0, 2], [1, 3]]), ["a", "b", "c", "d"], groups=2)
+    h = build_hierarchy(planted_profiles([[0, 2], [1, 3]]), ["a", "b", "c", "d"], num_groups=2)
     h.save(tmp_path / "h.json")
     back = Hierarchy.load(tmp_path / "h.json")
     assert back.groups == h.groups == [[0, 2], [1, 3]] and back.named_groups() == [["a", "c"], ["b", "d"]]
@@ -89,3 +90,17 @@ def test_hierarchy_json_round_trip_and_mask(tmp_path):
 def test_agreement_scores():
     assert agreement([[0, 1], [2, 3]], [0, 0, 1, 1], 4)["ari"] == pytest.approx(1.0)
     assert agreement([[0, 2], [1, 3]], [0, 0, 1, 1], 4)["ari"] < 0
+
+
+def test_the_group_count_is_num_groups_and_old_files_still_read(tmp_path):
+    """One word, one meaning (issue 21): `groups` is a list of class lists; the count is `num_groups`
+    (method.groups stays the config key: the number of groups K). hierarchy.json files written
+    before the rename, with how["groups"] = K, read back with the count under its new name."""
+    h = build_hierarchy(planted_profiles([[0, 2], [1, 3]]), ["a", "b", "c", "d"], num_groups=2)
+    assert h.how["num_groups"] == len(h.groups) == 2 and "groups" not in h.how
+    h.save(tmp_path / "hierarchy.json")
+    data = json.loads((tmp_path / "hierarchy.json").read_text())
+    data["how"]["groups"] = data["how"].pop("num_groups")  # as an older ccn wrote it
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = Hierarchy.load(tmp_path / "old.json")
+    assert old.how["num_groups"] == 2 and "groups" not in old.how and old.groups == h.groups

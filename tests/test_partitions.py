@@ -36,8 +36,8 @@ def ari(groups) -> float:
 
 
 def test_prior_correction_recovers_groups_that_popular_predictions_hide():
-    raw = [ari(build_hierarchy(planted_profiles(s), NAMES, groups=4).groups) for s in range(5)]
-    fixed = [ari(build_hierarchy(planted_profiles(s), NAMES, groups=4, profile="prior").groups) for s in range(5)]
+    raw = [ari(build_hierarchy(planted_profiles(s), NAMES, num_groups=4).groups) for s in range(5)]
+    fixed = [ari(build_hierarchy(planted_profiles(s), NAMES, num_groups=4, profile="prior").groups) for s in range(5)]
     assert np.mean(raw) < 0.4 < 0.7 < np.mean(fixed), (raw, fixed)
 
 
@@ -61,7 +61,7 @@ def test_balanced_groups_have_equal_sizes_and_keep_close_classes_together():
 def test_balanced_sizes_lie_within_a_factor_two_of_the_mean(num_classes, k):
     rng = np.random.default_rng(num_classes)
     S = rng.dirichlet(np.ones(num_classes) * 0.3, size=num_classes)
-    h = build_hierarchy(S, [str(c) for c in range(num_classes)], groups=k, clustering="balanced")
+    h = build_hierarchy(S, [str(c) for c in range(num_classes)], num_groups=k, clustering="balanced")
     sizes = [len(g) for g in h.groups]
     assert len(sizes) == k and sum(sizes) == num_classes and max(sizes) - min(sizes) <= 1
     mean = num_classes / k
@@ -118,7 +118,7 @@ def test_nbdt_graph_gives_the_roots_children_at_depth_one_and_the_tree_deeper(tm
 
 
 def test_groups_file_from_our_own_hierarchy_json(tmp_path):
-    h = build_hierarchy(planted_profiles(2), NAMES, groups=4, profile="prior")
+    h = build_hierarchy(planted_profiles(2), NAMES, num_groups=4, profile="prior")
     h.save(tmp_path / "hierarchy.json")
     meth = MethodConfig(partition="file", groups_file=str(tmp_path / "hierarchy.json"))
     shuffled = NAMES[::-1]  # matched by name, not by index

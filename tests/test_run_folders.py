@@ -246,7 +246,7 @@ def test_training_on_a_disk_that_fills_up_stops_cleanly_and_resumes(small_disk):
 
 def test_clusters_plot_into_a_read_only_run_folder(small_disk):
     profiles = np.random.default_rng(0).dirichlet(np.ones(6), size=6)
-    build_hierarchy(profiles, [f"c{i}" for i in range(6)], groups=2).save(small_disk / "hierarchy.json")
+    build_hierarchy(profiles, [f"c{i}" for i in range(6)], num_groups=2).save(small_disk / "hierarchy.json")
     _remount(small_disk, "ro")
     result = run_cli("clusters", str(small_disk), "--plot")
     _one_clean_line(result, "dendrogram.png", "Read-only file system")

@@ -90,21 +90,21 @@ def test_sparse_l1_is_exact_with_every_entry_and_the_truncated_l1_otherwise():
 
 def test_many_classes_use_sparse_profiles_record_the_dropped_mass_and_recover_planted_groups():
     S, planted_groups = planted(400, 20)
-    h = build_hierarchy(S, names(400), groups=20, sparse_above=300)
+    h = build_hierarchy(S, names(400), num_groups=20, sparse_above=300)
     assert h.how["distances"] == "sparse top-256 L1" and h.how["top_k"] == 256
     assert 0 < h.how["dropped_mass"]["mean"] <= h.how["dropped_mass"]["max"] < 1
     assert agreement(h.groups, planted_groups, 400)["ari"] == pytest.approx(1.0)
-    assert build_hierarchy(S, names(400), groups=20, sparse_above=300, top_k=64).how["top_k"] == 64
-    assert "top_k" not in build_hierarchy(S, names(400), groups=20).how  # at most sparse_above classes: dense
+    assert build_hierarchy(S, names(400), num_groups=20, sparse_above=300, top_k=64).how["top_k"] == 64
+    assert "top_k" not in build_hierarchy(S, names(400), num_groups=20).how  # at most sparse_above classes: dense
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_many_profiles_on_cuda_are_tiled_there_and_give_the_cpu_groups():
     S, planted_groups = planted(400, 20)
-    on_gpu = build_hierarchy(torch.tensor(S, device="cuda"), names(400), groups=20, sparse_above=300)
+    on_gpu = build_hierarchy(torch.tensor(S, device="cuda"), names(400), num_groups=20, sparse_above=300)
     assert on_gpu.how["distances"] == "dense, float32 tiles on cuda"
-    assert on_gpu.groups == build_hierarchy(S, names(400), groups=20).groups  # the CPU's dense float64
+    assert on_gpu.groups == build_hierarchy(S, names(400), num_groups=20).groups  # the CPU's dense float64
     assert agreement(on_gpu.groups, planted_groups, 400)["ari"] == pytest.approx(1.0)
 
 
@@ -161,7 +161,7 @@ def test_bad_sparse_settings(overrides, words):
 
 def test_old_hierarchy_json_with_asymmetric_distances_is_refused():
     S, _ = planted(6, 2)
-    data = build_hierarchy(S, names(6), groups=2).to_json()
+    data = build_hierarchy(S, names(6), num_groups=2).to_json()
     data["distances"] = (np.arange(36.0).reshape(6, 6) * (1 - np.eye(6))).tolist()
     with pytest.raises(CCNError, match="'distances' must be a symmetric matrix"):
         Hierarchy.from_json(data, "h.json")
@@ -202,7 +202,7 @@ def test_plot_without_its_distances_file_is_one_line(tiny_run, tmp_path):
 def test_an_old_checkpoint_hierarchy_with_distances_is_read_back():
     """Checkpoints of older runs held hierarchy.to_json() with the distances: resume reads them."""
     S, _ = planted(8, 2)
-    h = build_hierarchy(S, names(8), groups=2)
+    h = build_hierarchy(S, names(8), num_groups=2)
     old = {**h.to_json(), "distances": np.round(squareform(h.distances.astype(np.float64)), 6).tolist()}
     back = Hierarchy.from_json(old, "the hierarchy in checkpoint x")
     assert back.groups == h.groups and np.allclose(back.distances, h.distances, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError
@@ -50,26 +51,58 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = Non
     atomic_write(path, lambda tmp: write_safetensors(tmp, state, meta))
 
 
-def check_state_fits(model: torch.nn.Module, state: dict, path: Path) -> None:
-    """CCNError unless `state` has exactly the model's keys and shapes."""
-    own = model.state_dict()
+def state_difference(module: torch.nn.Module, state: dict) -> Optional[str]:
+    """Why `state` cannot load into `module`, in words (None when it fits): the one comparison of a
+    file's tensors with a model's, for run folders, checkpoints and `model.init` alike.
+
+    Keys and shapes must match, and a floating-point parameter or buffer must get floating-point
+    values: load_state_dict would silently cast int8 (or drop the imaginary part of complex) values."""
+    own = module.state_dict()
     missing = sorted(set(own) - set(state))
+    if missing:
+        return f"it lacks {missing[:3]}"
     unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                  else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}")
-        raise CCNError(f"{path} does not fit this model ({detail}): it was saved from another backbone, head or "
+    if unexpected:
+        return f"it has tensors this model does not: {unexpected[:3]}"
+    for key, mine in own.items():
+        theirs = state[key]
+        if theirs.shape != mine.shape:
+            return f"{key} is {tuple(theirs.shape)} there but {tuple(mine.shape)} here"
+        if mine.is_floating_point() and not theirs.is_floating_point():
+            return f"{key} holds {str(theirs.dtype).removeprefix('torch.')} values, not floating-point weights"
+    return None
+
+
+def non_finite_tensor(state: dict) -> Optional[str]:
+    """The first floating-point tensor holding NaN or infinity, or None."""
+    return next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+
+
+def check_state_fits(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """CCNError unless `state` has exactly the model's keys, shapes and kinds of values."""
+    problem = state_difference(model, state)
+    if problem:
+        raise CCNError(f"{path} does not fit this model ({problem}): it was saved from another backbone, head or "
                        "class count; use the run folder it came from")
 
 
+def check_finite(state: dict, path: Path, fix: str) -> None:
+    """CCNError naming the tensor when a weights file holds NaN or infinity (its scores would be NaN)."""
+    bad = non_finite_tensor(state)
+    if bad is not None:
+        raise CCNError(f"{path} holds NaN or infinite weights ({bad}): {fix}")
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load a safetensors file into `model`, refusing files made for another model or class count."""
+    """Load a safetensors file into `model`, refusing files made for another model or class count,
+    and weights that are not finite (predictions, scores and exports from them are meaningless)."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CCNError(f"cannot read weights {path} ({err}): the file is missing or damaged") from None
     check_state_fits(model, state, path)
+    check_finite(state, path, "the run diverged or the file was damaged; retrain it (e.g. with a lower train.lr) "
+                 "or restore the file")
     model.load_state_dict(state)
 
 

@@ -18,13 +18,17 @@ EXIT_USAGE = 2
 
 def _train(args) -> None:
     from ccn import config as cfgmod
+
+    # what the command line and the config file get wrong is said before torch is imported (seconds)
+    if args.resume and (args.config or args.set or args.out or args.force):
+        raise CCNError("--resume continues a run with its own config.yaml: drop --config, --set, --out and --force")
+    config = None if args.resume else cfgmod.load(args.config, args.set)
+
     from ccn.dist import world_from_env
     from ccn.runs import NewRun, default_run_dir, resume_run_dir, resumed_run
 
     world = world_from_env()
     if args.resume:
-        if args.config or args.set or args.out or args.force:
-            raise CCNError("--resume continues a run with its own config.yaml: drop --config, --set, --out and --force")
         out = Path(args.resume)
         with resumed_run(out) if world.is_main else nullcontext(resume_run_dir(out, clean=False)) as config:
             if config is None:
@@ -32,7 +36,6 @@ def _train(args) -> None:
                 return
             _run(config, out, world, resume=True)
     else:
-        config = cfgmod.load(args.config, args.set)
         if world.world_size > 1 and not args.out:
             raise CCNError("under torchrun every process must write to one folder: pass --out DIR")
         out = Path(args.out) if args.out else default_run_dir(config)
@@ -91,14 +94,12 @@ def _evaluate(args) -> None:
     from ccn.dist import autocast, resolve_device
     from ccn.evaluate import score
     from ccn.data.prepare import prepare_data
-    from ccn.runs import load_run
+    from ccn.runs import check_same_classes, load_run
 
     config, model, hierarchy, saved = load_run(Path(args.run_dir), args.set)
     device = resolve_device(config.device)
     data = prepare_data(config, device, preprocess=saved["preprocess"])
-    if data.ds.num_classes != saved["num_classes"]:
-        raise CCNError(f"the run has {saved['num_classes']} classes but data {data.ds.name} has "
-                       f"{data.ds.num_classes}: evaluate on data with the same classes")
+    check_same_classes(saved, data.ds.classes, data.ds.name)
     model.to(device)
     result = score(model, data.test, hierarchy.mask() if hierarchy is not None else None, config.method.inference,
                    lambda: autocast(device, config.train.bf16))

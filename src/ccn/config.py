@@ -2,6 +2,11 @@
 
 Every run writes its fully resolved config to `config.yaml`, so a run folder says exactly what was
 done. Defaults marked "ours" are choices the paper leaves open (see docs/method.md).
+
+Names, everywhere in the package, tests and benchmarks: `config` is a `Config` (one run's settings);
+this module, where its functions are needed, is imported as `from ccn import config as cfgmod`
+(never under the name `config`); single classes come by name (`from ccn.config import Config`).
+tests/test_layering.py checks the import half of this.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 20  # total budget, probe epochs included
-    batch_size: int = 32  # global: split evenly among torchrun processes; the defaults are the digits job
+    batch_size: int = 32  # global: split evenly among torchrun processes, at least 2 each; the defaults are the digits job
     lr: float = 0.05  # peak learning rate at this batch size
     momentum: float = 0.9  # Nesterov
     weight_decay: float = 5e-4  # not applied to norm weights and biases (ours)
@@ -93,7 +98,7 @@ class MethodConfig:
     holdout_fraction: float = 0.1  # probe_set=holdout: share of each class kept out of training
     metric: Literal["l1", "l2", "cosine", "js", "confusion"] = "l1"  # paper: L1
     linkage: Literal["average", "complete", "single", "ward"] = "average"  # ours
-    groups: Optional[int] = None  # K; None: round(sqrt(C)) (ours)
+    groups: Optional[int] = None  # the number of groups K (a count); None: round(sqrt(C)) (ours)
     threshold: Optional[float] = None  # cut the merge tree at this distance instead of K groups
     min_group_size: Optional[int] = None
     max_group_size: Optional[int] = None
@@ -184,6 +189,25 @@ class _StrictLoader(yaml.SafeLoader):
                             "keep one", problem_mark=key_node.start_mark)
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+# Numbers are read as written, in decimal (YAML 1.2's rule), for config files and --set alike. YAML
+# 1.1, PyYAML's default, reads `010` as octal 8, `1:30` as 90 (base 60) and `0b11` as 3: a seed or
+# epoch count silently other than the one typed. Here `010` is 10, and `1:30`, `0x10`, `0b11` are
+# text, which a number key refuses naming the value.
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_DECIMAL_INT = re.compile(r"^[-+]?[0-9](?:_?[0-9])*$")
+_DECIMAL_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9](?:_?[0-9])*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
+                                |[-+]?[0-9](?:_?[0-9])*[eE][-+]?[0-9]+
+                                |[-+]?\.(?:inf|Inf|INF)
+                                |\.(?:nan|NaN|NAN))$""", re.X)
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(_INT, _DECIMAL_INT, list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(_FLOAT, _DECIMAL_FLOAT, list("-+0123456789."))
+_StrictLoader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node).replace("_", ""), 10))
 
 
 def parse_yaml(text: str):
@@ -361,7 +385,7 @@ LIMITS: dict[str, Bounds] = {
     "model.shakedrop": Bounds(0, 1),
     "model.dropout": Bounds(0, 1, high_open=True),
     "train.epochs": Bounds(1, 100_000),
-    "train.batch_size": Bounds(1, 2**20),
+    "train.batch_size": Bounds(2, 2**20, meaning="batch normalisation cannot train on one image per step"),
     "train.eval_batch_size": Bounds(1, 2**20),
     "train.lr": Bounds(0, None, low_open=True),  # too large a rate stops the run at its first nan loss
     "train.momentum": Bounds(0, 1),

@@ -19,7 +19,6 @@ from torch.nn import functional as F
 from ccn.errors import ConfigError
 from ccn.hierarchy.tree import group_index, mask_matrix
 
-RULES = ("soft", "hard", "flat", "blend")
 _HARD_BONUS = 1e4  # lifts the classes of the chosen group above all others while keeping their order
 
 
@@ -84,10 +83,52 @@ def hierarchical_loss(log_p: torch.Tensor, cluster_nll: torch.Tensor, flat_logit
     return {"loss": total, "cluster": cluster, "within": within, "flat": flat}
 
 
-class ThreeLevelHead(nn.Module):
-    """Flat head `z`, cluster head `u` and masked class head `v` over one partition of the classes."""
+def _soft(head: HierarchicalHead, out: dict) -> torch.Tensor:
+    return head.class_log_probs(out)
+
+
+def _hard(head: HierarchicalHead, out: dict) -> torch.Tensor:
+    """The literal reading: pick the group (each node down the path), then the class inside it; classes
+    that share more of the chosen path rank first, each tier ordered by log p(c|x)."""
+    return head.class_log_probs(out) + _HARD_BONUS * head.path_agreement(out)
+
+
+def _flat(head: HierarchicalHead, out: dict) -> torch.Tensor:
+    return out["z"].float()
+
+
+def _blend(head: HierarchicalHead, out: dict) -> torch.Tensor:
+    w = head.blend_weight
+    return w * head.class_log_probs(out) + (1 - w) * F.log_softmax(out["z"].float(), dim=1)
+
+
+# the inference rules of every hierarchical head: rule -> (head, outputs) -> (B, C) class scores
+RULE_SCORES = {"soft": _soft, "hard": _hard, "flat": _flat, "blend": _blend}
+RULES = tuple(RULE_SCORES)
+
+
+class HierarchicalHead(nn.Module):
+    """What ThreeLevelHead and TreeHead share: the inference rules (RULE_SCORES), read through two
+    methods each head defines -- `class_log_probs(out)`: log p(c|x), (B, C); `path_agreement(out)`:
+    (B, C), how many nodes of the greedily chosen root-to-leaf path lie on each class's path."""
 
     rules = RULES
+    blend_weight: float
+
+    def class_log_probs(self, out: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def path_agreement(self, out: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scores(self, out: dict, rule: str = "soft") -> torch.Tensor:
+        if rule not in RULE_SCORES:
+            raise ConfigError(f"unknown inference rule {rule!r}; choose one of: {', '.join(self.rules)}")
+        return RULE_SCORES[rule](self, out)
+
+
+class ThreeLevelHead(HierarchicalHead):
+    """Flat head `z`, cluster head `u` and masked class head `v` over one partition of the classes."""
 
     def __init__(self, in_features: int, groups: list[list[int]], flat: nn.Linear | None = None,
                  flat_weight: float = 1.0, blend_weight: float = 0.5, init_from_flat: bool = True):
@@ -123,29 +164,19 @@ class ThreeLevelHead(nn.Module):
         cluster_nll = F.cross_entropy(out["u"].float(), self.group_of[y], reduction="none")
         return hierarchical_loss(log_p, cluster_nll, out["z"], y, label_smoothing, self.flat_weight)
 
-    def scores(self, out: dict, rule: str = "soft") -> torch.Tensor:
-        if rule == "flat":
-            return out["z"].float()
-        log_p, _ = self.log_probs(out)
-        if rule == "soft":
-            return log_p
-        if rule == "hard":  # the literal reading: pick the group, then the class inside it
-            chosen = out["u"].argmax(dim=1)
-            return log_p + _HARD_BONUS * self.mask[chosen].float()
-        if rule == "blend":
-            w = self.blend_weight
-            return w * log_p + (1 - w) * F.log_softmax(out["z"].float(), dim=1)
-        raise ConfigError(f"unknown inference rule {rule!r}; choose one of: {', '.join(self.rules)}")
+    def class_log_probs(self, out: dict) -> torch.Tensor:
+        return self.log_probs(out)[0]
+
+    def path_agreement(self, out: dict) -> torch.Tensor:
+        return self.mask[out["u"].argmax(dim=1)].float()  # the path is one step: the chosen group
 
 
-class TreeHead(nn.Module):
+class TreeHead(HierarchicalHead):
     """A class tree of any depth: p(c|x) is the product of the sibling softmaxes along the path to c.
 
     One linear layer gives a logit to every non-root node; a grouped (segment) softmax over the
     children of each node and one matrix product with the path-incidence matrix give log p(c|x)
     for all classes at once, with no Python loop over nodes."""
-
-    rules = RULES
 
     def __init__(self, in_features: int, tree: list, num_classes: int, flat: nn.Linear | None = None,
                  flat_weight: float = 1.0, blend_weight: float = 0.5):
@@ -183,7 +214,7 @@ class TreeHead(nn.Module):
         totals = torch.zeros_like(peak).scatter_add(1, index, shifted.exp())
         return shifted - totals.gather(1, index).log()
 
-    def log_probs(self, out: dict) -> torch.Tensor:
+    def class_log_probs(self, out: dict) -> torch.Tensor:
         return self._path_sum(self.edge_log_probs(out["t"]))
 
     def _path_sum(self, edges: torch.Tensor) -> torch.Tensor:
@@ -213,19 +244,8 @@ class TreeHead(nn.Module):
             current = torch.where(has_children, best + 1, torch.full_like(current, -1))
         return picked
 
-    def scores(self, out: dict, rule: str = "soft") -> torch.Tensor:
-        if rule == "flat":
-            return out["z"].float()
-        log_p = self.log_probs(out)
-        if rule == "soft":
-            return log_p
-        if rule == "hard":
-            agreement = self._path_sum(self._greedy_path(out["t"].float()).float())  # chosen nodes on each class's path
-            return log_p + _HARD_BONUS * agreement
-        if rule == "blend":
-            w = self.blend_weight
-            return w * log_p + (1 - w) * F.log_softmax(out["z"].float(), dim=1)
-        raise ConfigError(f"unknown inference rule {rule!r}; choose one of: {', '.join(self.rules)}")
+    def path_agreement(self, out: dict) -> torch.Tensor:
+        return self._path_sum(self._greedy_path(out["t"].float()).float())  # picked nodes on each class's path
 
 
 def flatten_tree(tree: list) -> tuple[list[int], dict[int, int]]:

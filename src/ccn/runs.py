@@ -27,7 +27,7 @@ from typing import Iterator, Optional
 import torch
 
 from ccn import config as cfgmod
-from ccn.checkpoint import STATE_FILE, load_weights, save_weights
+from ccn.checkpoint import STATE_FILE, check_finite, load_weights, save_weights, state_difference
 from ccn.files import atomic_write, fault_point, write_json
 from ccn.config import Config
 from ccn.errors import CCNError
@@ -252,6 +252,25 @@ def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, 
     return config, model, hierarchy, results
 
 
+def check_same_classes(results: dict, classes: list[str], data_name: str) -> None:
+    """CCNError unless data set `data_name` has the classes the run learned, by name and in order (a
+    run's output k means its k-th class; the same count of other classes would be scored as nonsense).
+    Runs whose results.json names no classes can only be checked by count."""
+    saved = results.get("classes")
+    if saved is None:
+        if len(classes) != results["num_classes"]:
+            raise CCNError(f"the run has {results['num_classes']} classes but data {data_name} has {len(classes)}: "
+                           "evaluate on data with the same classes")
+        return
+    if list(saved) == list(classes):
+        return
+    unknown, absent = [c for c in classes if c not in saved], [c for c in saved if c not in classes]
+    detail = (f"not learned by the run: {', '.join(unknown[:5])}" if unknown
+              else f"missing: {', '.join(absent[:5])}" if absent else "the same names in another order")
+    raise CCNError(f"data {data_name} does not have the classes the run learned ({detail}): evaluate on data "
+                   "with the same classes, named as in the run's results.json")
+
+
 def check_run_files_agree(run_dir: Path, config: Config, results: dict, hierarchy: Optional[Hierarchy]) -> None:
     """config.yaml, results.json and hierarchy.json must describe the same run."""
     if config.method.name == "ccn" and hierarchy is None:
@@ -311,17 +330,31 @@ def split_init_state(state: dict, backbone_keys: set[str], timm: bool) -> tuple[
     return backbone, flat, "bare backbone"
 
 
-def _fit_problem(module: torch.nn.Module, state: dict) -> Optional[str]:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing:
-        return f"it lacks {missing[:3]}"
-    if unexpected:
-        return f"it has tensors this backbone does not: {unexpected[:3]}"
-    if wrong:
-        return f"{wrong[0]} is {tuple(state[wrong[0]].shape)} there but {tuple(own[wrong[0]].shape)} here"
+def damaged_flat_head(flat: dict) -> Optional[str]:
+    """What makes a weights file's flat head unusable as any classifier (None when it is one)."""
+    weight, bias = flat.get("weight"), flat.get("bias")
+    if weight is None or bias is None:
+        return f"its flat head has no {'weight' if weight is None else 'bias'}"
+    if weight.ndim != 2 or bias.shape != weight.shape[:1]:
+        return (f"its flat head weight is {tuple(weight.shape)} and bias {tuple(bias.shape)}, "
+                "not (classes, features) and (classes,)")
+    if not (weight.is_floating_point() and bias.is_floating_point()):
+        return f"its flat head holds {str(weight.dtype).removeprefix('torch.')} values, not floating-point weights"
+    return None
+
+
+def fresh_head_reason(head: torch.nn.Linear, flat: dict, classes: list[str],
+                      saved_classes: Optional[list[str]]) -> Optional[str]:
+    """Why a well-formed flat head from a weights file is not carried over (None when it is)."""
+    if not flat:
+        return "the file has no flat head"
+    rows, width = flat["weight"].shape
+    if rows != len(classes):
+        return f"its flat head has {rows} classes, this data set {len(classes)}"
+    if width != head.in_features:
+        return f"its flat head reads {width} features, this backbone gives {head.in_features}"
+    if saved_classes is not None and list(saved_classes) != list(classes):
+        return "its classes are not this data set's classes (names or order differ)"
     return None
 
 
@@ -338,21 +371,20 @@ def load_initial_weights(model: torch.nn.Module, config: Config, classes: list[s
         raise CCNError(f"model.init: cannot read {weights} ({err}): the file is damaged or not safetensors") from None
     timm = config.model.name.startswith("timm:")
     backbone, flat, layout = split_init_state(state, set(model.backbone.state_dict()), timm)
-    problem = _fit_problem(model.backbone, backbone)
+    problem = state_difference(model.backbone, backbone)
     if problem:
         raise CCNError(f"model.init={weights} does not fit model.name={config.model.name} ({problem}): start "
                        "from weights of the same backbone with the same model.* options")
+    damage = damaged_flat_head(flat) if flat else None
+    if damage:
+        raise CCNError(f"model.init={weights} is damaged ({damage}): save the weights again from the model "
+                       "(safetensors.torch.save_file(model.state_dict(), ...))")
+    check_finite({**backbone, **{f"head.flat.{k}": v for k, v in flat.items()}}, weights,
+                 "model.init must hold finite weights (a diverged run's are not); choose another file")
     model.backbone.load_state_dict(backbone)
-    head = model.head.flat
-    if not flat:
-        why = "the file has no flat head"
-    elif _fit_problem(head, flat):
-        why = f"its flat head has {tuple(flat['weight'].shape)[0]} classes, this data set {len(classes)}"
-    elif saved_classes is not None and list(saved_classes) != list(classes):
-        why = "its classes are not this data set's classes (names or order differ)"
-    else:
-        head.load_state_dict(flat)
-        why = None
+    why = fresh_head_reason(model.head.flat, flat, classes, saved_classes)
+    if why is None:
+        model.head.flat.load_state_dict(flat)
     record = {"from": str(weights), "layout": layout, "backbone": True, "flat_head": why is None}
     if why is not None:
         record["flat_head_fresh_because"] = why

@@ -35,10 +35,30 @@ class RunData:
 
 
 def default_augment(config: Config, ds: ImageDataset) -> Augment:
+    side = min(ds.train_images.shape[-2:])
+    if config.data.cutout >= side:  # a square as large as the image blanks (nearly) every training image
+        raise CCNError(f"data.cutout={config.data.cutout} is not smaller than the {side} px images of {ds.name}: "
+                       f"it would blank the training images; choose at most {side - 1} (about half the image "
+                       "side is usual: 16 for 32 px CIFAR), or 0 for none")
     padding = config.data.crop_padding if config.data.crop_padding is not None else max(1, ds.image_size // 8)
     flip = config.data.flip if config.data.flip is not None else ds.flip
     policy = make_policy(config.data.augment, config.data.randaugment_n, config.data.randaugment_m)
     return Augment(crop_padding=padding, flip=flip, cutout=config.data.cutout, policy=policy)
+
+
+def check_training_batch(batch_size: int, train_images: int, world: World) -> None:
+    """One line, before any training, when a process would train on batches of one image: batch
+    normalisation cannot (PyTorch raises deep inside the first step). The last, partial batch of an
+    epoch is dropped, so only the batch size and the number of training images matter."""
+    if batch_size // world.world_size >= 2:
+        return
+    per_process = f" ({world.world_size} processes)" if world.world_size > 1 else ""
+    if train_images < 2 * world.world_size:
+        raise CCNError(f"the training split holds {train_images} image(s){per_process}, too few to train "
+                       "(batch normalisation needs at least 2 per step): use more training images per class, "
+                       "or a smaller data.val_fraction / method.holdout_fraction")
+    raise CCNError(f"train.batch_size={batch_size} gives batches of one image per process{per_process}, which "
+                   f"batch normalisation cannot train on: choose at least {2 * world.world_size}")
 
 
 def uses_channels_last(config: Config, device: torch.device) -> bool:
@@ -77,6 +97,7 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
     if t.batch_size % world.world_size:
         raise CCNError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly among "
                        f"{world.world_size} processes: choose a multiple of {world.world_size}")
+    check_training_batch(min(t.batch_size, len(y)), len(y), world)
     train = TensorBatches(train_x, train_y, min(t.batch_size, len(y)), normalize, default_augment(config, ds),
                           seed=seed, rank=world.rank, world_size=world.world_size, channels_last=channels_last)
     # every rank scores and profiles its share of the test and probe sets; the counts are added across ranks

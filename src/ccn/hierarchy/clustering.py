@@ -50,15 +50,15 @@ def _labels_to_groups(labels: np.ndarray) -> list[list[int]]:
     return sorted(groups.values(), key=lambda g: g[0])
 
 
-def cut(Z: np.ndarray, groups: Optional[int] = None, threshold: Optional[float] = None) -> list[list[int]]:
-    """Cut a merge tree into exactly `groups` groups, or at a distance `threshold`."""
+def cut(Z: np.ndarray, num_groups: Optional[int] = None, threshold: Optional[float] = None) -> list[list[int]]:
+    """Cut a merge tree into exactly `num_groups` groups, or at a distance `threshold`."""
     num_classes = Z.shape[0] + 1
     if threshold is not None:
         return _labels_to_groups(fcluster(Z, t=threshold, criterion="distance"))
-    if groups is None or not 1 <= groups <= num_classes:
-        raise ConfigError(f"method.groups={groups} is impossible with {num_classes} classes: "
+    if num_groups is None or not 1 <= num_groups <= num_classes:
+        raise ConfigError(f"method.groups={num_groups} is impossible with {num_classes} classes: "
                           f"choose between 1 and {num_classes}")
-    return _labels_to_groups(cut_tree(Z, n_clusters=groups).flatten())
+    return _labels_to_groups(cut_tree(Z, n_clusters=num_groups).flatten())
 
 
 def _mean_distance(D: np.ndarray, a: list[int], b: list[int]) -> float:
@@ -77,7 +77,7 @@ def enforce_sizes(groups: list[list[int]], D: np.ndarray, min_size: Optional[int
             if len(g) <= max_size:
                 done.append(g)
                 continue
-            sub = cut(merge_tree(distance_block(D, g, g), method), groups=2)
+            sub = cut(merge_tree(distance_block(D, g, g), method), num_groups=2)
             groups += [[g[i] for i in part] for part in sub]
         groups = done
     if min_size is not None:
@@ -96,12 +96,12 @@ def enforce_sizes(groups: list[list[int]], D: np.ndarray, min_size: Optional[int
     return sorted(groups, key=lambda g: g[0])
 
 
-def balanced_sizes(num_classes: int, groups: int) -> list[int]:
+def balanced_sizes(num_classes: int, num_groups: int) -> list[int]:
     """K sizes that differ by at most one and add up to C, largest first."""
-    return [num_classes // groups + (1 if k < num_classes % groups else 0) for k in range(groups)]
+    return [num_classes // num_groups + (1 if k < num_classes % num_groups else 0) for k in range(num_groups)]
 
 
-def balanced_partition(D: np.ndarray, groups: int, start: list[list[int]], max_rounds: int = 50) -> list[list[int]]:
+def balanced_partition(D: np.ndarray, num_groups: int, start: list[list[int]], max_rounds: int = 50) -> list[list[int]]:
     """K groups of floor(C/K) or ceil(C/K) classes that keep close classes together (ours).
 
     Start from `start` (the agglomerative cut into K groups), then repeat: the cost of putting
@@ -119,20 +119,20 @@ def balanced_partition(D: np.ndarray, groups: int, start: list[list[int]], max_r
     labels = np.empty(num_classes, dtype=int)
     for k, members in enumerate(sorted(start, key=len, reverse=True)):  # larger groups get the larger seats
         labels[members] = k
-    seats = np.repeat(np.arange(groups), balanced_sizes(num_classes, groups))
+    seats = np.repeat(np.arange(num_groups), balanced_sizes(num_classes, num_groups))
     for _ in range(max_rounds):
-        member = np.eye(groups)[labels]  # (C, K) one-hot
+        member = np.eye(num_groups)[labels]  # (C, K) one-hot
         counts = member.sum(0)[None, :] - member  # members of each group other than c itself
         cost = (D @ member) / np.maximum(counts, 1)
         _, seat = linear_sum_assignment(cost[:, seats])
-        new = _improve_by_swaps(D, seats[seat], groups)
+        new = _improve_by_swaps(D, seats[seat], num_groups)
         if np.array_equal(new, labels):
             break
         labels = new
     return _labels_to_groups(labels)
 
 
-def _improve_by_swaps(D: np.ndarray, labels: np.ndarray, groups: int, max_swaps: int = 10_000) -> np.ndarray:
+def _improve_by_swaps(D: np.ndarray, labels: np.ndarray, num_groups: int, max_swaps: int = 10_000) -> np.ndarray:
     """Swap the pair of classes (in different groups) that lowers the sum of within-group distances
     most, until no swap lowers it; group sizes do not change.
 
@@ -140,7 +140,7 @@ def _improve_by_swaps(D: np.ndarray, labels: np.ndarray, groups: int, max_swaps:
     changes the sum by S[j, A] - S[i, A] + S[i, B] - S[j, B] - 2 D[i, j]."""
     labels = labels.copy()
     for _ in range(max_swaps):
-        S = D @ np.eye(groups)[labels]
+        S = D @ np.eye(num_groups)[labels]
         own = S[np.arange(len(labels)), labels]
         cross = S[:, labels]  # cross[j, i] = S[j, group of i]
         gain = cross + cross.T - own[:, None] - own[None, :] - 2 * D
@@ -152,13 +152,13 @@ def _improve_by_swaps(D: np.ndarray, labels: np.ndarray, groups: int, max_swaps:
     return labels
 
 
-def learned_partition(D: np.ndarray, groups: Optional[int] = None, threshold: Optional[float] = None,
+def learned_partition(D: np.ndarray, num_groups: Optional[int] = None, threshold: Optional[float] = None,
                       method: str = "average", min_size: Optional[int] = None,
                       max_size: Optional[int] = None, balanced: bool = False) -> tuple[list[list[int]], np.ndarray]:
     """Agglomerative clustering of the classes on D: (groups, merge tree). With `balanced`, the cut
     into K groups is rebalanced into groups of equal size (see balanced_partition)."""
     Z = merge_tree(D, method)
-    parts = cut(Z, groups=groups if threshold is None else None, threshold=threshold)
+    parts = cut(Z, num_groups=num_groups if threshold is None else None, threshold=threshold)
     if balanced:
         return balanced_partition(D, len(parts), parts), Z
     return enforce_sizes(parts, D, min_size, max_size, method), Z

@@ -17,7 +17,7 @@ from ccn.hierarchy.tree import Hierarchy, agreement
 
 
 def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], metric: str = "l1",
-                    groups: Optional[int] = None, threshold: Optional[float] = None, linkage: str = "average",
+                    num_groups: Optional[int] = None, threshold: Optional[float] = None, linkage: str = "average",
                     min_size: Optional[int] = None, max_size: Optional[int] = None,
                     clustering: str = "agglomerative", profile: str = "softmax", sparse_above: int = SPARSE_ABOVE,
                     top_k: Optional[int] = None) -> Hierarchy:
@@ -30,7 +30,7 @@ def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], met
     if profile == "prior":
         S = prior_corrected(S)
     C = len(classes)
-    k = groups if groups is not None or threshold is not None else default_group_count(C)
+    k = num_groups if num_groups is not None or threshold is not None else default_group_count(C)
     if S.device.type != "cpu" and C <= sparse_above:  # small problems: the CPU's float64, as without a GPU
         S = S.cpu()
     sparse = metric == "l1" and S.device.type == "cpu" and C > sparse_above
@@ -38,7 +38,7 @@ def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], met
     del S
     parts, Z = learned_partition(D, k, threshold, linkage, min_size, max_size, balanced=clustering == "balanced")
     how = {"partition": "learned", "metric": metric, "linkage": linkage, "clustering": clustering,
-           "profile": profile, "groups": len(parts), **computed}
+           "profile": profile, "num_groups": len(parts), **computed}
     return Hierarchy(classes, parts, how, distances=D.astype(np.float32), merges=Z)
 
 
@@ -52,7 +52,7 @@ def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[s
     chosen = learned
     if meth.partition != "learned":
         tree = _control_tree(meth, learned, classes, seed, coarse, dataset)
-        how = {"partition": meth.partition, "groups": len(tree), "metric": meth.metric, "linkage": meth.linkage}
+        how = {"partition": meth.partition, "num_groups": len(tree), "metric": meth.metric, "linkage": meth.linkage}
         if meth.partition == "file":
             how["groups_file"] = str(meth.groups_file)
         if meth.partition == "random":  # whose sizes it copies

@@ -170,7 +170,7 @@ def read_distances(path: Path, num_classes: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- reading hierarchy.json back
 
-KNOWN_HOW = {"partition": str, "metric": str, "linkage": str, "probe_set": str, "groups": int, "epoch": int,
+KNOWN_HOW = {"partition": str, "metric": str, "linkage": str, "probe_set": str, "num_groups": int, "epoch": int,
              "depth": int, "split_epoch": int, "coarse_ari": float, "coarse_nmi": float}
 
 
@@ -195,6 +195,8 @@ def parse_hierarchy(data) -> tuple:
         tree = tree or groups
     _require_partition(tree, classes)
     how = require_mapping(data.get("how") or {}, "'how'")
+    if isinstance(how.get("groups"), int) and "num_groups" not in how:  # the count's name before issue 21
+        how = {("num_groups" if k == "groups" else k): v for k, v in how.items()}
     for key, kind in KNOWN_HOW.items():
         if key in how:
             check = {str: require_str, int: require_int, float: require_number}[kind]
