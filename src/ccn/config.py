@@ -98,6 +98,9 @@ class MethodConfig:
     profile: Literal["softmax", "prior"] = "softmax"  # prior: divide out how often each class is predicted (ours)
     groups_file: Optional[str] = None  # partition=file: a hierarchy.json or an NBDT node-link graph JSON
     flat_weight: float = 1.0  # lambda: weight of CE on the level-1 head in step 3; keeps level 1 alive (ours)
+    # the loss-scale control (ours): divide step 3's loss by (1 + flat_weight), so the backbone's gradient
+    # has the flat baseline's scale rather than ~2x it; the flat head's loss (weight 1) is unchanged by it
+    normalize_loss: bool = False
     init_from_flat: bool = True  # level-3 weights start as a copy of level 1 (ours)
     inference: Literal["soft", "hard", "flat", "blend"] = "soft"  # the rule behind "top1"
     blend_weight: float = 0.5  # blend: weight of log p(c|x) against log softmax(z)

@@ -32,10 +32,19 @@ from ccn.progress import echo, progress_bar
 from ccn.runs import NewRun, read_results, resumed_run
 
 METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
+NORM_SUFFIX = "-norm"
 
 
 def builtin_variant(name: str) -> Optional[dict]:
-    """Overrides of the built-in variants (BUILTIN_VARIANTS says what each one is)."""
+    """Overrides of the built-in variants (BUILTIN_VARIANTS says what each one is).
+
+    Any built-in ccn variant takes the suffix `-norm`: the same run with method.normalize_loss=true,
+    the loss-scale control (`ccn-norm`, `k-1-norm`, `random-norm`, ...)."""
+    if name.endswith(NORM_SUFFIX):
+        grouped = builtin_variant(name[:-len(NORM_SUFFIX)])
+        if grouped is None or grouped["method"]["name"] != "ccn":  # flat has one loss part: nothing to normalise
+            return None
+        return {"method": {**grouped["method"], "normalize_loss": True}}
     fixed = {
         "flat": {"method": {"name": "flat"}},
         "ccn": {"method": {"name": "ccn"}},
@@ -61,7 +70,7 @@ def builtin_variant(name: str) -> Optional[dict]:
 
 
 BUILTIN_VARIANTS = ("flat, ccn, random, oracle, late-E, k-N, balanced, balanced-random, prior, prior-balanced, "
-                    "l2, cosine, js, confusion, depth2")
+                    "l2, cosine, js, confusion, depth2, and any of the ccn ones with -norm (ccn-norm, k-1-norm, ...)")
 
 
 @dataclass
