@@ -71,7 +71,9 @@ class TrainConfig:
     milestones: list = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of the run
     gamma: float = 0.1  # step: factor at each milestone
     bf16: Optional[bool] = None  # bfloat16 autocast; None: on for CUDA, off on CPU; true/false honoured on both
-    ema: float = 0.0  # decay of an average of the weights, scored and saved beside them (e.g. 0.999); 0: off
+    # decay of an average of the weights, scored (every epoch) and saved instead of them (e.g. 0.999); 0: off.
+    # Warm-up: update t uses min(ema, (1 + t) / (10 + t)) (TensorFlow's ExponentialMovingAverage schedule)
+    ema: float = 0.0
     channels_last: bool = True  # NHWC memory format on CUDA and CPU (faster on both); ignored on mps
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch.use_deterministic_algorithms

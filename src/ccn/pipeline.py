@@ -119,7 +119,7 @@ class MethodRun:
                 raise CCNError(f"the training loss became {stats['loss']} in epoch {epoch}: {kept}lower train.lr "
                                "(or add train.warmup_epochs) and run again")
             row_stage = self.stage
-            scores = self.score_test()  # the head this epoch trained
+            scores = self.score_saved_weights()  # the head this epoch trained
             if meth.name == "ccn" and epoch == cfgmod.clustering_epoch(meth):
                 fault_point("after-probe")
                 self.cluster_classes(epoch)
@@ -127,7 +127,7 @@ class MethodRun:
             elif meth.name == "ccn" and cfgmod.recurses(meth) and epoch == cfgmod.recursion_epoch(meth):
                 self.recurse(epoch)
             self.log.epoch({"epoch": epoch, "epochs": config.train.epochs, "stage": row_stage, **stats,
-                            "top1": scores["top1"], "top5": scores["top5"],
+                            "top1": scores["top1"], "top5": scores["top5"], "weights": self.saved_weights(),
                             "lr": self.trainer.optimizer.param_groups[0]["lr"]})
             fault_point(f"after-epoch-row-{epoch}")  # metrics.jsonl is one epoch ahead of the checkpoint here
             self.save_checkpoint(epoch)
@@ -186,6 +186,17 @@ class MethodRun:
     def score_test(self) -> dict:
         mask = self.hierarchy.mask() if self.hierarchy is not None else None
         return score(self.model, self.data.test, mask, self.config.method.inference, self.precision)
+
+    def saved_weights(self) -> str:
+        """Which weights model.safetensors will hold: the average when train.ema is on."""
+        return "ema" if self.trainer.ema is not None else "live"
+
+    def score_saved_weights(self) -> dict:
+        """The per-epoch score, of the weights the run would save now (so the log shows what a user gets)."""
+        if self.trainer.ema is None:
+            return self.score_test()
+        with self.trainer.ema.swapped_in(self.model):
+            return self.score_test()
 
     def finish(self) -> dict:
         results = self.score_test()
@@ -268,7 +279,7 @@ class MethodRun:
             self._install_head(head, state["stage"])
         restore_training_state(tensors, state, self.model, self.trainer.optimizer, path)
         if self.trainer.ema is not None:
-            self.trainer.ema.load(tensors)
+            self.trainer.ema.load(tensors, updates=state["step"])  # one update per step since step 0
         self.trainer.step, self.stage = state["step"], state["stage"]
         self.cluster_seconds, self.earlier_seconds = state["cluster_seconds"], state["seconds"]
         self.init_record = state.get("init")
