@@ -103,8 +103,14 @@ def test_summary_and_report(grid_run):
     assert len(summary["groups"]["ccn"]["seed_ari"]) == 1
     report = (out / "report.md").read_text()
     assert "| ccn |" in report and "95 % interval" in report and "Learned groups of `ccn`" in report
-    for figure in ("accuracy.png", "dendrogram.png", "distances.png", "per_group.png"):
+    for figure in ("differences.png", "dendrogram.png", "distances.png", "per_group.png"):
         assert (out / figure).stat().st_size > 1000 and f"({figure})" in report
+    assert report.index("(differences.png)") < report.index("(dendrogram.png)")  # the first figure
+    assert "after Holm's adjustment over the 4 comparisons with flat" in report
+    assert "No comparison was declared before the runs" in report
+    [version] = summary["code"]  # one code version made every run
+    assert sorted(version["runs"]) == sorted(f"{v}-s{s}" for v in summary["variants"] for s in (0, 1))
+    assert "Code: every run was produced by commit" in report or "unknown commit" in report
     assert "ccn vs flat" in stdout
 
 

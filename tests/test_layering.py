@@ -10,7 +10,8 @@ PACKAGE = Path(ccn.__file__).parent
 
 # the method's order; a module may import only from its own layer or an earlier one
 LAYERS = [
-    {"errors", "files", "validate", "config", "dist", "checkpoint", "tracking", "progress", "locks"},
+    {"errors", "files", "validate", "config", "dist", "checkpoint", "tracking", "progress", "locks",
+     "provenance"},
     {"data"},
     {"models"},
     {"hierarchy"},

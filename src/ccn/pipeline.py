@@ -34,6 +34,7 @@ from ccn.evaluate import batch_outputs, score
 from ccn.hierarchy import Hierarchy, read_groups_file
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.models import count_parameters
+from ccn.provenance import code_version
 from ccn.runs import load_initial_weights, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
@@ -94,6 +95,8 @@ class MethodRun:
         self.stage = "flat" if config.method.name == "flat" else "probe"
         self._wrap()
         self.cluster_seconds, self.earlier_seconds, self.first_epoch = 0.0, 0.0, 1
+        self.code = code_version()  # the code this process runs; a resumed run also keeps the code it started with
+        self.code_at_start = self.code
 
     def _start_from_trained_weights(self) -> Optional[dict]:
         """model.init: the backbone (and the flat head when the classes match) of a trained model,
@@ -206,6 +209,9 @@ class MethodRun:
         seconds = self.earlier_seconds + time.perf_counter() - self.started
         results.update(run_facts(self.config, self.ds, self.model, self.device, seconds, self.data))
         results["clustering_seconds"] = self.cluster_seconds
+        results["code"] = self.code
+        if self.code_at_start != self.code:  # resumed with other code: say so rather than mix silently
+            results["code_at_start"] = self.code_at_start
         if self.init_record is not None:
             results["init"] = self.init_record
         if self.hierarchy is not None:
@@ -241,7 +247,7 @@ class MethodRun:
             return
         state = {"epoch": epoch, "step": self.trainer.step, "stage": self.stage,
                  "hierarchy": self.hierarchy.to_json() if self.hierarchy is not None else None,
-                 "cluster_seconds": self.cluster_seconds, "init": self.init_record,
+                 "cluster_seconds": self.cluster_seconds, "init": self.init_record, "code": self.code_at_start,
                  "seconds": self.earlier_seconds + time.perf_counter() - self.started,
                  "config": self.config.to_dict()}
         extra = self.trainer.ema.tensors() if self.trainer.ema is not None else None
@@ -283,6 +289,8 @@ class MethodRun:
         self.trainer.step, self.stage = state["step"], state["stage"]
         self.cluster_seconds, self.earlier_seconds = state["cluster_seconds"], state["seconds"]
         self.init_record = state.get("init")
+        code = state.get("code")  # checkpoints from before provenance have none
+        self.code_at_start = code if isinstance(code, dict) else "not recorded"
         self.first_epoch = state["epoch"] + 1
         self.log.truncate(state["epoch"])
         self.log.info(f"resuming {path.parent} after epoch {state['epoch']} (stage {self.stage})")
