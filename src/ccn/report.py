@@ -316,6 +316,8 @@ def _code_lines(summary: dict) -> list:
     """Provenance: one line when one code version made every run, else which version made which runs."""
     from ccn.provenance import describe_code
     versions = summary.get("code") or []
+    if not versions:
+        return ["Code: not recorded (these runs predate the record of code versions).", ""]
     if len(versions) == 1:
         return [f"Code: every run was produced by {describe_code(versions[0]['code'])}.", ""]
     lines = [f"Code: the runs were produced by {len(versions)} code versions (the grid was widened or resumed "
