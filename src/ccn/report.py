@@ -258,9 +258,10 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
     lines += [_sentence(name, ref, p, f"the {n_ref} comparisons with {ref}") for name, p in summary["paired"].items()]
     pairs = [(key, a, b) for key, (a, b) in control_pairs(list(summary["variants"])).items() if key in summary["controls"]]
     if pairs:
+        family = f"the {len(pairs)} referee controls" if len(pairs) > 1 else "the one referee control"
         lines += ["", "The referee's controls, learned groups against random groups of the same sizes (do the groups "
-                  f"matter beyond the head structure? Holm over these {len(pairs)}, their own family):", ""]
-        lines += [_sentence(a, b, summary["controls"][key], f"the {len(pairs)} referee controls") for key, a, b in pairs]
+                  f"matter beyond the head structure? Holm over {family}, their own family):", ""]
+        lines += [_sentence(a, b, summary["controls"][key], family) for key, a, b in pairs]
     lines += [""] + _code_lines(summary)
     lines += ["", "Top-1 % of every inference rule (mean over seeds) for the variants with groups. Group and "
               "within-group accuracy depend on the partition and are not comparable between variants with "
@@ -317,13 +318,12 @@ def _code_lines(summary: dict) -> list:
     from ccn.provenance import describe_code
     versions = summary.get("code") or []
     if not versions:
-        return ["Code: not recorded (these runs predate the record of code versions).", ""]
+        return ["Code: not recorded (these runs predate the record of code versions)."]
     if len(versions) == 1:
-        return [f"Code: every run was produced by {describe_code(versions[0]['code'])}.", ""]
+        return [f"Code: every run was produced by {describe_code(versions[0]['code'])}."]
     lines = [f"Code: the runs were produced by {len(versions)} code versions (the grid was widened or resumed "
              "with other code):", ""]
-    lines += [f"- {describe_code(v['code'])}: {', '.join(v['runs'])}" for v in versions]
-    return lines + [""]
+    return lines + [f"- {describe_code(v['code'])}: {', '.join(v['runs'])}" for v in versions]
 
 
 def write_figures(grid, out: Path, summary: dict) -> dict:
@@ -356,8 +356,8 @@ def forest_png(summary: dict, out: Path, plt) -> Path:
         ax.scatter([100 * d for d in p["diffs"]], [row + 0.2] * len(p["diffs"]), s=6, color="tab:gray")
     ax.axvline(0, color="tab:red", lw=1)
     ax.set_yticks(range(len(names)), list(reversed(names)))
-    ax.set_xlabel(f"top-1 minus {summary['reference']} (points): mean, 95 % interval, seeds (grey); "
-                  "filled: differs after Holm")
+    ax.set_xlabel(f"top-1 minus {summary['reference']} (points)\n"
+                  "mean and 95 % interval; grey: seeds; filled: differs after Holm")
     fig.tight_layout()
     return save_figure(fig, out / "differences.png")
 
