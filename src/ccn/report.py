@@ -321,8 +321,8 @@ def _code_lines(summary: dict) -> list:
         return ["Code: not recorded (these runs predate the record of code versions)."]
     if len(versions) == 1:
         return [f"Code: every run was produced by {describe_code(versions[0]['code'])}."]
-    lines = [f"Code: the runs were produced by {len(versions)} code versions (the grid was widened or resumed "
-             "with other code):", ""]
+    lines = [f"Code: the runs were produced by {len(versions)} code versions (the code changed while the grid ran, "
+             "or the grid was widened or resumed with other code):", ""]
     return lines + [f"- {describe_code(v['code'])}: {', '.join(v['runs'])}" for v in versions]
 
 
