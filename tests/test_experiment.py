@@ -103,8 +103,16 @@ def test_summary_and_report(grid_run):
     assert len(summary["groups"]["ccn"]["seed_ari"]) == 1
     report = (out / "report.md").read_text()
     assert "| ccn |" in report and "95 % interval" in report and "Learned groups of `ccn`" in report
-    for figure in ("accuracy.png", "dendrogram.png", "distances.png", "per_group.png"):
+    for figure in ("differences.png", "dendrogram.png", "distances.png", "per_group.png"):
         assert (out / figure).stat().st_size > 1000 and f"({figure})" in report
+    assert report.index("(differences.png)") < report.index("(dendrogram.png)")  # the first figure
+    assert "after Holm's adjustment over the 4 comparisons with flat" in report
+    assert "No comparison was declared before the runs" in report
+    # every run names its code (one version, unless the checkout changed while the grid ran)
+    named = sorted(run for version in summary["code"] for run in version["runs"])
+    assert named == sorted(f"{v}-s{s}" for v in summary["variants"] for s in (0, 1))
+    assert all(version["code"]["torch"] for version in summary["code"])
+    assert ("Code: every run was produced by" in report) == (len(summary["code"]) == 1)
     assert "ccn vs flat" in stdout
 
 

@@ -13,7 +13,8 @@ README = PACKAGE.parents[1] / "README.md"
 # the method's order; a module may import only from its own layer or an earlier one. README's
 # "Layout" table lists the files in the same order (test_readme_layout_follows_the_layers).
 LAYERS = [
-    {"errors", "files", "validate", "config", "dist", "checkpoint", "tracking", "progress", "locks"},
+    {"errors", "files", "validate", "config", "dist", "checkpoint", "tracking", "progress", "locks",
+     "provenance"},
     {"data"},
     {"models"},
     {"hierarchy"},

@@ -80,7 +80,9 @@ class TrainConfig:
     milestones: list = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of the run
     gamma: float = 0.1  # step: factor at each milestone
     bf16: Optional[bool] = None  # bfloat16 autocast; None: on for CUDA, off on CPU; true/false honoured on both
-    ema: float = 0.0  # decay of an average of the weights, scored and saved beside them (e.g. 0.999); 0: off
+    # decay of an average of the weights, scored (every epoch) and saved instead of them (e.g. 0.999); 0: off.
+    # Warm-up: update t uses min(ema, (1 + t) / (10 + t)) (TensorFlow's ExponentialMovingAverage schedule)
+    ema: float = 0.0
     channels_last: bool = True  # NHWC memory format on CUDA and CPU (faster on both); ignored on mps
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch.use_deterministic_algorithms
@@ -107,6 +109,9 @@ class MethodConfig:
     profile: Literal["softmax", "prior"] = "softmax"  # prior: divide out how often each class is predicted (ours)
     groups_file: Optional[str] = None  # partition=file: a hierarchy.json or an NBDT node-link graph JSON
     flat_weight: float = 1.0  # lambda: weight of CE on the level-1 head in step 3; keeps level 1 alive (ours)
+    # the loss-scale control (ours): divide step 3's loss by (1 + flat_weight), so the backbone's gradient
+    # has the flat baseline's scale rather than ~2x it; the flat head's loss (weight 1) is unchanged by it
+    normalize_loss: bool = False
     init_from_flat: bool = True  # level-3 weights start as a copy of level 1 (ours)
     inference: Literal["soft", "hard", "flat", "blend"] = "soft"  # the rule behind "top1"
     blend_weight: float = 0.5  # blend: weight of log p(c|x) against log softmax(z)

@@ -7,6 +7,12 @@ Grid file:
     variants: [flat, ccn, random, late-3, l2]     # built-in names, or name -> nested overrides
     seeds: [0, 1, 2]
     reference: flat  # paired differences are taken against this variant
+    primary: [ccn, [ccn, k-1]]   # optional: the comparisons planned before the grid runs (a name: vs
+                                 # the reference; a pair: the first against the second)
+
+grid.yaml records each primary comparison with the time it was declared and whether any run had
+started then; only those declared before the first run are reported as pre-planned (and adjusted as
+their own Holm family). A primary added to a folder that already holds runs is recorded as added later.
 
 Each (variant, seed) trains in OUT/runs/<variant>-s<seed>/. A finished run is reused and an
 interrupted one resumed, so running the same command again continues the grid; a grid that only
@@ -16,6 +22,7 @@ adds seeds or variants (`--set seeds=[...]`) widens it in place.
 from __future__ import annotations
 
 import copy
+import datetime
 import re
 import time
 from dataclasses import dataclass, field
@@ -32,10 +39,21 @@ from ccn.progress import echo, progress_bar
 from ccn.runs import NewRun, read_results, resumed_run
 
 METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
+NORM_SUFFIX, RANDOM_SUFFIX = "-norm", "-random"
 
 
 def builtin_variant(name: str) -> Optional[dict]:
-    """Overrides of the built-in variants (BUILTIN_VARIANTS says what each one is)."""
+    """Overrides of the built-in variants (BUILTIN_VARIANTS says what each one is).
+
+    Any built-in ccn variant takes the suffix `-norm`: the same run with method.normalize_loss=true,
+    the loss-scale control (`ccn-norm`, `k-1-norm`, `random-norm`, ...); and any built-in learned
+    partition the suffix `-random`: random groups of the sizes it learns (`k-5-random`, `prior-random`)."""
+    for suffix, extra in ((NORM_SUFFIX, {"normalize_loss": True}), (RANDOM_SUFFIX, {"partition": "random"})):
+        if name.endswith(suffix) and name != suffix.lstrip("-"):
+            grouped = builtin_variant(name[:-len(suffix)])
+            if grouped is None or grouped["method"]["name"] != "ccn" or grouped["method"].keys() & extra.keys():
+                return None  # flat has nothing to normalise or shuffle; a suffix is not taken twice
+            return {"method": {**grouped["method"], **extra}}
     fixed = {
         "flat": {"method": {"name": "flat"}},
         "ccn": {"method": {"name": "ccn"}},
@@ -61,7 +79,8 @@ def builtin_variant(name: str) -> Optional[dict]:
 
 
 BUILTIN_VARIANTS = ("flat, ccn, random, oracle, late-E, k-N, balanced, balanced-random, prior, prior-balanced, "
-                    "l2, cosine, js, confusion, depth2")
+                    "l2, cosine, js, confusion, depth2; any ccn one + -norm (ccn-norm, k-1-norm), any learned one + -random "
+                    "(k-5-random)")
 
 
 @dataclass
@@ -72,6 +91,8 @@ class Grid:
     reference: str = "flat"
     name: str = "grid"
     raw: dict = field(default_factory=dict)
+    primary: list = field(default_factory=list)  # [[a, b], ...] as the grid file declares them
+    primary_records: list = field(default_factory=list)  # grid.yaml's: + when declared, before any run or not
 
     def config_for(self, variant: str, seed: int) -> cfgmod.Config:
         merged = deep_merge(copy.deepcopy(self.base), self.variants[variant])
@@ -96,10 +117,10 @@ MAX_SEEDS = 1000  # a grid trains variants x seeds runs; more seeds than this is
 
 def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
     raw = cfgmod.read_yaml(path)
-    unknown = set(raw) - {"base", "variants", "seeds", "reference"}
+    unknown = set(raw) - {"base", "variants", "seeds", "reference", "primary"}
     if unknown:
         raise ConfigError(f"grid file {path}: unknown section(s) {sorted(map(str, unknown))}; allowed: base, variants, "
-                          "seeds, reference")
+                          "seeds, reference, primary")
     base = raw.get("base") or {}
     if not isinstance(base, dict):
         raise ConfigError(f"grid file {path}: base must be a mapping of config sections (data:, model:, ...), "
@@ -107,7 +128,7 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
     top: dict = {}
     for item in overrides:  # --set applies to the base config; seeds= and reference= to the grid
         key, value = cfgmod.parse_override(item)
-        if key in ("seeds", "reference"):
+        if key in ("seeds", "reference", "primary"):
             top[key] = value
         else:
             base = deep_merge(base, cfgmod.nest({key: value}))
@@ -116,11 +137,34 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
     reference = top.get("reference", raw.get("reference", "flat"))
     if not isinstance(reference, str) or reference not in variants:
         raise ConfigError(f"reference variant {reference!r} is not in the grid's variants ({', '.join(variants)})")
-    grid = Grid(base, variants, seeds, reference, Path(path).stem,
-                {"base": base, "variants": variants, "seeds": seeds, "reference": reference})
+    primary = _primary(top.get("primary", raw.get("primary")), variants, reference)
+    spec = {"base": base, "variants": variants, "seeds": seeds, "reference": reference}
+    grid = Grid(base, variants, seeds, reference, Path(path).stem, spec, primary)
     for variant in variants:  # check every config before any training starts
         grid.config_for(variant, seeds[0])
     return grid
+
+
+def _primary(spec, variants: dict, reference: str) -> list:
+    """`primary:` -> [[a, b], ...]: a variant name means [name, reference]; a pair is taken as given."""
+    if spec is None:
+        return []
+    example = f"such as [ccn, [ccn, k-1]] (a name is compared with {reference})"
+    if not isinstance(spec, list):
+        raise ConfigError(f"primary must be a list of variant names or [a, b] pairs {example}, got {spec!r}")
+    pairs = []
+    for item in spec:
+        pair = [item, reference] if isinstance(item, str) else item
+        if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(n, str) for n in pair)
+                or pair[0] == pair[1]):
+            raise ConfigError(f"primary: {item!r} is not a variant name or a pair of two different names {example}")
+        missing = [n for n in pair if n not in variants]
+        if missing:
+            raise ConfigError(f"primary: {missing[0]!r} is not one of the grid's variants ({', '.join(variants)})")
+        if pair in pairs:
+            raise ConfigError(f"primary: {pair} is declared twice")
+        pairs.append(pair)
+    return pairs
 
 
 def _seeds(seeds) -> list:
@@ -218,23 +262,59 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> None:
     """Give OUT its grid.yaml, or check that an existing OUT holds the same grid or one this grid extends.
 
     Adding seeds or variants to a grid leaves every finished run valid (the base config and each
-    variant's overrides are unchanged), so a study can be widened in place to narrow its intervals."""
+    variant's overrides are unchanged), so a study can be widened in place to narrow its intervals.
+    Primary comparisons are kept once declared, with their time; new ones are appended (sets
+    grid.primary_records)."""
     path = out / "grid.yaml"
-    text = yaml.safe_dump(grid.raw, sort_keys=False)
-    wanted = yaml.safe_load(text)
+    wanted = yaml.safe_load(yaml.safe_dump(grid.raw, sort_keys=False))
+    saved, records = None, []
     if path.exists():
         try:
             saved = cfgmod.read_yaml(path)
         except ConfigError as err:
             raise CCNError(f"{path} is damaged ({err}): restore it to continue the grid, or choose another --out") from None
-        if saved == wanted:
-            return
-        added = _grid_additions(saved, wanted)
-        if added is None:
-            raise CCNError(f"{out} holds another grid (see {path}): choose another --out, or restore the grid to "
-                           "continue it (a grid may only add seeds or variants to the one a folder holds)")
-        log(f"{out}: the grid grows by {added}; finished runs are reused")
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+        if isinstance(saved, dict):
+            records = _primary_records(saved.pop("primary", []), path)
+        if saved != wanted:
+            added = _grid_additions(saved, wanted)
+            if added is None:
+                raise CCNError(f"{out} holds another grid (see {path}): choose another --out, or restore the grid to "
+                               "continue it (a grid may only add seeds or variants to the one a folder holds)")
+            log(f"{out}: the grid grows by {added}; finished runs are reused")
+    records = _declare_primary(records, grid.primary, _runs_started(out), out, log)
+    grid.primary_records = records
+    text = yaml.safe_dump({**grid.raw, **({"primary": records} if records else {})}, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _runs_started(out: Path) -> bool:
+    runs = out / "runs"
+    return runs.is_dir() and any(runs.iterdir())
+
+
+def _declare_primary(records: list, pairs: list, runs_started: bool, out: Path, log) -> list:
+    """The saved records plus the grid's new primary comparisons, stamped now (UTC)."""
+    known = [r["compare"] for r in records]
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    new = [{"compare": pair, "declared": now, "before_any_run": not runs_started} for pair in pairs if pair not in known]
+    if new and runs_started:
+        log(f"{out}: primary comparison(s) {', '.join(' vs '.join(r['compare']) for r in new)} declared after runs "
+            "had started: recorded as added later, not as pre-planned")
+    return records + new
+
+
+def _primary_records(records, path: Path) -> list:
+    """grid.yaml's `primary:` records, checked: each {compare: [a, b], declared: time, before_any_run: bool}."""
+    def fits(r) -> bool:
+        return (isinstance(r, dict) and set(r) == {"compare", "declared", "before_any_run"}
+                and isinstance(r["compare"], list) and len(r["compare"]) == 2
+                and all(isinstance(n, str) for n in r["compare"]) and isinstance(r["declared"], str)
+                and isinstance(r["before_any_run"], bool))
+    if not isinstance(records, list) or not all(fits(r) for r in records):
+        raise CCNError(f"{path} is damaged (its primary: section is not a list of {{compare: [a, b], declared: time, "
+                       "before_any_run: true/false}}): restore it to continue the grid, or choose another --out")
+    return records
 
 
 def _grid_additions(saved, wanted: dict) -> Optional[str]:

@@ -69,17 +69,24 @@ def smoothed_class_nll(log_probs: torch.Tensor, y: torch.Tensor, smoothing: floa
 
 
 def hierarchical_loss(log_p: torch.Tensor, cluster_nll: torch.Tensor, flat_logits: torch.Tensor,
-                      y: torch.Tensor, smoothing: float, flat_weight: float) -> dict:
+                      y: torch.Tensor, smoothing: float, flat_weight: float, normalize: bool = False) -> dict:
     """The loss of a hierarchical head, split into logged parts.
 
     -log p(y|x) = `cluster` (-log p(group of y | x)) + `within` (the rest of the path). Label
     smoothing acts on log p(c|x) over all classes and is booked on `within`, so `cluster + within`
-    is the smoothed class-level loss, and `flat` (the level-1 head, float32) is added with its weight."""
+    is the smoothed class-level loss, and `flat` (the level-1 head, float32) is added with its weight.
+
+    `normalize` (method.normalize_loss, the loss-scale control) divides the total by the sum of the
+    weights, 1 + flat_weight, so the backbone's gradient has the flat baseline's scale instead of
+    about (1 + flat_weight) times it (docs/method.md, "Loss scale"). The FlatHead's single part has
+    weight 1, so the same rule leaves the flat baseline unchanged."""
     class_loss = smoothed_class_nll(log_p, y, smoothing).mean()
     cluster = cluster_nll.mean()
     within = class_loss - cluster
     flat = F.cross_entropy(flat_logits.float(), y, label_smoothing=smoothing)
     total = class_loss + flat_weight * flat if flat_weight > 0 else class_loss
+    if normalize:
+        total = total / (1 + flat_weight)
     return {"loss": total, "cluster": cluster, "within": within, "flat": flat}
 
 
@@ -131,7 +138,8 @@ class ThreeLevelHead(HierarchicalHead):
     """Flat head `z`, cluster head `u` and masked class head `v` over one partition of the classes."""
 
     def __init__(self, in_features: int, groups: list[list[int]], flat: nn.Linear | None = None,
-                 flat_weight: float = 1.0, blend_weight: float = 0.5, init_from_flat: bool = True):
+                 flat_weight: float = 1.0, blend_weight: float = 0.5, init_from_flat: bool = True,
+                 normalize_loss: bool = False):
         super().__init__()
         num_classes = sum(len(g) for g in groups)
         group_of = group_index(groups, num_classes)
@@ -144,7 +152,7 @@ class ThreeLevelHead(HierarchicalHead):
             with torch.no_grad():
                 self.masked.weight.copy_(flat.weight)
                 self.masked.bias.copy_(flat.bias)
-        self.flat_weight, self.blend_weight = flat_weight, blend_weight
+        self.flat_weight, self.blend_weight, self.normalize_loss = flat_weight, blend_weight, normalize_loss
 
     @property
     def num_groups(self) -> int:
@@ -162,7 +170,8 @@ class ThreeLevelHead(HierarchicalHead):
     def loss(self, out: dict, y: torch.Tensor, label_smoothing: float = 0.0) -> dict:
         log_p, _ = self.log_probs(out)
         cluster_nll = F.cross_entropy(out["u"].float(), self.group_of[y], reduction="none")
-        return hierarchical_loss(log_p, cluster_nll, out["z"], y, label_smoothing, self.flat_weight)
+        return hierarchical_loss(log_p, cluster_nll, out["z"], y, label_smoothing, self.flat_weight,
+                                 self.normalize_loss)
 
     def class_log_probs(self, out: dict) -> torch.Tensor:
         return self.log_probs(out)[0]
@@ -179,7 +188,7 @@ class TreeHead(HierarchicalHead):
     for all classes at once, with no Python loop over nodes."""
 
     def __init__(self, in_features: int, tree: list, num_classes: int, flat: nn.Linear | None = None,
-                 flat_weight: float = 1.0, blend_weight: float = 0.5):
+                 flat_weight: float = 1.0, blend_weight: float = 0.5, normalize_loss: bool = False):
         super().__init__()
         parent, leaf_class = flatten_tree(tree)
         num_edges = len(parent) - 1  # every node but the root owns one logit
@@ -200,7 +209,7 @@ class TreeHead(HierarchicalHead):
         self.height = tree_height(parent)
         self.flat = flat if flat is not None else nn.Linear(in_features, num_classes)
         self.nodes = nn.Linear(in_features, num_edges)
-        self.flat_weight, self.blend_weight = flat_weight, blend_weight
+        self.flat_weight, self.blend_weight, self.normalize_loss = flat_weight, blend_weight, normalize_loss
 
     def forward(self, h: torch.Tensor) -> dict:
         return {"z": self.flat(h), "t": self.nodes(h)}
@@ -226,7 +235,8 @@ class TreeHead(HierarchicalHead):
         edges = self.edge_log_probs(out["t"])
         on_path = self.paths[:, y].T  # (B, E)
         cluster_nll = -(edges * on_path * (~self.is_leaf)).sum(1)  # every step of the path above the leaf
-        return hierarchical_loss(self._path_sum(edges), cluster_nll, out["z"], y, label_smoothing, self.flat_weight)
+        return hierarchical_loss(self._path_sum(edges), cluster_nll, out["z"], y, label_smoothing, self.flat_weight,
+                                 self.normalize_loss)
 
     def _greedy_path(self, t: torch.Tensor) -> torch.Tensor:
         """(B, E) bool: the nodes picked by descending from the root to the best child at each step.

@@ -28,9 +28,10 @@ def make_head(config: Config, in_features: int, num_classes: int, hierarchy: Opt
         return FlatHead(in_features, num_classes)
     if hierarchy.depth == 1:
         return ThreeLevelHead(in_features, hierarchy.groups, flat=flat, flat_weight=meth.flat_weight,
-                              blend_weight=meth.blend_weight, init_from_flat=meth.init_from_flat)
+                              blend_weight=meth.blend_weight, init_from_flat=meth.init_from_flat,
+                              normalize_loss=meth.normalize_loss)
     return TreeHead(in_features, hierarchy.tree, num_classes, flat=flat, flat_weight=meth.flat_weight,
-                    blend_weight=meth.blend_weight)
+                    blend_weight=meth.blend_weight, normalize_loss=meth.normalize_loss)
 
 
 def build_model(config: Config, num_classes: int, hierarchy: Optional[Hierarchy] = None) -> Classifier:
@@ -45,7 +46,8 @@ def tree_head_from(three: ThreeLevelHead, tree: list, config: Config) -> TreeHea
     the new sub-group nodes at zero (a uniform split)."""
     num_classes = three.mask.shape[1]
     head = TreeHead(three.flat.in_features, tree, num_classes, flat=three.flat,
-                    flat_weight=config.method.flat_weight, blend_weight=config.method.blend_weight)
+                    flat_weight=config.method.flat_weight, blend_weight=config.method.blend_weight,
+                    normalize_loss=config.method.normalize_loss)
     parent, leaf_class = flatten_tree(tree)
     top_nodes = [n for n in range(1, len(parent)) if parent[n] == 0]
     with torch.no_grad():

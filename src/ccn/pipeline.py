@@ -34,6 +34,7 @@ from ccn.evaluate import batch_outputs, score
 from ccn.hierarchy import Hierarchy, read_groups_file
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.models import count_parameters
+from ccn.provenance import code_version
 from ccn.runs import load_initial_weights, write_distances, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
@@ -94,6 +95,8 @@ class MethodRun:
         self.stage = "flat" if config.method.name == "flat" else "probe"
         self._wrap()
         self.cluster_seconds, self.earlier_seconds, self.first_epoch = 0.0, 0.0, 1
+        self.code = code_version()  # the code this process runs; a resumed run also keeps the code it started with
+        self.code_at_start = self.code
 
     def _start_from_trained_weights(self) -> Optional[dict]:
         """model.init: the backbone (and the flat head when the classes match) of a trained model,
@@ -121,7 +124,7 @@ class MethodRun:
                 raise CCNError(f"the training loss became {stats['loss']} in epoch {epoch}: {kept}lower train.lr "
                                "(or add train.warmup_epochs) and run again")
             row_stage = self.stage
-            scores = self.score_test()  # the head this epoch trained
+            scores = self.score_saved_weights()  # the head this epoch trained
             if meth.name == "ccn" and epoch == cfgmod.clustering_epoch(meth):
                 fault_point("after-probe")
                 self.cluster_classes(epoch)
@@ -129,7 +132,7 @@ class MethodRun:
             elif meth.name == "ccn" and cfgmod.recurses(meth) and epoch == cfgmod.recursion_epoch(meth):
                 self.recurse(epoch)
             self.log.epoch({"epoch": epoch, "epochs": config.train.epochs, "stage": row_stage, **stats,
-                            "top1": scores["top1"], "top5": scores["top5"],
+                            "top1": scores["top1"], "top5": scores["top5"], "weights": self.saved_weights(),
                             "lr": self.trainer.optimizer.param_groups[0]["lr"]})
             fault_point(f"after-epoch-row-{epoch}")  # metrics.jsonl is one epoch ahead of the checkpoint here
             self.save_checkpoint(epoch)
@@ -194,6 +197,17 @@ class MethodRun:
         mask = self.hierarchy.mask() if self.hierarchy is not None else None
         return score(self.model, self.data.test, mask, self.config.method.inference, self.precision)
 
+    def saved_weights(self) -> str:
+        """Which weights model.safetensors will hold: the average when train.ema is on."""
+        return "ema" if self.trainer.ema is not None else "live"
+
+    def score_saved_weights(self) -> dict:
+        """The per-epoch score, of the weights the run would save now (so the log shows what a user gets)."""
+        if self.trainer.ema is None:
+            return self.score_test()
+        with self.trainer.ema.swapped_in(self.model):
+            return self.score_test()
+
     def finish(self) -> dict:
         results = self.score_test()
         if self.trainer.ema is not None:
@@ -202,6 +216,9 @@ class MethodRun:
         seconds = self.earlier_seconds + time.perf_counter() - self.started
         results.update(run_facts(self.config, self.ds, self.model, self.device, seconds, self.data))
         results["clustering_seconds"] = self.cluster_seconds
+        results["code"] = self.code
+        if self.code_at_start != self.code:  # resumed with other code: say so rather than mix silently
+            results["code_at_start"] = self.code_at_start
         if self.init_record is not None:
             results["init"] = self.init_record
         if self.hierarchy is not None:
@@ -237,7 +254,7 @@ class MethodRun:
             return
         state = {"epoch": epoch, "step": self.trainer.step, "stage": self.stage,
                  "hierarchy": self.hierarchy.to_json() if self.hierarchy is not None else None,
-                 "cluster_seconds": self.cluster_seconds, "init": self.init_record,
+                 "cluster_seconds": self.cluster_seconds, "init": self.init_record, "code": self.code_at_start,
                  "seconds": self.earlier_seconds + time.perf_counter() - self.started,
                  "config": self.config.to_dict()}
         extra = self.trainer.ema.tensors() if self.trainer.ema is not None else None
@@ -275,10 +292,12 @@ class MethodRun:
             self._install_head(head, state["stage"])
         restore_training_state(tensors, state, self.model, self.trainer.optimizer, path)
         if self.trainer.ema is not None:
-            self.trainer.ema.load(tensors)
+            self.trainer.ema.load(tensors, updates=state["step"])  # one update per step since step 0
         self.trainer.step, self.stage = state["step"], state["stage"]
         self.cluster_seconds, self.earlier_seconds = state["cluster_seconds"], state["seconds"]
         self.init_record = state.get("init")
+        code = state.get("code")  # checkpoints from before provenance have none
+        self.code_at_start = code if isinstance(code, dict) else "not recorded"
         self.first_epoch = state["epoch"] + 1
         self.log.truncate(state["epoch"])
         self.log.info(f"resuming {path.parent} after epoch {state['epoch']} (stage {self.stage})")

@@ -50,8 +50,9 @@ def holm_adjust(p_values: list[float]) -> list[float]:
 
 
 def add_holm_verdicts(paired: dict, alpha: float = 0.05) -> None:
-    """Beside each unadjusted interval, the verdict after Holm's adjustment over all the variants
-    compared with the one reference (several comparisons, one family)."""
+    """Beside each unadjusted interval, the verdict after Holm's adjustment over the comparisons of
+    `paired`, one family: all the variants compared with the reference; the referee controls
+    (X vs X-random); the pre-planned comparisons."""
     tested = [name for name, p in paired.items() if p["p"] is not None]
     for name, adjusted in zip(tested, holm_adjust([paired[name]["p"] for name in tested])):
         paired[name]["p_holm"] = adjusted
@@ -60,10 +61,12 @@ def add_holm_verdicts(paired: dict, alpha: float = 0.05) -> None:
 
 def control_pairs(variants: list[str]) -> dict[str, tuple[str, str]]:
     """The referee's test for each partition with a random control of the same sizes: ccn against
-    random, and any X against X-random (balanced against balanced-random, ...)."""
+    random (ccn-norm against random-norm), and any X against X-random (balanced against
+    balanced-random, ...)."""
     pairs = {}
-    if "ccn" in variants and "random" in variants:
-        pairs["ccn_vs_random"] = ("ccn", "random")
+    for learned, shuffled in (("ccn", "random"), ("ccn-norm", "random-norm")):
+        if learned in variants and shuffled in variants:
+            pairs[f"{learned}_vs_{shuffled}"] = (learned, shuffled)
     for name in variants:
         if f"{name}-random" in variants:
             pairs[f"{name}_vs_{name}-random"] = (name, f"{name}-random")
@@ -93,15 +96,45 @@ def summarise(grid, out: Path) -> dict:
                 entry[f"{key}_mean"] = _mean_std([r[key] for r in results])[0]
         entry["wall_time_s"] = float(sum(r["wall_time_s"] for r in results))
         variants[name] = entry
-    ref = variants[grid.reference]["top1"]
-    paired = {name: paired_difference(v["top1"], ref) for name, v in variants.items() if name != grid.reference}
+    return {"reference": grid.reference, "seeds": grid.seeds, "variants": variants,
+            **comparisons(variants, grid.reference, getattr(grid, "primary_records", [])),
+            "groups": group_statistics(grid, out, runs), "facts": _facts(runs),
+            "code": code_versions(grid, runs)}
+
+
+def comparisons(variants: dict, reference: str, primary_records: list) -> dict:
+    """The three families of paired comparisons, each with its own Holm adjustment:
+    `paired` (every variant against the reference), `controls` (the referee's X vs X-random: do the
+    learned groups matter beyond the head structure?) and `primary` (the comparisons declared
+    before any run; those added later are listed there too, marked, and not adjusted with them)."""
+    top1 = {name: v["top1"] for name, v in variants.items()}
+    paired = {name: paired_difference(values, top1[reference]) for name, values in top1.items() if name != reference}
     add_holm_verdicts(paired)
-    # the referee's test: do the learned groups matter beyond the head structure?
-    paired_extra = {key: paired_difference(variants[a]["top1"], variants[b]["top1"])
-                    for key, (a, b) in control_pairs(list(variants)).items()}
-    return {"reference": grid.reference, "seeds": grid.seeds, "variants": variants, "paired": paired,
-            "controls": paired_extra,
-            "groups": group_statistics(grid, out, runs), "facts": _facts(runs)}
+    controls = {key: paired_difference(top1[a], top1[b]) for key, (a, b) in control_pairs(list(variants)).items()}
+    add_holm_verdicts(controls)
+    primary = [{**record, **paired_difference(top1[record["compare"][0]], top1[record["compare"][1]])}
+               for record in primary_records if all(n in top1 for n in record["compare"])]
+    planned = {str(i): p for i, p in enumerate(primary) if p["before_any_run"]}
+    add_holm_verdicts(planned)
+    return {"paired": paired, "controls": controls, "primary": primary}
+
+
+def code_versions(grid, runs: dict) -> list:
+    """Which code produced which runs: [{"code": results.json's `code` (None: not recorded), "runs": [...]}],
+    one entry per distinct version, in the order first met. More than one entry means the grid was
+    run (or widened, or resumed) with different code."""
+    versions: list = []
+    for name, results in runs.items():
+        for seed, r in zip(grid.seeds, results):
+            codes = [r.get("code")] + ([r["code_at_start"]] if "code_at_start" in r else [])
+            for code in codes:
+                entry = next((v for v in versions if v["code"] == code), None)
+                if entry is None:
+                    entry = {"code": code, "runs": []}
+                    versions.append(entry)
+                if f"{name}-s{seed}" not in entry["runs"]:
+                    entry["runs"].append(f"{name}-s{seed}")
+    return versions
 
 
 def _require_alike(out: Path, name: str, seeds: list, results: list[dict], earlier: dict) -> None:
@@ -167,14 +200,23 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def _sentence(name: str, reference: str, p: dict) -> str:
+_VERDICT_WORDS = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}
+
+
+def _sentence(name: str, reference: str, p: dict, family: str) -> str:
+    """One comparison in words. The verdict is Holm's over `family` when the comparison has one;
+    otherwise it is the unadjusted one, and the sentence says so."""
     if p["ci95"] is None:
         return f"- **{name}** vs {reference}: {100 * p['diff_mean']:+.2f} points with one seed; no interval, no claim."
     low, high = (100 * v for v in p["ci95"])
-    words = {"better": "better than", "worse": "worse than",
-             "indistinguishable": "indistinguishable at 95 % from"}[p["verdict"]]
-    return (f"- **{name}** is {words} **{reference}**: paired difference {100 * p['diff_mean']:+.2f} points, "
-            f"95 % interval [{low:+.2f}, {high:+.2f}] over {len(p['diffs'])} seeds.")
+    numbers = (f"paired difference {100 * p['diff_mean']:+.2f} points, 95 % interval [{low:+.2f}, {high:+.2f}] "
+               f"over {len(p['diffs'])} seeds")
+    if "verdict_holm" in p:
+        unadjusted = "" if p["verdict"] == p["verdict_holm"] else f"; unadjusted: {p['verdict']}, p {p['p']:.3f}"
+        return (f"- **{name}** is {_VERDICT_WORDS[p['verdict_holm']]} **{reference}** after Holm's adjustment over "
+                f"{family} (adjusted p {p['p_holm']:.3f}): {numbers}{unadjusted}.")
+    return (f"- **{name}** is {_VERDICT_WORDS[p['verdict']]} **{reference}** (unadjusted, 95 %; p {p['p']:.3f}): "
+            f"{numbers}.")
 
 
 _EVAL_SET_WORDS = {"test": "test set", "validation": "validation split of the training images (data.val_fraction)"}
@@ -193,8 +235,10 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
         "- The same seed gives every variant the same initial weights and data order, so differences are paired;"
         " intervals are Student-t over seeds.",
         "",
-        "- Verdicts: the unadjusted 95 % interval, and beside it Holm's adjustment over all the variants compared "
-        f"with {ref} (family-wise error 5 %).",
+        "- Verdicts: the sentences below use Holm's adjustment (family-wise error 5 %) within each family: the "
+        f"variants compared with {ref}; the referee controls (X vs X-random); the comparisons declared before "
+        "the first run (`primary:` in grid.yaml), if any. A sentence that quotes an unadjusted verdict says so. "
+        "The table gives the unadjusted 95 % interval and the Holm verdict against the reference.",
         "",
         "| variant | top-1 % (mean +- std) | top-5 % | balanced top-1 % | per seed top-1 % | diff vs " + ref
         + " (points) | 95 % interval | Holm-adjusted p | verdict (Holm) |",
@@ -208,12 +252,17 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
         balanced = _pct(v["balanced_top1_mean"]) if "balanced_top1_mean" in v else "-"
         lines.append(f"| {name} | {_pct(v['top1_mean'])} +- {_pct(v['top1_std'])} | {_pct(v['top5_mean'])} | "
                      f"{balanced} | {', '.join(_pct(x) for x in v['top1'])} | {diff} | {ci} | {holm} |")
-    lines += ["", "## What the controls say", ""]
-    lines += [_sentence(name, ref, p) for name, p in summary["paired"].items()]
-    for key, (a, b) in control_pairs(list(summary["variants"])).items():
-        if key in summary["controls"]:
-            lines.append(_sentence(a, b, summary["controls"][key])
-                         + " This is the referee's test of whether the groups matter beyond the head structure.")
+    lines += ["", "## What the comparisons say", ""] + _primary_lines(summary)
+    n_ref = sum(1 for p in summary["paired"].values() if "p_holm" in p)
+    lines += [f"Against {ref} (Holm over the {n_ref} variants compared with it):", ""]
+    lines += [_sentence(name, ref, p, f"the {n_ref} comparisons with {ref}") for name, p in summary["paired"].items()]
+    pairs = [(key, a, b) for key, (a, b) in control_pairs(list(summary["variants"])).items() if key in summary["controls"]]
+    if pairs:
+        family = f"the {len(pairs)} referee controls" if len(pairs) > 1 else "the one referee control"
+        lines += ["", "The referee's controls, learned groups against random groups of the same sizes (do the groups "
+                  f"matter beyond the head structure? Holm over {family}, their own family):", ""]
+        lines += [_sentence(a, b, summary["controls"][key], family) for key, a, b in pairs]
+    lines += [""] + _code_lines(summary)
     lines += ["", "Top-1 % of every inference rule (mean over seeds) for the variants with groups. Group and "
               "within-group accuracy depend on the partition and are not comparable between variants with "
               "different partitions (a one-class group has within-group accuracy 1 by construction); compare "
@@ -241,24 +290,47 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def _primary_lines(summary: dict) -> list:
+    """The pre-planned comparisons first (Holm over them alone), then any primary added later."""
+    primary = summary.get("primary") or []
+    planned = [p for p in primary if p["before_any_run"]]
+    later = [p for p in primary if not p["before_any_run"]]
+    lines = []
+    if planned:
+        lines += [f"Pre-planned comparisons (declared in grid.yaml before the first run, at {planned[0]['declared']}; "
+                  f"Holm over these {len(planned)}):", ""]
+        lines += [_sentence(p["compare"][0], p["compare"][1], p, f"the {len(planned)} pre-planned comparisons")
+                  for p in planned]
+        lines.append("")
+    if later:
+        lines += ["Declared as primary after runs had started (so not pre-planned; unadjusted here, see their "
+                  "family below for the adjusted verdict):", ""]
+        lines += [_sentence(p["compare"][0], p["compare"][1], {k: v for k, v in p.items() if "holm" not in k}, "")
+                  + f" Declared {p['declared']}." for p in later]
+        lines.append("")
+    if not primary:
+        lines += ["No comparison was declared before the runs (`primary:` in the grid file), so none is pre-planned.", ""]
+    return lines
+
+
+def _code_lines(summary: dict) -> list:
+    """Provenance: one line when one code version made every run, else which version made which runs."""
+    from ccn.provenance import describe_code
+    versions = summary.get("code") or []
+    if not versions:
+        return ["Code: not recorded (these runs predate the record of code versions)."]
+    if len(versions) == 1:
+        return [f"Code: every run was produced by {describe_code(versions[0]['code'])}."]
+    lines = [f"Code: the runs were produced by {len(versions)} code versions (the code changed while the grid ran, "
+             "or the grid was widened or resumed with other code):", ""]
+    return lines + [f"- {describe_code(v['code'])}: {', '.join(v['runs'])}" for v in versions]
+
+
 def write_figures(grid, out: Path, summary: dict) -> dict:
     from ccn.plots import _pyplot, dendrogram_png, heatmap_png
 
     plt = _pyplot()
-    figures = {}
-    names = list(summary["variants"])
-    means = [100 * summary["variants"][n]["top1_mean"] for n in names]
-    stds = [100 * summary["variants"][n]["top1_std"] for n in names]
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
-    ax.bar(names, means, yerr=stds, capsize=4, color="tab:blue")
-    for i, n in enumerate(names):
-        ax.scatter([i] * len(grid.seeds), [100 * x for x in summary["variants"][n]["top1"]], color="black", s=10)
-    low = min(m - s for m, s in zip(means, stds))
-    ax.set_ylim(max(0, low - 5), min(100, max(means) + max(stds) + 3))
-    ax.set_ylabel("top-1 accuracy % (mean +- std, dots: seeds)")
-    fig.tight_layout()
-    save_figure(fig, out / "accuracy.png")
-    figures["accuracy per variant"] = "accuracy.png"
+    figures = {f"paired difference from {summary['reference']} with 95 % intervals": forest_png(summary, out, plt).name}
     h = _hierarchy(out, "ccn", grid.seeds[0]) if "ccn" in grid.variants else None
     if h is not None and h.merges is not None:
         figures["dendrogram of the learned groups"] = dendrogram_png(h, out / "dendrogram.png").name
@@ -266,6 +338,29 @@ def write_figures(grid, out: Path, summary: dict) -> dict:
         figures["class distances"] = heatmap_png(h.with_distances(run_dir), out / "distances.png").name
         figures["accuracy per learned group"] = _per_group_png(grid, out, h, plt).name
     return figures
+
+
+def forest_png(summary: dict, out: Path, plt) -> Path:
+    """The report's first figure: each variant's paired difference from the reference (points of
+    top-1) with its unadjusted 95 % interval, filled where it survives Holm's adjustment, and the
+    per-seed differences as dots; the zero line is the reference. Replaces bars of absolute accuracy
+    on a cut axis, which made a 1-point gap look like a third of a bar."""
+    names = [n for n, p in summary["paired"].items()]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    for row, name in enumerate(reversed(names)):
+        p = summary["paired"][name]
+        mean = 100 * p["diff_mean"]
+        holm = p.get("verdict_holm", "indistinguishable") != "indistinguishable"
+        if p["ci95"] is not None:
+            ax.plot([100 * p["ci95"][0], 100 * p["ci95"][1]], [row, row], color="black", lw=1.5)
+        ax.plot([mean], [row], "o", color="black", markerfacecolor="black" if holm else "white", markersize=7)
+        ax.scatter([100 * d for d in p["diffs"]], [row + 0.2] * len(p["diffs"]), s=6, color="tab:gray")
+    ax.axvline(0, color="tab:red", lw=1)
+    ax.set_yticks(range(len(names)), list(reversed(names)))
+    ax.set_xlabel(f"top-1 minus {summary['reference']} (points)\n"
+                  "mean and 95 % interval; grey: seeds; filled: differs after Holm")
+    fig.tight_layout()
+    return save_figure(fig, out / "differences.png")
 
 
 def _per_group_png(grid, out: Path, h: Hierarchy, plt) -> Path:

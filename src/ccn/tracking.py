@@ -110,6 +110,7 @@ def format_epoch(row: dict) -> str:
     for key in ("cluster", "within"):
         if key in row:
             parts.append(f"{key} {row[key]:.3f}")
-    parts += [f"top1 {100 * row['top1']:.2f}%", f"top5 {100 * row['top5']:.2f}%",
+    weights = " (ema)" if row.get("weights") == "ema" else ""  # the score of the weights that will be saved
+    parts += [f"top1{weights} {100 * row['top1']:.2f}%", f"top5 {100 * row['top5']:.2f}%",
               f"{row['images_per_s']:.0f} img/s", f"{row['seconds']:.1f}s"]
     return " | ".join(parts)
