@@ -136,11 +136,12 @@ def _optimizer_state(tensors: dict, plain: dict) -> dict:
 
 
 def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                        extra: dict | None = None) -> None:
+                        extra: dict | None = None, fault: str | None = None) -> None:
     """Everything a run needs to continue exactly: weights, optimizer, RNG states, `state` (plain data),
     and `extra` tensors (the weight average), whose names must not start with model./optim./rng.
 
-    One safetensors file, written atomically: a crash during the save leaves the previous one."""
+    One safetensors file, written atomically: a crash during the save leaves the previous one.
+    `fault` names one more testing fault point inside the save (the first save is "during-save")."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optim_tensors, optim_plain = _optimizer_parts(optimizer)
     tensors.update(optim_tensors)
@@ -154,6 +155,8 @@ def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     def write(tmp: Path) -> None:
         write_safetensors(tmp, tensors, meta)
         fault_point("during-save")
+        if fault is not None:
+            fault_point(fault)
 
     atomic_write(path, write)
 
@@ -213,6 +216,11 @@ def check_run_state(state: dict, path: Path) -> None:
         require_mapping(state["config"], "'config'")
         if state["hierarchy"] is not None:
             require_mapping(state["hierarchy"], "'hierarchy'")
+        # a step checkpoint (train.checkpoint_every) stops inside its epoch; older checkpoints have no 'batch'
+        if require_int(state.get("batch", 0), "'batch'", 0) > 0:
+            require_keys(state, ["epoch_seen", "epoch_seconds"], "its training state")
+            require_int(state["epoch_seen"], "'epoch_seen'", 0)
+            require_number(state["epoch_seconds"], "'epoch_seconds'", 0)
 
 
 def restore_training_state(tensors: dict, state: dict, model: torch.nn.Module,

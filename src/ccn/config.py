@@ -88,6 +88,13 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     eval_batch_size: int = 512
+    # optimizer steps between checkpoints inside an epoch (for epochs of hours); 0: once per epoch.
+    # A resumed run continues from the last one, bit-identical on CPU (ours: the dropout/ShakeDrop
+    # random stream restarts at each one from (seed, rank, epoch, step), so no rank's state is needed)
+    checkpoint_every: int = 0
+    # stop after this many optimizer steps, the LR schedule fitted to them (a smoke test on a large data
+    # set); the epoch it ends in is cut short, scored and logged; the test set is scored whole. 0: off
+    max_steps: int = 0
     progress: bool = True  # progress bar when attached to a terminal
 
 
@@ -399,6 +406,8 @@ LIMITS: dict[str, Bounds] = {
     "train.warmup_epochs": Bounds(0, 100_000),
     "train.gamma": Bounds(0, 1, low_open=True),
     "train.ema": Bounds(0, 1, high_open=True, meaning="the decay of the weight average; 0: off"),
+    "train.checkpoint_every": Bounds(0, 10**9, meaning="optimizer steps; 0: once per epoch"),
+    "train.max_steps": Bounds(0, 10**12, meaning="0: off"),
     "method.probe_epochs": Bounds(1, 100_000),
     "method.cluster_epoch": Bounds(0, 100_000),  # 0: refused for ccn runs with its own message
     "method.recurse_epoch": Bounds(1, 100_000),
@@ -596,6 +605,20 @@ def check_against_classes(config: Config, num_classes: int, source: str = "the d
 def clustering_epoch(meth: MethodConfig) -> int:
     """The epoch after which classes are grouped (paper: after the one probe epoch)."""
     return meth.cluster_epoch if meth.cluster_epoch is not None else meth.probe_epochs
+
+
+def check_step_budget(config: Config, steps_per_epoch: int) -> None:
+    """train.max_steps must leave the method's epoch boundaries inside the run: a ccn run whose
+    budget ends before its groups are formed (or split) would train a flat model and call it ccn."""
+    meth, budget = config.method, config.train.max_steps
+    if budget == 0 or meth.name != "ccn":
+        return
+    last = recursion_epoch(meth) if recurses(meth) else clustering_epoch(meth)
+    needed = last * steps_per_epoch
+    if budget <= needed:
+        what = "large groups are split" if recurses(meth) else "classes are grouped"
+        raise ConfigError(f"train.max_steps={budget} ends before {what} after epoch {last} ({steps_per_epoch} steps "
+                          f"per epoch): raise train.max_steps above {needed}, or use method.name=flat for a smoke test")
 
 
 def recurses(meth: MethodConfig) -> bool:

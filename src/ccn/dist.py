@@ -92,8 +92,11 @@ def stream_seed(seed: int, rank: int, epoch: int) -> int:
     return ((seed * _SEED_STRIDE + rank) * 1_000_003 + epoch) % 2**63
 
 
-def seed_stream(seed: int, rank: int, epoch: int) -> None:
-    torch.manual_seed(stream_seed(seed, rank, epoch))  # seeds the CPU and every CUDA generator
+def seed_stream(seed: int, rank: int, epoch: int, step: int = 0) -> None:
+    """Restart the training randomness at the start of an epoch (step 0), or at a step checkpoint
+    inside it (step = the optimizer steps done), where a resumed run restarts it the same way."""
+    base = stream_seed(seed, rank, epoch)
+    torch.manual_seed(base if step == 0 else (base * 65_537 + step) % 2**63)  # the CPU and every CUDA generator
 
 
 # ---------------------------------------------------------------- process group helpers

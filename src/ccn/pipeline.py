@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import time
@@ -38,7 +39,7 @@ from ccn.provenance import code_version
 from ccn.runs import load_initial_weights, write_distances, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
-from ccn.train import Trainer
+from ccn.train import EpochProgress, Trainer
 
 def seed_everything(seed: int, deterministic: bool, device: torch.device = torch.device("cpu")) -> None:
     torch.manual_seed(seed)
@@ -63,7 +64,8 @@ def run_training(config: Config, out_dir: Optional[Path], log: Optional[RunLog] 
 
 
 class MethodRun:
-    """One training run: flat, or the CCN pipeline with its head swaps, checkpointed every epoch."""
+    """One training run: flat, or the CCN pipeline with its head swaps, checkpointed every epoch (and
+    every train.checkpoint_every steps inside one)."""
 
     def __init__(self, config: Config, out_dir: Optional[Path], log: RunLog, world: World,
                  ds: Optional[ImageDataset], resume: bool = False):
@@ -91,12 +93,14 @@ class MethodRun:
         if config.train.sync_bn and world.world_size > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.trainer = Trainer(self.model, config.train, self.device, len(self.data.train))
+        cfgmod.check_step_budget(config, len(self.data.train))
         self.hierarchy: Optional[Hierarchy] = None
         self.stage = "flat" if config.method.name == "flat" else "probe"
         self._wrap()
         self.cluster_seconds, self.earlier_seconds, self.first_epoch = 0.0, 0.0, 1
         self.code = code_version()  # the code this process runs; a resumed run also keeps the code it started with
         self.code_at_start = self.code
+        self.resumed_progress: Optional[EpochProgress] = None  # where a step checkpoint left first_epoch
 
     def _start_from_trained_weights(self) -> Optional[dict]:
         """model.init: the backbone (and the flat head when the classes match) of a trained model,
@@ -116,8 +120,16 @@ class MethodRun:
         if "store" in self.ds.notes:  # which store data.store=auto picked, and why
             self.log.info(f"data store: {self.ds.notes['store']}")
         for epoch in range(self.first_epoch, config.train.epochs + 1):
-            seed_stream(config.seed, self.world.rank, epoch)  # dropout and ShakeDrop: per rank, per epoch
-            stats = self.trainer.train_epoch(self.data.train, epoch)
+            if self.trainer.budget_spent():  # train.max_steps
+                break
+            progress, self.resumed_progress = self.resumed_progress, None
+            if progress is None:  # (a resumed epoch's stream was restarted by resume)
+                seed_stream(config.seed, self.world.rank, epoch)  # dropout and ShakeDrop: per rank, per epoch
+            stats = self.trainer.train_epoch(self.data.train, epoch, progress,
+                                             functools.partial(self.save_step_checkpoint, epoch))
+            if self.trainer.budget_spent() and epoch < config.train.epochs:
+                self.log.info(f"  train.max_steps={config.train.max_steps} reached in epoch {epoch}: "
+                              "the run ends after it")
             if not math.isfinite(stats["loss"]):
                 saved = self._checkpoint_path()  # none before the first epoch ends: say "kept" only when true
                 kept = "the checkpoint of the last good epoch is kept; " if saved is not None and saved.exists() else ""
@@ -213,6 +225,7 @@ class MethodRun:
         if self.trainer.ema is not None:
             results = self._with_average_scores(results, self.trainer.ema)
         results.setdefault("model_weights", "live")  # which weights model.safetensors holds
+        results["steps"] = self.trainer.step  # optimizer steps trained (fewer than planned under train.max_steps)
         seconds = self.earlier_seconds + time.perf_counter() - self.started
         results.update(run_facts(self.config, self.ds, self.model, self.device, seconds, self.data))
         results["clustering_seconds"] = self.cluster_seconds
@@ -248,7 +261,9 @@ class MethodRun:
     def _checkpoint_path(self) -> Optional[Path]:
         return Path(self.out_dir) / STATE_FILE if self.out_dir is not None else None
 
-    def save_checkpoint(self, epoch: int) -> None:
+    def save_checkpoint(self, epoch: int, progress: Optional[EpochProgress] = None,
+                        epoch_seconds: float = 0.0) -> None:
+        """After `epoch`, or inside it at `progress` (a step checkpoint): every rank calls it, rank 0 writes."""
         path = self._checkpoint_path()
         if path is None or not self.world.is_main:
             return
@@ -257,8 +272,20 @@ class MethodRun:
                  "cluster_seconds": self.cluster_seconds, "init": self.init_record, "code": self.code_at_start,
                  "seconds": self.earlier_seconds + time.perf_counter() - self.started,
                  "config": self.config.to_dict()}
-        extra = self.trainer.ema.tensors() if self.trainer.ema is not None else None
-        save_training_state(path, self.model, self.trainer.optimizer, state, extra)
+        extra = self.trainer.ema.tensors() if self.trainer.ema is not None else {}
+        if progress is not None:  # what the rest of the epoch needs to end as if never stopped
+            state.update(batch=progress.batch, epoch_seen=progress.seen, epoch_seconds=epoch_seconds)
+            extra.update({SUMS + k: v.detach().cpu().reshape(1) for k, v in progress.sums.items()})
+        save_training_state(path, self.model, self.trainer.optimizer, state, extra,
+                            fault=f"during-save-step-{self.trainer.step}")
+
+    def save_step_checkpoint(self, epoch: int, progress: EpochProgress, epoch_seconds: float) -> None:
+        """train.checkpoint_every: save inside the epoch, then restart the dropout/ShakeDrop stream from
+        (seed, rank, epoch, step), as a run resumed from this checkpoint does: no rank's RNG state needed."""
+        if self.world.world_size > 1:
+            progress.gather_to_main(self.world.rank, self.device)
+        self.save_checkpoint(epoch, progress, epoch_seconds)
+        seed_stream(self.config.seed, self.world.rank, epoch, self.trainer.step)
 
     def _check_resumable(self, state: dict, path: Path) -> None:
         """The checked header must also fit this run: an epoch within it, groups exactly when the stage has them."""
@@ -298,20 +325,45 @@ class MethodRun:
         self.init_record = state.get("init")
         code = state.get("code")  # checkpoints from before provenance have none
         self.code_at_start = code if isinstance(code, dict) else "not recorded"
+        if state.get("batch", 0) > 0:
+            self._resume_inside_epoch(tensors, state, path)
+            return
         self.first_epoch = state["epoch"] + 1
         self.log.truncate(state["epoch"])
         self.log.info(f"resuming {path.parent} after epoch {state['epoch']} (stage {self.stage})")
 
+    def _resume_inside_epoch(self, tensors: dict, state: dict, path: Path) -> None:
+        """From a step checkpoint: finish its epoch from the next batch with the saved loss sums."""
+        epoch, batch, batches = state["epoch"], state["batch"], len(self.data.train)
+        sums = {k[len(SUMS):]: v.reshape(()).to(self.device) for k, v in tensors.items() if k.startswith(SUMS)}
+        if batch >= batches or "loss" not in sums or any(v.dtype != torch.float32 for v in sums.values()):
+            raise CCNError(f"checkpoint {path} stops after batch {batch} of epoch {epoch}, but its epoch has "
+                           f"{batches} batches or its loss sums are missing: it is damaged; delete it to restart "
+                           "the run from epoch 1")
+        seen = state["epoch_seen"]
+        if not self.world.is_main:  # rank 0 carries the whole epoch's sums so far (gathered when saved)
+            sums, seen = {k: torch.zeros_like(v) for k, v in sums.items()}, 0
+        self.resumed_progress = EpochProgress(batch, sums, seen, state["epoch_seconds"])
+        seed_stream(self.config.seed, self.world.rank, epoch, self.trainer.step)  # as the saving run did
+        self.first_epoch = epoch
+        self.log.truncate(epoch - 1)
+        self.log.info(f"resuming {path.parent} in epoch {epoch} after batch {batch} of {batches} "
+                      f"(step {self.trainer.step}, stage {self.stage})")
+
+
+SUMS = "epoch_sums."  # a step checkpoint's loss sums of the unfinished epoch
+
 
 def describe_run(config: Config, ds: ImageDataset, model: torch.nn.Module, device, steps: int) -> str:
     meth = config.method
+    budget = f" (stops after train.max_steps={config.train.max_steps})" if config.train.max_steps else ""
     method = "flat baseline" if meth.name == "flat" else (
         f"ccn: {meth.probe_epochs} probe epoch(s), groups after epoch {cfgmod.clustering_epoch(meth)}, "
         f"metric {meth.metric}, partition {meth.partition}, depth {meth.depth}")
     return (f"ccn train | data {ds.name}: {len(ds.train_labels)} train / {len(ds.test_labels)} test images, "
             f"{ds.num_classes} classes, {ds.image_size}px | model {config.model.name} "
             f"({count_parameters(model) / 1e6:.2f} M parameters) | {method} | {config.train.epochs} epochs x "
-            f"{steps} steps, batch {config.train.batch_size}, lr {config.train.lr} | seed {config.seed} | {device}")
+            f"{steps} steps{budget}, batch {config.train.batch_size}, lr {config.train.lr} | seed {config.seed} | {device}")
 
 
 def run_facts(config: Config, ds: ImageDataset, model, device, seconds: float, data: RunData) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -43,6 +45,34 @@ def parameter_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+@dataclass
+class EpochProgress:
+    """How far one epoch has gone: what a step checkpoint saves so that the resumed epoch ends with
+    the same weights and writes the same metrics row as one that never stopped."""
+
+    batch: int = 0  # batches of the epoch trained
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # loss parts summed over images, float32
+    seen: int = 0  # images trained (by this process)
+    seconds: float = 0.0  # training time of the epoch in earlier processes
+
+    def gather_to_main(self, rank: int, device: torch.device) -> None:
+        """Under torchrun: put every rank's sums on rank 0 (the one that saves) and zero the others',
+        so the epoch's totals are unchanged and the checkpoint holds them all."""
+        keys = sorted(self.sums)
+        stacked = torch.stack([self.sums[k] for k in keys] + [torch.tensor(float(self.seen), device=device)])
+        totals = all_reduce_sum(stacked)
+        if rank != 0:
+            totals = torch.zeros_like(totals)
+        self.sums = dict(zip(keys, totals[:-1].unbind()))
+        self.seen = int(totals[-1].item())
+
+
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: train.epochs epochs, or train.max_steps when that is fewer."""
+    steps = cfg.epochs * steps_per_epoch
+    return max(1, min(steps, cfg.max_steps) if cfg.max_steps > 0 else steps)
+
+
 class Trainer:
     """Owns the optimizer and the step counter for one model; knows nothing of the method."""
 
@@ -51,7 +81,7 @@ class Trainer:
         self.model, self.cfg, self.device = model, cfg, device
         self.train_module = train_module or model  # e.g. a DDP or compiled wrapper of `model`
         self.steps_per_epoch = steps_per_epoch
-        self.total_steps = max(1, cfg.epochs * steps_per_epoch)
+        self.total_steps = planned_steps(cfg, steps_per_epoch)  # the schedule is fitted to these
         self.warmup = cfg.warmup_epochs / cfg.epochs
         self.step = 0
         self.optimizer = self._new_optimizer()
@@ -83,15 +113,32 @@ class Trainer:
         """The bar is drawn by one process only (rank 0 under torchrun)."""
         return self.cfg.progress and (not is_distributed() or torch.distributed.get_rank() == 0)
 
-    def train_epoch(self, batches: TensorBatches, epoch: int, start_batch: int = 0) -> dict:
-        """One pass over `batches`; returns mean loss parts, images/s and seconds."""
+    def budget_spent(self) -> bool:
+        """True once train.max_steps optimizer steps are done (never when it is 0)."""
+        return 0 < self.cfg.max_steps <= self.step
+
+    def _checkpoint_due(self, progress: EpochProgress, num_batches: int) -> bool:
+        """A step checkpoint every train.checkpoint_every steps, except where the epoch ends anyway
+        (its own checkpoint follows at once)."""
+        every = self.cfg.checkpoint_every
+        return (every > 0 and self.step % every == 0 and progress.batch < num_batches
+                and not self.budget_spent())
+
+    def train_epoch(self, batches: TensorBatches, epoch: int, progress: Optional[EpochProgress] = None,
+                    on_checkpoint: Optional[Callable[[EpochProgress, float], None]] = None) -> dict:
+        """One pass over `batches` (from `progress`, where a step checkpoint left it, or from the start),
+        stopping early once train.max_steps steps are done; returns mean loss parts, images/s and
+        seconds. `on_checkpoint(progress, seconds so far)` is called every train.checkpoint_every steps."""
         self.model.train()
         head = self.model.head
-        sums: dict[str, torch.Tensor] = {}
-        seen, start = 0, time.perf_counter()
-        bar = progress_bar(total=len(batches), initial=start_batch, desc=f"epoch {epoch}", unit="batch",
+        progress = progress or EpochProgress()
+        sums = progress.sums
+        start = time.perf_counter()
+        bar = progress_bar(total=len(batches), initial=progress.batch, desc=f"epoch {epoch}", unit="batch",
                            enabled=self._show_progress())
-        for x, y in batches.epoch(epoch, start_batch):
+        for x, y in batches.epoch(epoch, progress.batch):
+            if self.budget_spent():
+                break
             self._set_lr()
             with self.autocast():
                 out = self.train_module(x)
@@ -107,13 +154,17 @@ class Trainer:
                 fault_point(f"step-{self.step}")
             for key, value in parts.items():  # summed in float32: a bf16 sum loses ~20 % over 390 steps
                 sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
-            seen += len(y)
+            progress.seen += len(y)
+            progress.batch += 1
             bar.update(1)  # counts batches only: reading the loss here would synchronise with the device
+            if on_checkpoint is not None and self._checkpoint_due(progress, len(batches)):
+                on_checkpoint(progress, progress.seconds + time.perf_counter() - start)
+                sums = progress.sums  # gathered onto rank 0 under torchrun
         bar.close()
         keys = sorted(sums)
-        stacked = torch.stack([sums[k] for k in keys] + [torch.tensor(float(seen), device=self.device)])
+        stacked = torch.stack([sums[k] for k in keys] + [torch.tensor(float(progress.seen), device=self.device)])
         totals = all_reduce_sum(stacked).tolist()  # the one host synchronisation of the epoch
-        seconds = time.perf_counter() - start
+        seconds = progress.seconds + time.perf_counter() - start
         seen = int(totals[-1])
         means = {key: value / max(1, seen) for key, value in zip(keys, totals)}
         return {**means, "images_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
