@@ -3,7 +3,7 @@
 Generates synthetic image folders (JPEGs, S x S pixels, 10 classes) of two sizes in a scratch folder,
 then, for each size and store, runs the data path of a training run in a fresh process with an
 empty cache: decode the folder into the store, channel statistics, a validation split, one epoch of
-augmented training batches and one pass over the test batches (no model: the model's memory does
+augmented training batches and one pass over the test batches, both in batches of 128 (no model: the model's memory does
 not depend on the data set size). The parent samples the child's RssAnon (/proc/PID/status: the
 anonymous memory the process owns, not the page cache the disk store is read through) every 20 ms.
 
@@ -33,7 +33,8 @@ from ccn.data import load_dataset
 from ccn.data.prepare import prepare_data
 root, store, pixels = sys.argv[1], sys.argv[2], int(sys.argv[3])
 config = cfgmod.load(None, ["data.name=folder", f"data.root={root}", f"data.image_size={pixels}",
-                            f"data.store={store}", "data.val_fraction=0.1", "train.batch_size=128"])
+                            f"data.store={store}", "data.val_fraction=0.1", "train.batch_size=128",
+                            "train.eval_batch_size=128"])
 start = time.perf_counter()
 ds = load_dataset(config.data)
 data = prepare_data(config, torch.device("cpu"), ds=ds)
