@@ -100,3 +100,148 @@ def test_atomic_write_makes_a_fresh_private_name_and_ordinary_permissions(tmp_pa
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~umask
+
+
+# ---------------------------------------------------------------- groups files: hangs, tracebacks, shapes
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from ccn.hierarchy import Hierarchy, read_groups_file  # noqa: E402
+
+CLASSES = ["a", "b", "c", "d", "e", "f"]
+
+
+def _groups_file(tmp_path, content) -> str:
+    path = tmp_path / "groups.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def _doubled_chain(repeat_links: bool) -> dict:
+    """The issue's 4 KB file: n0..n39, two links from each to the next (or two parents), n39 -> classes."""
+    nodes = [{"id": f"n{i}"} for i in range(40)] + [{"id": c} for c in CLASSES]
+    links = []
+    for i in range(39):
+        links.append({"source": f"n{i}", "target": f"n{i + 1}"})
+        if repeat_links or i > 0:  # the second link repeats the first, or comes from the node before (Fibonacci paths)
+            links.append({"source": f"n{i}" if repeat_links else f"n{i - 1}", "target": f"n{i + 1}"})
+    links += [{"source": "n39", "target": c} for c in CLASSES]
+    return {"nodes": nodes, "links": links}
+
+
+@pytest.mark.parametrize("content, words", [
+    pytest.param(_doubled_chain(True), "node 'n1' is linked twice from 'n0'", id="groups-file-repeated-links"),
+    pytest.param(_doubled_chain(False), "node 'n2' has two parents, 'n1' and 'n0'", id="groups-file-two-parents"),
+    pytest.param({"nodes": [{"id": "r"}] + [{"id": c} for c in CLASSES],
+                  "links": [{"source": "r", "target": c} for c in CLASSES] + [{"source": "r", "target": "zz"}]},
+                 "link 7's target 'zz' is not in 'nodes'", id="groups-file-link-to-no-node"),
+    pytest.param({"nodes": [{"id": [1, 2]}], "links": []}, "node 1's 'id' must be text or a whole number, got [1, 2]",
+                 id="groups-file-id-is-a-list"),
+    pytest.param({"nodes": [{"label": "a"}], "links": []}, "every node needs an 'id'", id="groups-file-node-no-id"),
+    pytest.param({"tree": []}, "'tree' must be a non-empty list of groups", id="groups-file-tree-empty-list"),
+    pytest.param({"tree": {}}, "'tree' must be a non-empty list of groups (lists of class names), got {}", id="groups-file-tree-mapping"),
+    pytest.param({"tree": 0}, "list of groups (lists of class names), got 0", id="groups-file-tree-number"),
+    pytest.param({"groups": [["a", "b", {"c": 1}], ["d", "e", "f"]]}, 'holds {"c": 1} where a class name',
+                 id="groups-file-group-holds-a-mapping"),
+    pytest.param({"tree": [[["a", ["b", "c"]], "d"], ["e", "f"]]}, "group 1 is split more than once",
+                 id="groups-file-depth-3"),
+])
+def test_groups_files_that_are_no_tree_are_one_line_at_once(content, words, tmp_path):
+    path = _groups_file(tmp_path, content)
+    started = time.perf_counter()
+    with pytest.raises(CCNError) as err:
+        read_groups_file(path, CLASSES, whole_tree=True)
+    assert time.perf_counter() - started < 1.0  # the doubled chain used to expand 2^39 paths
+    message = str(err.value)
+    assert "\n" not in message and f"method.groups_file={path}" in message and words in message, message
+
+
+def test_a_groups_file_naming_300000_unknown_classes_is_refused_fast(tmp_path):
+    names = [f"unknown-class-{i}" for i in range(300_000)]
+    path = _groups_file(tmp_path, {"groups": [names[:150_000], names[150_000:]]})
+    started = time.perf_counter()
+    with pytest.raises(CCNError, match="not classes of this data set: unknown-class-0, .*classes missing"):
+        read_groups_file(path, CLASSES, whole_tree=False)
+    assert time.perf_counter() - started < 5.0  # a hang guard only: list.count made this minutes long
+
+
+@pytest.mark.parametrize("content", [
+    {"groups": [CLASSES]},
+    {"nodes": [{"id": "root"}] + [{"id": c} for c in CLASSES], "links": [{"source": "root", "target": c}
+                                                                       for c in CLASSES]},
+], ids=["one-group", "nbdt-root-holds-the-classes"])
+def test_a_one_group_file_is_one_group_not_one_group_per_class(content, tmp_path):
+    path = _groups_file(tmp_path, content)
+    for whole_tree in (False, True):
+        assert read_groups_file(path, CLASSES, whole_tree) == [list(range(6))]
+
+
+def test_a_one_group_file_trains_one_group(tmp_path):
+    """K = 1 end to end: the head has one group, and the run folder reads back with it."""
+    from ccn.runs import load_run
+    names = [f"g{c % 2}_c{c}" for c in range(6)]  # the synthetic data set's classes
+    path = _groups_file(tmp_path, {"groups": [names]})
+    out = tmp_path / "run"
+    config = cfgmod.load(None, [*TINY_RUN, "method.partition=file", f"method.groups_file={path}"])
+    with NewRun(out) as run:
+        run_training(config, out, RunLog(out, stream=io.StringIO()), on_start=lambda: run.start(config))
+    _, model, hierarchy, _ = load_run(out)
+    assert hierarchy.groups == [list(range(6))] and model.head.num_groups == 1
+
+
+def _trees(leaves):
+    """Nested lists over the given leaves, up to four levels, any mix of classes and sub-lists."""
+    return st.recursive(leaves, lambda inner: st.lists(inner, min_size=1, max_size=3), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=_trees(st.just(0)), fmt=st.sampled_from(["tree", "groups", "nbdt"]), whole_tree=st.booleans())
+def test_every_groups_file_train_accepts_reads_back_from_the_run_folder(shape, fmt, whole_tree, tmp_path):
+    """W2: whatever shape read_groups_file accepts, the hierarchy.json a run writes from it is read back
+    (Hierarchy.from_json) into the same tree, and a head can be built on it."""
+    from ccn.network import make_head
+    shape = shape if isinstance(shape, list) else [shape]
+    counter = iter(range(1000))
+    tree = _relabel(shape, counter)
+    classes = [f"c{i}" for i in range(next(counter))]
+    if len(classes) < 2:
+        return
+    named = _map(tree, lambda i: classes[i])
+    content = _as_node_link(named) if fmt == "nbdt" else {fmt: named}
+    path = _groups_file(tmp_path, content)
+    try:
+        read = read_groups_file(path, classes, whole_tree)
+    except CCNError as err:
+        assert "split more than once" in str(err) and whole_tree, err  # the one refusal a well-formed tree may meet
+        return
+    saved = Hierarchy(classes, read)
+    back = Hierarchy.from_json(json.loads(json.dumps(saved.to_json())), "hierarchy.json")
+    assert back.tree == read and back.groups == saved.groups
+    assert sorted(c for g in back.groups for c in g) == list(range(len(classes)))
+    config = cfgmod.load(None, ["method.name=ccn"])
+    head = make_head(config, 4, len(classes), back)
+    assert head is not None
+
+
+def _relabel(node, counter):
+    return [_relabel(child, counter) for child in node] if isinstance(node, list) else next(counter)
+
+
+def _map(node, fn):
+    return [_map(child, fn) for child in node] if isinstance(node, list) else fn(node)
+
+
+def _as_node_link(tree) -> dict:
+    nodes, links = [], []
+
+    def add(node, name):
+        nodes.append({"id": name} if isinstance(node, list) else {"id": name, "label": node})
+        for i, child in enumerate(node if isinstance(node, list) else []):
+            links.append({"source": name, "target": add(child, f"{name}.{i}")})
+        return name
+
+    add(tree, "root")
+    return {"nodes": nodes, "links": links}
