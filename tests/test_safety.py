@@ -245,3 +245,66 @@ def _as_node_link(tree) -> dict:
 
     add(tree, "root")
     return {"nodes": nodes, "links": links}
+
+
+# ---------------------------------------------------------------- experiment folders: D1, W5, wording
+
+import shutil  # noqa: E402
+
+import yaml  # noqa: E402
+
+from ccn.experiment import load_grid, run_grid  # noqa: E402
+
+TINY_GRID = {"base": {"data": {"name": "synthetic", "num_classes": 6, "num_groups": 2, "train_per_class": 6,
+                               "test_per_class": 2},
+                      "model": {"width": 4}, "train": {"epochs": 2, "progress": False}},
+             "variants": ["flat", "ccn"], "seeds": [0, 1]}
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grid")
+    (folder / "g.yaml").write_text(yaml.safe_dump(TINY_GRID))
+    run_grid(load_grid(folder / "g.yaml"), folder / "out", log=lambda line: None)
+    return folder
+
+
+def _grid_copy(tiny_grid, tmp_path):
+    shutil.copytree(tiny_grid / "out", tmp_path / "out")
+    return tmp_path / "out"
+
+
+def test_a_widening_that_fails_at_start_up_keeps_the_old_grid(tiny_grid, tmp_path):
+    out = _grid_copy(tiny_grid, tmp_path)
+    before = (out / "grid.yaml").read_text()
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(yaml.safe_dump({**TINY_GRID, "variants": {
+        "flat": None, "ccn": None,
+        "mine": {"method": {"name": "ccn", "partition": "file", "groups_file": str(tmp_path / "missing.json")}}}}))
+    with pytest.raises(CCNError, match="missing.json is missing"):
+        run_grid(load_grid(wider), out, log=lambda line: None)
+    assert (out / "grid.yaml").read_text() == before
+    lines = []
+    summary = run_grid(load_grid(tiny_grid / "g.yaml"), out, log=lines.append)  # the original grid still reports
+    assert sum("finished earlier: reused" in line for line in lines) == 4 and set(summary["variants"]) == {"flat", "ccn"}
+
+
+def test_reordered_seeds_say_nothing_is_added(tiny_grid, tmp_path):
+    out = _grid_copy(tiny_grid, tmp_path)
+    lines = []
+    run_grid(load_grid(tiny_grid / "g.yaml", ["seeds=[1, 0]"]), out, log=lines.append)
+    assert any("another order; nothing is added" in line for line in lines), lines
+    assert not any("grows by" in line for line in lines)
+
+
+def test_without_grid_yaml_another_base_config_does_not_reuse_the_old_runs(tiny_grid, tmp_path):
+    out = _grid_copy(tiny_grid, tmp_path)
+    (out / "grid.yaml").unlink()
+    results = (out / "runs" / "flat-s0" / "results.json").read_text()
+    with pytest.raises(CCNError, match=r"runs/flat-s0 was trained with another config than this grid gives it "
+                                       r"\(train.epochs: 2 there, 3 here\): choose another --out"):
+        run_grid(load_grid(tiny_grid / "g.yaml", ["train.epochs=3"]), out, log=lambda line: None)
+    assert not (out / "grid.yaml").exists() and (out / "runs" / "flat-s0" / "results.json").read_text() == results
+    lines = []  # the grid the runs belong to is still recognised, run by run
+    run_grid(load_grid(tiny_grid / "g.yaml"), out, log=lines.append)
+    assert sum("finished earlier: reused" in line for line in lines) == 4
