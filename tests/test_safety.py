@@ -308,3 +308,111 @@ def test_without_grid_yaml_another_base_config_does_not_reuse_the_old_runs(tiny_
     lines = []  # the grid the runs belong to is still recognised, run by run
     run_grid(load_grid(tiny_grid / "g.yaml"), out, log=lines.append)
     assert sum("finished earlier: reused" in line for line in lines) == 4
+
+
+# ---------------------------------------------------------------- T8: names too long for the system
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from ccn.cli import main as cli_main  # noqa: E402
+
+LONG = "x" * 300  # one name over the 255 bytes every file system allows
+
+
+def _cli_one_line(capsys, argv, *fragments) -> str:
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ccn: error: ") and len(err.strip().splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, what", [
+    pytest.param(["train", "--out", f"/tmp/{LONG}/run"], "--out", id="long-name-train-out"),
+    pytest.param(["train", "--config", f"{LONG}.yaml"], "--config", id="long-name-train-config"),
+    pytest.param(["train", "--resume", LONG], "--resume", id="long-name-resume"),
+    pytest.param(["train", "--set", f"data.root={LONG}"], "data.root", id="long-name-data-root"),
+    pytest.param(["train", "--set", f"model.init={LONG}"], "model.init", id="long-name-model-init"),
+    pytest.param(["train", "--set", "method.partition=file", "--set", f"method.groups_file={LONG}.json"],
+                 "method.groups_file", id="long-name-groups-file"),
+    pytest.param(["predict", LONG, "img.png"], "run folder", id="long-name-predict-run"),
+    pytest.param(["predict", "run", "img.png", f"{LONG}.png"], "image", id="long-name-predict-image"),
+    pytest.param(["export", "run", "--out", f"{LONG}.onnx"], "--out", id="long-name-export-out"),
+    pytest.param(["experiment", "--config", "g.yaml", "--out", LONG], "--out", id="long-name-experiment-out"),
+    pytest.param(["clusters", f"runs/{LONG}"], "run folder", id="long-name-clusters-run"),
+])
+def test_a_name_over_255_bytes_is_one_line_in_every_path(argv, what, capsys):
+    _cli_one_line(capsys, argv, what, "bytes long, more than the 255 a file or folder name may have")
+
+
+def test_a_path_over_4095_bytes_is_one_line(capsys):
+    _cli_one_line(capsys, ["train", "--out", "/".join(["y" * 200] * 25)], "--out", "more than the 4095 a path")
+
+
+# ---------------------------------------------------------------- T9: a reader that stops early
+
+
+def test_predict_into_a_pipe_closed_early_stops_quietly(tiny_run, tmp_path):
+    from PIL import Image
+    image = tmp_path / "one.png"
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(image)
+    err = tmp_path / "stderr.txt"
+    command = (f"{sys.executable} -m ccn predict {tiny_run} {' '.join([str(image)] * 1500)} --json 2>{err}; "
+               f"echo $? >{tmp_path / 'status'}")
+    piped = subprocess.run(["bash", "-c", f"({command}) | head -1"], capture_output=True, text=True)
+    assert piped.stdout == "[\n"
+    assert err.read_text() == ""  # no BrokenPipeError traceback, no "Exception ignored" line
+    assert (tmp_path / "status").read_text().strip() == "141"  # as a Unix tool stopped by SIGPIPE
+
+
+# ---------------------------------------------------------------- wording
+
+
+def test_a_fifo_is_named_as_no_regular_file(tiny_run, tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    _cli_one_line(capsys, ["predict", str(tiny_run), str(fifo)], f"image {fifo} is not a regular file")
+    _cli_one_line(capsys, ["train", "--config", str(fifo)], f"config file {fifo} is not a regular file")
+    from ccn.hierarchy import read_groups_file
+    with pytest.raises(CCNError, match=f"method.groups_file={fifo} is not a regular file"):
+        read_groups_file(fifo, CLASSES, whole_tree=False)
+    from ccn.runs import init_weights_file
+    with pytest.raises(CCNError, match=f"model.init={fifo} is not a regular file"):
+        init_weights_file(str(fifo))
+
+
+def test_export_checks_both_outputs_before_writing_either(tiny_run, tmp_path):
+    from ccn.export import export_run
+    with pytest.raises(CCNError, match=r"the folder .*missing does not exist: create it"):
+        export_run(tiny_run, tmp_path / "missing" / "model.onnx")
+    (tmp_path / "dir").mkdir()
+    for force in (False, True):  # a folder is a folder, with --force or without: no advice to add --force
+        with pytest.raises(CCNError) as err:
+            export_run(tiny_run, tmp_path / "dir", force=force)
+        assert "is a folder: give a file path such as" in str(err.value) and "--force" not in str(err.value)
+    (tmp_path / "model.onnx.json").mkdir()
+    with pytest.raises(CCNError, match=r"model.onnx.json \(where --out .* puts its size.*\) is a folder"):
+        export_run(tiny_run, tmp_path / "model.onnx", force=True)
+    assert not (tmp_path / "model.onnx").exists()  # no model left without its FILE.json
+
+
+def test_a_write_into_a_missing_folder_names_the_folder(tmp_path):
+    from ccn.errors import WriteError
+    with pytest.raises(WriteError, match=r"the folder .*gone does not exist: create it") as err:
+        atomic_write(tmp_path / "gone" / "x.json", lambda tmp: tmp.write_text("{}"))
+    assert "free disk space" not in str(err.value)
+
+
+def test_model_init_with_non_finite_weights_names_the_file(tiny_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(tiny_run / "model.safetensors"))
+    name = next(k for k in state if k.startswith("backbone.") and state[k].is_floating_point())
+    state[name][...] = float("nan")
+    save_file(state, str(tmp_path / "nan.safetensors"))
+    config = cfgmod.load(None, [*TINY_RUN, f"model.init={tmp_path / 'nan.safetensors'}"])
+    with pytest.raises(CCNError) as err:
+        run_training(config, tmp_path / "run", RunLog(tmp_path / "run", stream=io.StringIO()))
+    assert "holds NaN or infinite weights" in str(err.value) and name[len('backbone.'):] in str(err.value)
+    assert "train.lr" not in str(err.value)

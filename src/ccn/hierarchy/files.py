@@ -21,15 +21,16 @@ from pathlib import Path
 
 from ccn.errors import CCNError, ConfigError
 from ccn.hierarchy.tree import _has_empty_node
-from ccn.validate import checked, read_text, refuse_constant
+from ccn.validate import checked, file_problem, read_text, refuse_constant
 
 
 def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool) -> list:
     """The tree of class indices that `path` describes, for the data set's `classes`."""
     path = Path(path)
-    if not path.is_file():
-        what = "a folder" if path.is_dir() else "missing"
-        raise ConfigError(f"method.groups_file={path} is {what}: give a hierarchy.json or an NBDT graph JSON file")
+    problem = file_problem(path)
+    if problem:
+        problem = "is missing" if problem == "does not exist" else problem  # the words users and tests know
+        raise ConfigError(f"method.groups_file={path} {problem}: give a hierarchy.json or an NBDT graph JSON file")
     fix = "give a hierarchy.json or an NBDT graph JSON file"
     try:  # size, binary and encoding are checked as for every file ccn reads
         text = read_text(path, "method.groups_file", fix)
