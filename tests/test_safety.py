@@ -416,3 +416,17 @@ def test_model_init_with_non_finite_weights_names_the_file(tiny_run, tmp_path):
         run_training(config, tmp_path / "run", RunLog(tmp_path / "run", stream=io.StringIO()))
     assert "holds NaN or infinite weights" in str(err.value) and name[len('backbone.'):] in str(err.value)
     assert "train.lr" not in str(err.value)
+
+
+def test_a_link_planted_at_metrics_jsonl_is_never_written_through(tmp_path):
+    """A dangling link is not 'a file of an old run', so the folder is not refused as taken: the
+    first metrics line must still not create the link's target."""
+    from ccn.errors import WriteError
+    out, victim = tmp_path / "run", tmp_path / "victim.txt"
+    out.mkdir()
+    (out / "metrics.jsonl").symlink_to(victim)
+    config = cfgmod.load(None, TINY_RUN)
+    with pytest.raises(WriteError, match="metrics.jsonl is a symbolic link: ccn does not write through links"):
+        with NewRun(out) as run:
+            run_training(config, out, RunLog(out, stream=io.StringIO()), on_start=lambda: run.start(config))
+    assert not victim.exists()

@@ -59,6 +59,12 @@ def _write_fix(path: Path) -> str:
     return "free disk space or make the folder writable; the previous file, if any, is unchanged"
 
 
+def open_for_append(path: Path):
+    """open(path, "a"), except that a symbolic link planted at `path` is refused (ELOOP), not followed."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    return os.fdopen(fd, "a")
+
+
 def _discard(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
