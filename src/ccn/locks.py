@@ -82,15 +82,15 @@ class FolderLock:
         except OSError as err:
             if err.errno not in (errno.ELOOP, errno.EISDIR):  # ELOOP: a symbolic link, refused by O_NOFOLLOW
                 raise
-            self._refuse("a symbolic link" if os.path.islink(self.path) else "a folder")
+            raise self._refusal("a symbolic link" if os.path.islink(self.path) else "a folder") from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             os.close(fd)
-            self._refuse("a hard link to another file" if stat.S_ISREG(info.st_mode) else "a special file")
+            raise self._refusal("a hard link to another file" if stat.S_ISREG(info.st_mode) else "a special file")
         return fd
 
-    def _refuse(self, kind: str) -> None:
-        raise CCNError(f"{self.path} is {kind}, not a lock file of ccn's: remove it (ccn writes its own there; "
+    def _refusal(self, kind: str) -> CCNError:
+        return CCNError(f"{self.path} is {kind}, not a lock file of ccn's: remove it (ccn writes its own there; "
                        "nothing was written through it)")
 
     @staticmethod

@@ -53,15 +53,15 @@ def check_path(path, what: str, error: type = CCNError) -> None:
         encoded = b"\0"
     if b"\0" in encoded:
         raise error(f"{what} {text[:60]!r} holds a character no file name may have (NUL, or a lone "
-                       "surrogate): remove it")
+                    "surrogate): remove it")
     if len(encoded) > PATH_MAX:
         raise error(f"{what} is {len(encoded)} bytes long, more than the {PATH_MAX} a path may have: "
-                       "choose a shorter path")
+                    "choose a shorter path")
     for name in encoded.split(b"/"):
         if len(name) > NAME_MAX:
             shown = os.fsdecode(name)
             raise error(f"{what} {text[:40]}...: the name {shown[:20]}...{shown[-10:]} is {len(name)} bytes long, "
-                           f"more than the {NAME_MAX} a file or folder name may have: choose a shorter name")
+                        f"more than the {NAME_MAX} a file or folder name may have: choose a shorter name")
 
 
 def file_problem(path: Path) -> Optional[str]:
