@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -182,10 +183,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PATH_ARGUMENTS = {"config": "--config", "out": "--out", "resume": "--resume", "run_dir": "run folder",
+                  "images": "image"}
+
+
+def _check_paths(args) -> None:
+    """Every path on the command line could name a file (config values are checked in ccn.config)."""
+    from ccn.validate import check_path
+
+    for name, what in PATH_ARGUMENTS.items():
+        value = getattr(args, name, None)
+        for path in value if isinstance(value, list) else [value]:
+            if path is not None:
+                check_path(path, what)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_paths(args)
         args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that has gone away is found here, not at exit
+    except BrokenPipeError:  # `ccn predict ... | head -1`: the reader has all it wanted; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     except CCNError as err:
         print(f"ccn: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -23,7 +23,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from ccn.errors import CCNError, ConfigError
-from ccn.validate import read_text
+from ccn.validate import check_path, file_problem, read_text
 
 
 @dataclass
@@ -230,10 +230,11 @@ def parse_yaml(text: str):
 def read_yaml(path: str | Path) -> dict:
     """A config or grid file as a dict; one ConfigError line for anything that is not a YAML mapping."""
     path = Path(path)
-    if path.is_dir():
+    problem = file_problem(path)
+    if problem == "is a folder":
         raise ConfigError(f"config file {path} is a folder: pass a YAML file such as configs/digits.yaml")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist: check the path")
+    if problem:
+        raise ConfigError(f"config file {path} {problem}: check the path")
     fix = "pass a YAML text file saved as UTF-8, such as configs/digits.yaml"
     try:
         raw = parse_yaml(read_text(path, "config file", fix, limit=MAX_CONFIG_BYTES))
@@ -454,6 +455,9 @@ def _default_of(key: str):
     return get_key(Config(), key)
 
 
+PATH_KEYS = ("data.root", "model.init", "method.groups_file")  # checked as paths (ccn.validate.check_path)
+
+
 def validate(config: Config) -> None:
     """Reject values no run could use, and combinations where one key would silently override
     another, naming the keys and what is allowed."""
@@ -476,6 +480,9 @@ def validate(config: Config) -> None:
     if t.warmup_epochs >= t.epochs:
         raise ConfigError(f"train.warmup_epochs ({t.warmup_epochs}) must be smaller than train.epochs ({t.epochs})")
     _check_milestones(t.milestones)
+    for key in PATH_KEYS:
+        if get_key(config, key) is not None:
+            check_path(get_key(config, key), key, ConfigError)
     if config.model.init is not None and Path(config.model.init).suffix.lower() in PICKLE_SUFFIXES:
         raise ConfigError(f"model.init={config.model.init}: ccn reads safetensors only (pickled files can run code); "
                           "save the weights with safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')")

@@ -216,16 +216,43 @@ def run_grid(grid: Grid, out: Path, log=echo) -> dict:
 def _run_locked_grid(grid: Grid, out: Path, log) -> dict:
     from ccn.report import write_report
 
-    _claim_folder(out, grid, log)
+    runs = [(variant, seed) for seed in grid.seeds for variant in grid.variants]
+    pending = _claim_folder(out, grid, log)
     data_cache: dict = {}
     started = time.perf_counter()
-    runs = [(variant, seed) for seed in grid.seeds for variant in grid.variants]
     shown = grid.config_for(grid.reference, grid.seeds[0]).train.progress
     with progress_bar(total=len(runs), desc="experiment runs", unit="run", enabled=shown) as bar:
         for variant, seed in runs:
             _run_one(grid, out, variant, seed, data_cache, log)
             bar.update(1)
+    if pending is not None:  # only now: until every run of the wider grid has finished, the folder keeps its old grid
+        atomic_write(out / "grid.yaml", lambda tmp: tmp.write_text(pending))
     return write_report(grid, out, time.perf_counter() - started)
+
+
+def _check_started_runs(grid: Grid, out: Path) -> None:
+    """Every run folder already in OUT must hold the config this grid would give it: with grid.yaml
+    lost, a grid of another base config must not reuse (or resume) runs trained on the old one."""
+    for variant, seed in ((variant, seed) for seed in grid.seeds for variant in grid.variants):
+        saved_path = out / "runs" / f"{variant}-s{seed}" / "config.yaml"
+        if not saved_path.is_file():
+            continue
+        saved = cfgmod.load(saved_path).to_dict()
+        wanted = grid.config_for(variant, seed).to_dict()
+        if saved != wanted:
+            key, was, now = _first_difference(saved, wanted)
+            raise CCNError(f"{saved_path.parent} was trained with another config than this grid gives it ({key}: "
+                           f"{was!r} there, {now!r} here): choose another --out, or run the grid it belongs to")
+
+
+def _first_difference(saved: dict, wanted: dict, prefix: str = "") -> tuple:
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and a != b:
+            return _first_difference(a, b, f"{prefix}{key}.")
+        if a != b:
+            return f"{prefix}{key}", a, b
+    return prefix.rstrip(".") or "config", saved, wanted
 
 
 def _run_one(grid: Grid, out: Path, variant: str, seed: int, data_cache: dict, log) -> None:
@@ -258,8 +285,11 @@ def _run_one(grid: Grid, out: Path, variant: str, seed: int, data_cache: dict, l
     log(f"[{variant} seed {seed}] top1 {100 * read_results(run_dir)['top1']:.2f}%")
 
 
-def _claim_folder(out: Path, grid: Grid, log=echo) -> None:
-    """Give OUT its grid.yaml, or check that an existing OUT holds the same grid or one this grid extends.
+def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
+    """Give OUT its grid.yaml, or check that an existing OUT holds the same grid or one this grid
+    extends; when this grid widens the folder's, return the new grid.yaml text for the caller to
+    write once every run has finished (so a widening that fails leaves the old grid reportable).
+    Either way, the runs already there must hold the configs this grid gives them.
 
     Adding seeds or variants to a grid leaves every finished run valid (the base config and each
     variant's overrides are unchanged), so a study can be widened in place to narrow its intervals.
@@ -267,7 +297,7 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> None:
     grid.primary_records)."""
     path = out / "grid.yaml"
     wanted = yaml.safe_load(yaml.safe_dump(grid.raw, sort_keys=False))
-    saved, records = None, []
+    saved, records, widened = None, [], False
     if path.exists():
         try:
             saved = cfgmod.read_yaml(path)
@@ -280,13 +310,18 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> None:
             if added is None:
                 raise CCNError(f"{out} holds another grid (see {path}): choose another --out, or restore the grid to "
                                "continue it (a grid may only add seeds or variants to the one a folder holds)")
-            log(f"{out}: the grid grows by {added}; finished runs are reused")
+            log(f"{out}: the grid grows by {added}; finished runs are reused" if added else
+                f"{out}: the same seeds and variants in another order; nothing is added, finished runs are reused")
+            widened = True
+    _check_started_runs(grid, out)  # with grid.yaml lost, the runs themselves say which grid they belong to
     records = _declare_primary(records, grid.primary, _runs_started(out), out, log)
     grid.primary_records = records
     text = yaml.safe_dump({**grid.raw, **({"primary": records} if records else {})}, sort_keys=False)
+    if widened:
+        return text  # written by the caller once every run has finished
     if not path.exists() or path.read_text() != text:
         atomic_write(path, lambda tmp: tmp.write_text(text))
-
+    return None
 
 def _runs_started(out: Path) -> bool:
     runs = out / "runs"

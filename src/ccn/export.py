@@ -48,11 +48,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False)
     if fmt not in FORMATS:
         raise CCNError(f"--format {fmt} is not supported; choose one of: {', '.join(FORMATS)}")
     out = Path(out)
-    existing = [p for p in (out, sidecar_path(out)) if p.exists()]
-    if existing and not force:
-        raise CCNError(f"{existing[0]} already exists: choose another --out, or add --force to replace it")
-    if out.is_dir():
-        raise CCNError(f"--out {out} is a folder: give a file name such as {out / 'model.onnx'}")
+    _check_outputs(out, force)
     if not (Path(run_dir) / "results.json").is_file():
         raise CCNError(f"{run_dir} is not a finished ccn run folder (no results.json): pass the --out folder of "
                        "a `ccn train` that completed")
@@ -68,6 +64,22 @@ def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False)
             else results["classes"], "groups": groups, "rule": module.rule, "run": str(run_dir)}
     write_json(sidecar_path(out), info)
     return info
+
+
+def _check_outputs(out: Path, force: bool) -> None:
+    """Both files can be written, checked before either is: never a model without its FILE.json."""
+    if out.is_dir():
+        raise CCNError(f"--out {out} is a folder: give a file path such as {out / 'model.onnx'}")
+    if not out.parent.is_dir():
+        raise CCNError(f"--out {out}: the folder {out.parent} does not exist: create it, or give a file path in an "
+                       "existing folder")
+    sidecar = sidecar_path(out)
+    if sidecar.is_dir():
+        raise CCNError(f"{sidecar} (where --out {out} puts its size, mean, std and classes) is a folder: move it "
+                       "away, or choose another --out")
+    existing = [p for p in (out, sidecar) if p.exists()]
+    if existing and not force:
+        raise CCNError(f"{existing[0]} already exists: choose another --out, or add --force to replace it")
 
 
 def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -4,12 +4,18 @@ The lock is `flock` (non-blocking): the kernel drops it when the holder exits, e
 so a killed run never leaves a folder locked; a later process simply takes the leftover file.
 The holder writes its pid, host, start time and command into the file, so a second process can
 say who holds the folder. The file is removed on release.
+
+The lock file is opened without following links (O_NOFOLLOW) and must be a plain file of its own:
+a symbolic link, hard link, FIFO or folder planted at FOLDER/.ccn-lock is refused, so taking a lock
+can never create or overwrite a file elsewhere.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -23,6 +29,7 @@ except ImportError:  # Windows: no flock; folders are not locked there
     fcntl = None
 
 LOCK_FILE = ".ccn-lock"
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def _holder_line() -> str:
@@ -51,7 +58,7 @@ class FolderLock:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             while self.fd is None:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = self._open()
                 if not self._lock(fd):
                     holder = os.read(fd, 1000).decode(errors="replace").strip() or "it is starting"
                     os.close(fd)
@@ -67,6 +74,24 @@ class FolderLock:
             self.release()
             raise CCNError(f"cannot write to {self.what} {self.folder} ({err.strerror or err}): {self.fix}") from None
         return self
+
+    def _open(self) -> int:
+        """The lock file, created if missing; CCNError unless it is a plain file with no other name."""
+        try:
+            fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        except OSError as err:
+            if err.errno not in (errno.ELOOP, errno.EISDIR):  # ELOOP: a symbolic link, refused by O_NOFOLLOW
+                raise
+            raise self._refusal("a symbolic link" if os.path.islink(self.path) else "a folder") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise self._refusal("a hard link to another file" if stat.S_ISREG(info.st_mode) else "a special file")
+        return fd
+
+    def _refusal(self, kind: str) -> CCNError:
+        return CCNError(f"{self.path} is {kind}, not a lock file of ccn's: remove it (ccn writes its own there; "
+                       "nothing was written through it)")
 
     @staticmethod
     def _lock(fd: int) -> bool:

@@ -17,6 +17,7 @@ from ccn.data.augment import Normalize
 from ccn.data.images import ALLOWED_NAMES, UnreadableImage, decode_image
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
+from ccn.validate import file_problem
 
 
 def inference_rule(head: torch.nn.Module, rule: str) -> str:
@@ -35,10 +36,11 @@ def class_probabilities(model: torch.nn.Module, x: torch.Tensor, rule: str) -> t
 
 def read_image(path: Path, size: int) -> np.ndarray:
     """One image file given on the command line, decoded; CCNError naming it when it cannot be."""
-    if path.is_dir():
+    problem = file_problem(path)
+    if problem == "is a folder":
         raise CCNError(f"image {path} is a folder, not an image file: pass the image files themselves")
-    if not path.is_file():
-        raise CCNError(f"image {path} does not exist: check the path")
+    if problem:
+        raise CCNError(f"image {path} {problem}: pass an image file")
     try:
         return decode_image(path, size)
     except UnreadableImage as err:

@@ -35,8 +35,8 @@ from ccn.hierarchy import Hierarchy
 from ccn.hierarchy.tree import DISTANCES_FILE, save_distances
 from ccn.locks import FolderLock
 from ccn.network import build_model
-from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list_of_str, require_mapping,
-                          require_number, require_numbers, require_str)
+from ccn.validate import (Invalid, checked, file_problem, read_json, require_int, require_keys, require_list_of_str,
+                          require_mapping, require_number, require_numbers, require_str)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", DISTANCES_FILE, "model.safetensors",
              STATE_FILE)
@@ -299,8 +299,9 @@ def init_weights_file(source: str) -> tuple[Path, Optional[list[str]]]:
                            ".safetensors file")
         results = path / "results.json"  # checked like any results.json ccn reads back
         return weights, read_results(path).get("classes") if results.is_file() else None
-    if not path.is_file():
-        raise CCNError(f"model.init={source} does not exist: pass a run folder or a .safetensors file")
+    problem = file_problem(path)
+    if problem:
+        raise CCNError(f"model.init={source} {problem}: pass a run folder or a .safetensors file")
     if path.suffix != ".safetensors":
         raise CCNError(f"model.init={source} is not a .safetensors file: save the weights with "
                        "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ccn.files import atomic_write, fault_point
+from ccn.files import atomic_write, fault_point, open_for_append
 from ccn.errors import CCNError, WriteError
 
 
@@ -77,9 +77,12 @@ class RunLog:
 def append_line(path: Path, line: str, fault: Optional[str] = None) -> None:
     """Append one line; when the disk is full or read-only, cut the file back to its last whole line
     and raise WriteError (a resumed run reads every line)."""
+    if path.is_symlink():
+        raise WriteError(f"{path} is a symbolic link: ccn does not write through links; remove it, or resume "
+                         "from a folder of your own")
     size = path.stat().st_size if path.exists() else 0
     try:
-        with open(path, "a") as handle:
+        with open_for_append(path) as handle:
             text = line + "\n"
             handle.write(text[: len(text) // 2])
             handle.flush()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -18,6 +20,8 @@ from ccn.errors import CCNError
 
 MAX_JSON_BYTES = 256 * 2**20  # results.json / hierarchy.json of 100k classes stay far below this
 MAX_NESTING = 64  # deeper lists or mappings than any ccn file holds; guards recursion
+NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS, Windows)
+PATH_MAX = 4095  # bytes in a whole path (Linux)
 
 
 class Invalid(ValueError):
@@ -35,12 +39,56 @@ def checked(path, fix: str) -> Iterator[None]:
         raise CCNError(f"{path}: its structure is nested too deeply: {fix}") from None
 
 
+# ---------------------------------------------------------------- paths
+
+
+def check_path(path, what: str, error: type = CCNError) -> None:
+    """CCNError unless `path` (a path a user gave, named `what`: "--out", "data.root") could name a file:
+    every name in it at most NAME_MAX bytes, the whole at most PATH_MAX, no NUL byte. Checked before
+    the path is used, where the system would raise OSError (Path.exists included) from deep inside."""
+    text = str(path)
+    try:
+        encoded = os.fsencode(text)
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON or YAML escape
+        encoded = b"\0"
+    if b"\0" in encoded:
+        raise error(f"{what} {text[:60]!r} holds a character no file name may have (NUL, or a lone "
+                    "surrogate): remove it")
+    if len(encoded) > PATH_MAX:
+        raise error(f"{what} is {len(encoded)} bytes long, more than the {PATH_MAX} a path may have: "
+                    "choose a shorter path")
+    for name in encoded.split(b"/"):
+        if len(name) > NAME_MAX:
+            shown = os.fsdecode(name)
+            raise error(f"{what} {text[:40]}...: the name {shown[:20]}...{shown[-10:]} is {len(name)} bytes long, "
+                        f"more than the {NAME_MAX} a file or folder name may have: choose a shorter name")
+
+
+def file_problem(path: Path) -> Optional[str]:
+    """Why `path` cannot be read as a file ("does not exist", "is a folder", "is not a regular file
+    ..."), or None when it can. A FIFO or device would block a reader or never end, so it is named."""
+    try:
+        mode = Path(path).stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a FIFO, socket or device)"
+    return None
+
+
 # ---------------------------------------------------------------- reading
 
 
 def read_text(path: Path, what: str, fix: str, limit: int = MAX_JSON_BYTES) -> str:
     """The file's text, refusing a missing, huge, binary or non-UTF-8 file with one line."""
     path = Path(path)
+    problem = file_problem(path)
+    if problem:
+        raise CCNError(f"{what} {path} {problem}: {fix}")
     try:
         size = path.stat().st_size
         if size > limit:

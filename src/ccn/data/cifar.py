@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-import shutil
 import tarfile
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ import torch
 
 from ccn.data.base import ImageDataset
 from ccn.errors import DataError
+from ccn.files import atomic_write
 
 ARCHIVES = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
@@ -100,21 +100,32 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fetch(url: str, dest: Path, root: Path) -> None:
+    """Copy `url` into `dest`; a network failure is a DataError, a failed write an OSError (atomic_write's)."""
+    try:
+        response = urllib.request.urlopen(url, timeout=60)
+    except (urllib.error.URLError, OSError) as err:
+        raise DataError(f"could not download {url} ({getattr(err, 'reason', err)}): check the network, or fetch "
+                        f"the file by hand into {root}") from None
+    with response, open(dest, "wb") as out:
+        while True:
+            try:
+                block = response.read(1 << 20)
+            except OSError as err:  # the connection broke half-way
+                raise DataError(f"could not download {url} ({err}): check the network, or fetch the file by hand "
+                                f"into {root}") from None
+            if not block:
+                return
+            out.write(block)
+
+
 def download(name: str, root: Path) -> None:
     """Fetch and unpack the official archive into root, refusing it on a checksum mismatch."""
     url, md5, _ = ARCHIVES[name]
     root.mkdir(parents=True, exist_ok=True)
     archive = root / url.rsplit("/", 1)[1]
     if not archive.exists():
-        partial = archive.with_suffix(".part")
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-                shutil.copyfileobj(response, out)
-        except (urllib.error.URLError, OSError) as err:
-            partial.unlink(missing_ok=True)
-            raise DataError(f"could not download {url} ({getattr(err, 'reason', err)}): check the network, or fetch "
-                            f"the file by hand into {root}") from None
-        partial.rename(archive)
+        atomic_write(archive, lambda tmp: _fetch(url, tmp, root))  # never half a file under the archive's name
     actual = md5sum(archive)
     if actual != md5:
         raise DataError(f"{archive} has md5 {actual}, expected {md5}: delete it and download again")

@@ -344,9 +344,9 @@ class StoreFile:
 
 def _remove_orphaned_temporaries(path: Path) -> None:
     """Delete the temporary files of earlier builds of this store whose process is gone (kill -9
-    leaves them, and each is as large as the store). ccn.files names them .NAME.PID.tmp."""
+    leaves them, and each is as large as the store). ccn.files names them .NAME.PID.RANDOM.tmp."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")].split(".")[0]
         if pid.isdigit() and not _alive(int(pid)):
             try:
                 tmp.unlink()
