@@ -4,7 +4,10 @@ Two formats are read:
 - our own `hierarchy.json` (any ccn run folder's), matched to the data set by class name;
 - the node-link graph JSON that NBDT ships for its induced and WordNet hierarchies:
   `{"nodes": [{"id": ..., "label": ...}, ...], "links": [{"source": ..., "target": ...}, ...]}`,
-  a tree whose leaves are the classes (matched by `label`, else by `id`).
+  a tree whose leaves are the classes. A leaf is matched to a class by its `id` when the data set
+  has class ids (ImageNet's wnids, which NBDT's ImageNet leaves use as ids), else by its `label`
+  where no other leaf has that label, else by its `id` as a class name. NBDT's ImageNet-1000 labels
+  repeat (crane, cardigan and maillot each name two classes), so those files need the ids.
 
 At depth 1 the groups are the root's children (each with every class below it); deeper, the
 whole tree is kept, with chains of single children collapsed.
@@ -13,15 +16,19 @@ whole tree is kept, with chains of single children collapsed.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 from ccn.errors import CCNError, ConfigError
 from ccn.hierarchy.tree import _has_empty_node
 from ccn.validate import checked, read_text, refuse_constant
 
 
-def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool) -> list:
-    """The tree of class indices that `path` describes, for the data set's `classes`."""
+def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool,
+                     class_ids: Optional[list[str]] = None) -> list:
+    """The tree of class indices that `path` describes, for the data set's `classes` (and their
+    `class_ids`, when the data set has them: see the module notes)."""
     path = Path(path)
     if not path.is_file():
         what = "a folder" if path.is_dir() else "missing"
@@ -36,12 +43,12 @@ def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool) -> 
     except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply to parse
         raise ConfigError(f"method.groups_file={path} is not readable JSON ({err or 'nested too deeply'}): {fix}") from None
     with checked(f"method.groups_file={path}", fix):  # a tree too deep for the recursive walks below
-        return _groups_from(data, path, classes, whole_tree)
+        return _groups_from(data, path, classes, whole_tree, class_ids)
 
 
-def _groups_from(data, path: Path, classes: list[str], whole_tree: bool) -> list:
+def _groups_from(data, path: Path, classes: list[str], whole_tree: bool, class_ids: Optional[list[str]]) -> list:
     if isinstance(data, dict) and "nodes" in data and "links" in data:
-        named = _node_link_tree(data, path)
+        named = _node_link_tree(data, path, classes, class_ids)
     elif isinstance(data, dict) and ("tree" in data or "groups" in data):
         named = data.get("tree") or data["groups"]
     else:
@@ -56,16 +63,38 @@ def _groups_from(data, path: Path, classes: list[str], whole_tree: bool) -> list
     return tree
 
 
-def _node_link_tree(data: dict, path: Path) -> list:
-    """Nested lists of leaf names below the root of a node-link graph."""
+class LeafMatcher:
+    """The class name a node-link leaf stands for: by id among the class ids, by a label no other
+    leaf has, or by id among the class names; else its label (reported as not a class)."""
+
+    def __init__(self, classes: list[str], class_ids: Optional[list[str]], leaf_labels: list[str]):
+        self.classes = set(classes)
+        self.by_id = dict(zip(class_ids, classes)) if class_ids is not None else {}
+        self.unique_labels = {label for label, n in Counter(leaf_labels).items() if n == 1}
+
+    def __call__(self, node_id, label) -> str:
+        node_id, label = str(node_id), str(label)
+        if node_id in self.by_id:
+            return self.by_id[node_id]
+        if label in self.unique_labels and label in self.classes:
+            return label
+        if node_id in self.classes:
+            return node_id
+        return label
+
+
+def _node_link_tree(data: dict, path: Path, classes: list[str], class_ids: Optional[list[str]]) -> list:
+    """Nested lists of the class names of the leaves below the root of a node-link graph."""
     try:
-        names = {node["id"]: node.get("label", node["id"]) for node in data["nodes"]}
+        labels = {node["id"]: str(node.get("label", node["id"])) for node in data["nodes"]}
         children: dict = {}
         has_parent = set()
         for link in data["links"]:
             children.setdefault(link["source"], []).append(link["target"])
             has_parent.add(link["target"])
-    except (TypeError, KeyError) as err:
+        leaf_name = LeafMatcher(classes, class_ids, [label for n, label in labels.items() if n not in children])
+        names = {n: leaf_name(n, label) for n, label in labels.items()}
+    except (TypeError, KeyError, AttributeError) as err:
         raise ConfigError(f"method.groups_file={path}: every node needs an 'id' and every link a 'source' and "
                           f"'target' ({err!r} is missing)") from None
     roots = [n for n in names if n not in has_parent]
