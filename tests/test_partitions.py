@@ -149,3 +149,31 @@ def test_a_groups_file_that_does_not_fit_stops_the_run_before_training(tmp_path)
                      "--set", "train.epochs=3", "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "does not match the data set's class names" in result.stderr
     assert "epoch" not in result.stdout and not (tmp_path / "run").exists()
+
+
+def test_nbdt_imagenet_leaves_match_by_wnid_even_where_labels_repeat(tmp_path):
+    """NBDT's ImageNet hierarchies give each leaf its wnid as id and a word as label, and the words
+    repeat (two cranes: the bird and the machine). With the data set's wnids as class ids every leaf
+    finds its class; a data set named by wnids (a plain folder of n0... folders) matches by id too."""
+    wnids = ["n01440764", "n02012849", "n03126707", "n04590129", "n02963159", "n02113186"]
+    names = ["tench", "crane (n02012849)", "crane (n03126707)", "window shade", "cardigan", "Cardigan"]
+    labels = ["tench", "crane", "crane", "window shade", "cardigan", "cardigan"]
+    planted = {"n00015388": [0, 1, 5], "n00021939": [2, 3, 4]}  # animals, artefacts (WordNet ids as inner nodes)
+    nodes = [{"id": "n00001740", "label": "entity"}]
+    links = []
+    for inner, members in planted.items():
+        nodes.append({"id": inner, "label": "animal" if inner == "n00015388" else "artifact"})
+        links.append({"source": "n00001740", "target": inner})
+        for c in members:
+            nodes.append({"id": wnids[c], "label": labels[c]})
+            links.append({"source": inner, "target": wnids[c]})
+    path = tmp_path / "graph-wordnet-single.json"
+    path.write_text(json.dumps({"directed": True, "multigraph": False, "graph": {}, "nodes": nodes, "links": links}))
+    shuffled = [5, 3, 0, 2, 4, 1]  # the data set's order is not the file's
+    expected = sorted(sorted(shuffled.index(c) for c in members) for members in planted.values())
+    by_id = read_groups_file(path, [names[c] for c in shuffled], whole_tree=False, class_ids=[wnids[c] for c in shuffled])
+    assert sorted(by_id) == expected
+    assert sorted(read_groups_file(path, [wnids[c] for c in shuffled], whole_tree=False)) == expected
+    # without ids, the repeated labels cannot be told apart: one line says which
+    with pytest.raises(ConfigError, match="not classes of this data set: crane, crane"):
+        read_groups_file(path, [names[c] for c in shuffled], whole_tree=False)

@@ -213,7 +213,7 @@ def test_a_store_of_other_files_or_settings_is_never_reused(tmp_path):
     assert int(changed.train_images[0].max()) == 0 and int(first.train_images[0].max()) > 0
     # a sidecar copied onto another store's name (another key) is refused
     sidecars = sorted(store.cache_dir().glob("folder-*.json"))
-    meta = store.StoreFile.for_split("folder", [(image, 0)], 8, False)
+    meta = store.StoreFile.for_split("folder", [(image, 0)], 8, store.StoreOptions())
     meta.sidecar.write_text(sidecars[0].read_text())
     assert meta.read_sidecar() is None
 

@@ -36,6 +36,15 @@ class DataConfig:
     download: bool = False  # CIFAR only: fetch the official archive (md5 checked) when absent
     flip: Optional[bool] = None  # random horizontal flip; None: the data set's default
     crop_padding: Optional[int] = None  # random crop after padding by this many pixels; None: size/8
+    # training crop: pad (zero-pad by crop_padding, cut the stored size) or random_resized (ImageNet's
+    # RandomResizedCrop to image_size, from a stored square of side round(image_size / eval_crop); the
+    # evaluation sees the centred eval_crop of it; ccn.data.crops); None: random_resized for imagenet, else pad
+    crop: Optional[Literal["pad", "random_resized"]] = None
+    crop_scale: list = field(default_factory=lambda: [0.08, 1.0])  # random_resized: box area range, fraction
+    #                                                              of the stored square (torchvision's)
+    crop_ratio: list = field(default_factory=lambda: [3 / 4, 4 / 3])  # random_resized: box width/height range,
+    #                                                                  drawn log-uniform (torchvision's)
+    eval_crop: float = 0.875  # random_resized: evaluation's centred square side / stored side (224/256)
     cutout: int = 0  # side of a zeroed square per training image, pixels; 0: off
     # strong augmentation per image after crop + flip, before cutout (ccn.data.policies; README "data.augment")
     augment: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = "none"
@@ -391,6 +400,7 @@ LIMITS: dict[str, Bounds] = {
     "data.val_fraction": Bounds(0, 1, high_open=True, meaning="0: score the test set"),
     "data.randaugment_n": Bounds(0, 14),  # operations per image; 14 is every operation
     "data.randaugment_m": Bounds(0, 30),  # magnitude bins, as in the RandAugment paper
+    "data.eval_crop": Bounds(0.25, 1),  # the stored side is image_size / eval_crop: at most 4x the input side
     "model.width": Bounds(1, 4096),
     "model.depth": Bounds(1, 1000),
     "model.alpha": Bounds(1, 10_000),
@@ -472,6 +482,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.num_groups ({d.num_groups}) must not exceed data.num_classes ({d.num_classes})")
     if d.name == "synthetic":
         _check_synthetic_size(d)
+    _check_crop(d)
     if meth.depth > 2:
         raise ConfigError(f"method.depth={meth.depth}: only depth 1 (groups) and 2 (groups split once more) are "
                           "implemented; use method.depth=2")
@@ -519,6 +530,38 @@ def _check_synthetic_size(d: DataConfig) -> None:
         raise ConfigError(f"data.name=synthetic with {d.num_classes} classes x {images // d.num_classes} images of "
                           f"{size}px would need {need / 2**30:.0f} GiB while generated: lower data.num_classes, "
                           "data.image_size or data.train_per_class / data.test_per_class")
+
+
+def training_crop(d: DataConfig) -> str:
+    """data.crop with its default resolved: ImageNet's crop for imagenet, pad-and-crop for the rest."""
+    return d.crop or ("random_resized" if d.name == "imagenet" else "pad")
+
+
+RATIO_RANGE = (0.01, 100.0)  # aspect ratios a crop box may be drawn with
+
+
+def _check_crop(d: DataConfig) -> None:
+    crop = training_crop(d)
+    if crop == "pad":
+        for key in ("data.crop_scale", "data.crop_ratio", "data.eval_crop"):
+            if get_key(Config(data=d), key) != _default_of(key):
+                raise ConfigError(f"{key} only applies when data.crop=random_resized (here data.crop=pad): remove "
+                                  f"{key}, or set data.crop=random_resized")
+        return
+    if d.crop_padding is not None:
+        raise ConfigError("data.crop_padding only applies when data.crop=pad (here data.crop=random_resized): remove "
+                          "it, or set data.crop=pad")
+    if d.image_size is None and d.name != "imagenet":
+        raise ConfigError("data.crop=random_resized needs data.image_size, the side the model sees (e.g. 224): set it")
+    _check_range_pair("data.crop_scale", d.crop_scale, 0.0, 1.0, "e.g. [0.08, 1.0]")
+    _check_range_pair("data.crop_ratio", d.crop_ratio, *RATIO_RANGE, "e.g. [0.75, 1.3333]")
+
+
+def _check_range_pair(key: str, value: list, low: float, high: float, example: str) -> None:
+    """[a, b] with low < a <= b <= high."""
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+    if not (len(value) == 2 and numbers and low < value[0] <= value[1] <= high):
+        raise ConfigError(f"{key} must be [low, high] with {low} < low <= high <= {high}, {example}; got {value!r}")
 
 
 def _check_milestones(milestones: list) -> None:

@@ -55,11 +55,12 @@ def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False)
     config, model, hierarchy, results = load_run(Path(run_dir))
     module = RuleProbabilities(model, config.method.inference).eval()
     prep = results["preprocess"]
-    example = torch.zeros(2, 3, prep["image_size"], prep["image_size"])
+    side = prep.get("input_size", prep["image_size"])
+    example = torch.zeros(2, 3, side, side)
     atomic_write(out, lambda tmp: _onnx_export(module, example, tmp))
     groups = [g + 1 for g in hierarchy.group_of().tolist()] if hierarchy is not None else None
     info = {"format": "onnx", "opset": OPSET, "input": "images", "output": "probabilities",
-            "layout": "NCHW float32, RGB, (pixel / 255 - mean) / std", "image_size": prep["image_size"],
+            "layout": "NCHW float32, RGB, (pixel / 255 - mean) / std", "image_size": side, "resize": _resize_text(prep),
             "mean": prep["mean"], "std": prep["std"], "classes": hierarchy.classes if hierarchy is not None
             else results["classes"], "groups": groups, "rule": module.rule, "run": str(run_dir)}
     write_json(sidecar_path(out), info)
@@ -80,6 +81,19 @@ def _check_outputs(out: Path, force: bool) -> None:
     existing = [p for p in (out, sidecar) if p.exists()]
     if existing and not force:
         raise CCNError(f"{existing[0]} already exists: choose another --out, or add --force to replace it")
+
+
+def _resize_text(prep: dict) -> str:
+    """How to turn an image file into the model's input, as `ccn predict` does (ccn.predict.prepared_images)."""
+    size = prep["image_size"]
+    text = (f"shorter side to {size} px, then the centred {size} x {size} square" if prep.get("fit") == "centre_crop"
+            else f"whole image to {size} x {size}")
+    text += " (PIL bilinear)"
+    if "eval_crop" in prep:
+        side = round(size * prep["eval_crop"])
+        text += f", then the centred {side} x {side} square" + (
+            f" resized to {prep['input_size']} x {prep['input_size']}" if side != prep["input_size"] else "")
+    return text
 
 
 def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -26,7 +26,7 @@ from ccn.checkpoint import (STATE_FILE, check_run_state, read_training_state, re
                             save_training_state)
 from ccn.files import fault_point
 from ccn.data import ImageDataset
-from ccn.data.prepare import RunData, prepare_data, uses_channels_last
+from ccn.data.prepare import RunData, prepare_data, preprocess_facts, uses_channels_last
 from ccn.dist import (World, autocast, configure_backends, init_distributed, main_rank_first,
                       resolve_device, seed_stream, wrap_for_training)
 from ccn.ema import WeightAverage
@@ -83,7 +83,8 @@ class MethodRun:
         resuming = resume and self._checkpoint_path() is not None and self._checkpoint_path().exists()
         if config.method.name == "ccn" and config.method.partition == "file" and not resuming:
             # read now, so a missing or mismatched file stops the run before its probe epochs, not after
-            read_groups_file(config.method.groups_file, self.ds.classes, whole_tree=config.method.depth > 1)
+            read_groups_file(config.method.groups_file, self.ds.classes, whole_tree=config.method.depth > 1,
+                             class_ids=self.ds.class_ids)
         torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
         self.model = build_model(config, self.ds.num_classes)
         self.init_record = None if resuming else self._start_from_trained_weights()
@@ -375,8 +376,8 @@ def run_facts(config: Config, ds: ImageDataset, model, device, seconds: float, d
         "epochs": config.train.epochs, "seed": config.seed, "wall_time_s": round(seconds, 2),
         "parameters": count_parameters(model), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)",
-        "preprocess": {"image_size": ds.image_size, "mean": data.normalize.mean.flatten().div(255).tolist(),
-                       "std": (1 / data.normalize.inv_std.flatten()).div(255).tolist()},
+        "preprocess": preprocess_facts(config, ds, data.normalize),
+        **({"class_ids": ds.class_ids} if ds.class_ids is not None else {}),
     }
 
 

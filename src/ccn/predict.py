@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ccn.data.augment import Normalize
+from ccn.data.crops import CentreCrop
 from ccn.data.images import ALLOWED_NAMES, UnreadableImage, decode_image
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
@@ -34,7 +35,7 @@ def class_probabilities(model: torch.nn.Module, x: torch.Tensor, rule: str) -> t
     return torch.softmax(model.head.scores(model(x), inference_rule(model.head, rule)).float(), dim=1)
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
+def read_image(path: Path, size: int, fit: str = "stretch") -> np.ndarray:
     """One image file given on the command line, decoded; CCNError naming it when it cannot be."""
     problem = file_problem(path)
     if problem == "is a folder":
@@ -42,9 +43,17 @@ def read_image(path: Path, size: int) -> np.ndarray:
     if problem:
         raise CCNError(f"image {path} {problem}: pass an image file")
     try:
-        return decode_image(path, size)
+        return decode_image(path, size, fit)
     except UnreadableImage as err:
         raise CCNError(f"{err}: pass a {ALLOWED_NAMES} image") from None
+
+
+def prepared_images(prep: dict, paths: list[str]) -> torch.Tensor:
+    """uint8 (N, 3, S, S) images as the run's scoring saw them: decoded to its stored square (results.json
+    "preprocess": image_size, fit) and, when it trained with data.crop=random_resized, centre-cropped."""
+    images = np.stack([read_image(Path(p), prep["image_size"], prep.get("fit", "stretch")) for p in paths])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return CentreCrop(prep["input_size"], prep["eval_crop"])(x) if "eval_crop" in prep else x
 
 
 @torch.no_grad()
@@ -56,8 +65,7 @@ def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved
     classes = hierarchy.classes if hierarchy is not None else saved.get("classes")
     if classes is None:
         raise CCNError("results.json has no class names: re-run training with this version of ccn")
-    images = np.stack([read_image(Path(p), prep["image_size"]) for p in paths])
-    x = Normalize(prep["mean"], prep["std"])(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    x = Normalize(prep["mean"], prep["std"])(prepared_images(prep, paths))
     model.eval()
     probs = class_probabilities(model, x, rule)
     group_of = hierarchy.group_of().tolist() if hierarchy is not None else None

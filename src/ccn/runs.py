@@ -234,6 +234,14 @@ def check_results(results) -> None:
     if channels not in (1, 3):
         raise Invalid(f"'preprocess'.mean must have 1 or 3 entries (one per colour channel), has {channels}")
     require_numbers(prep["std"], "'preprocess'.std", channels, 1e-6, 1)
+    if "fit" in prep:
+        require_str(prep["fit"], "'preprocess'.fit", ["stretch", "centre_crop"])
+    if "eval_crop" in prep or "input_size" in prep:
+        require_keys(prep, ["input_size", "eval_crop"], "'preprocess'")
+        require_int(prep["input_size"], "'preprocess'.input_size", 1, 4096)
+        require_number(prep["eval_crop"], "'preprocess'.eval_crop", 0.25, 1)
+    if "class_ids" in results:
+        require_list_of_str(results["class_ids"], "'class_ids'", num_classes)
 
 
 def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, torch.nn.Module, Optional[Hierarchy], dict]:

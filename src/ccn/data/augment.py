@@ -75,7 +75,8 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator, share: O
 
 @dataclass(frozen=True)
 class Augment:
-    """The training augmentation: crop after padding, optional flip, an optional strong policy
+    """The training augmentation: crop after padding (or `resized_crop`, ImageNet's
+    RandomResizedCrop, ccn.data.crops, in its place), optional flip, an optional strong policy
     (ccn.data.policies: AutoAugment, RandAugment, TrivialAugment), optional cutout: the order of the
     AutoAugment paper's CIFAR pipeline. Without a policy the random draws are those of crop, flip
     and cutout alone, so runs without one replay exactly as before the policies existed."""
@@ -84,9 +85,13 @@ class Augment:
     flip: bool = True
     cutout: int = 0
     policy: Optional[Callable[..., torch.Tensor]] = None  # (images, generator, share) -> images
+    resized_crop: Optional[Callable[..., torch.Tensor]] = None  # (images, generator, share) -> smaller images
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator, share: Optional[Share] = None) -> torch.Tensor:
-        images = random_crop(images, self.crop_padding, generator, share)
+        if self.resized_crop is not None:
+            images = self.resized_crop(images, generator, share)
+        else:
+            images = random_crop(images, self.crop_padding, generator, share)
         if self.flip:
             images = random_flip(images, generator, share)
         if self.policy is not None:

@@ -37,6 +37,8 @@ class ImageDataset:
     coarse_names: Optional[list[str]] = None
     flip: bool = True
     notes: dict = field(default_factory=dict)
+    class_ids: Optional[list[str]] = None  # stable unique ids beside the names people read (ImageNet's wnids)
+    fit: str = "stretch"  # how each image file became a square (ccn.data.images.decode_image); predict does the same
 
     @property
     def num_classes(self) -> int:
@@ -64,6 +66,11 @@ class ImageDataset:
                     f"{self.name} {split} labels range over [{low}, {high}] but there are {self.num_classes} "
                     f"classes: labels must lie in [0, {self.num_classes - 1}]"
                 )
+        if self.class_ids is not None and (len(self.class_ids) != self.num_classes
+                                           or len(set(self.class_ids)) != self.num_classes):
+            raise DataError(f"{self.name}: {len(self.class_ids)} class ids for {self.num_classes} classes, or repeated")
+        if len(set(self.classes)) != self.num_classes:
+            raise DataError(f"{self.name}: class names repeat ({self.num_classes} classes): give each class its own name")
         if self.coarse is not None and len(self.coarse) != self.num_classes:
             raise DataError(f"{self.name}: {len(self.coarse)} coarse labels for {self.num_classes} classes")
         return self

@@ -82,14 +82,32 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image as (size, size, 3) uint8; UnreadableImage naming the file when it cannot be read."""
+def resize_centre_square(image: Image.Image, size: int) -> Image.Image:
+    """The shorter side resized to `size` (the longer to int(size * long / short)), then the centred
+    size x size square: torchvision's Resize(size) + CenterCrop(size) on a PIL image, pixel for pixel."""
+    width, height = image.size
+    new = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+    image = image.resize(new, Image.BILINEAR)
+    left, top = int(round((new[0] - size) / 2)), int(round((new[1] - size) / 2))
+    return image.crop((left, top, left + size, top + size))
+
+
+def decode_image(path: Path, size: int, fit: str = "stretch") -> np.ndarray:
+    """One image as (size, size, 3) uint8; UnreadableImage naming the file when it cannot be read.
+
+    fit="stretch" resizes the whole image to size x size (aspect ratio not kept: small data sets,
+    where every pixel counts); fit="centre_crop" resizes the shorter side to `size` and keeps the
+    centred square (ImageNet's evaluation resize, ours for its store: see ccn.data.imagenet)."""
     path = Path(path)
     with open_image(path) as image, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # some decoders check frames again
         try:
             image.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced scale, much faster
-            rgb = to_rgb(image).resize((size, size), Image.BILINEAR)
+            rgb = to_rgb(image)
+            if fit == "centre_crop":
+                rgb = resize_centre_square(rgb, size)
+            else:
+                rgb = rgb.resize((size, size), Image.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _too_large(path, f"more than {Image.MAX_IMAGE_PIXELS:,}") from None

@@ -9,7 +9,7 @@ replays exactly, and each distributed rank takes its share of the same global ba
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -31,8 +31,12 @@ class TensorBatches:
 
     def __init__(self, images: torch.Tensor | ImageSource, labels: torch.Tensor, batch_size: int, normalize: Normalize,
                  augment: Optional[Augment] = None, shuffle: bool = True, drop_last: bool = True,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, channels_last: bool = False):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, channels_last: bool = False,
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        """`augment` draws from the batch's generator (training); `transform` is deterministic
+        (the evaluation crop, ccn.data.crops.CentreCrop), applied after it to every batch."""
         self.images, self.labels = images, labels
+        self.transform = transform
         self.batch_size, self.normalize, self.augment = batch_size, normalize, augment
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
@@ -73,6 +77,8 @@ class TensorBatches:
             if self.augment is not None:  # draws for the whole global batch, work on this rank's share only
                 generator.manual_seed((self.seed * _EPOCH_STRIDE + epoch) * 65_537 + b)
                 images = self.augment(images, generator, share)
+            if self.transform is not None:
+                images = self.transform(images)
             x = self.normalize(images)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -8,10 +8,11 @@ from typing import Optional
 
 import torch
 
-from ccn.config import Config
-from ccn.data import ImageDataset, load_dataset
+from ccn.config import Config, training_crop
+from ccn.data import ImageDataset, input_size, load_dataset
 from ccn.data.augment import Augment, Normalize
 from ccn.data.base import channel_stats, split_per_class
+from ccn.data.crops import CentreCrop, RandomResizedCrop
 from ccn.data.store import select
 from ccn.data.loader import TensorBatches
 from ccn.data.policies import make_policy
@@ -35,15 +36,40 @@ class RunData:
 
 
 def default_augment(config: Config, ds: ImageDataset) -> Augment:
-    side = min(ds.train_images.shape[-2:])
+    d = config.data
+    # the side cutout works on: after ImageNet's crop the input side, else the stored images'
+    side = input_size(d) if training_crop(d) == "random_resized" else min(ds.train_images.shape[-2:])
     if config.data.cutout >= side:  # a square as large as the image blanks (nearly) every training image
         raise CCNError(f"data.cutout={config.data.cutout} is not smaller than the {side} px images of {ds.name}: "
                        f"it would blank the training images; choose at most {side - 1} (about half the image "
                        "side is usual: 16 for 32 px CIFAR), or 0 for none")
-    padding = config.data.crop_padding if config.data.crop_padding is not None else max(1, ds.image_size // 8)
-    flip = config.data.flip if config.data.flip is not None else ds.flip
-    policy = make_policy(config.data.augment, config.data.randaugment_n, config.data.randaugment_m)
-    return Augment(crop_padding=padding, flip=flip, cutout=config.data.cutout, policy=policy)
+    flip = d.flip if d.flip is not None else ds.flip
+    policy = make_policy(d.augment, d.randaugment_n, d.randaugment_m)
+    if training_crop(d) == "random_resized":
+        crop = RandomResizedCrop(input_size(d), tuple(d.crop_scale), tuple(d.crop_ratio))
+        return Augment(crop_padding=0, flip=flip, cutout=d.cutout, policy=policy, resized_crop=crop)
+    padding = d.crop_padding if d.crop_padding is not None else max(1, ds.image_size // 8)
+    return Augment(crop_padding=padding, flip=flip, cutout=d.cutout, policy=policy)
+
+
+def preprocess_facts(config: Config, ds: ImageDataset, normalize: Normalize) -> dict:
+    """What `ccn predict` and `ccn export` must do to an image file to give the model what scoring gave
+    it (results.json "preprocess"): decode it to the stored square, crop as evaluation did, normalise."""
+    facts = {"image_size": ds.image_size, "mean": normalize.mean.flatten().div(255).tolist(),
+             "std": (1 / normalize.inv_std.flatten()).div(255).tolist()}
+    if ds.fit != "stretch":
+        facts["fit"] = ds.fit
+    crop = eval_transform(config)
+    if crop is not None:
+        facts.update(input_size=crop.size, eval_crop=crop.fraction)
+    return facts
+
+
+def eval_transform(config: Config) -> Optional[CentreCrop]:
+    """What every scored or profiled image goes through, for every head and inference rule alike:
+    with data.crop=random_resized the centred data.eval_crop of the stored square at the input size."""
+    d = config.data
+    return CentreCrop(input_size(d), d.eval_crop) if training_crop(d) == "random_resized" else None
 
 
 def check_training_batch(batch_size: int, train_images: int, world: World) -> None:
@@ -90,7 +116,8 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
         probe_x, probe_y, x, y = select(x, held), y[held], select(x, keep), y[keep]
     channels_last = uses_channels_last(config, device)
     t, seed = config.train, config.seed
-    eval_kwargs = dict(normalize=normalize, shuffle=False, drop_last=False, channels_last=channels_last)
+    eval_kwargs = dict(normalize=normalize, shuffle=False, drop_last=False, channels_last=channels_last,
+                       transform=eval_transform(config))
     train_x, train_y = on_device(x, device), y.to(device)
     # probe_set=train profiles the training images themselves: one copy on the device, not two
     probe_x, probe_y = (train_x, train_y) if probe_x is x else (on_device(probe_x, device), probe_y.to(device))

@@ -181,19 +181,19 @@ def _die_with_parent(parent: int) -> None:
 _worker_items: Sequence = ()
 
 
-def _start_worker(parent: int, items: Sequence, size: int, skip_bad: bool) -> None:
+def _start_worker(parent: int, items: Sequence, size: int, skip_bad: bool, fit: str) -> None:
     global _worker_items, _worker_settings
     _die_with_parent(parent)
-    _worker_items, _worker_settings = items, (size, skip_bad)
+    _worker_items, _worker_settings = items, (size, skip_bad, fit)
 
 
-_worker_settings = (0, False)
+_worker_settings = (0, False, "stretch")
 
 
-def _decode_or_reason(path: Path, size: int, skip_bad: bool) -> np.ndarray | str:
+def _decode_or_reason(path: Path, size: int, skip_bad: bool, fit: str = "stretch") -> np.ndarray | str:
     """The decoded image, or (with data.skip_bad_images) why it cannot be read."""
     try:
-        return decode_image(path, size)
+        return decode_image(path, size, fit)
     except UnreadableImage as err:
         if skip_bad:
             return str(err)
@@ -201,20 +201,22 @@ def _decode_or_reason(path: Path, size: int, skip_bad: bool) -> np.ndarray | str
 
 
 def _decode_range(bounds: tuple[int, int]) -> list:
-    size, skip_bad = _worker_settings
-    return [_decode_or_reason(path, size, skip_bad) for path, _ in _worker_items[bounds[0]:bounds[1]]]
+    size, skip_bad, fit = _worker_settings
+    return [_decode_or_reason(path, size, skip_bad, fit) for path, _ in _worker_items[bounds[0]:bounds[1]]]
 
 
-def decoded_images(items: Sequence[tuple[Path, int]], size: int, skip_bad: bool) -> Iterator[np.ndarray | str]:
+def decoded_images(items: Sequence[tuple[Path | str, int]], size: int, skip_bad: bool,
+                   fit: str = "stretch") -> Iterator[np.ndarray | str]:
     """Each item's (size, size, 3) image (or, with skip_bad, why it was skipped), in order, decoded by
-    worker processes that end with this one. Nothing is kept: the caller writes each image away."""
+    worker processes that end with this one. Nothing is kept: the caller writes each image away.
+    `fit`: how a photo becomes a square (ccn.data.images.decode_image)."""
     workers = min(os.cpu_count() or 1, 8)
     shown = dict(total=len(items), desc=f"decoding {len(items)} images", unit="img")
     if len(items) <= PARALLEL_FROM or workers < 2:
-        yield from progress_bar((_decode_or_reason(path, size, skip_bad) for path, _ in items), **shown)
+        yield from progress_bar((_decode_or_reason(path, size, skip_bad, fit) for path, _ in items), **shown)
         return
     ranges = iter([(start, min(start + DECODE_CHUNK, len(items))) for start in range(0, len(items), DECODE_CHUNK)])
-    with Pool(workers, initializer=_start_worker, initargs=(os.getpid(), items, size, skip_bad)) as pool, \
+    with Pool(workers, initializer=_start_worker, initargs=(os.getpid(), items, size, skip_bad, fit)) as pool, \
             progress_bar(**shown) as bar:
         # at most IN_FLIGHT chunks per worker are decoded ahead of the writer (Pool.imap has no such
         # bound: with a slow disk the decoded images would pile up in this process's memory)
@@ -230,10 +232,11 @@ def decoded_images(items: Sequence[tuple[Path, int]], size: int, skip_bad: bool)
                 fault_point("store-mid-decode")
 
 
-def write_images(items: Sequence[tuple[Path, int]], size: int, skip_bad: bool, put) -> list[int]:
+def write_images(items: Sequence[tuple[Path | str, int]], size: int, skip_bad: bool, put,
+                 fit: str = "stretch") -> list[int]:
     """Decode `items`, calling put(row, (3, S, S) array) for each readable image; its labels."""
     labels = []
-    for result, (path, label) in zip(decoded_images(items, size, skip_bad), items):
+    for result, (path, label) in zip(decoded_images(items, size, skip_bad, fit), items):
         if isinstance(result, str):
             warnings.warn(f"skipped: {result}", stacklevel=3)
             continue
@@ -244,10 +247,11 @@ def write_images(items: Sequence[tuple[Path, int]], size: int, skip_bad: bool, p
     return labels
 
 
-def decode_split(items: Sequence[tuple[Path, int]], size: int, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_split(items: Sequence[tuple[Path | str, int]], size: int, skip_bad: bool,
+                 fit: str = "stretch") -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 (N, 3, S, S), labels) in memory, each image written into one preallocated array."""
     out = np.empty((len(items), 3, size, size), dtype=np.uint8)
-    labels = write_images(items, size, skip_bad, out.__setitem__)
+    labels = write_images(items, size, skip_bad, out.__setitem__, fit)
     return torch.from_numpy(out[:len(labels)]), torch.tensor(labels, dtype=torch.long)
 
 
@@ -258,12 +262,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CCN_CACHE_DIR", Path.home() / ".cache" / "ccn"))
 
 
-def cache_key(kind: str, items: Sequence[tuple[Path, int]], size: int, extra: str = "") -> str:
-    """A hash of everything the decoded images depend on: any change gives another store."""
+def cache_key(kind: str, items: Sequence[tuple[Path | str, int]], size: int, extra: str = "",
+              stamp: Optional[str] = None) -> str:
+    """A hash of everything the decoded images depend on: any change gives another store. Each file's
+    size and modification time are in it; or, when the reader gives a `stamp` (ImageNet: its folders'
+    modification times), that instead of a stat per file, which costs minutes for a million files
+    on a network disk."""
     digest = hashlib.sha256(f"{kind}|{size}|{STORE_VERSION}|{extra}".encode())
+    if stamp is not None:
+        digest.update(f"stamp|{stamp}\n".encode())
     for path, label in items:
-        stat = path.stat()
-        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        if stamp is None:
+            stat = os.stat(path)
+            digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        else:
+            digest.update(f"{path}|{label}\n".encode())
     return digest.hexdigest()[:20]
 
 
@@ -277,8 +290,9 @@ class StoreFile:
     size: int
 
     @classmethod
-    def for_split(cls, kind: str, items, size: int, skip_bad: bool) -> "StoreFile":
-        key = cache_key(kind, items, size, str(skip_bad))
+    def for_split(cls, kind: str, items, size: int, options: "StoreOptions") -> "StoreFile":
+        extra = str(options.skip_bad) + ("" if options.fit == "stretch" else f"|{options.fit}")
+        key = cache_key(kind, items, size, extra, options.stamp)
         base = cache_dir() / f"{kind}-{key}"
         return cls(base.with_suffix(".u8"), base.with_suffix(".json"), key, size)
 
@@ -306,7 +320,7 @@ class StoreFile:
             except OSError:
                 pass
 
-    def write(self, items, skip_bad: bool) -> dict:
+    def write(self, items, options: "StoreOptions") -> dict:
         """Decode `items` straight into the data file (under a temporary name, space reserved first),
         rename it, then write the sidecar: only a complete store ever has one."""
         self.discard()
@@ -318,7 +332,7 @@ class StoreFile:
             with open(tmp, "wb") as handle:
                 _reserve(handle, len(items) * self.row_bytes())
                 put = lambda row, image: handle.write(np.ascontiguousarray(image).tobytes())  # noqa: E731
-                holder["labels"] = write_images(items, self.size, skip_bad, put)
+                holder["labels"] = write_images(items, self.size, options.skip_bad, put, options.fit)
                 handle.truncate(len(holder["labels"]) * self.row_bytes())  # rows of skipped images
             fault_point("store-before-rename")
 
@@ -378,17 +392,17 @@ def stored_split(kind: str, items, size: int, options: "StoreOptions", store: st
     """One split's decoded images in `store` (memory or disk), from the cache when it holds them."""
     if not options.cache:
         if store == "memory":
-            images, labels = decode_split(items, size, options.skip_bad)
+            images, labels = decode_split(items, size, options.skip_bad, options.fit)
             return ImageRows(images, kind="memory"), labels
         return _unnamed_disk_split(kind, items, size, options)
-    file = StoreFile.for_split(kind, items, size, options.skip_bad)
+    file = StoreFile.for_split(kind, items, size, options)
     meta = file.read_sidecar()
     if meta is None:
         if store == "memory":  # decode in memory; a cache that cannot be written costs time, not the run
-            images, labels = decode_split(items, size, options.skip_bad)
+            images, labels = decode_split(items, size, options.skip_bad, options.fit)
             _try_to_cache(file, images, labels)
             return ImageRows(images, kind="memory"), labels
-        meta = file.write(items, options.skip_bad)
+        meta = file.write(items, options)
     return file.open(meta, store)
 
 
@@ -408,9 +422,9 @@ def _try_to_cache(file: StoreFile, images: torch.Tensor, labels: torch.Tensor) -
 
 def _unnamed_disk_split(kind: str, items, size: int, options: "StoreOptions") -> tuple[ImageRows, torch.Tensor]:
     """data.cache=false with a disk store: a store file that is removed once mapped (the map keeps it)."""
-    file = StoreFile.for_split(f".{kind}-{os.getpid()}", items, size, options.skip_bad)
+    file = StoreFile.for_split(f".{kind}-{os.getpid()}", items, size, options)
     try:
-        meta = file.write(items, options.skip_bad)
+        meta = file.write(items, options)
         return file.open(meta, "disk")
     finally:
         file.discard()
@@ -424,6 +438,8 @@ class StoreOptions:
     store: str = "auto"  # data.store
     cache: bool = True  # data.cache
     skip_bad: bool = False  # data.skip_bad_images
+    fit: str = "stretch"  # how a photo becomes a square: the reader's choice (ccn.data.images.decode_image)
+    stamp: Optional[str] = None  # the reader's stand-in for a stat per file in the key (see cache_key)
 
     @classmethod
     def from_config(cls, cfg) -> "StoreOptions":

@@ -4,7 +4,10 @@ Two formats are read:
 - our own `hierarchy.json` (any ccn run folder's), matched to the data set by class name;
 - the node-link graph JSON that NBDT ships for its induced and WordNet hierarchies:
   `{"nodes": [{"id": ..., "label": ...}, ...], "links": [{"source": ..., "target": ...}, ...]}`,
-  a tree whose leaves are the classes (matched by `label`, else by `id`).
+  a tree whose leaves are the classes. A leaf is matched to a class by its `id` when the data set
+  has class ids (ImageNet's wnids, which NBDT's ImageNet leaves use as ids), else by its `label`
+  where no other leaf has that label, else by its `id` as a class name. NBDT's ImageNet-1000 labels
+  repeat (crane, cardigan and maillot each name two classes), so those files need the ids.
 
 At depth 1 the groups are the root's children (each with every class below it); at depth 2,
 groups and their sub-groups are kept, with chains of single children collapsed (deeper trees are
@@ -18,14 +21,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 from ccn.errors import CCNError, ConfigError
 from ccn.hierarchy.tree import _has_empty_node
 from ccn.validate import checked, file_problem, read_text, refuse_constant
 
 
-def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool) -> list:
-    """The tree of class indices that `path` describes, for the data set's `classes`."""
+def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool,
+                     class_ids: Optional[list[str]] = None) -> list:
+    """The tree of class indices that `path` describes, for the data set's `classes` (and their
+    `class_ids`, when the data set has them: see the module notes)."""
     path = Path(path)
     problem = file_problem(path)
     if problem:
@@ -41,12 +47,12 @@ def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool) -> 
     except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply to parse
         raise ConfigError(f"method.groups_file={path} is not readable JSON ({err or 'nested too deeply'}): {fix}") from None
     with checked(f"method.groups_file={path}", fix):  # a tree too deep for the recursive walks below
-        return _groups_from(data, path, classes, whole_tree)
+        return _groups_from(data, path, classes, whole_tree, class_ids)
 
 
-def _groups_from(data, path: Path, classes: list[str], whole_tree: bool) -> list:
+def _groups_from(data, path: Path, classes: list[str], whole_tree: bool, class_ids: Optional[list[str]]) -> list:
     if isinstance(data, dict) and "nodes" in data and "links" in data:
-        named = _node_link_tree(data, path)
+        named = _node_link_tree(data, path, classes, class_ids)
     elif isinstance(data, dict) and ("tree" in data or "groups" in data):
         key = "tree" if "tree" in data else "groups"
         named = data[key]
@@ -89,8 +95,29 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _node_link_tree(data: dict, path: Path) -> list:
-    """Nested lists of leaf names below the root of a node-link graph, refused unless it is a tree."""
+class LeafMatcher:
+    """The class name a node-link leaf stands for: by id among the class ids, by a label no other
+    leaf has, or by id among the class names; else its label (reported as not a class)."""
+
+    def __init__(self, classes: list[str], class_ids: Optional[list[str]], leaf_labels: list[str]):
+        self.classes = set(classes)
+        self.by_id = dict(zip(class_ids, classes)) if class_ids is not None else {}
+        self.unique_labels = {label for label, n in Counter(leaf_labels).items() if n == 1}
+
+    def __call__(self, node_id, label) -> str:
+        node_id, label = str(node_id), str(label)
+        if node_id in self.by_id:
+            return self.by_id[node_id]
+        if label in self.unique_labels and label in self.classes:
+            return label
+        if node_id in self.classes:
+            return node_id
+        return label
+
+
+def _node_link_tree(data: dict, path: Path, classes: list[str], class_ids: Optional[list[str]]) -> list:
+    """Nested lists of the class names of the leaves below the root of a node-link graph, refused
+    unless it is a tree."""
     where = f"method.groups_file={path}"
     nodes, links = data["nodes"], data["links"]
     if not isinstance(nodes, list) or not isinstance(links, list):
@@ -115,6 +142,8 @@ def _node_link_tree(data: dict, path: Path) -> list:
                               "node has one parent: remove the extra link")
         parent[target] = source
         children.setdefault(source, []).append(target)
+    leaf_name = LeafMatcher(classes, class_ids, [label for n, label in names.items() if n not in children])
+    names = {n: leaf_name(n, label) for n, label in names.items()}
     roots = [n for n in names if n not in parent]
     if len(roots) != 1:
         raise ConfigError(f"{where} must describe one tree with one root; it has {len(roots)} "

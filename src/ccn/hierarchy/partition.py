@@ -43,7 +43,8 @@ def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], met
 
 
 def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[str], seed: int,
-                     coarse: Optional[list[int]] = None, dataset: str = "") -> Hierarchy:
+                     coarse: Optional[list[int]] = None, dataset: str = "",
+                     class_ids: Optional[list[str]] = None) -> Hierarchy:
     """The hierarchy of step 2. The learned partition is always computed (its distances and merge
     tree are kept for plots, and `random` takes its sizes); the controls replace its groups."""
     learned = build_hierarchy(profiles, classes, meth.metric, meth.groups, meth.threshold, meth.linkage,
@@ -51,7 +52,7 @@ def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[s
                               meth.sparse_above, meth.top_k)
     chosen = learned
     if meth.partition != "learned":
-        tree = _control_tree(meth, learned, classes, seed, coarse, dataset)
+        tree = _control_tree(meth, learned, classes, seed, coarse, dataset, class_ids)
         how = {"partition": meth.partition, "num_groups": len(tree), "metric": meth.metric, "linkage": meth.linkage}
         if meth.partition == "file":
             how["groups_file"] = str(meth.groups_file)
@@ -66,13 +67,13 @@ def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[s
 
 
 def _control_tree(meth: MethodConfig, learned: Hierarchy, classes: list[str], seed: int,
-                  coarse: Optional[list[int]], dataset: str) -> list:
+                  coarse: Optional[list[int]], dataset: str, class_ids: Optional[list[str]] = None) -> list:
     if meth.partition == "random":  # the learned sizes, shuffled classes
         sizes = sorted((len(g) for g in learned.groups), reverse=True)
         return random_partition(len(classes), sizes, seed=seed)
     if meth.partition == "oracle":
         return oracle_partition(coarse, dataset)
-    return read_groups_file(meth.groups_file, classes, whole_tree=meth.depth > 1)
+    return read_groups_file(meth.groups_file, classes, whole_tree=meth.depth > 1, class_ids=class_ids)
 
 
 def partition_sizes(groups: list[list[int]], num_classes: int) -> dict:

@@ -55,7 +55,8 @@ def flat_profiles(outputs: Iterable[tuple[dict, torch.Tensor]], num_classes: int
 
 def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch: int) -> Hierarchy:
     """The partition of step 2 (learned, or a control), with when and from what it was made."""
-    hierarchy = choose_partition(config.method, profiles, ds.classes, config.seed, ds.coarse, ds.name)
+    hierarchy = choose_partition(config.method, profiles, ds.classes, config.seed, ds.coarse, ds.name,
+                                 ds.class_ids)
     hierarchy.how.update(epoch=epoch, probe_set=config.method.probe_set)
     return hierarchy
 
