@@ -16,7 +16,7 @@ from ccn.data.store import select
 from ccn.data.loader import TensorBatches
 from ccn.data.policies import make_policy
 from ccn.dist import World
-from ccn.errors import CCNError, DataError
+from ccn.errors import CCNError, ConfigError, DataError
 
 PROBE_HOLDOUT_SEED = 12345  # fixed, not the run seed: every variant and seed holds out the same images
 VALIDATION_SEED = 54321  # likewise for data.val_fraction
@@ -43,7 +43,28 @@ def default_augment(config: Config, ds: ImageDataset) -> Augment:
     padding = config.data.crop_padding if config.data.crop_padding is not None else max(1, ds.image_size // 8)
     flip = config.data.flip if config.data.flip is not None else ds.flip
     policy = make_policy(config.data.augment, config.data.randaugment_n, config.data.randaugment_m)
-    return Augment(crop_padding=padding, flip=flip, cutout=config.data.cutout, policy=policy)
+    reflect = config.data.pad_mode == "reflect"
+    if reflect and padding >= ds.image_size:
+        raise ConfigError(f"data.pad_mode=reflect mirrors at most {ds.image_size - 1} pixels of these "
+                          f"{ds.image_size}px images, but data.crop_padding is {padding}: lower data.crop_padding "
+                          "or use data.pad_mode=zeros")
+    if config.data.flip_mode == "alternate" and not flip:
+        raise ConfigError(f"data.flip_mode=alternate, but data {ds.name} is not flipped (a flip would change its "
+                          "labels' meaning): remove data.flip_mode, or set data.flip=true")
+    return Augment(crop_padding=padding, flip=flip, cutout=config.data.cutout, policy=policy, reflect=reflect,
+                   alternate_flip=config.data.flip_mode == "alternate", seed=config.seed)
+
+
+FIT_SAMPLE = 5000  # images a backbone's data-dependent initialisation sees (airbench: the first 5,000)
+FIT_SAMPLE_SEED = 24680  # fixed, not the run seed: every seed and variant fits the same images (ours)
+
+
+def fit_sample(data: "RunData") -> torch.Tensor:
+    """Normalised training images for `Backbone.fit_to_data`: a fixed-seed random sample of up to
+    5,000 (airbench takes the first 5,000), the same on every rank."""
+    n = len(data.train.labels)
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(FIT_SAMPLE_SEED))[:FIT_SAMPLE].sort().values
+    return data.normalize(data.train.take(pick))
 
 
 def check_training_batch(batch_size: int, train_images: int, world: World) -> None:
