@@ -207,10 +207,12 @@ class MethodRun:
         """The forward-pass precision context, the same for training and evaluation."""
         return autocast(self.device, self.config.train.bf16)
 
-    def score_test(self) -> dict:
+    def score_test(self, final: bool = False) -> dict:
+        """The scored set under the run's rule; the final scores (results.json) with train.tta's views,
+        the per-epoch rows without (as airbench: test-time augmentation multiplies the cost of a score)."""
         mask = self.hierarchy.mask() if self.hierarchy is not None else None
         return score(self.model, self.data.test, mask, self.config.method.inference, self.precision,
-                     self.config.train.tta)
+                     self.config.train.tta if final else "none")
 
     def saved_weights(self) -> str:
         """Which weights model.safetensors will hold: the average when train.ema is on."""
@@ -224,7 +226,7 @@ class MethodRun:
             return self.score_test()
 
     def finish(self) -> dict:
-        results = self.score_test()
+        results = self.score_test(final=True)
         if self.trainer.ema is not None:
             results = self._with_average_scores(results, self.trainer.ema)
         results.setdefault("model_weights", "live")  # which weights model.safetensors holds
@@ -254,7 +256,7 @@ class MethodRun:
         """With train.ema: the averaged weights are the run's result (top1, rules, ... and
         model.safetensors); `scores_by_weights` keeps both, and `model_weights` says which was saved."""
         with ema.swapped_in(self.model):
-            averaged = self.score_test()
+            averaged = self.score_test(final=True)
         brief = lambda r: {k: r[k] for k in ("top1", "top5", "balanced_top1", "rules")}  # noqa: E731
         return {**averaged, "model_weights": "ema", "ema_decay": self.config.train.ema,
                 "scores_by_weights": {"ema": brief(averaged), "live": brief(live)}}

@@ -96,14 +96,19 @@ class AirbenchNet(Backbone):
 
     def fit_to_data(self, images: torch.Tensor) -> None:
         """Data-dependent initialisation from normalised training images (see Backbone)."""
+        _check_size(images)  # at start-up, before anything is trained or written
         self.whiten.fit(images)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[-2:]) < MIN_SIZE:
-            raise ConfigError(f"model.name=airbench needs images of at least {MIN_SIZE}px (a 2x2 whitening conv, then "
-                              f"three 2x2 poolings), got {x.shape[-1]}px: set data.image_size={MIN_SIZE} or more, "
-                              "or choose another model.name")
+        _check_size(x)
         return self.blocks(self.act(self.whiten(x))).amax(dim=(2, 3)) * self.feature_scale
+
+
+def _check_size(x: torch.Tensor) -> None:
+    if min(x.shape[-2:]) < MIN_SIZE:
+        raise ConfigError(f"model.name=airbench needs images of at least {MIN_SIZE}px (a 2x2 whitening conv, then "
+                          f"three 2x2 poolings), got {x.shape[-1]}px: set data.image_size={MIN_SIZE} or more, "
+                          "or choose another model.name")
 
 
 register_backbone("airbench")(AirbenchNet)
