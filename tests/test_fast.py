@@ -280,3 +280,35 @@ def test_data_dependent_fast_refusals(overrides, message, tmp_path):
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()  # stopped at start-up, nothing written
+
+
+def _torchrun(args: list, out) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "ccn", "train", *args, "--out", str(out)], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.slow
+def test_torchrun_with_the_fast_keys_matches_one_process(tmp_path):
+    """Two processes train what one does with the keys that need no BatchNorm (fastnet without norms,
+    so per-rank batch statistics cannot differ): Dirac init, alternating flip, reflect padding,
+    lookahead, TTA. airbench's whitening filters are fitted identically on every rank."""
+    keys = ["model.norm=none", "model.width=8", "model.dirac=true", "data.train_per_class=20", "data.test_per_class=8",
+            "train.epochs=3", "train.batch_size=32", "train.lr=0.02", "train.progress=false", "data.flip=true",
+            "data.flip_mode=alternate", "data.pad_mode=reflect", "data.crop_padding=2", "train.lookahead_every=2",
+            "train.tta=mirror_translate"]
+    args = [a for k in keys for a in ("--set", k)]
+    assert run_cli("train", *args, "--out", str(tmp_path / "one")).returncode == 0
+    two = _torchrun(args, tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("one", "two"))
+    worst = max(float((a[k] - b[k]).abs().max() / (a[k].abs().max() + 1e-12)) for k in a if a[k].is_floating_point())
+    assert worst < 1e-4  # float sums in another order, nothing more (as tests/test_dist.py)
+    air = [a for k in ["model.name=airbench", "model.width=4", "data.image_size=16", "data.train_per_class=8",
+                       "data.test_per_class=4", "train.epochs=2", "train.batch_size=16", "train.progress=false"]
+           for a in ("--set", k)]
+    assert run_cli("train", *air, "--out", str(tmp_path / "air1")).returncode == 0
+    two = _torchrun(air, tmp_path / "air2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    w1, w2 = (load_file(str(tmp_path / r / "model.safetensors"))["backbone.whiten.weight"] for r in ("air1", "air2"))
+    assert torch.equal(w1, w2) and torch.any(w1 != 0)
