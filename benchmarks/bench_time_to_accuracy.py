@@ -70,7 +70,8 @@ def section(args, runs: list[dict], units: list[float]) -> str:
     reached = all(t >= args.target for t in top1) and all(s <= args.budget for s in train)
     lines = [f"## Time to accuracy: {Path(args.config).name}, {len(runs)} seeds ({datetime.date.today()})",
              f"Machine: {platform.node()} {platform.machine()}, {torch.get_num_threads()} threads, torch "
-             f"{torch.__version__}, CPU; load average {args.load_before} before, {load()} after. Data: {first['data']}, "
+             f"{torch.__version__}, CPU; load average {args.load_before} before, {load()} after. "
+             f"Data: {first['data']}, "
              f"{first['train_images']} train / {first['test_images']} {first['eval_set']} images, "
              f"{first['preprocess']['image_size']} px; model {first['model']}, method {first['method']}, "
              f"{first['epochs']} epochs. Command: `python benchmarks/bench_time_to_accuracy.py "

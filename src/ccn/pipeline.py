@@ -86,7 +86,8 @@ class MethodRun:
             read_groups_file(config.method.groups_file, self.ds.classes, whole_tree=config.method.depth > 1)
         torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
         self.model = build_model(config, self.ds.num_classes)
-        if self.model.backbone.fits_to_data and not resuming:  # e.g. airbench's whitening filters; a resumed run has them in its checkpoint
+        # e.g. airbench's whitening filters; a resumed run has them in its checkpoint
+        if self.model.backbone.fits_to_data and not resuming:
             self.model.backbone.fit_to_data(fit_sample(self.data))
         self.init_record = None if resuming else self._start_from_trained_weights()
         self.model = self.model.to(self.device)
