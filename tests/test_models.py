@@ -6,7 +6,7 @@ from ccn.heads import FlatHead
 from ccn.models import BACKBONES, Classifier, count_parameters, create_backbone
 
 TINY = {  # registry name -> options that keep the forward pass cheap
-    "fastnet": {"width": 8}, "resnet9": {"width": 4}, "resnet20": {"width": 4}, "resnet32": {"width": 4},
+    "fastnet": {"width": 8}, "resnet9": {"width": 4}, "airbench": {"width": 4}, "resnet20": {"width": 4}, "resnet32": {"width": 4},
     "resnet44": {"width": 4}, "resnet56": {"width": 4}, "resnet110": {"width": 2}, "preact_resnet18": {"width": 4},
     "wide_resnet": {"depth": 10, "widen_factor": 1}, "wrn16_4": {}, "wrn28_10": None,
     "pyramidnet": {"depth": 11, "alpha": 12, "shakedrop": 0.5}, "pyramidnet272": None, "pyramidnet110": None,

@@ -103,7 +103,7 @@ def _evaluate(args) -> None:
     check_same_classes(saved, data.ds.classes, data.ds.name)
     model.to(device)
     result = score(model, data.test, hierarchy.mask() if hierarchy is not None else None, config.method.inference,
-                   lambda: autocast(device, config.train.bf16))
+                   lambda: autocast(device, config.train.bf16), config.train.tta)
     result.pop("per_group_top1", None)
     print(json.dumps({"data": data.ds.name, "test_images": len(data.test.labels), **result}, indent=2))
 

@@ -46,6 +46,10 @@ class DataConfig:
     #                                                                  drawn log-uniform (torchvision's)
     eval_crop: float = 0.875  # random_resized: evaluation's centred square side / stored side (224/256)
     cutout: int = 0  # side of a zeroed square per training image, pixels; 0: off
+    # random: each image flips with probability 1/2 every epoch; alternate: each image flips on every
+    # other epoch, its first flip drawn from (seed, image index) (airbench's derandomised flip)
+    flip_mode: Literal["random", "alternate"] = "random"
+    pad_mode: Literal["zeros", "reflect"] = "zeros"  # what the random crop's padding holds (airbench: reflect, 2 px)
     # strong augmentation per image after crop + flip, before cutout (ccn.data.policies; README "data.augment")
     augment: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = "none"
     randaugment_n: int = 2  # RandAugment N: operations per image, 0-14 (torchvision's default 2)
@@ -73,6 +77,10 @@ class ModelConfig:
     shakedrop: Optional[float] = None  # pyramidnet: final ShakeDrop probability (0.5 in the paper's recipe)
     norm: Optional[str] = None  # fastnet: batch (default) or none
     dropout: float = 0.0  # before the head
+    dirac: Optional[bool] = None  # identity (Dirac) init of each 3x3 conv's first c_in filters; None: the net's
+    #                               default (airbench: true, others: false)
+    whiten_bias_epochs: Optional[int] = None  # airbench: epochs its whitening conv's bias trains before it is frozen
+    #                                           (None: 3, airbench's)
     init: Optional[str] = None  # start from trained weights: a run folder, or a .safetensors file (ccn or bare backbone)
 
 
@@ -89,6 +97,20 @@ class TrainConfig:
     milestones: list = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of the run
     gamma: float = 0.1  # step: factor at each milestone
     bf16: Optional[bool] = None  # bfloat16 autocast; None: on for CUDA, off on CPU; true/false honoured on both
+    # BatchNorm of the backbone (every net, every head): None keeps PyTorch's defaults (eps 1e-5, momentum 0.1)
+    bn_eps: Optional[float] = None  # airbench: 1e-12
+    bn_momentum: Optional[float] = None  # PyTorch's convention: weight of the new batch statistics (airbench: 0.4)
+    bn_weight: bool = True  # false: the BatchNorm scales stay at 1, untrained (airbench)
+    bn_bias_lr: float = 1.0  # learning-rate multiplier of the BatchNorm biases (airbench: 64)
+    # lookahead (airbench): every `lookahead_every` steps from epoch `lookahead_start` + 1 on, the weights
+    # are averaged into a shadow with decay lookahead_decay^every * progress^3 and copied back into the model
+    lookahead_every: int = 0  # steps between averages; 0: off (airbench: 5)
+    lookahead_decay: float = 0.95  # per-step decay base (airbench: 0.95)
+    lookahead_start: int = 0  # epochs trained before the average starts (airbench: 3 of 10)
+    tta: Literal["none", "mirror", "mirror_translate"] = "none"  # test-time augmentation of the final scores
+    #   (results.json, `ccn evaluate`; the per-epoch rows are scored without), the same for every rule:
+    #   mirror averages the outputs of the image and its mirror image; mirror_translate also those of the
+    #   image shifted one pixel up-left and down-right (reflect padding), weights 1/2, 1/4, 1/4 (airbench)
     # decay of an average of the weights, scored (every epoch) and saved instead of them (e.g. 0.999); 0: off.
     # Warm-up: update t uses min(ema, (1 + t) / (10 + t)) (TensorFlow's ExponentialMovingAverage schedule)
     ema: float = 0.0
@@ -407,6 +429,7 @@ LIMITS: dict[str, Bounds] = {
     "model.widen_factor": Bounds(1, 64),
     "model.shakedrop": Bounds(0, 1),
     "model.dropout": Bounds(0, 1, high_open=True),
+    "model.whiten_bias_epochs": Bounds(0, 100_000, meaning="0: the whitening bias is never trained"),
     "train.epochs": Bounds(1, 100_000),
     "train.batch_size": Bounds(2, 2**20, meaning="batch normalisation cannot train on one image per step"),
     "train.eval_batch_size": Bounds(1, 2**20),
@@ -419,6 +442,12 @@ LIMITS: dict[str, Bounds] = {
     "train.ema": Bounds(0, 1, high_open=True, meaning="the decay of the weight average; 0: off"),
     "train.checkpoint_every": Bounds(0, 10**9, meaning="optimizer steps; 0: once per epoch"),
     "train.max_steps": Bounds(0, 10**12, meaning="0: off"),
+    "train.bn_eps": Bounds(0, 1, low_open=True),
+    "train.bn_momentum": Bounds(0, 1, low_open=True),
+    "train.bn_bias_lr": Bounds(0, 10_000, low_open=True),
+    "train.lookahead_every": Bounds(0, 100_000, meaning="0: off"),
+    "train.lookahead_decay": Bounds(0, 1, high_open=True),
+    "train.lookahead_start": Bounds(0, 100_000),
     "method.probe_epochs": Bounds(1, 100_000),
     "method.cluster_epoch": Bounds(0, 100_000),  # 0: refused for ccn runs with its own message
     "method.recurse_epoch": Bounds(1, 100_000),
@@ -444,6 +473,7 @@ ONLY_WHEN = {
     "data.num_groups": ("data.name", "synthetic"),
     "data.randaugment_n": ("data.augment", "randaugment"),
     "data.randaugment_m": ("data.augment", "randaugment"),
+    "model.whiten_bias_epochs": ("model.name", "airbench"),
 }
 
 # Pairs where setting both would let one silently win over the other.
@@ -582,10 +612,27 @@ def _check_combinations(config: Config) -> None:
         if get_key(config, a) is not None and get_key(config, b) is not None:
             raise ConfigError(f"{a} and {b} cannot both be set ({why}, so one would silently override the "
                               "other): keep one")
+    _check_fast_keys(config)
     meth = config.method
     if meth.cluster_epoch is not None and meth.probe_epochs != _default_of("method.probe_epochs"):
         raise ConfigError("method.cluster_epoch and method.probe_epochs cannot both be set (cluster_epoch would "
                           "silently replace probe_epochs): keep one")
+
+
+def _check_fast_keys(config: Config) -> None:
+    """The airbench keys that only mean something beside another setting (README "fast recipe")."""
+    t, d = config.train, config.data
+    if t.lookahead_every == 0:
+        for key in ("train.lookahead_decay", "train.lookahead_start"):
+            if get_key(config, key) != _default_of(key):
+                raise ConfigError(f"{key} only applies when train.lookahead_every is above 0 (the lookahead is off): "
+                                  f"remove {key}, or set train.lookahead_every (airbench: 5)")
+    elif t.lookahead_start >= t.epochs:
+        raise ConfigError(f"train.lookahead_start={t.lookahead_start} leaves no epoch of train.epochs={t.epochs} for the "
+                          "lookahead average: set it below train.epochs")
+    if d.flip_mode == "alternate" and d.flip is False:
+        raise ConfigError("data.flip_mode=alternate with data.flip=false: the images are never flipped; "
+                          "remove data.flip_mode, or set data.flip=true")
 
 
 def _validate_method_schedule(config: Config) -> None:

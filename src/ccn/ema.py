@@ -1,4 +1,5 @@
-"""Exponential moving average of a model's weights (`train.ema` = decay; 0 = off).
+"""Exponential moving average of a model's weights (`train.ema` = decay; 0 = off), and the same
+average used as airbench's lookahead (`train.lookahead_every`): copied back into the model.
 
 The average is a shadow of the model's whole state_dict (parameters and BatchNorm statistics), keyed
 by name, so it means the same for every head: after a head swap the shadow keeps the entries whose
@@ -27,9 +28,10 @@ def warmed_up_decay(decay: float, updates: int) -> float:
 
 
 class WeightAverage:
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, prefix: str = PREFIX):
         self.decay = decay
         self.updates = 0  # t of the warm-up; a resumed run sets it from its checkpoint (load)
+        self.prefix = prefix  # the shadow's keys in a checkpoint: `ema.` or `lookahead.`
         self.shadow: dict[str, torch.Tensor] = {}
         self.follow(model)
 
@@ -57,6 +59,31 @@ class WeightAverage:
                 v.copy_(live[k])
         self.updates += 1
 
+    def restart(self, model: torch.nn.Module) -> None:
+        """Forget the average: the shadow starts again from the live weights."""
+        self.shadow = {}
+        self.follow(model)
+
+    @torch.no_grad()
+    def lookahead(self, model: torch.nn.Module, decay: float) -> None:
+        """airbench's lookahead step: shadow <- decay * shadow + (1 - decay) * live, then the model
+        takes the shadow's weights (integer entries are the live ones, as in `update`)."""
+        live = model.state_dict()
+        floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([self.shadow[k] for k in floats], [live[k].detach() for k in floats], 1.0 - decay)
+        self.copy_into(model)
+
+    @torch.no_grad()
+    def copy_into(self, model: torch.nn.Module) -> None:
+        """Write the shadow's floating-point entries into the model, in place (the optimizer keeps its parameters)."""
+        live = model.state_dict()
+        for k, v in self.shadow.items():
+            if v.is_floating_point():
+                live[k].copy_(v)
+            else:
+                v.copy_(live[k])
+
     @contextmanager
     def swapped_in(self, model: torch.nn.Module):
         """Run the block with the averaged weights in `model`; the live ones are put back after."""
@@ -69,12 +96,12 @@ class WeightAverage:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The shadow for a checkpoint, under `ema.` names."""
-        return {PREFIX + k: v.detach().cpu().contiguous() for k, v in self.shadow.items()}
+        return {self.prefix + k: v.detach().cpu().contiguous() for k, v in self.shadow.items()}
 
     def load(self, tensors: dict[str, torch.Tensor], updates: int | None = None) -> None:
         """Restore the shadow from checkpoint tensors (the `ema.` entries); unknown names are refused.
         `updates`: how many updates the saved average had (the run's step: one update per step)."""
-        saved = {k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX)}
+        saved = {k[len(self.prefix):]: v for k, v in tensors.items() if k.startswith(self.prefix)}
         if saved.keys() != self.shadow.keys():
             from ccn.errors import CCNError
             raise CCNError("the checkpoint's weight average does not fit this model: start a new run")

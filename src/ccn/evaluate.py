@@ -137,15 +137,50 @@ def evaluate_outputs(head: torch.nn.Module, out: dict, labels: torch.Tensor, def
     return tally.result(over_ranks=False)
 
 
+TTA_MODES = ("none", "mirror", "mirror_translate")
+
+
+def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
+    """(weight, images) of each view `train.tta` scores: the image; with its mirror image 1/2 each;
+    mirror_translate adds, at 1/4 each, both views shifted one pixel up-left and down-right with
+    the border reflected (airbench's weights: 1/4, 1/4, 1/8, 1/8, 1/8, 1/8)."""
+    if tta == "none":
+        return [(1.0, x)]
+    mirrored = [(0.5, x), (0.5, x.flip(-1))]
+    if tta == "mirror":
+        return mirrored
+    if tta != "mirror_translate":
+        raise ValueError(f"unknown train.tta {tta!r}; choose one of: {', '.join(TTA_MODES)}")
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+    return [(wt / 2, v) for wt, v in mirrored] + [(wt / 4, v.flip(-1) if flip else v)
+                                                  for v in shifted for wt, flip in ((0.5, False), (0.5, True))]
+
+
+def tta_outputs(model: torch.nn.Module, x: torch.Tensor, tta: str = "none") -> dict:
+    """The head's outputs (every entry, float32) averaged over the views of `train.tta` with their
+    weights: every inference rule then scores the same averaged outputs, whatever the head."""
+    total: dict = {}
+    for weight, view in _views(x, tta):
+        if view is not x and x.is_contiguous(memory_format=torch.channels_last):
+            view = view.contiguous(memory_format=torch.channels_last)
+        for k, v in model(view).items():
+            total[k] = total[k] + weight * v.float() if k in total else weight * v.float()
+    return total
+
+
 @torch.no_grad()
 def batch_outputs(model: torch.nn.Module, batches: TensorBatches,
-                  precision: Callable[[], ContextManager] = nullcontext) -> Iterator[tuple[dict, torch.Tensor]]:
-    """(head outputs in float32, labels) per batch, on the batches' device, in eval mode."""
+                  precision: Callable[[], ContextManager] = nullcontext,
+                  tta: str = "none") -> Iterator[tuple[dict, torch.Tensor]]:
+    """(head outputs in float32, labels) per batch, on the batches' device, in eval mode; with `tta`
+    the outputs averaged over the test-time views (see tta_outputs)."""
     broadcast_buffers(model)
     model.eval()
     for x, y in batches.epoch(0):
         with precision():
-            out = model(x)
+            out = tta_outputs(model, x, tta)
         yield {k: v.float() for k, v in out.items()}, y
 
 
@@ -163,9 +198,10 @@ def model_outputs(model: torch.nn.Module, batches: TensorBatches,
 
 
 def score(model: torch.nn.Module, batches: TensorBatches, mask: Optional[torch.Tensor], rule: str,
-          precision: Callable[[], ContextManager] = nullcontext) -> dict:
-    """Scores of `model` on `batches` (summed over ranks); `mask` is the (K, C) group mask of a hierarchy."""
+          precision: Callable[[], ContextManager] = nullcontext, tta: str = "none") -> dict:
+    """Scores of `model` on `batches` (summed over ranks); `mask` is the (K, C) group mask of a hierarchy;
+    `tta` (train.tta) averages the outputs over test-time views before every rule scores them."""
     tally = ScoreTally(model.head, rule, mask, batches.labels.device)
-    for out, y in batch_outputs(model, batches, precision):
+    for out, y in batch_outputs(model, batches, precision, tta):
         tally.add(out, y)
     return tally.result()

@@ -18,6 +18,7 @@ from ccn.config import Config
 from ccn.heads import FlatHead, ThreeLevelHead, TreeHead, flatten_tree
 from ccn.hierarchy import Hierarchy
 from ccn.models import Classifier, backbone_from_config
+from ccn.models.base import configure_batchnorm
 
 
 def make_head(config: Config, in_features: int, num_classes: int, hierarchy: Optional[Hierarchy],
@@ -37,6 +38,8 @@ def make_head(config: Config, in_features: int, num_classes: int, hierarchy: Opt
 def build_model(config: Config, num_classes: int, hierarchy: Optional[Hierarchy] = None) -> Classifier:
     """The network of a run: used to train it and to rebuild it from its run folder."""
     backbone = backbone_from_config(config.model)
+    t = config.train  # BatchNorm's eps changes what the net computes, so a rebuilt run needs it too
+    configure_batchnorm(backbone, t.bn_eps, t.bn_momentum, train_weight=t.bn_weight)
     head = make_head(config, backbone.num_features, num_classes, hierarchy)
     return Classifier(backbone, head, config.model.dropout)
 

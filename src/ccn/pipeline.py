@@ -26,7 +26,7 @@ from ccn.checkpoint import (STATE_FILE, check_run_state, read_training_state, re
                             save_training_state)
 from ccn.files import fault_point
 from ccn.data import ImageDataset
-from ccn.data.prepare import RunData, prepare_data, preprocess_facts, uses_channels_last
+from ccn.data.prepare import RunData, fit_sample, prepare_data, preprocess_facts, uses_channels_last
 from ccn.dist import (World, autocast, configure_backends, init_distributed, main_rank_first,
                       resolve_device, seed_stream, wrap_for_training)
 from ccn.ema import WeightAverage
@@ -87,6 +87,9 @@ class MethodRun:
                              class_ids=self.ds.class_ids)
         torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
         self.model = build_model(config, self.ds.num_classes)
+        # e.g. airbench's whitening filters; a resumed run has them in its checkpoint
+        if self.model.backbone.fits_to_data and not resuming:
+            self.model.backbone.fit_to_data(fit_sample(self.data))
         self.init_record = None if resuming else self._start_from_trained_weights()
         self.model = self.model.to(self.device)
         if uses_channels_last(config, self.device):
@@ -190,8 +193,8 @@ class MethodRun:
     def _install_head(self, head: torch.nn.Module, stage: str) -> None:
         self.model.head = head.to(self.device)
         self.trainer.rebuild_optimizer()
-        if self.trainer.ema is not None:  # the new heads' entries start from their live weights
-            self.trainer.ema.follow(self.model)
+        for average in self.trainer.averages():  # the new heads' entries start from their live weights
+            average.follow(self.model)
         self.stage = stage
         self._wrap()
 
@@ -206,9 +209,12 @@ class MethodRun:
         """The forward-pass precision context, the same for training and evaluation."""
         return autocast(self.device, self.config.train.bf16)
 
-    def score_test(self) -> dict:
+    def score_test(self, final: bool = False) -> dict:
+        """The scored set under the run's rule; the final scores (results.json) with train.tta's views,
+        the per-epoch rows without (as airbench: test-time augmentation multiplies the cost of a score)."""
         mask = self.hierarchy.mask() if self.hierarchy is not None else None
-        return score(self.model, self.data.test, mask, self.config.method.inference, self.precision)
+        return score(self.model, self.data.test, mask, self.config.method.inference, self.precision,
+                     self.config.train.tta if final else "none")
 
     def saved_weights(self) -> str:
         """Which weights model.safetensors will hold: the average when train.ema is on."""
@@ -222,7 +228,7 @@ class MethodRun:
             return self.score_test()
 
     def finish(self) -> dict:
-        results = self.score_test()
+        results = self.score_test(final=True)
         if self.trainer.ema is not None:
             results = self._with_average_scores(results, self.trainer.ema)
         results.setdefault("model_weights", "live")  # which weights model.safetensors holds
@@ -252,7 +258,7 @@ class MethodRun:
         """With train.ema: the averaged weights are the run's result (top1, rules, ... and
         model.safetensors); `scores_by_weights` keeps both, and `model_weights` says which was saved."""
         with ema.swapped_in(self.model):
-            averaged = self.score_test()
+            averaged = self.score_test(final=True)
         brief = lambda r: {k: r[k] for k in ("top1", "top5", "balanced_top1", "rules")}  # noqa: E731
         return {**averaged, "model_weights": "ema", "ema_decay": self.config.train.ema,
                 "scores_by_weights": {"ema": brief(averaged), "live": brief(live)}}
@@ -273,7 +279,7 @@ class MethodRun:
                  "cluster_seconds": self.cluster_seconds, "init": self.init_record, "code": self.code_at_start,
                  "seconds": self.earlier_seconds + time.perf_counter() - self.started,
                  "config": self.config.to_dict()}
-        extra = self.trainer.ema.tensors() if self.trainer.ema is not None else {}
+        extra = {k: v for average in self.trainer.averages() for k, v in average.tensors().items()}
         if progress is not None:  # what the rest of the epoch needs to end as if never stopped
             state.update(batch=progress.batch, epoch_seen=progress.seen, epoch_seconds=epoch_seconds)
             extra.update({SUMS + k: v.detach().cpu().reshape(1) for k, v in progress.sums.items()})
@@ -321,6 +327,8 @@ class MethodRun:
         restore_training_state(tensors, state, self.model, self.trainer.optimizer, path)
         if self.trainer.ema is not None:
             self.trainer.ema.load(tensors, updates=state["step"])  # one update per step since step 0
+        if self.trainer.lookahead is not None:
+            self.trainer.lookahead.load(tensors)
         self.trainer.step, self.stage = state["step"], state["stage"]
         self.cluster_seconds, self.earlier_seconds = state["cluster_seconds"], state["seconds"]
         self.init_record = state.get("init")

@@ -38,11 +38,37 @@ def lr_factor(cfg: TrainConfig, progress: float, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * rest))  # cosine
 
 
-def parameter_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Weight decay on weights of rank >= 2 only; norm scales and biases are left alone (ours)."""
-    decay = [p for _, p in params if p.ndim >= 2]
-    rest = [p for _, p in params if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+def parameter_groups(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> list[dict]:
+    """The optimizer's groups, built from the model alone (so a resumed run rebuilds them exactly):
+    weight decay on trained weights of rank >= 2 only, norm scales and biases left alone (ours);
+    with train.bn_bias_lr != 1 the BatchNorm biases in a group of their own at that multiple of the
+    learning rate (airbench: 64); parameters a backbone trains only for its first epochs
+    (`Backbone.epochs_trained`, airbench's whitening bias) in a group that stops at that step.
+    Each group's `lr_scale` and `stop_step` are read by the trainer's schedule."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    limited = {f"backbone.{name}": epochs * steps_per_epoch
+               for name, epochs in getattr(getattr(model, "backbone", None), "epochs_trained", {}).items()}
+    norm_biases = {id(m.bias) for m in model.modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    special_norm = cfg.bn_bias_lr != 1.0
+    groups = [{"params": [p for n, p in named if p.ndim >= 2 and n not in limited], "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in named if p.ndim < 2 and n not in limited
+                          and not (special_norm and id(p) in norm_biases)], "weight_decay": 0.0}]
+    if special_norm:
+        groups.append({"params": [p for n, p in named if id(p) in norm_biases and n not in limited],
+                       "weight_decay": 0.0, "lr_scale": cfg.bn_bias_lr})
+    for name, stop in limited.items():
+        param = dict(named).get(name)
+        if param is not None:
+            groups.append({"params": [param], "weight_decay": cfg.weight_decay if param.ndim >= 2 else 0.0,
+                           "stop_step": stop})
+    return groups
+
+
+def lookahead_decay(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """airbench's lookahead decay at `step`: base^every, warmed up by progress^3 (move fast early,
+    average strongly at the end)."""
+    return cfg.lookahead_decay ** cfg.lookahead_every * (step / total_steps) ** 3
 
 
 @dataclass
@@ -88,9 +114,17 @@ class Trainer:
         self.fault = os.environ.get("CCN_FAULT")  # testing hook, see ccn.checkpoint.fault_point
         self.autocast = lambda: autocast(device, cfg.bf16)
         self.ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+        # airbench's lookahead: the average starts at the first multiple of `every` after the start epochs
+        self.lookahead = WeightAverage(model, 0.0, prefix="lookahead.") if cfg.lookahead_every > 0 else None
+        every = max(1, cfg.lookahead_every)
+        self.lookahead_first = (cfg.lookahead_start * steps_per_epoch // every + 1) * every
+
+    def averages(self) -> list[WeightAverage]:
+        """The weight averages that follow the model (after a head swap) and go into its checkpoint."""
+        return [a for a in (self.ema, self.lookahead) if a is not None]
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        groups = parameter_groups(list(self.model.named_parameters()), self.cfg.weight_decay)
+        groups = parameter_groups(self.model, self.cfg, self.steps_per_epoch)
         return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=self.cfg.momentum > 0)
 
     def rebuild_optimizer(self) -> None:
@@ -107,7 +141,17 @@ class Trainer:
     def _set_lr(self) -> None:
         factor = lr_factor(self.cfg, self.step / self.total_steps, self.warmup)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * factor
+            stopped = group.get("stop_step") is not None and self.step >= group["stop_step"]
+            group["lr"] = 0.0 if stopped else self.cfg.lr * factor * group.get("lr_scale", 1.0)
+
+    def _lookahead_step(self) -> None:
+        every = self.cfg.lookahead_every
+        if self.step < self.lookahead_first or self.step % every:
+            return
+        if self.step == self.lookahead_first:
+            self.lookahead.restart(self.model)
+        else:
+            self.lookahead.lookahead(self.model, lookahead_decay(self.cfg, self.step, self.total_steps))
 
     def _show_progress(self) -> bool:
         """The bar is drawn by one process only (rank 0 under torchrun)."""
@@ -148,6 +192,8 @@ class Trainer:
             parts["loss"].backward()
             self.optimizer.step()
             self.step += 1
+            if self.lookahead is not None:
+                self._lookahead_step()
             if self.ema is not None:
                 self.ema.update(self.model)
             if self.fault is not None:
@@ -161,6 +207,8 @@ class Trainer:
                 on_checkpoint(progress, progress.seconds + time.perf_counter() - start)
                 sums = progress.sums  # gathered onto rank 0 under torchrun
         bar.close()
+        if self.lookahead is not None and self.step >= self.lookahead_first:
+            self.lookahead.copy_into(self.model)  # each epoch ends on the averaged weights (airbench)
         keys = sorted(sums)
         stacked = torch.stack([sums[k] for k in keys] + [torch.tensor(float(progress.seen), device=self.device)])
         totals = all_reduce_sum(stacked).tolist()  # the one host synchronisation of the epoch

@@ -43,19 +43,58 @@ def random_flip(images: torch.Tensor, generator: torch.Generator, share: Optiona
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator,
-                share: Optional[Share] = None) -> torch.Tensor:
-    """Zero-pad by `padding` pixels, then cut an H x W window at a random offset per image."""
+                share: Optional[Share] = None, reflect: bool = False) -> torch.Tensor:
+    """Pad by `padding` pixels (zeros, or the image mirrored at its border with `reflect`), then cut
+    an H x W window at a random offset per image."""
     if padding <= 0:
         return images
     b, _, h, w = images.shape
     n = batch_size(images, share)
-    padded = torch.nn.functional.pad(images, (padding,) * 4)
     dy = mine(torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator), share)
     dx = mine(torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator), share)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
     batch = torch.arange(b, device=images.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # gather, back to (B, C, H, W)
+    if reflect:  # read the window straight from the image: no padded copy to build
+        rows, cols = _reflected(rows - padding, h), _reflected(cols - padding, w)
+        source = images
+    else:
+        source = torch.nn.functional.pad(images, (padding,) * 4)
+    return source.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # gather, back to (B, C, H, W)
+
+
+def _reflected(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Coordinates outside 0..size-1 mirrored at the border without repeating it (-1 -> 1, size -> size-2),
+    as torch's "reflect" padding does; valid for a padding below `size`."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+# A fixed odd salt keeps the first flips apart from everything else derived from the seed.
+_FLIP_SALT = 0x2545F491
+_MASK31 = 0x7FFFFFFF
+
+
+def _mix31(x: torch.Tensor) -> torch.Tensor:
+    """A 31-bit integer hash (xor-shift-multiply rounds; every product stays below 2^62 in int64)."""
+    x = (((x >> 15) ^ x) * 0x2C1B3C6D) & _MASK31
+    x = (((x >> 12) ^ x) * 0x297A2D39) & _MASK31
+    return (x >> 15) ^ x
+
+
+def first_flips(ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """(B,) bool: whether each image (by its index in the training set) is mirrored in the first epoch
+    of an alternating flip, a function of (seed, index) alone, so ranks, resumed runs and every
+    variant of a seed agree without storing anything."""
+    key = int(_mix31(torch.tensor((seed ^ _FLIP_SALT) & _MASK31)))
+    return ((_mix31(ids.long() ^ key) >> 7) & 1).bool()
+
+
+def alternating_flip(images: torch.Tensor, ids: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """airbench's derandomised flip: image i is mirrored in epoch 1 by its first flip, then on every
+    other epoch, so across any two epochs it is seen once each way (epochs count from 1)."""
+    flip = first_flips(ids, seed) ^ (epoch % 2 == 0)
+    return torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator, share: Optional[Share] = None) -> torch.Tensor:
@@ -86,13 +125,22 @@ class Augment:
     cutout: int = 0
     policy: Optional[Callable[..., torch.Tensor]] = None  # (images, generator, share) -> images
     resized_crop: Optional[Callable[..., torch.Tensor]] = None  # (images, generator, share) -> smaller images
+    reflect: bool = False  # the crop's padding mirrors the image instead of zeros
+    alternate_flip: bool = False  # airbench's flip on alternate epochs instead of a coin per image and epoch
+    seed: int = 0  # the run seed: the alternating flip's first flips come from (seed, image index)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator, share: Optional[Share] = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, share: Optional[Share] = None,
+                 ids: Optional[torch.Tensor] = None, epoch: int = 1) -> torch.Tensor:
+        """`ids`: the images' indices in the training set, needed by the alternating flip (with `epoch`)."""
         if self.resized_crop is not None:
             images = self.resized_crop(images, generator, share)
         else:
-            images = random_crop(images, self.crop_padding, generator, share)
-        if self.flip:
+            images = random_crop(images, self.crop_padding, generator, share, self.reflect)
+        if self.flip and self.alternate_flip:
+            if ids is None:
+                raise ValueError("the alternating flip needs the images' indices (ids)")
+            images = alternating_flip(images, ids, self.seed, epoch)
+        elif self.flip:
             images = random_flip(images, generator, share)
         if self.policy is not None:
             images = self.policy(images, generator, share)

@@ -55,6 +55,10 @@ class TensorBatches:
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
 
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at indices `idx` (in this set), on the batches' device, not augmented."""
+        return self._images(idx.to(self.device))
+
     def num_batches(self) -> int:
         """Global batches per epoch; with several ranks each takes its share of every batch."""
         n = len(self.labels)
@@ -76,7 +80,7 @@ class TensorBatches:
             images = self._images(idx)
             if self.augment is not None:  # draws for the whole global batch, work on this rank's share only
                 generator.manual_seed((self.seed * _EPOCH_STRIDE + epoch) * 65_537 + b)
-                images = self.augment(images, generator, share)
+                images = self.augment(images, generator, share, ids=idx, epoch=epoch)
             if self.transform is not None:
                 images = self.transform(images)
             x = self.normalize(images)

@@ -17,7 +17,7 @@ from ccn.data.store import select
 from ccn.data.loader import TensorBatches
 from ccn.data.policies import make_policy
 from ccn.dist import World
-from ccn.errors import CCNError, DataError
+from ccn.errors import CCNError, ConfigError, DataError
 
 PROBE_HOLDOUT_SEED = 12345  # fixed, not the run seed: every variant and seed holds out the same images
 VALIDATION_SEED = 54321  # likewise for data.val_fraction
@@ -45,11 +45,20 @@ def default_augment(config: Config, ds: ImageDataset) -> Augment:
                        "side is usual: 16 for 32 px CIFAR), or 0 for none")
     flip = d.flip if d.flip is not None else ds.flip
     policy = make_policy(d.augment, d.randaugment_n, d.randaugment_m)
+    if d.flip_mode == "alternate" and not flip:
+        raise ConfigError(f"data.flip_mode=alternate, but data {ds.name} is not flipped (a flip would change its "
+                          "labels' meaning): remove data.flip_mode, or set data.flip=true")
+    flips = dict(flip=flip, alternate_flip=d.flip_mode == "alternate", seed=config.seed)
     if training_crop(d) == "random_resized":
         crop = RandomResizedCrop(input_size(d), tuple(d.crop_scale), tuple(d.crop_ratio))
-        return Augment(crop_padding=0, flip=flip, cutout=d.cutout, policy=policy, resized_crop=crop)
+        return Augment(crop_padding=0, cutout=d.cutout, policy=policy, resized_crop=crop, **flips)
     padding = d.crop_padding if d.crop_padding is not None else max(1, ds.image_size // 8)
-    return Augment(crop_padding=padding, flip=flip, cutout=d.cutout, policy=policy)
+    reflect = d.pad_mode == "reflect"
+    if reflect and padding >= ds.image_size:
+        raise ConfigError(f"data.pad_mode=reflect mirrors at most {ds.image_size - 1} pixels of these "
+                          f"{ds.image_size}px images, but data.crop_padding is {padding}: lower data.crop_padding "
+                          "or use data.pad_mode=zeros")
+    return Augment(crop_padding=padding, cutout=d.cutout, policy=policy, reflect=reflect, **flips)
 
 
 def preprocess_facts(config: Config, ds: ImageDataset, normalize: Normalize) -> dict:
@@ -70,6 +79,19 @@ def eval_transform(config: Config) -> Optional[CentreCrop]:
     with data.crop=random_resized the centred data.eval_crop of the stored square at the input size."""
     d = config.data
     return CentreCrop(input_size(d), d.eval_crop) if training_crop(d) == "random_resized" else None
+
+
+
+FIT_SAMPLE = 5000  # images a backbone's data-dependent initialisation sees (airbench: the first 5,000)
+FIT_SAMPLE_SEED = 24680  # fixed, not the run seed: every seed and variant fits the same images (ours)
+
+
+def fit_sample(data: "RunData") -> torch.Tensor:
+    """Normalised training images for `Backbone.fit_to_data`: a fixed-seed random sample of up to
+    5,000 (airbench takes the first 5,000), the same on every rank."""
+    n = len(data.train.labels)
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(FIT_SAMPLE_SEED))[:FIT_SAMPLE].sort().values
+    return data.normalize(data.train.take(pick))
 
 
 def check_training_batch(batch_size: int, train_images: int, world: World) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ccn.models import fastnet, pyramidnet, resnet9, resnet_cifar, wide_resnet  # noqa: F401  (register backbones)
+from ccn.models import airbench, fastnet, pyramidnet, resnet9, resnet_cifar, wide_resnet  # noqa: F401  (register backbones)
 from ccn.models.base import Backbone
 from ccn.models.registry import BACKBONES, backbone_from_config, create_backbone, register_backbone
 

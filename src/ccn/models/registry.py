@@ -20,7 +20,7 @@ def register_backbone(name: str):
 
 def _option_kwargs(model_cfg) -> dict:
     """The ModelConfig fields a backbone factory may take, without the ones left at None."""
-    names = ("width", "depth", "alpha", "widen_factor", "shakedrop", "norm")
+    names = ("width", "depth", "alpha", "widen_factor", "shakedrop", "norm", "whiten_bias_epochs")
     return {n: getattr(model_cfg, n) for n in names if getattr(model_cfg, n, None) is not None}
 
 
@@ -41,4 +41,10 @@ def create_backbone(name: str, **options) -> nn.Module:
 
 
 def backbone_from_config(model_cfg) -> nn.Module:
-    return create_backbone(model_cfg.name, **_option_kwargs(model_cfg))
+    """The backbone `model.*` names, with identity-initialised convolutions when model.dirac (or the net) says so."""
+    backbone = create_backbone(model_cfg.name, **_option_kwargs(model_cfg))
+    dirac = model_cfg.dirac if getattr(model_cfg, "dirac", None) is not None else getattr(backbone, "dirac_default", False)
+    if dirac:
+        from ccn.models.base import dirac_init
+        dirac_init(backbone)
+    return backbone
