@@ -27,7 +27,9 @@ def test_run_config_loads_and_builds_its_backbone(path):
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_experiment_grid_loads_every_variant(path):
     grid = load_grid(path)
-    assert grid.reference in grid.variants and len(grid.seeds) >= 3
+    assert grid.reference in grid.variants
+    # a study compares methods over paired seeds; a budget grid only picks the number of epochs
+    assert len(grid.seeds) >= 3 or path.stem.endswith("_budget")
     for variant in grid.variants:
         config = grid.config_for(variant, grid.seeds[0])
         assert backbone_from_config(config.model).num_features > 0
