@@ -152,8 +152,6 @@ def test_memory_limits_read_cgroup_v1_v2_and_meminfo(monkeypatch):
 
 
 def test_store_choices_that_cannot_apply_are_one_line(tmp_path):
-    with pytest.raises(ConfigError, match="data.store=stream is not yet available"):
-        load_dataset(folder_config(make_folder(tmp_path / "d"), store="stream"))
     with pytest.raises(ConfigError, match="data.store=disk applies to data sets read from image files"):
         load_dataset(DataConfig(name="digits", store="disk"))
 

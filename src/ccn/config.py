@@ -57,8 +57,9 @@ class DataConfig:
     cache: bool = True  # keep decoded image folders in the cache (CCN_CACHE_DIR, default ~/.cache/ccn) for later runs
     # where decoded image files live (folder, caltech101): memory, disk (a file in the cache, memory-mapped),
     # auto (memory when N x 3 x S x S bytes fit in half the memory this process may use, else disk), or
-    # stream (not yet available); README "Large data sets"
+    # stream (decode the files per batch, nothing decoded kept; for data too big even for disk); README "Large data sets"
     store: Literal["auto", "memory", "disk", "stream"] = "auto"
+    workers: Optional[int] = None  # stream: decoding processes, 0-256; 0: in the training process; empty: min(8, CPUs)
     skip_bad_images: bool = False  # warn and skip unreadable images instead of stopping
     val_fraction: float = 0.0  # >0: hold out this share of each class's training images (seeded, the same for
     #                            every run seed) and score them instead of the test set, to choose settings
@@ -419,6 +420,7 @@ LIMITS: dict[str, Bounds] = {
     "data.cutout": Bounds(0, 1024),
     "data.num_classes": Bounds(2, 10_000),
     "data.num_groups": Bounds(1, 10_000),
+    "data.workers": Bounds(0, 256, meaning="0: decode in the training process"),
     "data.val_fraction": Bounds(0, 1, high_open=True, meaning="0: score the test set"),
     "data.randaugment_n": Bounds(0, 14),  # operations per image; 14 is every operation
     "data.randaugment_m": Bounds(0, 30),  # magnitude bins, as in the RandAugment paper
@@ -474,6 +476,7 @@ ONLY_WHEN = {
     "data.randaugment_n": ("data.augment", "randaugment"),
     "data.randaugment_m": ("data.augment", "randaugment"),
     "model.whiten_bias_epochs": ("model.name", "airbench"),
+    "data.workers": ("data.store", "stream"),
 }
 
 # Pairs where setting both would let one silently win over the other.

@@ -1,4 +1,4 @@
-"""The data set every reader returns: uint8 images (a tensor, or ImageRows of a store), int64 labels, class names."""
+"""The data set every reader returns: uint8 images (a tensor, or an ImageSource of a store), int64 labels, class names."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ccn.data.store import ImageRows, select
+from ccn.data.store import ImageSource, select
 from ccn.errors import DataError
 
 STATS_CHUNK_BYTES = 32 * 2**20  # int64 working memory per chunk when statistics are summed over a store
@@ -19,9 +19,9 @@ class ImageDataset:
     """A whole data set.
 
     `train_images`/`test_images` are uint8 images of shape (N, 3, H, W): tensors for the data sets
-    generated or read whole (digits, synthetic, CIFAR), ImageRows of a store (ccn.data.store: in
-    memory or mapped from disk) for image files; labels are int64 in
-    [0, C). `coarse` maps each class to a coarse label (CIFAR-100's 20 superclasses, or the planted
+    generated or read whole (digits, synthetic, CIFAR), an ImageSource of a store for image files
+    (ccn.data.store.ImageRows: in memory or mapped from disk; ccn.data.stream.StreamSource: decoded
+    per batch); labels are int64 in [0, C). `coarse` maps each class to a coarse label (CIFAR-100's 20 superclasses, or the planted
     groups of `synthetic`) when the data set has one; the oracle partition and the ARI/NMI scores use it.
     `flip` is the data set's default for random horizontal flips (off for digits, whose mirror
     images are other glyphs).
@@ -29,9 +29,9 @@ class ImageDataset:
 
     name: str
     classes: list[str]
-    train_images: torch.Tensor | ImageRows
+    train_images: torch.Tensor | ImageSource
     train_labels: torch.Tensor
-    test_images: torch.Tensor | ImageRows
+    test_images: torch.Tensor | ImageSource
     test_labels: torch.Tensor
     coarse: Optional[list[int]] = None
     coarse_names: Optional[list[str]] = None
@@ -80,7 +80,7 @@ class ImageDataset:
         return channel_stats(self.train_images)
 
 
-def channel_stats(images: torch.Tensor | ImageRows) -> tuple[list[float], list[float]]:
+def channel_stats(images: torch.Tensor | ImageSource) -> tuple[list[float], list[float]]:
     """Per-channel mean and (unbiased) std of `images`, in [0, 1] units.
 
     Tensors (digits, synthetic, CIFAR): one float32 pass over them all, the computation every
@@ -91,6 +91,12 @@ def channel_stats(images: torch.Tensor | ImageRows) -> tuple[list[float], list[f
     if isinstance(images, torch.Tensor):
         x = images.float().div_(255)
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    kept = getattr(images, "channel_stats", None)  # a stream keeps them in the cache (ccn.data.stream)
+    return kept() if kept is not None else summed_channel_stats(images)
+
+
+def summed_channel_stats(images) -> tuple[list[float], list[float]]:
+    """channel_stats of an ImageSource with `chunks(rows)`: exact integer sums, chunk by chunk."""
     total, squares = [0, 0, 0], [0, 0, 0]
     per_image = 8 * int(np.prod(images.shape[1:]))
     for chunk in images.chunks(max(1, STATS_CHUNK_BYTES // per_image)):

@@ -1,6 +1,6 @@
 """Batches straight from tensors held on the training device (no DataLoader, no worker processes),
-or gathered per batch from a store (ccn.data.store.ImageSource: a memory-mapped file) and moved to
-the device (through pinned memory on CUDA).
+or gathered per batch from a store (ccn.data.store.ImageSource: a memory-mapped file, or image files
+decoded a few batches ahead by worker processes) and moved to the device (through pinned memory on CUDA).
 
 The permutation of an epoch and the augmentation of each batch come from generators seeded by
 (seed, epoch, batch), so the same seed gives every variant the same data order, a resumed run
@@ -47,13 +47,17 @@ class TensorBatches:
         order = epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
         return order.to(self.device)
 
-    def _images(self, idx: torch.Tensor) -> torch.Tensor:
+    def _images(self, index_lists: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The uint8 images of each index list, on the device. A source is handed every list at once,
+        so a stream can decode ahead while the device trains."""
         if isinstance(self.images, torch.Tensor):
-            return self.images[idx]
-        batch = self.images.gather(idx.cpu())
-        if self.device.type == "cuda":  # page-locked, so the copy runs beside the GPU's work
-            return batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.to(self.device)
+            yield from (self.images[idx] for idx in index_lists)
+            return
+        for batch in self.images.batches(idx.cpu() for idx in index_lists):
+            if self.device.type == "cuda":  # page-locked, so the copy runs beside the GPU's work
+                yield batch.pin_memory().to(self.device, non_blocking=True)
+            else:
+                yield batch.to(self.device)
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         """The uint8 images at indices `idx` (in this set), on the batches' device, not augmented."""
@@ -73,11 +77,12 @@ class TensorBatches:
         one process makes for the whole batch, so N ranks together see what a single process sees."""
         order = self._order(epoch)
         generator = torch.Generator(device=self.device)
+        plan = []  # (batch number, share, this rank's indices) of every batch still to come
         for b in range(start_batch, self.num_batches()):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             share = Share(self.rank, self.world_size, len(idx))
-            idx = share.of(idx)
-            images = self._images(idx)
+            plan.append((b, share, share.of(idx)))
+        for (b, share, idx), images in zip(plan, self._images([idx for _, _, idx in plan])):
             if self.augment is not None:  # draws for the whole global batch, work on this rank's share only
                 generator.manual_seed((self.seed * _EPOCH_STRIDE + epoch) * 65_537 + b)
                 images = self.augment(images, generator, share, ids=idx, epoch=epoch)

@@ -11,7 +11,8 @@ Memory model. A data set of N images at S x S pixels decodes to N x 3 x S x S by
                        (the smallest of the cgroup limit, v1 memory.limit_in_bytes or v2 memory.max, and
                        the machine's MemAvailable), else disk (ours: the other half is left for the model,
                        the batches and the rest of the machine).
-    data.store=stream  decode the compressed files per batch (not yet available).
+    data.store=stream  nothing decoded is kept: the compressed files are decoded per batch in data.workers
+                       processes, a few batches ahead (ccn.data.stream; folder and caltech101).
 
 A store file is written under a temporary name, renamed when complete, and used only when its
 sidecar (written last) names the same inputs and its size is exactly N x 3 x S x S: a store left
@@ -20,8 +21,9 @@ never reused (the file name is a hash of every path, label, size, mtime, the ima
 STORE_VERSION).
 
 Every source of images the batch iterators read implements `ImageSource`: `gather(indices)` returns
-uint8 (n, 3, S, S) CPU images, plus `__len__` and `shape`. `ImageRows` is the one for decoded images;
-a streaming store implements the same three.
+uint8 (n, 3, S, S) CPU images, `batches(index_lists)` those of one index list after another (where a
+source can work ahead, as the stream's decoding workers do), plus `__len__` and `shape`. `ImageRows`
+is the one for decoded images; ccn.data.stream.StreamSource the one for files decoded per batch.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ from dataclasses import dataclass
 from itertools import islice
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Iterator, Optional, Protocol, Sequence
+from typing import Iterable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from ccn.data.images import UnreadableImage, decode_image
-from ccn.errors import ConfigError, DataError, WriteError
+from ccn.errors import DataError, WriteError
 from ccn.files import atomic_write, fault_point, write_json
 from ccn.progress import progress_bar
 
@@ -52,6 +54,7 @@ UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge number near 2**63
 DECODE_CHUNK = 32  # images per task handed to a decoding worker
 PARALLEL_FROM = 256  # fewer images are decoded in the parent: starting workers costs more
 IN_FLIGHT = 2  # chunks per worker decoded ahead of the writer: bounds the memory decoding takes
+BAD_IMAGE_FIX = "remove or replace it, or set data.skip_bad_images=true"
 
 
 class ImageSource(Protocol):
@@ -62,6 +65,8 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
     def gather(self, indices: torch.Tensor) -> torch.Tensor: ...
+
+    def batches(self, index_lists: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]: ...
 
 
 class ImageRows:
@@ -93,6 +98,9 @@ class ImageRows:
     def gather(self, indices: torch.Tensor) -> torch.Tensor:
         return self.base[self._rows(torch.as_tensor(indices, dtype=torch.long))]
 
+    def batches(self, index_lists: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        return (self.gather(indices) for indices in index_lists)
+
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, int):
             return self.gather(torch.tensor([key]))[0]
@@ -106,8 +114,8 @@ class ImageRows:
 
 
 def select(images, indices: torch.Tensor):
-    """Rows `indices` of a tensor (a copy, as before) or of ImageRows (a view)."""
-    return images.take(indices) if isinstance(images, ImageRows) else images[indices]
+    """Rows `indices` of a tensor (a copy, as before) or of an ImageSource (a view: no pixels copied)."""
+    return images[indices] if isinstance(images, torch.Tensor) else images.take(indices)
 
 
 # ---------------------------------------------------------------- which store
@@ -143,9 +151,7 @@ def _read(path: str) -> str:
 
 
 def choose_store(requested: str, decoded_bytes: int) -> tuple[str, str]:
-    """(memory or disk, why) for data.store=`requested` and data of `decoded_bytes`."""
-    if requested == "stream":
-        raise ConfigError("data.store=stream is not yet available: use data.store=auto, memory or disk")
+    """(memory, disk or stream, why) for data.store=`requested` and data of `decoded_bytes`."""
     size = f"{decoded_bytes / 1e9:.2f} GB decoded"
     if requested != "auto":
         return requested, f"data.store={requested} ({size})"
@@ -165,7 +171,7 @@ def choose_store(requested: str, decoded_bytes: int) -> tuple[str, str]:
 # ---------------------------------------------------------------- decoding
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Decoding workers end when the process that started them ends, even by kill -9 or the OOM
     killer (Linux: the kernel sends SIGKILL at the parent's death), instead of idling on as orphans."""
     try:
@@ -183,7 +189,7 @@ _worker_items: Sequence = ()
 
 def _start_worker(parent: int, items: Sequence, size: int, skip_bad: bool, fit: str) -> None:
     global _worker_items, _worker_settings
-    _die_with_parent(parent)
+    die_with_parent(parent)
     _worker_items, _worker_settings = items, (size, skip_bad, fit)
 
 
@@ -197,7 +203,7 @@ def _decode_or_reason(path: Path, size: int, skip_bad: bool, fit: str = "stretch
     except UnreadableImage as err:
         if skip_bad:
             return str(err)
-        raise DataError(f"{err}: remove or replace it, or set data.skip_bad_images=true") from None
+        raise DataError(f"{err}: {BAD_IMAGE_FIX}") from None
 
 
 def _decode_range(bounds: tuple[int, int]) -> list:
@@ -440,18 +446,25 @@ class StoreOptions:
     skip_bad: bool = False  # data.skip_bad_images
     fit: str = "stretch"  # how a photo becomes a square: the reader's choice (ccn.data.images.decode_image)
     stamp: Optional[str] = None  # the reader's stand-in for a stat per file in the key (see cache_key)
+    workers: Optional[int] = None  # data.workers (stream only; None: min(8, CPUs))
 
     @classmethod
     def from_config(cls, cfg) -> "StoreOptions":
-        return cls(store=cfg.store, cache=cfg.cache, skip_bad=cfg.skip_bad_images)
+        return cls(store=cfg.store, cache=cfg.cache, skip_bad=cfg.skip_bad_images, workers=cfg.workers)
 
 
 def stored_splits(kind: str, train: Sequence[tuple[Path, int]], test: Sequence[tuple[Path, int]], size: int,
                   options: StoreOptions) -> dict:
     """The fields of an ImageDataset for (path, label) listings decoded at `size` x `size`: train and
-    test images in the store data.store picks (memory or disk), labels, and notes["store"] saying
-    which store and why. Every reader of image files (folder, Caltech-101, ImageNet) goes through here."""
+    test images in the store data.store picks (memory, disk or stream), labels, and notes["store"]
+    saying which store and why. Every reader of image files (folder, Caltech-101, ImageNet) goes through here."""
     store, why = choose_store(options.store, (len(train) + len(test)) * 3 * size * size)
+    if store == "stream":
+        from ccn.data.stream import default_workers, streamed_splits  # stream imports base, which imports this module
+        workers = default_workers(options.workers)
+        fields = streamed_splits(train, test, size, workers, options.skip_bad, cache_dir() if options.cache else None)
+        where = f"{workers} worker process(es)" if workers else "the training process (data.workers=0)"
+        return {**fields, "notes": {"store": f"stream: {why}, decoded per batch in {where}"}}
     x_train, y_train = stored_split(kind, train, size, options, store)
     x_test, y_test = stored_split(kind, test, size, options, store)
     return dict(train_images=x_train, train_labels=y_train, test_images=x_test, test_labels=y_test,

@@ -1,0 +1,289 @@
+"""`data.store=stream`: training and test images decoded from their compressed files batch by batch,
+for data too big even for a decoded copy on disk (ImageNet at 224 px: 193 GB decoded, 140 GB JPEG).
+
+A `StreamSource` is an ImageSource (ccn.data.store) like the memory and disk stores' ImageRows:
+`shape`, `len()`, index views (`take`, for caps and the validation and probe hold-outs, no image
+decoded), `gather(indices)` (those images decoded in this process) and `batches(index_lists)`, which
+decodes batch after batch in `data.workers` processes (each batch split among them), up to AHEAD
+batches per worker ahead of the training step. Decoding is ccn.data.images.decode_image, the decoder
+and resize of the other stores, so the bytes are identical. Nothing random happens here: the order
+comes from (seed, epoch) and the augmentation draws from (seed, epoch, batch) in ccn.data.loader,
+after the images arrive, so the weights are the same for any number of workers or ranks, and the
+same as with a memory or disk store.
+
+An unreadable image (data.skip_bad_images=true) is decoded as a black image in every epoch, its
+label kept, and named in one warning: dropping it would change the batches (and the draws of every
+image after it) depending on when it was found. With skip_bad_images=false the run stops with one
+line naming the file. A worker that dies is named in one line, never waited for; workers end with
+the process that started them (daemon processes, and on Linux a parent-death signal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ccn.data.base import summed_channel_stats
+from ccn.data.images import UnreadableImage, decode_image
+from ccn.data.store import BAD_IMAGE_FIX, die_with_parent
+from ccn.errors import DataError, WriteError
+from ccn.files import write_json
+
+AHEAD = 2  # batches in flight per worker, ahead of the one being trained on (as DataLoader's prefetch_factor)
+POLL_SECONDS = 0.5  # how often a waiting parent checks that its workers are alive
+
+
+def default_workers(requested: Optional[int]) -> int:
+    """data.workers, or min(8, CPUs) when it is left empty."""
+    return requested if requested is not None else min(8, os.cpu_count() or 1)
+
+
+def decode_many(paths: Sequence[str], size: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """(k, size, size, 3) uint8 images and [(position, why)] for those that could not be read (black)."""
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    bad = []
+    for i, path in enumerate(paths):
+        try:
+            out[i] = decode_image(Path(path), size)
+        except UnreadableImage as err:
+            bad.append((i, str(err)))
+    return out, bad
+
+
+def _worker(tasks, results, parent: int) -> None:
+    """Decode (job, paths, size) tasks until told to stop or the parent is gone."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    while True:
+        try:
+            task = tasks.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent:  # where no parent-death signal exists
+                return
+            continue
+        if task is None:
+            return
+        job, paths, size = task
+        results.put((job, *decode_many(paths, size)))
+
+
+class DecodePool:
+    """`workers` decoding processes fed through one task queue; results come back keyed by job."""
+
+    def __init__(self, workers: int):
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self.tasks, self.results = context.Queue(), context.Queue()
+        self.processes = [context.Process(target=_worker, args=(self.tasks, self.results, os.getpid()),
+                                          name=f"ccn-decode-{i}", daemon=True) for i in range(workers)]
+        for process in self.processes:
+            process.start()
+
+    def submit(self, job, paths: list[str], size: int) -> None:
+        self.tasks.put((job, paths, size))
+
+    def result(self):
+        """The next finished job; DataError naming the worker as soon as one has died (the job it held
+        would never come back)."""
+        while True:
+            self._check_alive()
+            try:
+                return self.results.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+
+    def _check_alive(self) -> None:
+        for process in self.processes:
+            if process.exitcode is not None:
+                self.close()
+                raise DataError(f"image decoding worker {process.name} (pid {process.pid}) "
+                                f"{_how_it_ended(process.exitcode)}: the run cannot go on without its images; "
+                                "check free memory (dmesg) and continue with `ccn train --resume RUN`")
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
+        for process in self.processes:
+            process.join(timeout=5)
+        self.tasks.close()
+        self.results.close()
+        self.processes = []
+
+
+def _how_it_ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+_POOLS: dict[int, DecodePool] = {}  # one pool per worker count, shared by the train, test and probe sources
+
+
+def shared_pool(workers: int) -> DecodePool:
+    """The running pool of `workers` processes (started at first use, kept across epochs)."""
+    if workers not in _POOLS or not _POOLS[workers].processes:
+        _POOLS[workers] = DecodePool(workers)
+    return _POOLS[workers]
+
+
+def close_pool(workers: int) -> None:
+    pool = _POOLS.pop(workers, None)
+    if pool is not None:
+        pool.close()
+
+
+class StreamSource:
+    """Images read from files when asked for, never held whole; see the module notes."""
+
+    dtype = torch.uint8
+    ndim = 4
+    kind = "stream"
+
+    def __init__(self, paths: Sequence[Path], size: int, workers: int, skip_bad: bool,
+                 stats_cache: Optional[Path] = None):
+        self.paths = [str(p) for p in paths]
+        self.size, self.workers, self.skip_bad = size, workers, skip_bad
+        self.stats_cache = stats_cache  # folder for the channel statistics (data.cache), or None
+        self._warned: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), 3, self.size, self.size)
+
+    def _paths(self, indices) -> list[str]:
+        return [self.paths[i] for i in torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()]
+
+    def take(self, indices) -> "StreamSource":
+        """An index view (caps, validation split, hold-out): the same files, no image decoded."""
+        return StreamSource(self._paths(indices), self.size, self.workers, self.skip_bad, self.stats_cache)
+
+    def gather(self, indices) -> torch.Tensor:
+        """uint8 (n, 3, S, S) CPU tensor of the images at `indices`, decoded in this process."""
+        paths = self._paths(indices)
+        return self._as_tensor(*decode_many(paths, self.size), paths)
+
+    def chunks(self, rows: int) -> Iterator[torch.Tensor]:
+        """Every image in order, `rows` at a time, decoded by the workers (for the channel statistics)."""
+        yield from self.batches(torch.arange(start, min(start + rows, len(self))) for start in range(0, len(self), rows))
+
+    def batches(self, index_lists: Iterable) -> Iterator[torch.Tensor]:
+        """gather() of each index list in turn, decoded by the workers up to AHEAD x workers batches in
+        advance (in this process when data.workers=0)."""
+        if self.workers == 0:
+            yield from (self.gather(indices) for indices in index_lists)
+            return
+        pending = iter(enumerate(index_lists))
+        waiting: dict[int, list[str]] = {}  # batch number -> its paths
+        done: dict[int, dict[int, tuple]] = {}  # batch number -> {chunk start: (images, bad)}
+        pool = shared_pool(self.workers)
+        try:
+            for _ in range(AHEAD * self.workers):
+                self._submit(pool, pending, waiting)
+            number = 0
+            while number in waiting:
+                paths = waiting[number]
+                chunks = done.setdefault(number, {})
+                while sum(len(images) for images, _ in chunks.values()) < len(paths):
+                    (batch, start), images, bad = pool.result()
+                    done.setdefault(batch, {})[start] = (images, bad)
+                del waiting[number], done[number]
+                parts = [chunks[start] for start in sorted(chunks)]
+                self._submit(pool, pending, waiting)
+                offsets = np.cumsum([0] + [len(images) for images, _ in parts])
+                bad = [(offset + i, why) for (_, found), offset in zip(parts, offsets) for i, why in found]
+                yield self._as_tensor(np.concatenate([images for images, _ in parts]), bad, paths)
+                number += 1
+        except BaseException:
+            close_pool(self.workers)  # an abandoned epoch leaves jobs in the queues: start clean next time
+            raise
+
+    def _submit(self, pool: DecodePool, pending, waiting: dict) -> None:
+        """Send the next batch as one chunk per worker."""
+        try:
+            number, indices = next(pending)
+        except StopIteration:
+            return
+        paths = self._paths(indices)
+        waiting[number] = paths
+        step = max(1, -(-len(paths) // self.workers))
+        for start in range(0, len(paths), step):
+            pool.submit((number, start), paths[start:start + step], self.size)
+
+    def _as_tensor(self, images: np.ndarray, bad: list[tuple[int, str]], paths: list[str]) -> torch.Tensor:
+        for position, why in bad:
+            if not self.skip_bad:
+                raise DataError(f"{why}: {BAD_IMAGE_FIX}")
+            if paths[position] not in self._warned:
+                self._warned.add(paths[position])
+                warnings.warn(f"skipped: {why}; a black image stands in for it (label kept) in every epoch",
+                              stacklevel=2)
+        return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """ccn.data.base's exact integer statistics over every image (one decoding pass over the files),
+        kept in the cache (keyed by the files, their sizes and times, and the image size), so a resumed
+        run and the other torchrun ranks (which start after rank 0) read them instead."""
+        path = self._stats_path()
+        saved = _read_stats(path) if path is not None else None
+        if saved is not None:
+            return saved
+        mean, std = summed_channel_stats(self)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(path, {"mean": mean, "std": std})
+            except (OSError, WriteError) as err:  # a full or read-only cache costs time, not the run
+                warnings.warn(f"could not keep the channel statistics in {path} ({err})", stacklevel=2)
+        return mean, std
+
+    def _stats_path(self) -> Optional[Path]:
+        if self.stats_cache is None:
+            return None
+        digest = hashlib.sha256(f"stream-stats|{self.size}|{self.skip_bad}".encode())
+        for name in self.paths:
+            stat = os.stat(name)
+            digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return Path(self.stats_cache) / f"stream-stats-{digest.hexdigest()[:20]}.json"
+
+
+def _read_stats(path: Path) -> Optional[tuple[list[float], list[float]]]:
+    """Saved statistics, or None when absent or not exactly two lists of 3 finite numbers, std positive."""
+    try:
+        saved = json.loads(path.read_text())
+        mean, std = saved["mean"], saved["std"]
+        numbers = [float(v) for v in mean + std]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in numbers) or min(std) <= 0:
+        return None
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def streamed_splits(train: Sequence[tuple[Path, int]], test: Sequence[tuple[Path, int]], size: int,
+                    workers: int, skip_bad: bool, stats_cache: Optional[Path]) -> dict:
+    """The image and label fields of an ImageDataset whose images are decoded per batch."""
+    fields = {}
+    for split, items in (("train", train), ("test", test)):
+        if not items:
+            raise DataError(f"no images in the {split} split: check the data folder")
+        fields[f"{split}_images"] = StreamSource([path for path, _ in items], size, workers, skip_bad, stats_cache)
+        fields[f"{split}_labels"] = torch.tensor([label for _, label in items], dtype=torch.long)
+    return fields

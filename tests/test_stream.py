@@ -1,0 +1,166 @@
+"""data.store=stream: image files decoded per batch in worker processes, the same batches as memory."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ccn import config as cfgmod
+from ccn.data.base import channel_stats
+from ccn.data.store import ImageRows, decode_split
+from ccn.data.stream import StreamSource, close_pool, shared_pool
+from ccn.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_jpeg_folder(tmp_path_factory.mktemp("stream") / "f")
+
+
+def make_jpeg_folder(root):
+    """4 classes of 40 x 48 JPEGs, each class a tinted noise (learnable), 12 train and 4 test per class."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for c in range(4):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                tint = np.zeros((40, 48, 3))
+                tint[..., c % 3] = 150 + 60 * (c // 3)
+                pixels = np.clip(tint + rng.normal(0, 40, tint.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(d / f"{i}.jpg", quality=90)
+    return root
+
+
+def _files(folder) -> list:
+    return sorted((folder / "train").glob("*/*.jpg"))
+
+
+def test_streamed_batches_are_the_decoded_images_for_any_worker_count(folder):
+    paths = _files(folder)
+    decoded, _ = decode_split([(p, 0) for p in paths], 16, False)
+    order = [torch.tensor([5, 0, 47, 3]), torch.tensor([9]), torch.arange(10, 40)]
+    for workers in (0, 1, 3):
+        source = StreamSource(paths, 16, workers, skip_bad=False)
+        got = list(source.batches(order))
+        assert [tuple(b.shape) for b in got] == [(4, 3, 16, 16), (1, 3, 16, 16), (30, 3, 16, 16)]
+        assert all(torch.equal(b, decoded[idx]) for b, idx in zip(got, order))
+        view = source.take(torch.tensor([47, 5]))  # an index view (caps, validation split): no decoding
+        assert view.shape == (2, 3, 16, 16) and torch.equal(view.gather([0, 1]), decoded[[47, 5]])
+    # main's exact integer statistics, whichever store holds the images
+    assert channel_stats(StreamSource(paths, 16, 2, False)) == channel_stats(ImageRows(decoded))
+
+
+def _trained_weights(folder, overrides: list[str]) -> dict:
+    from ccn.dist import World
+    from ccn.pipeline import MethodRun
+    from ccn.tracking import RunLog
+    config = cfgmod.load(None, ["data.name=folder", f"data.root={folder}", "data.image_size=16", "model.width=8",
+                                "train.epochs=2", "train.batch_size=16", "train.progress=false",
+                                "train.deterministic=true", "data.val_fraction=0.25", *overrides])
+    run = MethodRun(config, None, RunLog(None, enabled=False), World(), None)
+    run.train()
+    return {k: v.clone() for k, v in run.model.state_dict().items()}
+
+
+@pytest.mark.slow  # three short runs: about 10 s on 2 quiet cores
+def test_stream_trains_the_model_the_memory_store_trains_for_0_and_2_workers(folder):
+    """ccn (probe epoch, groups, three-level head) with a validation split: the same weights bit for
+    bit whether the images are held in memory or decoded per batch by 0 or 2 worker processes."""
+    memory = _trained_weights(folder, ["data.store=memory"])
+    for workers in (0, 2):
+        streamed = _trained_weights(folder, ["data.store=stream", f"data.workers={workers}"])
+        assert streamed.keys() == memory.keys()
+        assert all(torch.equal(streamed[k], memory[k]) for k in memory), f"{workers} workers"
+
+
+def _folder_with_a_bad_file(folder, tmp_path):
+    paths = _files(folder)[:6]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a JPEG")
+    return paths[:3] + [bad] + paths[3:], bad
+
+
+def test_an_unreadable_image_is_black_with_skip_and_named_without(folder, tmp_path):
+    paths, bad = _folder_with_a_bad_file(folder, tmp_path)
+    with pytest.warns(UserWarning, match=f"skipped: cannot read image {bad}.*a black image stands in"):
+        batch = next(StreamSource(paths, 16, 2, skip_bad=True).batches([torch.arange(7)]))
+    assert batch.shape == (7, 3, 16, 16) and int(batch[3].max()) == 0 and int(batch[2].max()) > 0
+    with warnings.catch_warnings():  # warned once per file, not once per epoch
+        warnings.simplefilter("error")
+        source = StreamSource(paths, 16, 2, skip_bad=True)
+        source._warned.add(str(bad))
+        next(source.batches([torch.arange(7)]))
+    with pytest.raises(DataError, match=f"cannot read image {bad} .*: remove or replace it, or set "
+                                        "data.skip_bad_images=true"):
+        list(StreamSource(paths, 16, 2, skip_bad=False).batches([torch.arange(4), torch.arange(4, 7)]))
+
+
+def test_a_worker_that_dies_is_named_not_waited_for(folder):
+    close_pool(2)
+    pool = shared_pool(2)
+    victim = pool.processes[1]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(timeout=10)
+    started = time.monotonic()
+    with pytest.raises(DataError, match=rf"image decoding worker ccn-decode-1 \(pid {victim.pid}\) was killed by "
+                                        "SIGKILL: the run cannot go on"):
+        list(StreamSource(_files(folder), 16, 2, skip_bad=False).batches([torch.arange(8)] * 3))
+    assert time.monotonic() - started < 10
+    fresh = shared_pool(2).processes  # the next use starts a fresh pool of live workers
+    assert victim not in fresh and all(p.is_alive() for p in fresh)
+    close_pool(2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_end_with_their_parent_even_after_kill_9():
+    script = ("import time; from ccn.data.stream import shared_pool; pool = shared_pool(2); "
+              "print(*[p.pid for p in pool.processes], flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.store=stream"], "data.store=stream applies to data sets read from image files \\(caltech101, folder\\); "
+                            "digits is read whole into memory: use data.store=auto or memory"),
+    (["data.workers=2"], "data.workers only applies when data.store=stream"),
+    (["data.store=stream", "data.workers=-1"], "data.workers must be between 0 and 256"),
+], ids=["stream-of-in-memory-data", "workers-without-stream", "negative-workers"])
+def test_bad_stream_settings(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        from ccn.data import load_dataset
+        load_dataset(cfgmod.load(None, overrides).data)
+
+
+def test_channel_statistics_are_kept_in_the_cache_and_a_damaged_entry_is_recomputed(folder, tmp_path):
+    paths = _files(folder)[:10]
+    source = StreamSource(paths, 16, 0, skip_bad=False, stats_cache=tmp_path)
+    first = source.channel_stats()
+    [entry] = tmp_path.glob("stream-stats-*.json")
+    entry.write_text('{"mean": [0.5, 0.5], "std": [1, 1, 1]}')  # damaged: two means
+    assert source.channel_stats() == first
+    entry.write_text('{"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}')  # a valid entry is read, not recomputed
+    assert source.channel_stats() == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    assert source.take(torch.arange(5)).channel_stats() != ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])  # other files, other key
