@@ -157,10 +157,10 @@ def test_bad_stream_settings(overrides, message):
 def test_channel_statistics_are_kept_in_the_cache_and_a_damaged_entry_is_recomputed(folder, tmp_path):
     paths = _files(folder)[:10]
     source = StreamSource(paths, 16, 0, skip_bad=False, stats_cache=tmp_path)
-    first = source.channel_stats()
+    first = channel_stats(source)
     [entry] = tmp_path.glob("stream-stats-*.json")
     entry.write_text('{"mean": [0.5, 0.5], "std": [1, 1, 1]}')  # damaged: two means
-    assert source.channel_stats() == first
+    assert channel_stats(source) == first
     entry.write_text('{"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}')  # a valid entry is read, not recomputed
-    assert source.channel_stats() == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
-    assert source.take(torch.arange(5)).channel_stats() != ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])  # other files, other key
+    assert channel_stats(source) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    assert channel_stats(source.take(torch.arange(5))) != ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])  # other files, other key

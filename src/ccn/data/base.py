@@ -92,7 +92,7 @@ def channel_stats(images: torch.Tensor | ImageSource) -> tuple[list[float], list
         x = images.float().div_(255)
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     kept = getattr(images, "channel_stats", None)  # a stream keeps them in the cache (ccn.data.stream)
-    return kept() if kept is not None else summed_channel_stats(images)
+    return kept(summed_channel_stats) if kept is not None else summed_channel_stats(images)
 
 
 def summed_channel_stats(images) -> tuple[list[float], list[float]]:

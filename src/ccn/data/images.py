@@ -33,6 +33,9 @@ BACKGROUND = (255, 255, 255, 255)  # transparent pixels are shown over white
 _HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+BAD_IMAGE_FIX = "remove or replace it, or set data.skip_bad_images=true"  # the fix a run that stops on one names
+
+
 class UnreadableImage(DataError):
     """`cannot read image PATH (why)`; callers add the fix that fits them (skip it, replace it ...)."""
 

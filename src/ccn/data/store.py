@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -43,7 +42,9 @@ from typing import Iterable, Iterator, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
-from ccn.data.images import UnreadableImage, decode_image
+from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
+from ccn.data.processes import die_with_parent
+from ccn.data.stream import default_workers, streamed_splits
 from ccn.errors import DataError, WriteError
 from ccn.files import atomic_write, fault_point, write_json
 from ccn.progress import progress_bar
@@ -54,7 +55,6 @@ UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge number near 2**63
 DECODE_CHUNK = 32  # images per task handed to a decoding worker
 PARALLEL_FROM = 256  # fewer images are decoded in the parent: starting workers costs more
 IN_FLIGHT = 2  # chunks per worker decoded ahead of the writer: bounds the memory decoding takes
-BAD_IMAGE_FIX = "remove or replace it, or set data.skip_bad_images=true"
 
 
 class ImageSource(Protocol):
@@ -169,19 +169,6 @@ def choose_store(requested: str, decoded_bytes: int) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------- decoding
-
-
-def die_with_parent(parent: int) -> None:
-    """Decoding workers end when the process that started them ends, even by kill -9 or the OOM
-    killer (Linux: the kernel sends SIGKILL at the parent's death), instead of idling on as orphans."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass  # not Linux: the pool's own pipes still end idle workers when the parent exits cleanly
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
 
 
 _worker_items: Sequence = ()
@@ -460,7 +447,6 @@ def stored_splits(kind: str, train: Sequence[tuple[Path, int]], test: Sequence[t
     saying which store and why. Every reader of image files (folder, Caltech-101, ImageNet) goes through here."""
     store, why = choose_store(options.store, (len(train) + len(test)) * 3 * size * size)
     if store == "stream":
-        from ccn.data.stream import default_workers, streamed_splits  # stream imports base, which imports this module
         workers = default_workers(options.workers)
         fields = streamed_splits(train, test, size, workers, options.skip_bad, cache_dir() if options.cache else None)
         where = f"{workers} worker process(es)" if workers else "the training process (data.workers=0)"

@@ -30,14 +30,13 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ccn.data.base import summed_channel_stats
-from ccn.data.images import UnreadableImage, decode_image
-from ccn.data.store import BAD_IMAGE_FIX, die_with_parent
+from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
+from ccn.data.processes import die_with_parent, how_it_ended
 from ccn.errors import DataError, WriteError
 from ccn.files import write_json
 
@@ -108,7 +107,7 @@ class DecodePool:
             if process.exitcode is not None:
                 self.close()
                 raise DataError(f"image decoding worker {process.name} (pid {process.pid}) "
-                                f"{_how_it_ended(process.exitcode)}: the run cannot go on without its images; "
+                                f"{how_it_ended(process.exitcode)}: the run cannot go on without its images; "
                                 "check free memory (dmesg) and continue with `ccn train --resume RUN`")
 
     def close(self) -> None:
@@ -120,15 +119,6 @@ class DecodePool:
         self.tasks.close()
         self.results.close()
         self.processes = []
-
-
-def _how_it_ended(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 _POOLS: dict[int, DecodePool] = {}  # one pool per worker count, shared by the train, test and probe sources
@@ -237,15 +227,15 @@ class StreamSource:
                               stacklevel=2)
         return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
-    def channel_stats(self) -> tuple[list[float], list[float]]:
-        """ccn.data.base's exact integer statistics over every image (one decoding pass over the files),
-        kept in the cache (keyed by the files, their sizes and times, and the image size), so a resumed
+    def channel_stats(self, summed: Callable) -> tuple[list[float], list[float]]:
+        """summed(self): ccn.data.base's exact integer statistics over every image (one decoding pass
+        over the files, through `chunks`), kept in the cache (keyed by the files, their sizes and times, and the image size), so a resumed
         run and the other torchrun ranks (which start after rank 0) read them instead."""
         path = self._stats_path()
         saved = _read_stats(path) if path is not None else None
         if saved is not None:
             return saved
-        mean, std = summed_channel_stats(self)
+        mean, std = summed(self)
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
