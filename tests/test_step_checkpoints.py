@@ -159,19 +159,29 @@ KILLED = ["data.train_per_class=40", "data.test_per_class=10", "data.val_fractio
           "model.dropout=0.2", "train.epochs=3", "train.ema=0.9", "train.checkpoint_every=4",
           "train.deterministic=true", "train.progress=false"]
 VARIANTS = {"ccn": ["method.name=ccn"],  # groups after epoch 1 (step 10)
-            "flat": ["method.name=flat", "train.epochs=4", "train.max_steps=25"]}  # ends in epoch 3
+            "flat": ["method.name=flat", "train.epochs=4", "train.max_steps=25"],  # ends in epoch 3
+            # ccn on 48 JPEGs decoded per batch by 2 workers: 40 after the validation split, 5 steps per epoch
+            "stream": ["data.name=folder", "data.root=JPEGS", "data.image_size=16", "data.store=stream",
+                       "data.workers=2", "train.batch_size=8", "train.checkpoint_every=2"]}
+STEPS = {"ccn": 30, "flat": 25, "stream": 15}
 
 
-def _args(variant: str) -> list[str]:
-    return [a for kv in KILLED + VARIANTS[variant] for a in ("--set", kv)]
+def _args(variant: str, jpegs) -> list[str]:
+    return [a for kv in KILLED + VARIANTS[variant] for a in ("--set", kv.replace("JPEGS", str(jpegs)))]
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory):
+def jpegs(tmp_path_factory):
+    from test_stream import make_jpeg_folder
+    return make_jpeg_folder(tmp_path_factory.mktemp("jpegs") / "f")
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, jpegs):
     outs = {}
     for variant in VARIANTS:
         outs[variant] = tmp_path_factory.mktemp("ref") / variant
-        result = run_cli("train", *_args(variant), "--out", str(outs[variant]))
+        result = run_cli("train", *_args(variant, jpegs), "--out", str(outs[variant]))
         assert result.returncode == 0, result.stderr
     return outs
 
@@ -190,10 +200,11 @@ def _rows(out) -> list[dict]:
     ("ccn", "during-save-step-16", "in epoch 2 after batch 2 of 10"),
     ("flat", "step-25", "in epoch 3 after batch 4 of 10"),  # the budget's last step (step 24 saved)
     ("flat", "before-results", "after epoch 3"),  # the budget ended in epoch 3: nothing left to train
+    ("stream", "step-7", "in epoch 2 after batch 1 of 5"),  # data.store=stream, after clustering (step 6 saved)
 ])
-def test_killed_inside_an_epoch_and_resumed_is_bit_identical(variant, point, resumed_at, references, tmp_path):
+def test_killed_inside_an_epoch_and_resumed_is_bit_identical(variant, point, resumed_at, references, jpegs, tmp_path):
     out = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-m", "ccn", "train", *_args(variant), "--out", str(out)],
+    killed = subprocess.run([sys.executable, "-m", "ccn", "train", *_args(variant, jpegs), "--out", str(out)],
                             capture_output=True, text=True, env={**os.environ, "CCN_FAULT": point})
     assert killed.returncode == -9, killed.stderr
     resumed = run_cli("train", "--resume", str(out))
@@ -204,5 +215,5 @@ def test_killed_inside_an_epoch_and_resumed_is_bit_identical(variant, point, res
     assert _rows(out) == _rows(references[variant])  # the cut epoch's row too: loss sums were saved
     results = json.loads((out / "results.json").read_text())
     assert results["top1"] == json.loads((references[variant] / "results.json").read_text())["top1"]
-    assert results["steps"] == (30 if variant == "ccn" else 25)
+    assert results["steps"] == STEPS[variant]
     assert not list(out.glob(".*.tmp"))

@@ -1,6 +1,5 @@
 """data.store=stream: image files decoded per batch in worker processes, the same batches as memory."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,14 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from ccn import config as cfgmod
 from ccn.data.base import channel_stats
 from ccn.data.store import ImageRows, decode_split
 from ccn.data.stream import StreamSource, close_pool, shared_pool
 from ccn.errors import ConfigError, DataError
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -167,28 +164,3 @@ def test_channel_statistics_are_kept_in_the_cache_and_a_damaged_entry_is_recompu
     entry.write_text('{"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}')  # a valid entry is read, not recomputed
     assert channel_stats(source) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
     assert channel_stats(source.take(torch.arange(5))) != ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])  # other files, other key
-
-
-STREAMED_RUN = ["data.name=folder", "data.root=ROOT", "data.image_size=16", "data.store=stream", "data.workers=2",
-                "model.width=8", "model.dropout=0.2", "train.epochs=3", "train.batch_size=8",
-                "train.deterministic=true", "train.progress=false"]
-
-
-@pytest.mark.slow  # three short CLI runs
-def test_a_streamed_run_killed_and_resumed_is_bit_identical(folder, tmp_path):
-    """ccn with 2 decoding workers, kill -9 right after the groups are formed, then --resume: the same
-    weights and score as the run that was never killed (the pool is new, the batches are not)."""
-    args = [a for kv in STREAMED_RUN for a in ("--set", kv.replace("ROOT", str(folder)))]
-    reference = run_cli("train", *args, "--out", str(tmp_path / "ref"))
-    assert reference.returncode == 0, reference.stderr
-    assert "data store: stream" in reference.stdout + reference.stderr
-    out = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-m", "ccn", "train", *args, "--out", str(out)], capture_output=True,
-                            text=True, env={**os.environ, "CCN_FAULT": "after-clustering"})
-    assert killed.returncode == -9, killed.stderr
-    resumed = run_cli("train", "--resume", str(out))
-    assert resumed.returncode == 0, resumed.stderr
-    ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "ref" / "model.safetensors"))
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert json.loads((out / "results.json").read_text())["top1"] == json.loads(
-        (tmp_path / "ref" / "results.json").read_text())["top1"]
