@@ -22,8 +22,9 @@ STORE_VERSION).
 
 Every source of images the batch iterators read implements `ImageSource`: `gather(indices)` returns
 uint8 (n, 3, S, S) CPU images, `batches(index_lists)` those of one index list after another (where a
-source can work ahead, as the stream's decoding workers do), plus `__len__` and `shape`. `ImageRows`
-is the one for decoded images; ccn.data.stream.StreamSource the one for files decoded per batch.
+source can work ahead, as the stream's decoding workers do), `take` (an index view) and `chunks`
+(every image in order), plus `__len__` and `shape`. `ImageRows` is the one for decoded images;
+ccn.data.stream.StreamSource the one for files decoded per batch.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class ImageSource(Protocol):
     def gather(self, indices: torch.Tensor) -> torch.Tensor: ...
 
     def batches(self, index_lists: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]: ...
+
+    def take(self, indices: torch.Tensor) -> "ImageSource": ...  # an index view: the validation split, hold-outs, caps
+
+    def chunks(self, rows: int) -> Iterator[torch.Tensor]: ...  # every image in order, for the channel statistics
 
 
 class ImageRows:
