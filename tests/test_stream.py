@@ -56,6 +56,17 @@ def test_streamed_batches_are_the_decoded_images_for_any_worker_count(folder):
         assert view.shape == (2, 3, 16, 16) and torch.equal(view.gather([0, 1]), decoded[[47, 5]])
     # main's exact integer statistics, whichever store holds the images
     assert channel_stats(StreamSource(paths, 16, 2, False)) == channel_stats(ImageRows(decoded))
+    # ImageNet's fit (shorter side resized, centred square) reaches the workers too
+    squares, _ = decode_split([(p, 0) for p in paths], 16, False, fit="centre_crop")
+    assert not torch.equal(squares, decoded)  # the 40 x 48 files: the two fits differ
+    [got] = StreamSource(paths, 16, 2, False, fit="centre_crop").batches([torch.arange(48)])
+    assert torch.equal(got, squares)
+    # TensorBatches.take (airbench's data-dependent initialisation) reads a stream as well
+    from ccn.data.augment import Normalize
+    from ccn.data.loader import TensorBatches
+    batches = TensorBatches(StreamSource(paths, 16, 2, False), torch.zeros(48, dtype=torch.long), 8,
+                            Normalize([0.5] * 3, [0.2] * 3))
+    assert torch.equal(batches.take(torch.tensor([3, 40])), decoded[[3, 40]])
 
 
 def _trained_weights(folder, overrides: list[str]) -> dict:
@@ -143,7 +154,7 @@ def test_workers_end_with_their_parent_even_after_kill_9():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["data.store=stream"], "data.store=stream applies to data sets read from image files \\(caltech101, folder\\); "
+    (["data.store=stream"], "data.store=stream applies to data sets read from image files \\(caltech101, folder, imagenet\\); "
                             "digits is read whole into memory: use data.store=auto or memory"),
     (["data.workers=2"], "data.workers only applies when data.store=stream"),
     (["data.store=stream", "data.workers=-1"], "data.workers must be between 0 and 256"),

@@ -61,7 +61,8 @@ class TensorBatches:
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         """The uint8 images at indices `idx` (in this set), on the batches' device, not augmented."""
-        return self._images(idx.to(self.device))
+        [images] = self._images([idx.to(self.device)])  # consumed whole: a stream's pool stays as it is
+        return images
 
     def num_batches(self) -> int:
         """Global batches per epoch; with several ranks each takes its share of every batch."""

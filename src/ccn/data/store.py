@@ -12,7 +12,7 @@ Memory model. A data set of N images at S x S pixels decodes to N x 3 x S x S by
                        the machine's MemAvailable), else disk (ours: the other half is left for the model,
                        the batches and the rest of the machine).
     data.store=stream  nothing decoded is kept: the compressed files are decoded per batch in data.workers
-                       processes, a few batches ahead (ccn.data.stream; folder and caltech101).
+                       processes, a few batches ahead (ccn.data.stream; folder, caltech101, imagenet).
 
 A store file is written under a temporary name, renamed when complete, and used only when its
 sidecar (written last) names the same inputs and its size is exactly N x 3 x S x S: a store left
@@ -453,7 +453,8 @@ def stored_splits(kind: str, train: Sequence[tuple[Path, int]], test: Sequence[t
     store, why = choose_store(options.store, (len(train) + len(test)) * 3 * size * size)
     if store == "stream":
         workers = default_workers(options.workers)
-        fields = streamed_splits(train, test, size, workers, options.skip_bad, cache_dir() if options.cache else None)
+        fields = streamed_splits(train, test, size, workers, options.skip_bad, cache_dir() if options.cache else None,
+                                 options.fit, options.stamp)
         where = f"{workers} worker process(es)" if workers else "the training process (data.workers=0)"
         return {**fields, "notes": {"store": f"stream: {why}, decoded per batch in {where}"}}
     x_train, y_train = stored_split(kind, train, size, options, store)

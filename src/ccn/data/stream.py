@@ -49,20 +49,21 @@ def default_workers(requested: Optional[int]) -> int:
     return requested if requested is not None else min(8, os.cpu_count() or 1)
 
 
-def decode_many(paths: Sequence[str], size: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """(k, size, size, 3) uint8 images and [(position, why)] for those that could not be read (black)."""
+def decode_many(paths: Sequence[str], size: int, fit: str = "stretch") -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """(k, size, size, 3) uint8 images and [(position, why)] for those that could not be read (black);
+    `fit` as in ccn.data.images.decode_image (ImageNet: centre_crop)."""
     out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     bad = []
     for i, path in enumerate(paths):
         try:
-            out[i] = decode_image(Path(path), size)
+            out[i] = decode_image(Path(path), size, fit)
         except UnreadableImage as err:
             bad.append((i, str(err)))
     return out, bad
 
 
 def _worker(tasks, results, parent: int) -> None:
-    """Decode (job, paths, size) tasks until told to stop or the parent is gone."""
+    """Decode (job, paths, size, fit) tasks until told to stop or the parent is gone."""
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     while True:
@@ -74,8 +75,8 @@ def _worker(tasks, results, parent: int) -> None:
             continue
         if task is None:
             return
-        job, paths, size = task
-        results.put((job, *decode_many(paths, size)))
+        job, paths, size, fit = task
+        results.put((job, *decode_many(paths, size, fit)))
 
 
 class DecodePool:
@@ -89,8 +90,8 @@ class DecodePool:
         for process in self.processes:
             process.start()
 
-    def submit(self, job, paths: list[str], size: int) -> None:
-        self.tasks.put((job, paths, size))
+    def submit(self, job, paths: list[str], size: int, fit: str) -> None:
+        self.tasks.put((job, paths, size, fit))
 
     def result(self):
         """The next finished job; DataError naming the worker as soon as one has died (the job it held
@@ -145,10 +146,11 @@ class StreamSource:
     kind = "stream"
 
     def __init__(self, paths: Sequence[Path], size: int, workers: int, skip_bad: bool,
-                 stats_cache: Optional[Path] = None):
+                 stats_cache: Optional[Path] = None, fit: str = "stretch", stamp: Optional[str] = None):
         self.paths = [str(p) for p in paths]
-        self.size, self.workers, self.skip_bad = size, workers, skip_bad
+        self.size, self.workers, self.skip_bad, self.fit = size, workers, skip_bad, fit
         self.stats_cache = stats_cache  # folder for the channel statistics (data.cache), or None
+        self.stamp = stamp  # the reader's stand-in for a stat per file in the statistics' key (ccn.data.store.cache_key)
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
@@ -163,12 +165,13 @@ class StreamSource:
 
     def take(self, indices) -> "StreamSource":
         """An index view (caps, validation split, hold-out): the same files, no image decoded."""
-        return StreamSource(self._paths(indices), self.size, self.workers, self.skip_bad, self.stats_cache)
+        return StreamSource(self._paths(indices), self.size, self.workers, self.skip_bad, self.stats_cache,
+                            self.fit, self.stamp)
 
     def gather(self, indices) -> torch.Tensor:
         """uint8 (n, 3, S, S) CPU tensor of the images at `indices`, decoded in this process."""
         paths = self._paths(indices)
-        return self._as_tensor(*decode_many(paths, self.size), paths)
+        return self._as_tensor(*decode_many(paths, self.size, self.fit), paths)
 
     def chunks(self, rows: int) -> Iterator[torch.Tensor]:
         """Every image in order, `rows` at a time, decoded by the workers (for the channel statistics)."""
@@ -215,7 +218,7 @@ class StreamSource:
         waiting[number] = paths
         step = max(1, -(-len(paths) // self.workers))
         for start in range(0, len(paths), step):
-            pool.submit((number, start), paths[start:start + step], self.size)
+            pool.submit((number, start), paths[start:start + step], self.size, self.fit)
 
     def _as_tensor(self, images: np.ndarray, bad: list[tuple[int, str]], paths: list[str]) -> torch.Tensor:
         for position, why in bad:
@@ -229,8 +232,9 @@ class StreamSource:
 
     def channel_stats(self, summed: Callable) -> tuple[list[float], list[float]]:
         """summed(self): ccn.data.base's exact integer statistics over every image (one decoding pass
-        over the files, through `chunks`), kept in the cache (keyed by the files, their sizes and times, and the image size), so a resumed
-        run and the other torchrun ranks (which start after rank 0) read them instead."""
+        over the files, through `chunks`), kept in the cache (keyed by the files, their sizes and times
+        or the reader's stamp, the image size and fit), so a resumed run and the other torchrun ranks
+        (which start after rank 0) read them instead."""
         path = self._stats_path()
         saved = _read_stats(path) if path is not None else None
         if saved is not None:
@@ -247,10 +251,13 @@ class StreamSource:
     def _stats_path(self) -> Optional[Path]:
         if self.stats_cache is None:
             return None
-        digest = hashlib.sha256(f"stream-stats|{self.size}|{self.skip_bad}".encode())
+        digest = hashlib.sha256(f"stream-stats|{self.size}|{self.skip_bad}|{self.fit}|{self.stamp}".encode())
         for name in self.paths:
-            stat = os.stat(name)
-            digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            if self.stamp is None:
+                stat = os.stat(name)
+                digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            else:
+                digest.update(f"{name}\n".encode())
         return Path(self.stats_cache) / f"stream-stats-{digest.hexdigest()[:20]}.json"
 
 
@@ -268,12 +275,14 @@ def _read_stats(path: Path) -> Optional[tuple[list[float], list[float]]]:
 
 
 def streamed_splits(train: Sequence[tuple[Path, int]], test: Sequence[tuple[Path, int]], size: int,
-                    workers: int, skip_bad: bool, stats_cache: Optional[Path]) -> dict:
+                    workers: int, skip_bad: bool, stats_cache: Optional[Path], fit: str = "stretch",
+                    stamp: Optional[str] = None) -> dict:
     """The image and label fields of an ImageDataset whose images are decoded per batch."""
     fields = {}
     for split, items in (("train", train), ("test", test)):
         if not items:
             raise DataError(f"no images in the {split} split: check the data folder")
-        fields[f"{split}_images"] = StreamSource([path for path, _ in items], size, workers, skip_bad, stats_cache)
+        fields[f"{split}_images"] = StreamSource([path for path, _ in items], size, workers, skip_bad, stats_cache,
+                                                 fit, stamp)
         fields[f"{split}_labels"] = torch.tensor([label for _, label in items], dtype=torch.long)
     return fields
