@@ -53,7 +53,7 @@ class Tiny(nn.Module):
 
 def test_weight_decay_goes_to_weight_matrices_and_kernels_only():
     model = Tiny()
-    decay, rest = parameter_groups(list(model.named_parameters()), 5e-4)
+    decay, rest = parameter_groups(model, TrainConfig(weight_decay=5e-4), steps_per_epoch=1)
     assert decay["weight_decay"] == 5e-4 and rest["weight_decay"] == 0.0
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     assert ids(decay["params"]) == ids([model.conv.weight, model.fc.weight])

@@ -38,7 +38,7 @@ class RunData:
 def default_augment(config: Config, ds: ImageDataset) -> Augment:
     d = config.data
     # the side cutout works on: after ImageNet's crop the input side, else the stored images'
-    side = input_size(d) if training_crop(d) == "random_resized" else min(ds.train_images.shape[-2:])
+    side = input_size(d) if training_crop(d) == "random_resized" else ds.image_size
     if config.data.cutout >= side:  # a square as large as the image blanks (nearly) every training image
         raise CCNError(f"data.cutout={config.data.cutout} is not smaller than the {side} px images of {ds.name}: "
                        f"it would blank the training images; choose at most {side - 1} (about half the image "
