@@ -221,3 +221,39 @@ def test_every_head_computes_its_loss_in_float32_under_autocast():
         assert all(v.dtype == torch.float32 for v in parts.values())  # ... the loss is not
         reference = head.loss({k: v.float() for k, v in out.items()}, y, 0.1)
         assert parts["loss"].item() == pytest.approx(reference["loss"].item(), rel=1e-6)
+
+
+def test_tree_head_keeps_paths_as_edge_numbers_and_reads_files_with_the_old_dense_matrix(tmp_path):
+    """The tree head's paths are (C, height) edge numbers rebuilt from the tree, not a saved (edges, C)
+    matrix (about C x C floats: issue 18); log p(c|x) equals the sum over the old dense matrix, and a
+    weights file written with that matrix ('head.paths') still loads."""
+    from ccn.checkpoint import load_weights, save_weights
+    from ccn.heads import TreeHead, flatten_tree
+
+    torch.manual_seed(0)
+    tree = [[[0, 1], [2]], [3, 4, 5], [[6], [7, 8, 9]]]
+    head = TreeHead(8, tree, 10)
+    assert "paths" not in dict(head.named_buffers()) and "ancestors" not in head.state_dict()
+    assert head.ancestors.shape == (10, head.height) and head.ancestors.dtype == torch.long
+    parent, leaf_class = flatten_tree(tree)
+    dense = torch.zeros(len(parent) - 1, 10)  # the matrix earlier versions kept
+    for node, c in leaf_class.items():
+        walk = node
+        while walk:
+            dense[walk - 1, c], walk = 1.0, parent[walk]
+    out = head(torch.randn(5, 8))
+    assert torch.allclose(head.class_log_probs(out), head.edge_log_probs(out["t"]) @ dense, atol=1e-6)
+    assert torch.allclose(head.class_log_probs(out).exp().sum(1), torch.ones(5), atol=1e-5)
+    y = torch.tensor([0, 3, 9, 2, 7])
+    assert torch.equal(head.on_path(y), dense[:, y].T)
+
+    model = torch.nn.Module()
+    model.head = head
+    save_weights(model, tmp_path / "new.safetensors")
+    from safetensors.torch import load_file, save_file
+    old = {**load_file(str(tmp_path / "new.safetensors")), "head.paths": dense}
+    save_file(old, str(tmp_path / "old.safetensors"))
+    fresh = torch.nn.Module()
+    fresh.head = TreeHead(8, tree, 10)
+    load_weights(fresh, tmp_path / "old.safetensors")
+    assert torch.equal(fresh.head.nodes.weight, head.nodes.weight)

@@ -78,6 +78,16 @@ def non_finite_tensor(state: dict) -> Optional[str]:
     return next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
 
 
+# buffers that earlier versions saved and this one rebuilds from the run's tree: TreeHead's dense
+# (edges, C) path matrix, about C x C floats (issue 18). Files that hold them still load.
+REBUILT_BUFFERS = ("head.paths",)
+
+
+def without_rebuilt_buffers(model: torch.nn.Module, state: dict) -> dict:
+    own = model.state_dict()
+    return {k: v for k, v in state.items() if not (k.endswith(REBUILT_BUFFERS) and k not in own)}
+
+
 def check_state_fits(model: torch.nn.Module, state: dict, path: Path) -> None:
     """CCNError unless `state` has exactly the model's keys, shapes and kinds of values."""
     problem = state_difference(model, state)
@@ -100,6 +110,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CCNError(f"cannot read weights {path} ({err}): the file is missing or damaged") from None
+    state = without_rebuilt_buffers(model, state)
     check_state_fits(model, state, path)
     check_finite(state, path, "the run diverged or the file was damaged; retrain it (e.g. with a lower train.lr) "
                  "or restore the file")
@@ -226,7 +237,7 @@ def check_run_state(state: dict, path: Path) -> None:
 def restore_training_state(tensors: dict, state: dict, model: torch.nn.Module,
                            optimizer: torch.optim.Optimizer, source: Path) -> None:
     """Load weights (checked against the model), optimizer state and RNG states."""
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    weights = without_rebuilt_buffers(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     check_state_fits(model, weights, source)
     model.load_state_dict(weights)
     try:  # the header was checked field by field; what is left is whether it fits this optimizer

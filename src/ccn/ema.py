@@ -102,6 +102,7 @@ class WeightAverage:
         """Restore the shadow from checkpoint tensors (the `ema.` entries); unknown names are refused.
         `updates`: how many updates the saved average had (the run's step: one update per step)."""
         saved = {k[len(self.prefix):]: v for k, v in tensors.items() if k.startswith(self.prefix)}
+        saved = {k: v for k, v in saved.items() if k in self.shadow or not k.endswith("head.paths")}  # see checkpoint.REBUILT_BUFFERS
         if saved.keys() != self.shadow.keys():
             from ccn.errors import CCNError
             raise CCNError("the checkpoint's weight average does not fit this model: start a new run")

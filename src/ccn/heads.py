@@ -192,21 +192,18 @@ class TreeHead(HierarchicalHead):
         super().__init__()
         parent, leaf_class = flatten_tree(tree)
         num_edges = len(parent) - 1  # every node but the root owns one logit
-        paths = torch.zeros(num_edges, num_classes)
-        is_leaf = torch.zeros(num_edges, dtype=torch.bool)
-        for node, c in leaf_class.items():
-            is_leaf[node - 1] = True
-            walk = node
-            while walk != 0:
-                paths[walk - 1, c] = 1.0
-                walk = parent[walk]
-        if not bool((paths[is_leaf].sum(0) == 1).all()):
+        if sorted(leaf_class.values()) != list(range(num_classes)):
             raise ConfigError("the class tree must hold every class exactly once")
+        is_leaf = torch.zeros(num_edges, dtype=torch.bool)
+        is_leaf[[node - 1 for node in leaf_class]] = True
         self.register_buffer("edge_parent", torch.tensor(parent[1:], dtype=torch.long))
-        self.register_buffer("paths", paths)
         self.register_buffer("is_leaf", is_leaf)
-        self.num_nodes = len(parent)
+        # each class's path as edge numbers (C, height), padded with num_edges, the number of a zero
+        # column appended in _path_sum: (C, height) integers instead of a dense (edges, C) matrix,
+        # which held about C x C floats (400 MB at 10,000 classes). Rebuilt from the tree, not saved.
         self.height = tree_height(parent)
+        self.register_buffer("ancestors", path_edges(parent, leaf_class, num_classes, self.height), persistent=False)
+        self.num_nodes = len(parent)
         self.flat = flat if flat is not None else nn.Linear(in_features, num_classes)
         self.nodes = nn.Linear(in_features, num_edges)
         self.flat_weight, self.blend_weight, self.normalize_loss = flat_weight, blend_weight, normalize_loss
@@ -229,14 +226,20 @@ class TreeHead(HierarchicalHead):
     def _path_sum(self, edges: torch.Tensor) -> torch.Tensor:
         """Sum edge log-probabilities along each class's path, in float32 even under autocast."""
         with torch.autocast(device_type=edges.device.type, enabled=False):
-            return edges.float() @ self.paths
+            padded = F.pad(edges.float(), (0, 1))  # the zero column that short paths point to
+            return padded[:, self.ancestors].sum(-1)
 
     def loss(self, out: dict, y: torch.Tensor, label_smoothing: float = 0.0) -> dict:
         edges = self.edge_log_probs(out["t"])
-        on_path = self.paths[:, y].T  # (B, E)
+        on_path = self.on_path(y)  # (B, E)
         cluster_nll = -(edges * on_path * (~self.is_leaf)).sum(1)  # every step of the path above the leaf
         return hierarchical_loss(self._path_sum(edges), cluster_nll, out["z"], y, label_smoothing, self.flat_weight,
                                  self.normalize_loss)
+
+    def on_path(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, E) float: 1 on the edges of each label's path from the root to its leaf."""
+        marks = torch.zeros(len(y), self.edge_parent.numel() + 1, device=y.device)
+        return marks.scatter_(1, self.ancestors[y], 1.0)[:, :-1]
 
     def _greedy_path(self, t: torch.Tensor) -> torch.Tensor:
         """(B, E) bool: the nodes picked by descending from the root to the best child at each step.
@@ -274,6 +277,19 @@ def flatten_tree(tree: list) -> tuple[list[int], dict[int, int]]:
             else:
                 leaf_class[index] = int(child)
     return parent, leaf_class
+
+
+def path_edges(parent: list[int], leaf_class: dict[int, int], num_classes: int, height: int) -> torch.Tensor:
+    """(C, height) long: the edges (node - 1) from each class's leaf up to the root, padded with the
+    number of edges (a zero column in TreeHead._path_sum)."""
+    num_edges = len(parent) - 1
+    paths = torch.full((num_classes, height), num_edges, dtype=torch.long)
+    for node, c in leaf_class.items():
+        step, walk = 0, node
+        while walk != 0:
+            paths[c, step] = walk - 1
+            step, walk = step + 1, parent[walk]
+    return paths
 
 
 def tree_height(parent: list[int]) -> int:
