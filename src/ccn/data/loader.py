@@ -83,7 +83,9 @@ class TensorBatches:
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             share = Share(self.rank, self.world_size, len(idx))
             plan.append((b, share, share.of(idx)))
-        for (b, share, idx), images in zip(plan, self._images([idx for _, _, idx in plan])):
+        # the images first: zip then reads the source to its end, so a stream's workers are kept for the
+        # next epoch instead of being closed as an abandoned generator's
+        for images, (b, share, idx) in zip(self._images([idx for _, _, idx in plan]), plan):
             if self.augment is not None:  # draws for the whole global batch, work on this rank's share only
                 generator.manual_seed((self.seed * _EPOCH_STRIDE + epoch) * 65_537 + b)
                 images = self.augment(images, generator, share, ids=idx, epoch=epoch)

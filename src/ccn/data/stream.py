@@ -50,13 +50,14 @@ def default_workers(requested: Optional[int]) -> int:
 
 
 def decode_many(paths: Sequence[str], size: int, fit: str = "stretch") -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """(k, size, size, 3) uint8 images and [(position, why)] for those that could not be read (black);
-    `fit` as in ccn.data.images.decode_image (ImageNet: centre_crop)."""
-    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    """(k, 3, size, size) uint8 images, channels first as training wants them (the transposing copy
+    made here, in the workers, not in the training process), and [(position, why)] for those that
+    could not be read (black); `fit` as in ccn.data.images.decode_image (ImageNet: centre_crop)."""
+    out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
     bad = []
     for i, path in enumerate(paths):
         try:
-            out[i] = decode_image(Path(path), size, fit)
+            out[i] = decode_image(Path(path), size, fit).transpose(2, 0, 1)
         except UnreadableImage as err:
             bad.append((i, str(err)))
     return out, bad
@@ -83,6 +84,7 @@ class DecodePool:
     """`workers` decoding processes fed through one task queue; results come back keyed by job."""
 
     def __init__(self, workers: int):
+        self.reader = None  # the StreamSource whose batches() is reading results now, if any
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.tasks, self.results = context.Queue(), context.Queue()
         self.processes = [context.Process(target=_worker, args=(self.tasks, self.results, os.getpid()),
@@ -126,8 +128,13 @@ _POOLS: dict[int, DecodePool] = {}  # one pool per worker count, shared by the t
 
 
 def shared_pool(workers: int) -> DecodePool:
-    """The running pool of `workers` processes (started at first use, kept across epochs)."""
-    if workers not in _POOLS or not _POOLS[workers].processes:
+    """The running pool of `workers` processes (started at first use, kept across epochs; started
+    again when one of its workers has died while it stood idle, since it then held no job)."""
+    pool = _POOLS.get(workers)
+    if pool is not None and any(process.exitcode is not None for process in pool.processes):
+        close_pool(workers)
+        pool = None
+    if pool is None or not pool.processes:
         _POOLS[workers] = DecodePool(workers)
     return _POOLS[workers]
 
@@ -187,6 +194,10 @@ class StreamSource:
         waiting: dict[int, list[str]] = {}  # batch number -> its paths
         done: dict[int, dict[int, tuple]] = {}  # batch number -> {chunk start: (images, bad)}
         pool = shared_pool(self.workers)
+        if pool.reader is not None:  # job keys are batch numbers: two readers would take each other's images
+            raise RuntimeError(f"the decoding pool of {self.workers} workers is still read by an unfinished "
+                               "batches() generator: finish or close it first")
+        pool.reader = self
         try:
             for _ in range(AHEAD * self.workers):
                 self._submit(pool, pending, waiting)
@@ -202,11 +213,20 @@ class StreamSource:
                 self._submit(pool, pending, waiting)
                 offsets = np.cumsum([0] + [len(images) for images, _ in parts])
                 bad = [(offset + i, why) for (_, found), offset in zip(parts, offsets) for i, why in found]
-                yield self._as_tensor(np.concatenate([images for images, _ in parts]), bad, paths)
+                yield self._as_tensor(self._joined([images for images, _ in parts]), bad, paths)
                 number += 1
         except BaseException:
-            close_pool(self.workers)  # an abandoned epoch leaves jobs in the queues: start clean next time
+            if waiting:  # an abandoned epoch leaves jobs in the queues: start clean next time
+                close_pool(self.workers)
             raise
+        finally:
+            pool.reader = None
+
+    def _joined(self, parts: list[np.ndarray]) -> np.ndarray:
+        """One batch from its chunks (an empty index list, a rank's share of a tiny last batch, has none)."""
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.zeros((0, 3, self.size, self.size), dtype=np.uint8)
 
     def _submit(self, pool: DecodePool, pending, waiting: dict) -> None:
         """Send the next batch as one chunk per worker."""
@@ -228,7 +248,7 @@ class StreamSource:
                 self._warned.add(paths[position])
                 warnings.warn(f"skipped: {why}; a black image stands in for it (label kept) in every epoch",
                               stacklevel=2)
-        return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        return torch.from_numpy(images)
 
     def channel_stats(self, summed: Callable) -> tuple[list[float], list[float]]:
         """summed(self): ccn.data.base's exact integer statistics over every image (one decoding pass
