@@ -38,7 +38,8 @@ def runs(tmp_path_factory):
     ccn, ccn_log = train(base / "ccn", "method.name=ccn", "train.epochs=2", f"model.init={flat}")
     depth2, _ = train(base / "depth2", "method.name=ccn", "method.depth=2", "method.split_min_size=3",
                       "method.inference=hard", "train.epochs=3")
-    return {"flat": flat, "ccn": ccn, "depth2": depth2, "ccn_log": ccn_log}
+    tta, _ = train(base / "tta", "method.name=flat", "train.epochs=2", "train.tta=mirror_translate")
+    return {"flat": flat, "ccn": ccn, "depth2": depth2, "tta": tta, "ccn_log": ccn_log}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,23 @@ def test_predict_json_gives_top_classes_probabilities_and_groups(runs, images):
     assert all(g["group"] is None for g in flat) and sum(g["probability"] for g in flat) == pytest.approx(1, abs=1e-5)
 
 
+def test_predict_scores_the_test_time_views_the_run_was_scored_with(runs, images):
+    """A run trained with train.tta: `ccn predict` averages the same views as its results.json scores."""
+    from ccn.data.augment import Normalize
+    from ccn.predict import class_probabilities, prepared_images
+    from ccn.runs import load_run
+    _, model, _, saved = load_run(runs["tta"])
+    prep = saved["preprocess"]
+    x = Normalize(prep["mean"], prep["std"])(prepared_images(prep, images))
+    model.eval()
+    with torch.no_grad():
+        views, plain = class_probabilities(model, x, "flat", "mirror_translate"), class_probabilities(model, x, "flat")
+    assert not torch.allclose(views, plain, atol=1e-4)  # the views change the numbers ...
+    for row, entry in zip(views, predict_json(runs["tta"], images, top=10)):  # ... and predict prints them
+        for guess in entry["top"]:
+            assert row[saved["classes"].index(guess["class"])].item() == pytest.approx(guess["probability"], abs=1e-6)
+
+
 # ---------------------------------------------------------------- export
 
 
@@ -91,7 +109,7 @@ def onnx_probabilities(model_file, images):
     return info, session.run(["probabilities"], {"images": batch.astype(np.float32)})[0]
 
 
-@pytest.mark.parametrize("name", ["flat", "ccn", "depth2"])
+@pytest.mark.parametrize("name", ["flat", "ccn", "depth2", "tta"])
 def test_onnx_export_gives_the_probabilities_predict_prints(runs, images, tmp_path, name):
     pytest.importorskip("onnxruntime")
     model_file = tmp_path / f"{name}.onnx"
@@ -100,7 +118,8 @@ def test_onnx_export_gives_the_probabilities_predict_prints(runs, images, tmp_pa
     info, probs = onnx_probabilities(model_file, images)
     saved = json.loads((runs[name] / "results.json").read_text())
     assert info["classes"] == saved["classes"] and len(info["mean"]) == len(info["std"]) == 3
-    assert info["rule"] == {"flat": "flat", "ccn": "soft", "depth2": "hard"}[name]
+    assert info["rule"] == {"flat": "flat", "ccn": "soft", "depth2": "hard", "tta": "flat"}[name]
+    assert info["tta"] == ("mirror_translate" if name == "tta" else "none")  # the views are inside the graph
     assert probs.shape == (len(images), len(info["classes"])) and np.allclose(probs.sum(1), 1, atol=1e-5)
     for row, entry in zip(probs, predict_json(runs[name], images, top=10)):
         for guess in entry["top"]:

@@ -113,7 +113,8 @@ def _predict(args) -> None:
     from ccn.runs import load_run
 
     config, model, hierarchy, saved = load_run(Path(args.run_dir))
-    predictions = predict_images(model, hierarchy, saved, config.method.inference, args.images, args.top)
+    predictions = predict_images(model, hierarchy, saved, config.method.inference, args.images, args.top,
+                                 config.train.tta)
     print(json.dumps(predictions, indent=2) if args.json else "\n".join(format_predictions(predictions)))
 
 

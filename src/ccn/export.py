@@ -2,7 +2,8 @@
 
     FILE        ONNX graph: input `images` float32 (N, 3, S, S), normalised as (pixel / 255 - mean) / std
                 per RGB channel; output `probabilities` float32 (N, C), the run's inference rule
-                (the same numbers `ccn predict` prints, see ccn.predict.class_probabilities)
+                over the run's test-time views (train.tta; they are part of the graph): the same
+                numbers `ccn predict` prints, see ccn.predict.class_probabilities
     FILE.json   what a deployment needs besides the graph: image_size, mean, std (0-1 scale, per
                 channel), classes, the 1-based group of each class (null for flat runs), the rule
 
@@ -29,14 +30,14 @@ OPSET = 17
 
 
 class RuleProbabilities(nn.Module):
-    """images -> class probabilities of `rule`, as `ccn predict` computes them."""
+    """images -> class probabilities of `rule` over the test-time views `tta`, as `ccn predict` computes them."""
 
-    def __init__(self, model: nn.Module, rule: str):
+    def __init__(self, model: nn.Module, rule: str, tta: str = "none"):
         super().__init__()
-        self.model, self.rule = model, inference_rule(model.head, rule)
+        self.model, self.rule, self.tta = model, inference_rule(model.head, rule), tta
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return class_probabilities(self.model, images, self.rule)
+        return class_probabilities(self.model, images, self.rule, self.tta)
 
 
 def sidecar_path(out: Path) -> Path:
@@ -53,7 +54,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False)
         raise CCNError(f"{run_dir} is not a finished ccn run folder (no results.json): pass the --out folder of "
                        "a `ccn train` that completed")
     config, model, hierarchy, results = load_run(Path(run_dir))
-    module = RuleProbabilities(model, config.method.inference).eval()
+    module = RuleProbabilities(model, config.method.inference, config.train.tta).eval()
     prep = results["preprocess"]
     side = prep.get("input_size", prep["image_size"])
     example = torch.zeros(2, 3, side, side)
@@ -62,7 +63,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False)
     info = {"format": "onnx", "opset": OPSET, "input": "images", "output": "probabilities",
             "layout": "NCHW float32, RGB, (pixel / 255 - mean) / std", "image_size": side, "resize": _resize_text(prep),
             "mean": prep["mean"], "std": prep["std"], "classes": hierarchy.classes if hierarchy is not None
-            else results["classes"], "groups": groups, "rule": module.rule, "run": str(run_dir)}
+            else results["classes"], "groups": groups, "rule": module.rule, "tta": module.tta, "run": str(run_dir)}
     write_json(sidecar_path(out), info)
     return info
 

@@ -17,6 +17,7 @@ from ccn.data.augment import Normalize
 from ccn.data.crops import CentreCrop
 from ccn.data.images import ALLOWED_NAMES, UnreadableImage, decode_image
 from ccn.errors import CCNError
+from ccn.evaluate import tta_outputs
 from ccn.hierarchy import Hierarchy
 from ccn.validate import file_problem
 
@@ -26,13 +27,15 @@ def inference_rule(head: torch.nn.Module, rule: str) -> str:
     return rule if rule in head.rules else head.rules[0]
 
 
-def class_probabilities(model: torch.nn.Module, x: torch.Tensor, rule: str) -> torch.Tensor:
+def class_probabilities(model: torch.nn.Module, x: torch.Tensor, rule: str, tta: str = "none") -> torch.Tensor:
     """(B, C) class probabilities of the inference rule: the softmax of the rule's scores.
 
     soft: p(c|x) itself; flat: the flat head's softmax; blend: the normalised weighted geometric
     mean of the two; hard: p(c|x) renormalised over the classes the rule keeps (the chosen group at
-    depth 1, the class the greedy descent reaches at depth 2), about 0 for every other class."""
-    return torch.softmax(model.head.scores(model(x), inference_rule(model.head, rule)).float(), dim=1)
+    depth 1, the class the greedy descent reaches at depth 2), about 0 for every other class.
+    `tta` (the run's train.tta): the rule scores the outputs averaged over the test-time views, as
+    the run's final scores (results.json) did."""
+    return torch.softmax(model.head.scores(tta_outputs(model, x, tta), inference_rule(model.head, rule)).float(), dim=1)
 
 
 def read_image(path: Path, size: int, fit: str = "stretch") -> np.ndarray:
@@ -58,7 +61,7 @@ def prepared_images(prep: dict, paths: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved: dict, rule: str,
-                   paths: list[str], top: int = 3) -> list[dict]:
+                   paths: list[str], top: int = 3, tta: str = "none") -> list[dict]:
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise CCNError(f"--top {top} asks for no classes: give 1 or more (e.g. --top 3)")
     prep = saved["preprocess"]
@@ -67,7 +70,7 @@ def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved
         raise CCNError("results.json has no class names: re-run training with this version of ccn")
     x = Normalize(prep["mean"], prep["std"])(prepared_images(prep, paths))
     model.eval()
-    probs = class_probabilities(model, x, rule)
+    probs = class_probabilities(model, x, rule, tta)
     group_of = hierarchy.group_of().tolist() if hierarchy is not None else None
     predictions = []
     for path, row in zip(paths, probs):
