@@ -24,7 +24,7 @@ def test_quick_cpu_device_check_covers_every_section(tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     sections = report["sections"]
     assert set(sections) == {"cuda_tests", "benchmarks", "recipe_cost", "compile", "augment", "study",
-                             "timm", "classes"}
+                             "timm", "classes", "stream", "speed_recipe"}
     assert sections["classes"]["classes"] == 400 and sections["classes"]["ari"] == 1.0
     assert sections["cuda_tests"]["failed"] == 0 and sections["cuda_tests"]["skipped"] >= 3  # no GPU here
     figures = next(iter(sections["benchmarks"]["models"].values()))
@@ -32,5 +32,9 @@ def test_quick_cpu_device_check_covers_every_section(tmp_path):
     assert sections["recipe_cost"]["images_per_s"] > 0
     assert sections["compile"]["status"] == "passed" and sections["compile"]["device"] == "cpu"
     assert len(sections["study"]["runs"]) == 4 and "ccn" in sections["study"]["paired"]
+    assert sections["stream"]["images_per_s"]["stream"] > 0 and sections["stream"]["stream_over_memory"] > 0
+    recipes = sections["speed_recipe"]["recipes"]
+    assert set(recipes) == {"cifar10_cpu_10min", "cifar10_cpu_30min"}
+    assert all(r["epochs"] == 4 and r["train_seconds"] > 0 and 0 <= r["top1"] <= 1 for r in recipes.values())
     assert report["device"] == "cpu" and report["torch"]
     assert (tmp_path / "device_check.log").stat().st_size > 0
