@@ -31,6 +31,7 @@ import torch
 
 from ccn.data.augment import Augment
 from ccn.data.policies import AutoAugment, RandAugment, TrivialAugment
+from results_file import append_section
 
 CALTECH = Path(os.environ.get("CCN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "caltech101"
 
@@ -229,8 +230,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
-            handle.write(text)
+        append_section(text)
 
 
 if __name__ == "__main__":

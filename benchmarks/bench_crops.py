@@ -30,6 +30,7 @@ from PIL import Image
 
 from ccn.data.crops import CentreCrop, crop_boxes, resample_boxes, store_size
 from ccn.data.images import decode_image
+from results_file import append_section
 
 CALTECH = Path(os.environ.get("CCN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "caltech101"
 
@@ -115,8 +116,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
-            handle.write(text + "\n")
+        append_section(text)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ccn.data.store import cache_key
 from ccn.data.imagenet import list_imagenet
+from results_file import append_section
 
 IMAGENET_FILES = 1_281_167 + 50_000
 
@@ -88,8 +89,7 @@ def main() -> None:
     ])
     print(text)
     if not args.no_write:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
-            handle.write(text + "\n")
+        append_section(text)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from PIL import Image
 
 from bench_speed import bare_images_per_s, make_model, ours_images_per_s, plain_step, rotate_rounds, sync
 from ccn.dist import configure_backends
+from results_file import append_section
 
 MEAN, STD = np.array([0.49, 0.48, 0.45], np.float32), np.array([0.25, 0.24, 0.26], np.float32)
 
@@ -123,8 +123,7 @@ def main() -> None:
         "",
     ])
     print(text)
-    with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
-        handle.write(text)
+    append_section(text)
 
 
 if __name__ == "__main__":

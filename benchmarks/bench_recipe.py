@@ -19,15 +19,14 @@ import argparse
 import datetime
 import io
 import platform
-from pathlib import Path
 
 import torch
 
 from ccn import config as cfgmod
 from ccn.pipeline import run_training
 from ccn.tracking import RunLog
+from results_file import append_section
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def parse_candidate(spec: str) -> tuple[str, list[str]]:
@@ -96,8 +95,7 @@ def main() -> None:
     text = table(args.title, args.base, outcomes)
     print(text)
     if not args.no_write:
-        with open(RESULTS, "a") as handle:
-            handle.write("\n" + text)
+        append_section(text)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import datetime
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from ccn.heads import FlatHead, ThreeLevelHead
 from ccn.hierarchy import build_hierarchy
 from ccn.models import Classifier, create_backbone
 from ccn.train import Trainer
+from results_file import append_section
 
 
 def make_model(name: str, num_classes: int, groups=None) -> Classifier:
@@ -174,11 +174,7 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    results = Path(__file__).with_name("RESULTS.md")
-    if not results.exists():
-        results.write_text("# Benchmark results\n\nEvery section says the machine, torch version, date and command.\n")
-    with open(results, "a") as handle:
-        handle.write(text)
+    append_section(text)
 
 
 def rotate_rounds(contenders: dict, rounds: int) -> dict[str, list[float]]:

@@ -20,7 +20,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from results_file import append_section
 
 COMMANDS = {
     "ccn --help": [sys.executable, "-m", "ccn", "--help"],
@@ -75,8 +76,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_append:
-        path = Path(__file__).with_name("RESULTS.md")
-        path.write_text(path.read_text().rstrip("\n") + "\n\n" + text)
+        append_section(text)
 
 
 if __name__ == "__main__":

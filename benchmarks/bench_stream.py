@@ -33,6 +33,7 @@ from ccn.data.augment import Augment, Normalize
 from ccn.data.images import decode_image, open_image, to_rgb
 from ccn.data.loader import TensorBatches
 from ccn.data.stream import StreamSource, close_pool
+from results_file import append_section
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
@@ -142,8 +143,7 @@ def main() -> None:
             + f"\nMedian ratio ours / peer: **{ratio:.3f}**. Decoding {min(len(paths), 256)} of the files at "
               f"{args.size} px in one process: {with_draft:.0f} images/s with Pillow's draft mode, {without:.0f} "
               f"without ({with_draft / without:.2f}x).\n")
-    with open(args.results, "a") as handle:
-        handle.write(text)
+    append_section(text, args.results)
     print(text)
 
 

@@ -38,8 +38,8 @@ from bench_speed import bare_images_per_s, make_model  # noqa: E402
 
 from ccn import config as cfgmod  # noqa: E402
 from ccn.pipeline import run_training  # noqa: E402
+from results_file import append_section
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 UNIT_IMAGES, UNIT_BATCH = 50_000, 128  # one CIFAR-10 epoch of ResNet-20
 
 
@@ -114,8 +114,7 @@ def main() -> None:
     text = section(args, runs, units)
     print(text)
     if not args.no_write:
-        with open(RESULTS, "a") as handle:
-            handle.write("\n" + text)
+        append_section(text)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The flat baseline's validation curves at several budgets, from an experiment folder whose variants
 differ only in train.epochs (configs/experiments/caltech101_budget.yaml):
 
-    python benchmarks/budget_curves.py EXPERIMENT_FOLDER OUT_FOLDER
+    python benchmarks/budget_curves.py EXPERIMENT_FOLDER OUT_FOLDER [TITLE]
 
 writes OUT_FOLDER/curves.png (top-1 per epoch, one line per budget) and OUT_FOLDER/curves.md (the
 final top-1 of each budget and its per-epoch values), read from each run's metrics.jsonl."""
@@ -22,7 +22,10 @@ def read_curves(folder: Path) -> dict[str, list[float]]:
     return dict(sorted(curves.items(), key=lambda item: len(item[1])))
 
 
-def main(folder: Path, out: Path) -> None:
+DEFAULT_TITLE = "flat baseline, one seed, cosine schedule over each budget"
+
+
+def main(folder: Path, out: Path, title: str = DEFAULT_TITLE) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -32,8 +35,7 @@ def main(folder: Path, out: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 4))
     for name, values in curves.items():
         axes.plot(range(1, len(values) + 1), values, label=f"{name}: {values[-1]:.1f} %")
-    axes.set(xlabel="epoch", ylabel="validation top-1 (%)", ylim=(0, 100),
-             title="flat baseline, one seed, cosine schedule over each budget")
+    axes.set(xlabel="epoch", ylabel="validation top-1 (%)", ylim=(0, 100), title=title)
     axes.legend()
     figure.tight_layout()
     figure.savefig(out / "curves.png", dpi=120)
@@ -43,4 +45,4 @@ def main(folder: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4])
