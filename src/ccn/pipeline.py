@@ -63,6 +63,17 @@ def run_training(config: Config, out_dir: Optional[Path], log: Optional[RunLog] 
     return run.train()
 
 
+def _saved_config(state: dict, path: Path) -> dict:
+    """The checkpoint's config as this version of ccn reads it. A key added since the save takes its
+    default, which keeps the old behaviour, as it does when config.yaml is read: otherwise upgrading
+    ccn between two epochs would strand every unfinished run (a study spans sessions)."""
+    try:
+        return cfgmod.from_dict(state["config"]).to_dict()
+    except (CCNError, TypeError, AttributeError) as err:
+        raise CCNError(f"checkpoint {path} holds a configuration this version of ccn cannot read ({err}): resume "
+                       "it with the version that started it, or start a new run") from None
+
+
 class MethodRun:
     """One training run: flat, or the CCN pipeline with its head swaps, checkpointed every epoch (and
     every train.checkpoint_every steps inside one)."""
@@ -312,7 +323,7 @@ class MethodRun:
             return
         tensors, state = read_training_state(path)
         check_run_state(state, path)
-        if state["config"] != self.config.to_dict():
+        if _saved_config(state, path) != self.config.to_dict():
             raise CCNError(f"{path} was saved with another configuration than {path.parent / 'config.yaml'}: "
                            "restore that file, or start a new run")
         self._check_resumable(state, path)
