@@ -38,7 +38,7 @@ from bench_speed import bare_images_per_s, make_model  # noqa: E402
 
 from ccn import config as cfgmod  # noqa: E402
 from ccn.pipeline import run_training  # noqa: E402
-from results_file import append_section
+from results_file import append_section  # noqa: E402
 
 UNIT_IMAGES, UNIT_BATCH = 50_000, 128  # one CIFAR-10 epoch of ResNet-20
 
@@ -68,7 +68,8 @@ def section(args, runs: list[dict], units: list[float]) -> str:
     train = [r["train_s"] for r in runs]
     first = runs[0]["results"]
     reached = all(t >= args.target for t in top1) and all(s <= args.budget for s in train)
-    lines = [f"## Time to accuracy: {Path(args.config).name}, {len(runs)} seeds ({datetime.date.today()})",
+    seeds = f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"
+    lines = [f"## Time to accuracy: {Path(args.config).name}, {seeds} ({datetime.date.today()})",
              f"Machine: {platform.node()} {platform.machine()}, {torch.get_num_threads()} threads, torch "
              f"{torch.__version__}, CPU; load average {args.load_before} before, {load()} after. "
              f"Data: {first['data']}, "

@@ -32,11 +32,13 @@ def main(folder: Path, out: Path, title: str = DEFAULT_TITLE) -> None:
 
     curves = read_curves(folder)
     out.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(figsize=(7, 4))
-    for name, values in curves.items():
-        axes.plot(range(1, len(values) + 1), values, label=f"{name}: {values[-1]:.1f} %")
+    figure, axes = plt.subplots(figsize=(10, 4.5))
+    colours = plt.get_cmap("tab20").colors  # distinct colours for up to 20 runs
+    for k, (name, values) in enumerate(curves.items()):
+        axes.plot(range(1, len(values) + 1), values, color=colours[k % len(colours)],
+                  label=f"{name}: {values[-1]:.1f} %")
     axes.set(xlabel="epoch", ylabel="validation top-1 (%)", ylim=(0, 100), title=title)
-    axes.legend()
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", title="run: last epoch")
     figure.tight_layout()
     figure.savefig(out / "curves.png", dpi=120)
     lines = ["| run | epochs | final validation top-1 | per epoch |", "| --- | --- | --- | --- |"]
