@@ -116,6 +116,21 @@ def test_summary_and_report(grid_run):
     assert "ccn vs flat" in stdout
 
 
+def test_report_of_a_flat_one_seed_grid_claims_no_test_and_shows_no_group_tables(tmp_path):
+    """A budget grid (flat variants, one seed) compares nothing: its report says so instead of 'Holm
+    over the 0 variants', and has neither the inference-rule table nor the groups section."""
+    grid = GRID.replace("variants: [flat, ccn, random, oracle, late-2]", "variants:\n  e1: {train: {epochs: 1}}\n"
+                        "  e2: {train: {epochs: 2}}").replace("seeds: [0, 1]", "seeds: [0]\nreference: e1")
+    grid = grid.replace("method: {groups: 2}", "method: {name: flat}")
+    (tmp_path / "g.yaml").write_text(grid)
+    result = run_cli("experiment", "--config", str(tmp_path / "g.yaml"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Against e1 (one seed per variant: no interval and no test" in report
+    assert "Holm over the 0" not in report and "**e2** vs e1" in report and "no claim" in report
+    assert "inference rule" not in report and "## Groups" not in report
+
+
 def test_late_variant_clusters_later(grid_run):
     folder, _ = grid_run
     rows = [json.loads(line) for line in (folder / "out" / "runs" / "late-2-s0" / "metrics.jsonl").read_text().splitlines()]
