@@ -28,7 +28,6 @@ from ccn.tracking import RunLog
 from results_file import append_section
 
 
-
 def parse_candidate(spec: str) -> tuple[str, list[str]]:
     label, sep, overrides = spec.partition(":")
     if not sep:

@@ -28,6 +28,7 @@ def test_yaml_file_then_overrides(tmp_path):
     ("train.epochs=0", ["train.epochs must be between 1 and 100000"]),
     ("train.epochs=-2", ["train.epochs must be between 1 and 100000"]),
     ("train.lr=fast", ["train.lr must be a number"]),
+    ("train.lr=1" + "0" * 400, ["train.lr is too large for a floating-point number"]),
     ("method.metric=l3", ["method.metric='l3' is not allowed", "l1"]),
     ("method.groups=0", ["method.groups must be between 1 and"]),
     ("data.download=maybe", ["data.download must be true or false"]),

@@ -129,6 +129,8 @@ def test_report_of_a_flat_one_seed_grid_claims_no_test_and_shows_no_group_tables
     assert "Against e1 (one seed per variant: no interval and no test" in report
     assert "Holm over the 0" not in report and "**e2** vs e1" in report and "no claim" in report
     assert "inference rule" not in report and "## Groups" not in report
+    assert "1-2 (by variant) epochs" in report and "no verdict is drawn" in report
+    assert "Student-t" not in report and "95 % interval" not in report.replace("95 % interval |", "")
 
 
 def test_late_variant_clusters_later(grid_run):

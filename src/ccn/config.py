@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -166,6 +167,9 @@ class MethodConfig:
 
 @dataclass
 class Config:
+    # A key added to any section must default to the behaviour ccn had before the key existed: config.yaml
+    # files and checkpoints written by older versions are read with the defaults filling the gap (a run
+    # saved before the key was added resumes, pipeline._saved_config).
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -356,6 +360,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         raise ConfigError(f"{key} must be a whole number, got {value!r}")
     if hint is float:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+            raise ConfigError(f"{key} is too large for a floating-point number (the largest is {sys.float_info.max:.3g})")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text

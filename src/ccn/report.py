@@ -175,7 +175,9 @@ def group_statistics(grid, out: Path, runs: dict) -> dict:
 
 def _facts(runs: dict) -> dict:
     first = next(iter(runs.values()))[0]
+    epochs = [r["epochs"] for rs in runs.values() for r in rs]
     return {"data": first["data"], "model": first["model"], "epochs": first["epochs"],
+            "epochs_range": [min(epochs), max(epochs)],  # a budget grid's variants differ in epochs
             "train_images": first["train_images"], "test_images": first["test_images"],
             "eval_set": first.get("eval_set", "test"),
             "num_classes": first["num_classes"], "machine": first["machine"], "device": first["device"],
@@ -224,22 +226,18 @@ _EVAL_SET_WORDS = {"test": "test set", "validation": "validation split of the tr
 
 def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
     f, ref = summary["facts"], summary["reference"]
+    one_seed = len(summary["seeds"]) == 1
+    low, high = f.get("epochs_range", [f["epochs"]] * 2)
+    epochs = f"{low}" if low == high else f"{low}-{high} (by variant)"
     lines = [
-        f"# Experiment `{grid.name}`: {f['data']}, {f['model']}, {f['epochs']} epochs, seeds {summary['seeds']}",
+        f"# Experiment `{grid.name}`: {f['data']}, {f['model']}, {epochs} epochs, seeds {summary['seeds']}",
         "",
         f"- Data: {f['data']} ({f['num_classes']} classes, {f['train_images']} training / {f['test_images']} "
         f"{f['eval_set']} images; scored on the {_EVAL_SET_WORDS[f['eval_set']]}). Backbone: {f['model']}. "
-        f"Budget: {f['epochs']} epochs per run, probe epochs included.",
+        f"Budget: {epochs} epochs per run, probe epochs included.",
         f"- Machine: {f['machine']}, device {f['device']}, torch {f['torch']}, {f['date']}. "
         f"Training time of all runs: {f['total_wall_time_s'] / 60:.1f} min.",
-        "- The same seed gives every variant the same initial weights and data order, so differences are paired;"
-        " intervals are Student-t over seeds.",
-        "",
-        "- Verdicts: the sentences below use Holm's adjustment (family-wise error 5 %) within each family: the "
-        f"variants compared with {ref}; the referee controls (X vs X-random); the comparisons declared before "
-        "the first run (`primary:` in grid.yaml), if any. A sentence that quotes an unadjusted verdict says so. "
-        "The table gives the unadjusted 95 % interval and the Holm verdict against the reference.",
-        "",
+        *_method_lines(ref, one_seed),
         "| variant | top-1 % (mean +- std) | top-5 % | balanced top-1 % | per seed top-1 % | diff vs " + ref
         + " (points) | 95 % interval | Holm-adjusted p | verdict (Holm) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -254,8 +252,8 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
                      f"{balanced} | {', '.join(_pct(x) for x in v['top1'])} | {diff} | {ci} | {holm} |")
     lines += ["", "## What the comparisons say", ""] + _primary_lines(summary)
     n_ref = sum(1 for p in summary["paired"].values() if "p_holm" in p)
-    lines += [f"Against {ref} (Holm over the {n_ref} variants compared with it):" if n_ref else
-              f"Against {ref} (one seed per variant: no interval and no test; the differences only describe):", ""]
+    lines += [f"Against {ref} (one seed per variant: no interval and no test; the differences only describe):"
+              if one_seed else f"Against {ref} (Holm over the {n_ref} variants compared with it):", ""]
     lines += [_sentence(name, ref, p, f"the {n_ref} comparisons with {ref}") for name, p in summary["paired"].items()]
     pairs = [(key, a, b) for key, (a, b) in control_pairs(list(summary["variants"])).items() if key in summary["controls"]]
     if pairs:
@@ -269,6 +267,19 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
     lines += ["", "Each run's folder (config, metrics, results, weights) is `runs/<variant>-s<seed>/` beside the "
                   "experiment's summary.json.", ""]
     return "\n".join(lines)
+
+
+def _method_lines(reference: str, one_seed: bool) -> list[str]:
+    """How the differences and verdicts below were obtained (with one seed: that there are none)."""
+    if one_seed:
+        return ["- One seed: every variant starts from the same initial weights and data order, so the "
+                f"differences from {reference} are paired, but they have no interval and no verdict is drawn.", ""]
+    return ["- The same seed gives every variant the same initial weights and data order, so differences are paired;"
+            " intervals are Student-t over seeds.", "",
+            "- Verdicts: the sentences below use Holm's adjustment (family-wise error 5 %) within each family: the "
+            f"variants compared with {reference}; the referee controls (X vs X-random); the comparisons declared "
+            "before the first run (`primary:` in grid.yaml), if any. A sentence that quotes an unadjusted verdict "
+            "says so. The table gives the unadjusted 95 % interval and the Holm verdict against the reference.", ""]
 
 
 def _rule_lines(summary: dict) -> list[str]:
@@ -344,7 +355,8 @@ def write_figures(grid, out: Path, summary: dict) -> dict:
     from ccn.plots import _pyplot, dendrogram_png, heatmap_png
 
     plt = _pyplot()
-    figures = {f"paired difference from {summary['reference']} with 95 % intervals": forest_png(summary, out, plt).name}
+    intervals = "(one seed: no interval)" if len(summary["seeds"]) == 1 else "with 95 % intervals"
+    figures = {f"paired difference from {summary['reference']} {intervals}": forest_png(summary, out, plt).name}
     h = _hierarchy(out, "ccn", grid.seeds[0]) if "ccn" in grid.variants else None
     if h is not None and h.merges is not None:
         figures["dendrogram of the learned groups"] = dendrogram_png(h, out / "dendrogram.png").name
