@@ -198,6 +198,10 @@ def write_report(grid, out: Path, seconds: float) -> dict:
     return summary
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
@@ -253,8 +257,9 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
     lines += ["", "## What the comparisons say", ""] + _primary_lines(summary)
     n_ref = sum(1 for p in summary["paired"].values() if "p_holm" in p)
     lines += [f"Against {ref} (one seed per variant: no interval and no test; the differences only describe):"
-              if one_seed else f"Against {ref} (Holm over the {n_ref} variants compared with it):", ""]
-    lines += [_sentence(name, ref, p, f"the {n_ref} comparisons with {ref}") for name, p in summary["paired"].items()]
+              if one_seed else f"Against {ref} (Holm over the {_count(n_ref, 'variant')} compared with it):", ""]
+    lines += [_sentence(name, ref, p, f"the {_count(n_ref, 'comparison')} with {ref}")
+              for name, p in summary["paired"].items()]
     pairs = [(key, a, b) for key, (a, b) in control_pairs(list(summary["variants"])).items() if key in summary["controls"]]
     if pairs:
         family = f"the {len(pairs)} referee controls" if len(pairs) > 1 else "the one referee control"
