@@ -59,6 +59,15 @@ def test_builtin_partition_variants():
     assert builtin_variant("k-x") is None
 
 
+def test_partition_twins_are_the_variants_with_one_probe(tmp_path):
+    """Twins differ only after the probe (random groups of the learned sizes, the normalised loss)."""
+    from ccn.report import partition_twins
+    (tmp_path / "g.yaml").write_text(GRID.replace("[flat, ccn, random, oracle, late-2]",
+                                                  "[flat, ccn, ccn-norm, random, k-1, k-5, k-5-random, oracle]"))
+    assert partition_twins(load_grid(tmp_path / "g.yaml")) == [
+        ("ccn", "ccn-norm"), ("ccn", "random"), ("ccn-norm", "random"), ("k-5", "k-5-random")]
+
+
 def test_grid_errors(tmp_path):
     path = tmp_path / "g.yaml"
     path.write_text("variants: [flat, wobble]\n")
@@ -183,3 +192,35 @@ def test_a_grid_that_adds_seeds_and_variants_widens_the_folder(grid_run, tmp_pat
     assert load_grid(out / "grid.yaml").seeds == [0, 1, 2]
     narrower = run_cli("experiment", "--config", str(folder / "g.yaml"), "--out", str(out))
     assert narrower.returncode == 2 and "may only add seeds or variants" in narrower.stderr
+
+
+def _move_one_class(hierarchy_json):
+    """Move a class from the largest group to the smallest: a partition of other sizes."""
+    data = json.loads(hierarchy_json.read_text())
+    for key in ("groups", "tree"):
+        groups = sorted(data[key], key=len)
+        groups[0].append(groups[-1].pop())
+        data[key] = [g for g in groups if g]
+    hierarchy_json.write_text(json.dumps(data))
+
+
+def test_partition_twins_that_learned_other_sizes_are_named(grid_run, tmp_path):
+    """ccn and random run the same probe epoch for a seed, so their groups have the same sizes; when
+    they do not (the probe's floating point depends on the thread count), summary.json and the
+    report name the seed instead of passing its difference off as one partition's."""
+    from ccn.report import partition_twins, summarise
+    folder, _ = grid_run
+    out = tmp_path / "out"
+    shutil.copytree(folder / "out", out)
+    grid = load_grid(out / "grid.yaml")
+    assert partition_twins(grid) == [("ccn", "random")]  # late-2 probes longer, oracle has no probe
+    assert summarise(grid, out)["partition_mismatches"] == []
+    assert "should agree" not in (out / "report.md").read_text()
+    _move_one_class(out / "runs" / "random-s1" / "hierarchy.json")
+    result = run_cli("experiment", "--config", str(folder / "g.yaml"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    mismatches = json.loads((out / "summary.json").read_text())["partition_mismatches"]
+    assert [(m["variants"], m["seed"]) for m in mismatches] == [(["ccn", "random"], 1)]
+    assert mismatches[0]["sizes"][0] != mismatches[0]["sizes"][1] and "threads" in mismatches[0]["machines"][0]
+    report = (out / "report.md").read_text()
+    assert "## Partitions that should agree and do not" in report and "- seed 1: ccn [" in report

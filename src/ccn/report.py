@@ -98,7 +98,8 @@ def summarise(grid, out: Path) -> dict:
         variants[name] = entry
     return {"reference": grid.reference, "seeds": grid.seeds, "variants": variants,
             **comparisons(variants, grid.reference, getattr(grid, "primary_records", [])),
-            "groups": group_statistics(grid, out, runs), "facts": _facts(runs),
+            "groups": group_statistics(grid, out, runs), "partition_mismatches": partition_mismatches(grid, out, runs),
+            "facts": _facts(runs),
             "code": code_versions(grid, runs)}
 
 
@@ -171,6 +172,49 @@ def group_statistics(grid, out: Path, runs: dict) -> dict:
         entry["seed_ari_mean"] = float(np.mean(pairs)) if pairs else None
         result[name] = entry
     return result
+
+
+# Keys that change what a grouped run does after its probe epoch but not the probe itself: two
+# variants that differ only in these learn the same partition from the same seed (random draws
+# groups of the learned sizes, normalize_loss rescales the later loss).
+_AFTER_PROBE_KEYS = ("partition", "normalize_loss")
+
+
+def _probe_settings(grid, name: str) -> Optional[dict]:
+    """Everything that determines variant `name`'s probe epoch and partition sizes (None: no learned
+    partition to compare, as for flat, oracle or a partition file)."""
+    config = grid.config_for(name, 0).to_dict()
+    method = config["method"]
+    if method["name"] != "ccn" or method["partition"] not in ("learned", "random"):
+        return None
+    config["method"] = {k: v for k, v in method.items() if k not in _AFTER_PROBE_KEYS}
+    return config
+
+
+def partition_twins(grid) -> list[tuple[str, str]]:
+    """Pairs of grouped variants whose probe epochs are the same computation for a seed (ccn and
+    random, ccn and ccn-norm, k-5 and k-5-random): their partitions should have the same sizes."""
+    settings = {name: _probe_settings(grid, name) for name in grid.variants}
+    grouped = [name for name, s in settings.items() if s is not None]
+    return [(a, b) for a, b in itertools.combinations(grouped, 2) if settings[a] == settings[b]]
+
+
+def partition_mismatches(grid, out: Path, runs: dict) -> list[dict]:
+    """Seeds where two partition twins learned groups of different sizes. The probe epoch is the same
+    computation, but its floating point depends on the number of CPU threads (the summation order
+    of the kernels), and one epoch of training amplifies that: such a seed compares two partitions,
+    not one partition with two treatments. Each entry names the runs' thread counts."""
+    mismatches = []
+    for a, b in partition_twins(grid):
+        for i, seed in enumerate(grid.seeds):
+            ha, hb = _hierarchy(out, a, seed), _hierarchy(out, b, seed)
+            if ha is None or hb is None:
+                continue
+            sizes = [sorted((len(g) for g in h.groups), reverse=True) for h in (ha, hb)]
+            if sizes[0] != sizes[1]:
+                mismatches.append({"variants": [a, b], "seed": seed, "sizes": sizes,
+                                   "machines": [runs[a][i]["machine"], runs[b][i]["machine"]]})
+    return mismatches
 
 
 def _facts(runs: dict) -> dict:
@@ -267,7 +311,7 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
                   f"matter beyond the head structure? Holm over {family}, their own family):", ""]
         lines += [_sentence(a, b, summary["controls"][key], family) for key, a, b in pairs]
     lines += [""] + _code_lines(summary)
-    lines += _rule_lines(summary) + _group_lines(grid, summary, out)
+    lines += _rule_lines(summary) + _group_lines(grid, summary, out) + _mismatch_lines(summary)
     lines += ["", "## Figures", ""] + [f"![{title}]({name})" for title, name in figures.items()]
     lines += ["", "Each run's folder (config, metrics, results, weights) is `runs/<variant>-s<seed>/` beside the "
                   "experiment's summary.json.", ""]
@@ -318,6 +362,23 @@ def _group_lines(grid, summary: dict, out: Path) -> list[str]:
         lines += ["", f"Learned groups of `ccn`, seed {summary['seeds'][0]}:", ""]
         lines += [f"{k + 1}. {', '.join(names)}" for k, names in enumerate(h.named_groups())]
     return ["", "## Groups", ""] + lines if lines else []
+
+
+def _mismatch_lines(summary: dict) -> list[str]:
+    """The seeds whose partition twins learned different group sizes (none: no section)."""
+    mismatches = summary.get("partition_mismatches") or []
+    if not mismatches:
+        return []
+    lines = ["", "## Partitions that should agree and do not", "",
+             "These variants run the same probe epoch for a seed, so they should learn groups of the same sizes. "
+             "For the seeds below they did not: the probe's floating point depends on the number of CPU threads, "
+             "and one epoch of training amplifies the difference. For these seeds the paired difference also "
+             "compares two partitions. Run a grid with one thread count throughout (OMP_NUM_THREADS) to avoid it.", ""]
+    for m in mismatches:
+        (a, b), (sa, sb) = m["variants"], m["sizes"]
+        lines.append(f"- seed {m['seed']}: {a} {sa[:6]}{' ...' if len(sa) > 6 else ''} ({m['machines'][0]}) vs "
+                     f"{b} {sb[:6]}{' ...' if len(sb) > 6 else ''} ({m['machines'][1]})")
+    return lines
 
 
 def _primary_lines(summary: dict) -> list:
