@@ -222,5 +222,8 @@ def test_partition_twins_that_learned_other_sizes_are_named(grid_run, tmp_path):
     mismatches = json.loads((out / "summary.json").read_text())["partition_mismatches"]
     assert [(m["variants"], m["seed"]) for m in mismatches] == [(["ccn", "random"], 1)]
     assert mismatches[0]["sizes"][0] != mismatches[0]["sizes"][1] and "threads" in mismatches[0]["machines"][0]
+    threads = json.loads((out / "runs" / "ccn-s1" / "hierarchy.json").read_text())["how"]["probe_cpu_threads"]
+    assert mismatches[0]["probe_threads"] == [threads, threads] and threads >= 1
     report = (out / "report.md").read_text()
     assert "## Partitions that should agree and do not" in report and "- seed 1: ccn [" in report
+    assert f"(probe on {threads} thread" in report

@@ -173,6 +173,9 @@ class MethodRun:
             raise CCNError(f"the network's outputs are not finite after epoch {epoch}, so classes cannot be grouped: "
                            "lower train.lr (or add train.warmup_epochs) and run again")
         self.hierarchy = form_groups(self.config, profiles, self.ds, epoch)
+        # the probe's floating point depends on the thread count, and so may the groups: the report
+        # compares it between variants that should learn the same partition
+        self.hierarchy.how["probe_cpu_threads"] = torch.get_num_threads()
         self.cluster_seconds = time.perf_counter() - tick
         if self.out_dir is not None and self.world.is_main:  # once per run: checkpoints keep the groups only
             write_distances(Path(self.out_dir), self.hierarchy)

@@ -203,7 +203,9 @@ def partition_mismatches(grid, out: Path, runs: dict) -> list[dict]:
     """Seeds where two partition twins learned groups of different sizes. The probe epoch is the same
     computation, but its floating point depends on the number of CPU threads (the summation order
     of the kernels), and one epoch of training amplifies that: such a seed compares two partitions,
-    not one partition with two treatments. Each entry names the runs' thread counts."""
+    not one partition with two treatments. Each entry names the probe's thread count (None: a run
+    from before it was recorded) and the machine line of results.json (the threads that finished
+    the run, which differ from the probe's when it resumed with another count)."""
     mismatches = []
     for a, b in partition_twins(grid):
         for i, seed in enumerate(grid.seeds):
@@ -213,6 +215,7 @@ def partition_mismatches(grid, out: Path, runs: dict) -> list[dict]:
             sizes = [sorted((len(g) for g in h.groups), reverse=True) for h in (ha, hb)]
             if sizes[0] != sizes[1]:
                 mismatches.append({"variants": [a, b], "seed": seed, "sizes": sizes,
+                                   "probe_threads": [h.how.get("probe_cpu_threads") for h in (ha, hb)],
                                    "machines": [runs[a][i]["machine"], runs[b][i]["machine"]]})
     return mismatches
 
@@ -375,10 +378,17 @@ def _mismatch_lines(summary: dict) -> list[str]:
              "and one epoch of training amplifies the difference. For these seeds the paired difference also "
              "compares two partitions. Run a grid with one thread count throughout (OMP_NUM_THREADS) to avoid it.", ""]
     for m in mismatches:
-        (a, b), (sa, sb) = m["variants"], m["sizes"]
-        lines.append(f"- seed {m['seed']}: {a} {sa[:6]}{' ...' if len(sa) > 6 else ''} ({m['machines'][0]}) vs "
-                     f"{b} {sb[:6]}{' ...' if len(sb) > 6 else ''} ({m['machines'][1]})")
+        sides = [f"{name} {sizes[:6]}{' ...' if len(sizes) > 6 else ''} ({_threads_words(threads, machine)})"
+                 for name, sizes, threads, machine in zip(m["variants"], m["sizes"], m.get("probe_threads", [None] * 2),
+                                                          m["machines"])]
+        lines.append(f"- seed {m['seed']}: {sides[0]} vs {sides[1]}")
     return lines
+
+
+def _threads_words(probe_threads: Optional[int], machine: str) -> str:
+    if probe_threads is None:
+        return f"probe threads not recorded; finished on {machine}"
+    return f"probe on {probe_threads} thread{'' if probe_threads == 1 else 's'}"
 
 
 def _primary_lines(summary: dict) -> list:
