@@ -227,3 +227,35 @@ def test_partition_twins_that_learned_other_sizes_are_named(grid_run, tmp_path):
     report = (out / "report.md").read_text()
     assert "## Partitions that should agree and do not" in report and "- seed 1: ccn [" in report
     assert f"(probe on {threads} thread" in report
+
+
+@pytest.mark.parametrize("where", ["base", "variant", "set"])
+def test_a_seed_outside_seeds_is_refused(tmp_path, where):
+    """Every run's seed is the grid's: a seed: elsewhere would be overwritten without a word."""
+    grid, overrides = GRID, []
+    if where == "base":
+        grid = grid.replace("base:\n", "base:\n  seed: 7\n")
+    elif where == "variant":
+        grid = grid.replace("variants: [flat, ccn, random, oracle, late-2]", "variants: {flat: null, mine: {seed: 5}}")
+    else:
+        overrides = ["seed=3"]
+    (tmp_path / "g.yaml").write_text(grid)
+    with pytest.raises(ConfigError, match="sets seed, but every run's seed comes from the grid's seeds: list"):
+        load_grid(tmp_path / "g.yaml", overrides)
+
+
+@pytest.mark.parametrize("held", ["report.md", "summary.json", "differences.png", "config.yaml"])
+def test_an_out_folder_holding_what_a_grid_writes_is_refused_and_left_alone(tmp_path, held):
+    """Without grid.yaml, OUT is not a grid's folder: a report, summary or figure there is someone's
+    (a `ccn train` run folder holds config.yaml), and the grid would overwrite it."""
+    from ccn.errors import CCNError
+    from ccn.experiment import run_grid
+    (tmp_path / "g.yaml").write_text(GRID)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / held).write_text("mine")
+    (out / "notes.txt").write_text("mine too")
+    with pytest.raises(CCNError, match=f"has no grid.yaml but holds {held}, which ccn experiment would overwrite"):
+        run_grid(load_grid(tmp_path / "g.yaml"), out, log=lambda line: None)
+    assert sorted(p.name for p in out.iterdir() if p.name != ".ccn-lock") == sorted([held, "notes.txt"])
+    assert (out / held).read_text() == "mine"

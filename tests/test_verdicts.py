@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from ccn import config as cfgmod
 from ccn.errors import CCNError, ConfigError
 from ccn.experiment import _claim_folder, load_grid
 from ccn.report import _code_lines, _primary_lines, _sentence, comparisons
@@ -68,7 +69,8 @@ def test_primary_declared_before_the_runs_then_one_added_later(tmp_path):
     assert [r["compare"] for r in records] == [["ccn", "flat"], ["ccn", "k-1"]]
     assert all(r["before_any_run"] for r in records)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", records[0]["declared"])
-    (out / "runs" / "flat-s0").mkdir(parents=True)  # a run has started
+    (out / "runs" / "flat-s0").mkdir(parents=True)  # a run has started: its folder holds its config
+    cfgmod.dump(grid.config_for("flat", 0), out / "runs" / "flat-s0" / "config.yaml")
     grid, _, messages = _claim(tmp_path, GRID + "primary: [ccn, [ccn, k-1], k-5]\n")
     assert grid.primary_records[:2] == records  # declared ones keep their time
     assert grid.primary_records[2]["compare"] == ["k-5", "flat"] and not grid.primary_records[2]["before_any_run"]
@@ -93,6 +95,10 @@ def test_primary_declared_before_the_runs_then_one_added_later(tmp_path):
     pytest.param("primary: [[ccn, ccn]]", "not a variant name or a pair of two different names", id="primary-self-pair"),
     pytest.param("primary: ccn", "primary must be a list", id="primary-not-a-list"),
     pytest.param("primary: [ccn, [ccn, flat]]", "declared twice", id="primary-twice"),
+    pytest.param("primary: [[ccn, flat], [flat, ccn]]", "flat vs ccn is declared twice (in either order it is one "
+                 "comparison)", id="primary-twice-reversed"),
+    pytest.param("primary: [flat]", "'flat' is the reference, and a name alone is compared with the reference",
+                 id="primary-the-reference"),
 ])
 def test_bad_primary_is_one_line(tmp_path, primary, words):
     path = tmp_path / "g.yaml"
@@ -110,6 +116,28 @@ def test_damaged_primary_records_in_grid_yaml_are_named(tmp_path):
     with pytest.raises(CCNError, match="primary: section") as err:
         _claim(tmp_path, GRID + "primary: [ccn]\n")
     assert str(saved) in str(err.value) and saved.read_text() == damaged
+
+
+def test_a_primary_record_naming_no_variant_of_the_grid_is_damage(tmp_path):
+    _, out, _ = _claim(tmp_path, GRID + "primary: [ccn]\n")
+    saved = out / "grid.yaml"
+    damaged = saved.read_text().replace("- ccn\n", "- bogus\n", 1)
+    assert "bogus" in damaged
+    saved.write_text(damaged)
+    with pytest.raises(CCNError, match="with a and b variants of the grid"):
+        _claim(tmp_path, GRID + "primary: [ccn]\n")
+
+
+def test_a_stray_file_in_runs_is_not_a_started_run(tmp_path):
+    """A .DS_Store in OUT/runs/ must not turn a pre-planned comparison into one 'added later'."""
+    (tmp_path / "exp" / "runs").mkdir(parents=True)
+    (tmp_path / "exp" / "runs" / ".DS_Store").write_bytes(b"\0")
+    grid, _, messages = _claim(tmp_path, GRID + "primary: [ccn]\n")
+    assert grid.primary_records[0]["before_any_run"] and not messages
+    (tmp_path / "exp" / "runs" / "flat-s0").mkdir()  # a run that has started holds its config
+    cfgmod.dump(grid.config_for("flat", 0), tmp_path / "exp" / "runs" / "flat-s0" / "config.yaml")
+    grid, _, messages = _claim(tmp_path, GRID + "primary: [ccn, k-1]\n")
+    assert not grid.primary_records[1]["before_any_run"] and "declared after runs had started" in messages[0]
 
 
 def test_runs_record_the_code_that_made_them(tiny_run):

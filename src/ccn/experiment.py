@@ -134,6 +134,7 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
             base = deep_merge(base, cfgmod.nest({key: value}))
     seeds = _seeds(top.get("seeds", raw.get("seeds", [0, 1, 2])))
     variants = _variants(raw["variants"] if raw.get("variants") is not None else ["flat", "ccn", "random"])
+    _refuse_seed_keys(base, variants)
     reference = top.get("reference", raw.get("reference", "flat"))
     if not isinstance(reference, str) or reference not in variants:
         raise ConfigError(f"reference variant {reference!r} is not in the grid's variants ({', '.join(variants)})")
@@ -145,6 +146,16 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
     return grid
 
 
+def _refuse_seed_keys(base: dict, variants: dict) -> None:
+    """A run's seed is the grid's (`seeds:`): a `seed` in the base config, in a variant or given with
+    --set would be overwritten for every run, so it is refused instead of silently ignored."""
+    places = (["the base config (or --set seed=...)"] if "seed" in base else []) + [
+        f"variant {name!r}" for name, overrides in variants.items() if "seed" in overrides]
+    if places:
+        raise ConfigError(f"{places[0]} sets seed, but every run's seed comes from the grid's seeds: list: remove it "
+                          "and list the seeds under seeds: (or --set seeds=[0,1,2])")
+
+
 def _primary(spec, variants: dict, reference: str) -> list:
     """`primary:` -> [[a, b], ...]: a variant name means [name, reference]; a pair is taken as given."""
     if spec is None:
@@ -154,6 +165,9 @@ def _primary(spec, variants: dict, reference: str) -> list:
         raise ConfigError(f"primary must be a list of variant names or [a, b] pairs {example}, got {spec!r}")
     pairs = []
     for item in spec:
+        if item == reference:
+            raise ConfigError(f"primary: {item!r} is the reference, and a name alone is compared with the reference: "
+                              f"name another variant, or a pair {example}")
         pair = [item, reference] if isinstance(item, str) else item
         if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(n, str) for n in pair)
                 or pair[0] == pair[1]):
@@ -161,8 +175,9 @@ def _primary(spec, variants: dict, reference: str) -> list:
         missing = [n for n in pair if n not in variants]
         if missing:
             raise ConfigError(f"primary: {missing[0]!r} is not one of the grid's variants ({', '.join(variants)})")
-        if pair in pairs:
-            raise ConfigError(f"primary: {pair} is declared twice")
+        if pair in pairs or pair[::-1] in pairs:  # a - b and b - a are one test: counted twice, Holm would penalise it twice
+            raise ConfigError(f"primary: {pair[0]} vs {pair[1]} is declared twice (in either order it is one "
+                              "comparison): remove one")
         pairs.append(pair)
     return pairs
 
@@ -298,13 +313,16 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
     path = out / "grid.yaml"
     wanted = yaml.safe_load(yaml.safe_dump(grid.raw, sort_keys=False))
     saved, records, widened = None, [], False
-    if path.exists():
+    if not path.exists():
+        _refuse_foreign_folder(out, grid)
+    else:
         try:
             saved = cfgmod.read_yaml(path)
         except ConfigError as err:
             raise CCNError(f"{path} is damaged ({err}): restore it to continue the grid, or choose another --out") from None
         if isinstance(saved, dict):
-            records = _primary_records(saved.pop("primary", []), path)
+            named = saved.get("variants")  # the folder's own variants: a narrower grid is refused below, not here
+            records = _primary_records(saved.pop("primary", []), path, set(named) if isinstance(named, dict) else set())
         if saved != wanted:
             added = _grid_additions(saved, wanted)
             if added is None:
@@ -323,9 +341,32 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
         atomic_write(path, lambda tmp: tmp.write_text(text))
     return None
 
+# What a grid writes beside runs/ (figures: any .png), and what marks a `ccn train` run folder.
+_GRID_OUTPUTS = ("summary.json", "report.md")
+_RUN_FILES = ("config.yaml", "results.json", "metrics.jsonl", "checkpoint.safetensors", "model.safetensors")
+
+
+def _refuse_foreign_folder(out: Path, grid: Grid) -> None:
+    """A folder without grid.yaml may hold other files (they are left alone), or this grid's runs
+    whose grid.yaml was lost (_check_started_runs checks that they are this grid's; its report is
+    then rewritten). Otherwise it must not hold files the grid would overwrite (a report, a summary,
+    figures), nor be a run folder of `ccn train`."""
+    if not out.is_dir() or any((out / "runs" / f"{variant}-s{seed}" / "config.yaml").is_file()
+                               for variant in grid.variants for seed in grid.seeds):
+        return
+    clashes = sorted(p.name for p in out.iterdir()
+                     if p.name in _GRID_OUTPUTS + _RUN_FILES or (p.suffix == ".png" and p.is_file()))
+    if clashes:
+        raise CCNError(f"--out {out} has no grid.yaml but holds {', '.join(clashes[:4])}"
+                       f"{' ...' if len(clashes) > 4 else ''}, which ccn experiment would overwrite or mix with its "
+                       "own: choose another --out (or restore the folder's grid.yaml to continue its grid)")
+
+
 def _runs_started(out: Path) -> bool:
+    """Whether any run of the grid has started: a run folder holds its config.yaml from its first
+    step (a stray file in runs/, such as .DS_Store, is not a run)."""
     runs = out / "runs"
-    return runs.is_dir() and any(runs.iterdir())
+    return runs.is_dir() and any((folder / "config.yaml").is_file() for folder in runs.iterdir())
 
 
 def _declare_primary(records: list, pairs: list, runs_started: bool, out: Path, log) -> list:
@@ -339,16 +380,17 @@ def _declare_primary(records: list, pairs: list, runs_started: bool, out: Path, 
     return records + new
 
 
-def _primary_records(records, path: Path) -> list:
-    """grid.yaml's `primary:` records, checked: each {compare: [a, b], declared: time, before_any_run: bool}."""
+def _primary_records(records, path: Path, variants: set) -> list:
+    """grid.yaml's `primary:` records, checked: each {compare: [a, b], declared: time, before_any_run: bool},
+    a and b variants of the grid (a record naming another would drop out of the report unseen)."""
     def fits(r) -> bool:
         return (isinstance(r, dict) and set(r) == {"compare", "declared", "before_any_run"}
                 and isinstance(r["compare"], list) and len(r["compare"]) == 2
-                and all(isinstance(n, str) for n in r["compare"]) and isinstance(r["declared"], str)
+                and all(isinstance(n, str) and n in variants for n in r["compare"]) and isinstance(r["declared"], str)
                 and isinstance(r["before_any_run"], bool))
     if not isinstance(records, list) or not all(fits(r) for r in records):
         raise CCNError(f"{path} is damaged (its primary: section is not a list of {{compare: [a, b], declared: time, "
-                       "before_any_run: true/false}}): restore it to continue the grid, or choose another --out")
+                       "before_any_run: true/false}} with a and b variants of the grid): restore it to continue the grid, or choose another --out")
     return records
 
 
