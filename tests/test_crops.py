@@ -122,6 +122,7 @@ def test_crop_keys_without_the_resized_crop_are_refused(override, message):
 @pytest.mark.parametrize("overrides, message", [
     (["data.crop=random_resized"], "data.crop=random_resized needs data.image_size"),
     (["data.name=imagenet", "data.crop_padding=4"], "data.crop_padding only applies when data.crop=pad"),
+    (["data.name=imagenet", "data.pad_mode=reflect"], "data.pad_mode only applies when data.crop=pad"),
     (["data.name=imagenet", "data.crop_scale=[0.5, 0.1]"], "data.crop_scale must be \\[low, high\\]"),
     (["data.name=imagenet", "data.crop_scale=[0, 1]"], "data.crop_scale must be \\[low, high\\]"),
     (["data.name=imagenet", "data.crop_ratio=[0.75]"], "data.crop_ratio must be \\[low, high\\]"),

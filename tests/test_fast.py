@@ -258,6 +258,8 @@ BAD_FAST_KEYS = [
     pytest.param(["data.flip=false", "data.flip_mode=alternate"], "the images are never flipped",
                  id="alternate-flip-without-flip"),
     pytest.param(["train.tta=sideways"], "train.tta='sideways' is not allowed", id="unknown-tta"),
+    pytest.param(["model.name=fastnet", "model.norm=none", "train.bn_bias_lr=64"], "train.bn_bias_lr acts on "
+                 "BatchNorm layers, and model.norm=none has none", id="bn-key-without-batchnorm"),
 ]
 
 

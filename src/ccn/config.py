@@ -587,9 +587,10 @@ def _check_crop(d: DataConfig) -> None:
                 raise ConfigError(f"{key} only applies when data.crop=random_resized (here data.crop=pad): remove "
                                   f"{key}, or set data.crop=random_resized")
         return
-    if d.crop_padding is not None:
-        raise ConfigError("data.crop_padding only applies when data.crop=pad (here data.crop=random_resized): remove "
-                          "it, or set data.crop=pad")
+    for key in ("data.crop_padding", "data.pad_mode"):
+        if get_key(Config(data=d), key) != _default_of(key):
+            raise ConfigError(f"{key} only applies when data.crop=pad (here data.crop=random_resized): remove "
+                              "it, or set data.crop=pad")
     if d.image_size is None and d.name != "imagenet":
         raise ConfigError("data.crop=random_resized needs data.image_size, the side the model sees (e.g. 224): set it")
     _check_range_pair("data.crop_scale", d.crop_scale, 0.0, 1.0, "e.g. [0.08, 1.0]")
@@ -639,6 +640,11 @@ def _check_fast_keys(config: Config) -> None:
     elif t.lookahead_start >= t.epochs:
         raise ConfigError(f"train.lookahead_start={t.lookahead_start} leaves no epoch of train.epochs={t.epochs} for the "
                           "lookahead average: set it below train.epochs")
+    if config.model.norm == "none":
+        for key in ("train.bn_eps", "train.bn_momentum", "train.bn_weight", "train.bn_bias_lr"):
+            if get_key(config, key) != _default_of(key):
+                raise ConfigError(f"{key} acts on BatchNorm layers, and model.norm=none has none: remove {key}, or "
+                                  "set model.norm=batch")
     if d.flip_mode == "alternate" and d.flip is False:
         raise ConfigError("data.flip_mode=alternate with data.flip=false: the images are never flipped; "
                           "remove data.flip_mode, or set data.flip=true")
