@@ -366,3 +366,68 @@ def test_a_run_finishes_on_data_larger_than_its_memory_limit(tmp_path):
             os.kill(int(pid), signal.SIGKILL)
         time.sleep(0.5)
         group.rmdir()
+
+
+# ---------------------------------------------------------------- unreadable images and the cache (session 8)
+
+
+def _emptied(files) -> None:
+    for path in files:
+        path.write_bytes(b"")  # as `: > file` leaves it: no decoder reads it
+
+
+def _train_cli(root: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    keys = [f"data.root={root}", "data.name=folder", "data.image_size=8", "model.width=4", "train.epochs=2",
+            "train.batch_size=4", "train.progress=false", *overrides]
+    args = [a for key in keys for a in ("--set", key)]
+    return subprocess.run([sys.executable, "-m", "ccn", "train", *args, "--out", str(root.parent / "run")],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _one_line_exit_2(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ccn: error:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_a_streamed_test_set_without_a_readable_image_is_refused_not_scored_black(tmp_path):
+    """The stream used to score unreadable test images as black stand-ins ("top1 33.33% (9 test images)")."""
+    root = make_folder(tmp_path / "f", train=4, test=3)
+    _emptied((root / "test").glob("*/*.png"))
+    result = _train_cli(root, "data.store=stream", "data.workers=0", "data.skip_bad_images=true")
+    _one_line_exit_2(result, "no readable images in the test split")
+    assert not (root.parent / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk", "stream"])
+def test_a_class_without_a_readable_training_image_is_named_for_every_store(tmp_path, kind):
+    """Memory and disk stores dropped the class silently (flat trained without it; ccn blamed the
+    probe set), the stream trained it on black images only."""
+    root = make_folder(tmp_path / "f", train=4, test=2)
+    _emptied((root / "train" / "class1").glob("*.png"))
+    _emptied([root / "test" / "class2" / "0.png"])  # another class keeps a readable test image: only class1 is lost
+    with pytest.warns(UserWarning, match="skipped: cannot read image"), \
+            pytest.raises(DataError, match=f"class folder {root / 'train' / 'class1'} holds no readable training "
+                                           "images: all 4 were skipped as unreadable.*remove the class"):
+        load_dataset(folder_config(root, store=kind, skip_bad_images=True, workers=0 if kind == "stream" else None))
+
+
+def test_a_class_without_a_readable_training_image_stops_the_cli_in_one_line(tmp_path):
+    root = make_folder(tmp_path / "f", train=4, test=2)
+    _emptied((root / "train" / "class0").glob("*.png"))
+    result = _train_cli(root, "data.store=memory", "data.skip_bad_images=true", "method.name=ccn")
+    _one_line_exit_2(result, f"class folder {root / 'train' / 'class0'} holds no readable training images")
+
+
+def test_a_cache_dir_that_is_a_file_stops_a_disk_store_in_one_line(tmp_path, monkeypatch):
+    """It raised FileExistsError from deep inside StoreFile.write (exit 1)."""
+    root = make_folder(tmp_path / "f", train=4, test=2)
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("not a folder")
+    monkeypatch.setenv("CCN_CACHE_DIR", str(not_a_folder))
+    for cache in (True, False):  # data.cache=false writes its unnamed store there too
+        with pytest.raises(WriteError, match=f"cannot create the image cache folder {not_a_folder} .*set CCN_CACHE_DIR"):
+            load_dataset(folder_config(root, store="disk", cache=cache))
+    result = _train_cli(root, "data.store=disk", env={"CCN_CACHE_DIR": str(not_a_folder)})
+    _one_line_exit_2(result, "set CCN_CACHE_DIR to a writable folder")
+    assert not_a_folder.read_text() == "not a folder"  # the user's file is untouched

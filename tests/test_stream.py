@@ -14,6 +14,8 @@ from PIL import Image
 
 from ccn import config as cfgmod
 from ccn.data.base import channel_stats
+from ccn.config import DataConfig
+from ccn.data import load_dataset, stream
 from ccn.data.store import ImageRows, decode_split
 from ccn.data.stream import StreamSource, close_pool, shared_pool
 from ccn.errors import ConfigError, DataError
@@ -132,6 +134,34 @@ def test_an_unreadable_image_is_black_with_skip_and_named_without(folder, tmp_pa
     with pytest.raises(DataError, match=f"cannot read image {bad} .*: remove or replace it, or set "
                                         "data.skip_bad_images=true"):
         list(StreamSource(paths, 16, 2, skip_bad=False).batches([torch.arange(4), torch.arange(4, 7)]))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_files_are_found_before_training_and_left_out_of_both_splits(tmp_path, monkeypatch, workers):
+    """With data.skip_bad_images the stream scores and trains on what the memory store holds: unreadable
+    test images are left out of the score and the image count (they were scored as black stand-ins)."""
+    root = make_jpeg_folder(tmp_path / "f")
+    bad = [root / "test" / "c1" / "0.jpg", root / "test" / "c3" / "2.jpg", root / "train" / "c0" / "5.jpg"]
+    for path in bad:
+        path.write_bytes(b"")
+    config = dict(name="folder", root=str(root), image_size=16, skip_bad_images=True)
+    with pytest.warns(UserWarning) as caught:
+        streamed = load_dataset(DataConfig(**config, store="stream", workers=workers))
+    assert sorted(str(w.message) for w in caught if str(w.message).startswith("skipped: cannot read image")) == \
+        sorted(f"skipped: cannot read image {path} (not a JPEG, PNG, BMP, GIF, TIFF, WebP or PPM/PGM/PBM file)"
+               for path in bad)
+    with pytest.warns(UserWarning):
+        memory = load_dataset(DataConfig(**config, store="memory", cache=False))
+    for split, n in (("train", 47), ("test", 14)):
+        images, labels = getattr(streamed, f"{split}_images"), getattr(streamed, f"{split}_labels")
+        assert len(images) == len(labels) == n and not set(map(str, bad)) & set(images.paths)
+        assert torch.equal(labels, getattr(memory, f"{split}_labels"))
+        assert torch.equal(images.gather(torch.arange(n)), getattr(memory, f"{split}_images")[:])
+    if workers == 0:  # a second load (a resume, another torchrun rank) reads the scan from the cache
+        monkeypatch.setattr(stream, "decode_many", lambda *a, **k: pytest.fail("decoded again"))
+        with pytest.warns(UserWarning, match="skipped"):
+            again = load_dataset(DataConfig(**config, store="stream", workers=0))
+        assert again.test_images.paths == streamed.test_images.paths
 
 
 def test_a_worker_that_dies_is_named_not_waited_for(folder):

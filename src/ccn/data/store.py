@@ -260,6 +260,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CCN_CACHE_DIR", Path.home() / ".cache" / "ccn"))
 
 
+def make_cache_dir(folder: Path) -> None:
+    """The cache folder a disk store is written to, created; one line naming CCN_CACHE_DIR when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in its place (FileExistsError, NotADirectoryError), no permission
+        raise WriteError(f"cannot create the image cache folder {folder} ({err.strerror or err}): a disk store is "
+                         "written there; set CCN_CACHE_DIR to a writable folder (default ~/.cache/ccn)") from None
+
+
 def cache_key(kind: str, items: Sequence[tuple[Path | str, int]], size: int, extra: str = "",
               stamp: Optional[str] = None) -> str:
     """A hash of everything the decoded images depend on: any change gives another store. Each file's
@@ -322,7 +331,7 @@ class StoreFile:
         """Decode `items` straight into the data file (under a temporary name, space reserved first),
         rename it, then write the sidecar: only a complete store ever has one."""
         self.discard()
-        self.data.parent.mkdir(parents=True, exist_ok=True)
+        make_cache_dir(self.data.parent)
         _remove_orphaned_temporaries(self.data)
         holder = {}
 
@@ -455,9 +464,27 @@ def stored_splits(kind: str, train: Sequence[tuple[Path, int]], test: Sequence[t
         workers = default_workers(options.workers)
         fields = streamed_splits(train, test, size, workers, options.skip_bad, cache_dir() if options.cache else None,
                                  options.fit, options.stamp)
+        check_every_class_readable(train, fields["train_labels"])
         where = f"{workers} worker process(es)" if workers else "the training process (data.workers=0)"
         return {**fields, "notes": {"store": f"stream: {why}, decoded per batch in {where}"}}
     x_train, y_train = stored_split(kind, train, size, options, store)
+    check_every_class_readable(train, y_train)
     x_test, y_test = stored_split(kind, test, size, options, store)
     return dict(train_images=x_train, train_labels=y_train, test_images=x_test, test_labels=y_test,
                 notes={"store": f"{store}: {why}"})
+
+
+def check_every_class_readable(items: Sequence[tuple[Path | str, int]], kept_labels: torch.Tensor) -> None:
+    """One line naming a class whose every training image was skipped as unreadable (data.skip_bad_images):
+    a run would train without it (flat) or stop at its first probe with a misleading message (ccn)."""
+    kept = set(kept_labels.unique().tolist())
+    lost: dict[int, list] = {}
+    for path, label in items:
+        if label not in kept:
+            lost.setdefault(label, []).append(path)
+    if lost:
+        paths = lost[min(lost)]
+        more = f" (and {len(lost) - 1} other class(es))" if len(lost) > 1 else ""
+        raise DataError(f"class folder {Path(paths[0]).parent} holds no readable training images{more}: all "
+                        f"{len(paths)} were skipped as unreadable (each named in a warning above); replace them "
+                        "with readable images, or remove the class")

@@ -11,11 +11,15 @@ comes from (seed, epoch) and the augmentation draws from (seed, epoch, batch) in
 after the images arrive, so the weights are the same for any number of workers or ranks, and the
 same as with a memory or disk store.
 
-An unreadable image (data.skip_bad_images=true) is decoded as a black image in every epoch, its
-label kept, and named in one warning: dropping it would change the batches (and the draws of every
-image after it) depending on when it was found. With skip_bad_images=false the run stops with one
-line naming the file. A worker that dies is named in one line, never waited for; workers end with
-the process that started them (daemon processes, and on Linux a parent-death signal).
+With data.skip_bad_images=true the unreadable files are found before training, by one decoding
+pass over both splits (`StreamSource.unreadable`, its answer kept in the cache so a resumed run and
+the other torchrun ranks read it), and left out of both splits, each named in one warning, as the
+memory and disk stores leave them out: no evaluation set scores an image that could not be read, and
+the batches are the same for any number of workers or ranks. A file that becomes unreadable after
+that pass is decoded as a black image (label kept) and named in one warning. With
+skip_bad_images=false the run stops with one line naming the file. A worker that dies is named in
+one line, never waited for; workers end with the process that started them (daemon processes, and
+on Linux a parent-death signal).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from ccn.files import write_json
 
 AHEAD = 2  # batches in flight per worker, ahead of the one being trained on (as DataLoader's prefetch_factor)
 POLL_SECONDS = 0.5  # how often a waiting parent checks that its workers are alive
+SCAN_ROWS = 64  # images per worker in each batch of the unreadable-file scan
 
 
 def default_workers(requested: Optional[int]) -> int:
@@ -187,8 +192,15 @@ class StreamSource:
     def batches(self, index_lists: Iterable) -> Iterator[torch.Tensor]:
         """gather() of each index list in turn, decoded by the workers up to AHEAD x workers batches in
         advance (in this process when data.workers=0)."""
+        for images, bad, paths in self._decoded(index_lists):
+            yield self._as_tensor(images, bad, paths)
+
+    def _decoded(self, index_lists: Iterable) -> Iterator[tuple[np.ndarray, list[tuple[int, str]], list[str]]]:
+        """(images, [(position, why) of those that could not be read], paths) of each index list in turn."""
         if self.workers == 0:
-            yield from (self.gather(indices) for indices in index_lists)
+            for indices in index_lists:
+                paths = self._paths(indices)
+                yield (*decode_many(paths, self.size, self.fit), paths)
             return
         pending = iter(enumerate(index_lists))
         waiting: dict[int, list[str]] = {}  # batch number -> its paths
@@ -212,8 +224,8 @@ class StreamSource:
                 parts = [chunks[start] for start in sorted(chunks)]
                 self._submit(pool, pending, waiting)
                 offsets = np.cumsum([0] + [len(images) for images, _ in parts])
-                bad = [(offset + i, why) for (_, found), offset in zip(parts, offsets) for i, why in found]
-                yield self._as_tensor(self._joined([images for images, _ in parts]), bad, paths)
+                bad = [(int(offset) + i, why) for (_, found), offset in zip(parts, offsets) for i, why in found]
+                yield self._joined([images for images, _ in parts]), bad, paths
                 number += 1
         except BaseException:
             if waiting:  # an abandoned epoch leaves jobs in the queues: start clean next time
@@ -261,24 +273,58 @@ class StreamSource:
             return saved
         mean, std = summed(self)
         if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_json(path, {"mean": mean, "std": std})
-            except (OSError, WriteError) as err:  # a full or read-only cache costs time, not the run
-                warnings.warn(f"could not keep the channel statistics in {path} ({err})", stacklevel=2)
+            _keep_in_cache(path, {"mean": mean, "std": std})
         return mean, std
 
+    def unreadable(self) -> dict[int, str]:
+        """{position: why} of every file that cannot be read: one decoding pass by the workers, or the
+        answer of an earlier pass over the same files (the cache, keyed as the channel statistics)."""
+        path = self._cache_path("stream-unreadable")
+        saved = _read_unreadable(path, len(self)) if path is not None else None
+        if saved is not None:
+            return saved
+        rows = SCAN_ROWS * max(1, self.workers)
+        found = {}
+        scanned = self._decoded(torch.arange(s, min(s + rows, len(self))) for s in range(0, len(self), rows))
+        for number, (_, bad, _) in enumerate(scanned):  # read to its end, so the pool is free again
+            found.update({number * rows + i: why for i, why in bad})
+        if path is not None:
+            _keep_in_cache(path, {"unreadable": [[i, why] for i, why in sorted(found.items())]})
+        return found
+
     def _stats_path(self) -> Optional[Path]:
+        return self._cache_path("stream-stats")
+
+    def _cache_path(self, kind: str) -> Optional[Path]:
+        """The cache entry `kind` of these files: its name hashes every path, size and modification time
+        (or the reader's stamp), the image size, the fit and data.skip_bad_images."""
         if self.stats_cache is None:
             return None
-        digest = hashlib.sha256(f"stream-stats|{self.size}|{self.skip_bad}|{self.fit}|{self.stamp}".encode())
+        digest = hashlib.sha256(f"{kind}|{self.size}|{self.skip_bad}|{self.fit}|{self.stamp}".encode())
         for name in self.paths:
             if self.stamp is None:
                 stat = os.stat(name)
                 digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
             else:
                 digest.update(f"{name}\n".encode())
-        return Path(self.stats_cache) / f"stream-stats-{digest.hexdigest()[:20]}.json"
+        return Path(self.stats_cache) / f"{kind}-{digest.hexdigest()[:20]}.json"
+
+
+def _keep_in_cache(path: Path, entry: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, entry)
+    except (OSError, WriteError) as err:  # a full or read-only cache costs time, not the run
+        warnings.warn(f"could not keep {path.name} in the cache {path.parent} ({err})", stacklevel=3)
+
+
+def _read_unreadable(path: Path, n: int) -> Optional[dict[int, str]]:
+    """A saved scan, or None when absent or not a list of [position below n, reason] pairs."""
+    try:
+        found = {int(i): str(why) for i, why in json.loads(path.read_text())["unreadable"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found if all(0 <= i < n for i in found) else None
 
 
 def _read_stats(path: Path) -> Optional[tuple[list[float], list[float]]]:
@@ -302,7 +348,22 @@ def streamed_splits(train: Sequence[tuple[Path, int]], test: Sequence[tuple[Path
     for split, items in (("train", train), ("test", test)):
         if not items:
             raise DataError(f"no images in the {split} split: check the data folder")
-        fields[f"{split}_images"] = StreamSource([path for path, _ in items], size, workers, skip_bad, stats_cache,
-                                                 fit, stamp)
-        fields[f"{split}_labels"] = torch.tensor([label for _, label in items], dtype=torch.long)
+        source = StreamSource([path for path, _ in items], size, workers, skip_bad, stats_cache, fit, stamp)
+        labels = torch.tensor([label for _, label in items], dtype=torch.long)
+        if skip_bad:
+            source, labels = _without_unreadable(source, labels, split)
+        fields[f"{split}_images"], fields[f"{split}_labels"] = source, labels
     return fields
+
+
+def _without_unreadable(source: StreamSource, labels: torch.Tensor, split: str) -> tuple[StreamSource, torch.Tensor]:
+    """The split without the files that cannot be read, each named in one warning (data.skip_bad_images)."""
+    bad = source.unreadable()
+    if not bad:
+        return source, labels
+    for position in sorted(bad):
+        warnings.warn(f"skipped: {bad[position]}", stacklevel=4)
+    keep = torch.tensor([i for i in range(len(source)) if i not in bad], dtype=torch.long)
+    if len(keep) == 0:
+        raise DataError(f"no readable images in the {split} split: check the data folder")
+    return source.take(keep), labels[keep]
