@@ -38,7 +38,8 @@ def runs(tmp_path_factory):
     ccn, ccn_log = train(base / "ccn", "method.name=ccn", "train.epochs=2", f"model.init={flat}")
     depth2, _ = train(base / "depth2", "method.name=ccn", "method.depth=2", "method.split_min_size=3",
                       "method.inference=hard", "train.epochs=3")
-    tta, _ = train(base / "tta", "method.name=flat", "train.epochs=2", "train.tta=mirror_translate")
+    tta, _ = train(base / "tta", "method.name=flat", "train.epochs=2", "train.tta=mirror_translate",
+                   "data.flip=true")  # digits are flipped only when asked: TTA mirrors need it
     return {"flat": flat, "ccn": ccn, "depth2": depth2, "tta": tta, "ccn_log": ccn_log}
 
 
@@ -107,6 +108,18 @@ def onnx_probabilities(model_file, images):
     batch = (batch - np.array(info["mean"])[:, None, None]) / np.array(info["std"])[:, None, None]
     session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     return info, session.run(["probabilities"], {"images": batch.astype(np.float32)})[0]
+
+
+def test_evaluate_refuses_test_time_mirrors_of_data_that_is_never_flipped(runs):
+    """`ccn evaluate RUN --set train.tta=mirror` on digits scored mirrored glyphs and lowered the score
+    silently; the run trained with data.flip=true is still scored with its views."""
+    for tta in ("mirror", "mirror_translate"):
+        result = run_cli("evaluate", str(runs["flat"]), "--set", f"train.tta={tta}")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == (f"ccn: error: train.tta={tta} scores mirror images, but data digits is not "
+                                         "flipped (a flip would change its labels' meaning): set train.tta=none, or "
+                                         "data.flip=true if mirror images keep their labels' meaning")
+    assert run_cli("evaluate", str(runs["tta"])).returncode == 0
 
 
 @pytest.mark.parametrize("name", ["flat", "ccn", "depth2", "tta"])

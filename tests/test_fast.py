@@ -273,6 +273,10 @@ def test_bad_fast_keys_are_one_line(overrides, message):
     pytest.param(["data.flip_mode=alternate"], "data digits is not flipped", id="alternate-flip-on-digits"),
     pytest.param(["data.pad_mode=reflect", "data.crop_padding=8"], "mirrors at most 7 pixels", id="reflect-too-wide"),
     pytest.param(["model.name=airbench"], "model.name=airbench needs images of at least 9px", id="airbench-8px"),
+    pytest.param(["train.tta=mirror"], "train.tta=mirror scores mirror images, but data digits is not flipped",
+                 id="tta-mirror-on-digits"),
+    pytest.param(["train.tta=mirror_translate", "data.flip=false"], "train.tta=mirror_translate scores mirror "
+                 "images, but data.flip=false: the training images are never flipped", id="tta-without-flip"),
 ])
 def test_data_dependent_fast_refusals(overrides, message, tmp_path):
     result = run_cli("train", *[a for o in ["train.epochs=2", "data.train_per_class=4", "data.test_per_class=2",

@@ -43,11 +43,8 @@ def default_augment(config: Config, ds: ImageDataset) -> Augment:
         raise CCNError(f"data.cutout={config.data.cutout} is not smaller than the {side} px images of {ds.name}: "
                        f"it would blank the training images; choose at most {side - 1} (about half the image "
                        "side is usual: 16 for 32 px CIFAR), or 0 for none")
-    flip = d.flip if d.flip is not None else ds.flip
+    flip = training_flips(config, ds)
     policy = make_policy(d.augment, d.randaugment_n, d.randaugment_m)
-    if d.flip_mode == "alternate" and not flip:
-        raise ConfigError(f"data.flip_mode=alternate, but data {ds.name} is not flipped (a flip would change its "
-                          "labels' meaning): remove data.flip_mode, or set data.flip=true")
     flips = dict(flip=flip, alternate_flip=d.flip_mode == "alternate", seed=config.seed)
     if training_crop(d) == "random_resized":
         crop = RandomResizedCrop(input_size(d), tuple(d.crop_scale), tuple(d.crop_ratio))
@@ -59,6 +56,24 @@ def default_augment(config: Config, ds: ImageDataset) -> Augment:
                           f"{ds.image_size}px images, but data.crop_padding is {padding}: lower data.crop_padding "
                           "or use data.pad_mode=zeros")
     return Augment(crop_padding=padding, cutout=d.cutout, policy=policy, reflect=reflect, **flips)
+
+
+def training_flips(config: Config, ds: ImageDataset) -> bool:
+    """Whether training flips the images: data.flip, else the data set's own choice (digits: no, a
+    mirrored glyph is another glyph). Refuses the keys that mirror images of data that is never
+    flipped: the alternate flip, and test-time mirror views (train.tta), which would score images
+    whose meaning changed and lower the score silently. prepare_data calls it for every run, and
+    for `ccn evaluate`, whose --set may change train.tta."""
+    d = config.data
+    flip = d.flip if d.flip is not None else ds.flip
+    why = (f"data {ds.name} is not flipped (a flip would change its labels' meaning)" if d.flip is None
+           else "data.flip=false: the training images are never flipped")
+    if d.flip_mode == "alternate" and not flip:
+        raise ConfigError(f"data.flip_mode=alternate, but {why}: remove data.flip_mode, or set data.flip=true")
+    if config.train.tta != "none" and not flip:
+        raise ConfigError(f"train.tta={config.train.tta} scores mirror images, but {why}: set train.tta=none, "
+                          "or data.flip=true if mirror images keep their labels' meaning")
+    return flip
 
 
 def preprocess_facts(config: Config, ds: ImageDataset, normalize: Normalize) -> dict:
