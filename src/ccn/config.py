@@ -113,6 +113,7 @@ class TrainConfig:
     #   (results.json, `ccn evaluate`; the per-epoch rows are scored without), the same for every rule:
     #   mirror averages the outputs of the image and its mirror image; mirror_translate also those of the
     #   image shifted one pixel up-left and down-right (reflect padding), weights 1/2, 1/4, 1/4 (airbench)
+    #   Refused on data that is never flipped (digits, data.flip=false): a mirror image may mean another class
     # decay of an average of the weights, scored (every epoch) and saved instead of them (e.g. 0.999); 0: off.
     # Warm-up: update t uses min(ema, (1 + t) / (10 + t)) (TensorFlow's ExponentialMovingAverage schedule)
     ema: float = 0.0
