@@ -66,6 +66,10 @@ def test_partition_twins_are_the_variants_with_one_probe(tmp_path):
                                                   "[flat, ccn, ccn-norm, random, k-1, k-5, k-5-random, oracle]"))
     assert partition_twins(load_grid(tmp_path / "g.yaml")) == [
         ("ccn", "ccn-norm"), ("ccn", "random"), ("ccn-norm", "random"), ("k-5", "k-5-random")]
+    (tmp_path / "g.yaml").write_text(GRID.replace("[flat, ccn, random, oracle, late-2]",
+                                                  "{flat: null, ccn: null, depth2: null, hard: {method: {inference: hard}}, "
+                                                  "light: {method: {flat_weight: 0.5}}}"))
+    assert partition_twins(load_grid(tmp_path / "g.yaml")) == [("ccn", "hard"), ("ccn", "light"), ("hard", "light")]
 
 
 def test_grid_errors(tmp_path):

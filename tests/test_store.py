@@ -395,7 +395,7 @@ def test_a_streamed_test_set_without_a_readable_image_is_refused_not_scored_blac
     root = make_folder(tmp_path / "f", train=4, test=3)
     _emptied((root / "test").glob("*/*.png"))
     result = _train_cli(root, "data.store=stream", "data.workers=0", "data.skip_bad_images=true")
-    _one_line_exit_2(result, "no readable images in the test split")
+    _one_line_exit_2(result, "images of the test split can be read (the first: ")
     assert not (root.parent / "run" / "results.json").exists()
 
 
@@ -431,3 +431,25 @@ def test_a_cache_dir_that_is_a_file_stops_a_disk_store_in_one_line(tmp_path, mon
     result = _train_cli(root, "data.store=disk", env={"CCN_CACHE_DIR": str(not_a_folder)})
     _one_line_exit_2(result, "set CCN_CACHE_DIR to a writable folder")
     assert not_a_folder.read_text() == "not a folder"  # the user's file is untouched
+
+
+def test_a_run_resumed_on_data_that_changed_is_refused(tmp_path):
+    """A checkpoint records how many images each split held: a resume that finds other counts (a file
+    added or removed, or one that became readable with data.skip_bad_images) would continue its
+    epochs on other images, so it stops in one line and leaves the checkpoint alone."""
+    root = make_folder(tmp_path / "d")
+    out = tmp_path / "r"
+    env = {**os.environ, "CCN_FAULT": "before-results"}  # every epoch done and checkpointed, no results.json
+    killed = subprocess.run([sys.executable, "-m", "ccn", "train", "--set", "data.name=folder", "--set",
+                             f"data.root={root}", "--set", "data.image_size=8", "--set", "model.name=fastnet",
+                             "--set", "model.width=8", "--set", "method.name=flat", "--set", "train.epochs=1",
+                             "--set", "train.progress=false", "--out", str(out)], capture_output=True, text=True, env=env)
+    assert killed.returncode == -9, killed.stderr
+    checkpoint = (out / "checkpoint.safetensors").read_bytes()
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(root / "train" / "class0" / "extra.png")
+    resumed = run_cli("train", "--resume", str(out))
+    assert resumed.returncode == 2 and len(resumed.stderr.strip().splitlines()) == 1, resumed.stderr
+    assert "started with {'train': 18, 'test': 6} images and now finds {'train': 19, 'test': 6}" in resumed.stderr
+    assert (out / "checkpoint.safetensors").read_bytes() == checkpoint and not (out / "results.json").exists()
+    (root / "train" / "class0" / "extra.png").unlink()  # the data as it was: the run finishes
+    assert run_cli("train", "--resume", str(out)).returncode == 0

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,10 +159,36 @@ def test_unreadable_files_are_found_before_training_and_left_out_of_both_splits(
         assert torch.equal(labels, getattr(memory, f"{split}_labels"))
         assert torch.equal(images.gather(torch.arange(n)), getattr(memory, f"{split}_images")[:])
     if workers == 0:  # a second load (a resume, another torchrun rank) reads the scan from the cache
-        monkeypatch.setattr(stream, "decode_many", lambda *a, **k: pytest.fail("decoded again"))
+        decoded, real = [], stream.decode_many
+        monkeypatch.setattr(stream, "decode_many", lambda paths, *a, **k: decoded.extend(paths) or real(paths, *a, **k))
         with pytest.warns(UserWarning, match="skipped"):
             again = load_dataset(DataConfig(**config, store="stream", workers=0))
         assert again.test_images.paths == streamed.test_images.paths
+        assert sorted(decoded) == sorted(map(str, bad))  # only the listed files, to see that they still fail
+
+
+def test_a_failure_that_went_away_does_not_drop_the_image_for_ever(tmp_path, monkeypatch):
+    """A file that failed once (a transient I/O error) is in the cached scan; the next load finds it
+    readable and scans again instead of dropping a good image for good."""
+    root = make_jpeg_folder(tmp_path / "f")
+    flaky = root / "train" / "c0" / "1.jpg"
+    real = stream.decode_image
+
+    def failing_once(path, *args, **kwargs):
+        if Path(path) == flaky:
+            raise stream.UnreadableImage(f"cannot read image {path} (Too many open files)")
+        return real(path, *args, **kwargs)
+
+    config = DataConfig(name="folder", root=str(root), image_size=16, skip_bad_images=True, store="stream", workers=0)
+    monkeypatch.setattr(stream, "decode_image", failing_once)
+    with pytest.warns(UserWarning, match="Too many open files"):
+        first = load_dataset(config)
+    assert str(flaky) not in first.train_images.paths
+    monkeypatch.setattr(stream, "decode_image", real)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is skipped now
+        again = load_dataset(config)
+    assert str(flaky) in again.train_images.paths and len(again.train_images) == len(first.train_images) + 1
 
 
 def test_a_worker_that_dies_is_named_not_waited_for(folder):

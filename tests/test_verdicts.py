@@ -128,6 +128,12 @@ def test_a_primary_record_naming_no_variant_of_the_grid_is_damage(tmp_path):
         _claim(tmp_path, GRID + "primary: [ccn]\n")
 
 
+def test_a_primary_declared_again_in_the_other_order_is_not_a_second_comparison(tmp_path):
+    grid, _, _ = _claim(tmp_path, GRID + "primary: [[ccn, flat]]\n")
+    grid, _, _ = _claim(tmp_path, GRID + "primary: [[flat, ccn]]\n")  # edited before any run
+    assert [r["compare"] for r in grid.primary_records] == [["ccn", "flat"]]
+
+
 def test_a_stray_file_in_runs_is_not_a_started_run(tmp_path):
     """A .DS_Store in OUT/runs/ must not turn a pre-planned comparison into one 'added later'."""
     (tmp_path / "exp" / "runs").mkdir(parents=True)

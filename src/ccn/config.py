@@ -649,6 +649,10 @@ def _check_fast_keys(config: Config) -> None:
     if d.flip_mode == "alternate" and d.flip is False:
         raise ConfigError("data.flip_mode=alternate with data.flip=false: the images are never flipped; "
                           "remove data.flip_mode, or set data.flip=true")
+    if t.tta != "none" and d.flip is False:  # data that flips only by its own choice is checked with the data
+        raise ConfigError(f"train.tta={t.tta} scores mirror images, but data.flip=false: the training images are "
+                          "never flipped; set train.tta=none, or data.flip=true if mirror images keep their labels' "
+                          "meaning")
 
 
 def _validate_method_schedule(config: Config) -> None:

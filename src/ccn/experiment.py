@@ -341,8 +341,8 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
         atomic_write(path, lambda tmp: tmp.write_text(text))
     return None
 
-# What a grid writes beside runs/ (figures: any .png), and what marks a `ccn train` run folder.
-_GRID_OUTPUTS = ("summary.json", "report.md")
+# What a grid writes beside runs/ (report.write_figures), and what marks a `ccn train` run folder.
+_GRID_OUTPUTS = ("summary.json", "report.md", "differences.png", "per_group.png", "dendrogram.png", "distances.png")
 _RUN_FILES = ("config.yaml", "results.json", "metrics.jsonl", "checkpoint.safetensors", "model.safetensors")
 
 
@@ -354,8 +354,7 @@ def _refuse_foreign_folder(out: Path, grid: Grid) -> None:
     if not out.is_dir() or any((out / "runs" / f"{variant}-s{seed}" / "config.yaml").is_file()
                                for variant in grid.variants for seed in grid.seeds):
         return
-    clashes = sorted(p.name for p in out.iterdir()
-                     if p.name in _GRID_OUTPUTS + _RUN_FILES or (p.suffix == ".png" and p.is_file()))
+    clashes = sorted(p.name for p in out.iterdir() if p.name in _GRID_OUTPUTS + _RUN_FILES)
     if clashes:
         raise CCNError(f"--out {out} has no grid.yaml but holds {', '.join(clashes[:4])}"
                        f"{' ...' if len(clashes) > 4 else ''}, which ccn experiment would overwrite or mix with its "
@@ -373,7 +372,8 @@ def _declare_primary(records: list, pairs: list, runs_started: bool, out: Path, 
     """The saved records plus the grid's new primary comparisons, stamped now (UTC)."""
     known = [r["compare"] for r in records]
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    new = [{"compare": pair, "declared": now, "before_any_run": not runs_started} for pair in pairs if pair not in known]
+    new = [{"compare": pair, "declared": now, "before_any_run": not runs_started} for pair in pairs
+           if pair not in known and pair[::-1] not in known]  # either order is the comparison already recorded
     if new and runs_started:
         log(f"{out}: primary comparison(s) {', '.join(' vs '.join(r['compare']) for r in new)} declared after runs "
             "had started: recorded as added later, not as pre-planned")

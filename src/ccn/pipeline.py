@@ -292,7 +292,7 @@ class MethodRun:
                  "hierarchy": self.hierarchy.to_json() if self.hierarchy is not None else None,
                  "cluster_seconds": self.cluster_seconds, "init": self.init_record, "code": self.code_at_start,
                  "seconds": self.earlier_seconds + time.perf_counter() - self.started,
-                 "config": self.config.to_dict()}
+                 "config": self.config.to_dict(), "images": self._image_counts()}
         extra = {k: v for average in self.trainer.averages() for k, v in average.tensors().items()}
         if progress is not None:  # what the rest of the epoch needs to end as if never stopped
             state.update(batch=progress.batch, epoch_seen=progress.seen, epoch_seconds=epoch_seconds)
@@ -317,6 +317,16 @@ class MethodRun:
             raise CCNError(f"checkpoint {path} is at stage {state['stage']!r} but "
                            f"{'has no' if state['hierarchy'] is None else 'has'} groups: it is damaged; delete it "
                            "to restart the run from epoch 1")
+        saved, now = state.get("images"), self._image_counts()  # checkpoints from before 2026-11-27 have none
+        if saved is not None and saved != now:
+            raise CCNError(f"{path.parent} started with {saved} images and now finds {now}: the data changed since "
+                           "(files added or removed, or, with data.skip_bad_images, a file that became readable or "
+                           "unreadable), so its epochs would continue on other images; restore the data as it was, "
+                           "or start a new run")
+
+    def _image_counts(self) -> dict:
+        """How many images each split holds: a resumed run must continue on the same ones."""
+        return {"train": len(self.data.train.labels), "test": len(self.data.test.labels)}
 
     def resume(self) -> None:
         """Continue after the last saved epoch; with no checkpoint yet, start again from epoch 1."""

@@ -176,8 +176,9 @@ def group_statistics(grid, out: Path, runs: dict) -> dict:
 
 # Keys that change what a grouped run does after its probe epoch but not the probe itself: two
 # variants that differ only in these learn the same partition from the same seed (random draws
-# groups of the learned sizes, normalize_loss rescales the later loss).
-_AFTER_PROBE_KEYS = ("partition", "normalize_loss")
+# groups of the learned sizes, the others act on the later training or the scoring). The recursion's
+# keys (depth, ...) are not here: a depth-2 run's groups are the split ones, of other sizes.
+_AFTER_PROBE_KEYS = ("partition", "normalize_loss", "flat_weight", "init_from_flat", "inference", "blend_weight")
 
 
 def _probe_settings(grid, name: str) -> Optional[dict]:
@@ -374,9 +375,11 @@ def _mismatch_lines(summary: dict) -> list[str]:
         return []
     lines = ["", "## Partitions that should agree and do not", "",
              "These variants run the same probe epoch for a seed, so they should learn groups of the same sizes. "
-             "For the seeds below they did not: the probe's floating point depends on the number of CPU threads, "
-             "and one epoch of training amplifies the difference. For these seeds the paired difference also "
-             "compares two partitions. Run a grid with one thread count throughout (OMP_NUM_THREADS) to avoid it.", ""]
+             "For the seeds below they did not, so for them the paired difference also compares two partitions. "
+             "The probe's floating point depends on the number of CPU threads, and one epoch of training amplifies "
+             "the difference: where the thread counts below differ, run a grid with one count throughout "
+             "(OMP_NUM_THREADS); where they agree, look for another source of nondeterminism (GPU kernels, an "
+             "epoch before the probe resumed on another count).", ""]
     for m in mismatches:
         sides = [f"{name} {sizes[:6]}{' ...' if len(sizes) > 6 else ''} ({_threads_words(threads, machine)})"
                  for name, sizes, threads, machine in zip(m["variants"], m["sizes"], m.get("probe_threads", [None] * 2),

@@ -486,5 +486,5 @@ def check_every_class_readable(items: Sequence[tuple[Path | str, int]], kept_lab
         paths = lost[min(lost)]
         more = f" (and {len(lost) - 1} other class(es))" if len(lost) > 1 else ""
         raise DataError(f"class folder {Path(paths[0]).parent} holds no readable training images{more}: all "
-                        f"{len(paths)} were skipped as unreadable (each named in a warning above); replace them "
+                        f"{len(paths)} were skipped as unreadable (the first: {paths[0]}); replace them "
                         "with readable images, or remove the class")

@@ -281,7 +281,7 @@ class StreamSource:
         answer of an earlier pass over the same files (the cache, keyed as the channel statistics)."""
         path = self._cache_path("stream-unreadable")
         saved = _read_unreadable(path, len(self)) if path is not None else None
-        if saved is not None:
+        if saved is not None and self._still_unreadable(saved):
             return saved
         rows = SCAN_ROWS * max(1, self.workers)
         found = {}
@@ -291,6 +291,14 @@ class StreamSource:
         if path is not None:
             _keep_in_cache(path, {"unreadable": [[i, why] for i, why in sorted(found.items())]})
         return found
+
+    def _still_unreadable(self, saved: dict[int, str]) -> bool:
+        """Whether every file of a saved scan still fails: a failure that went away (a file replaced in a
+        way that kept its size and time, a permission fixed, a transient I/O error) must not drop a good
+        image for ever, so then the caller scans again. Only the listed files are decoded."""
+        positions = sorted(saved)
+        _, bad = decode_many(self._paths(positions), self.size, self.fit)
+        return len(bad) == len(positions)
 
     def _stats_path(self) -> Optional[Path]:
         return self._cache_path("stream-stats")
@@ -365,5 +373,6 @@ def _without_unreadable(source: StreamSource, labels: torch.Tensor, split: str) 
         warnings.warn(f"skipped: {bad[position]}", stacklevel=4)
     keep = torch.tensor([i for i in range(len(source)) if i not in bad], dtype=torch.long)
     if len(keep) == 0:
-        raise DataError(f"no readable images in the {split} split: check the data folder")
+        raise DataError(f"none of the {len(source)} images of the {split} split can be read (the first: "
+                        f"{source.paths[0]}): replace them with readable images")
     return source.take(keep), labels[keep]
