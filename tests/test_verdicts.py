@@ -159,10 +159,26 @@ def test_code_is_unknown_outside_a_checkout(tmp_path, monkeypatch):
     from ccn import provenance
     monkeypatch.setattr(provenance, "SOURCE_ROOT", tmp_path)
     provenance._is_checkout.cache_clear()
+    provenance._code_of_this_process.cache_clear()
     try:
         assert provenance.code_version()["commit"] == "unknown" and provenance.code_version()["dirty"] == "unknown"
     finally:
         provenance._is_checkout.cache_clear()
+        provenance._code_of_this_process.cache_clear()
+
+
+def test_the_code_is_read_once_per_process(monkeypatch):
+    """A grid process keeps the code it imported: a checkout that moves on must not relabel its later runs."""
+    from ccn import provenance
+    provenance._code_of_this_process.cache_clear()
+    first = provenance.code_version()
+    monkeypatch.setattr(provenance, "_git", lambda *args: "f" * 40)  # the tree moved to another commit
+    try:
+        assert provenance.code_version() == first
+        first["commit"] = "edited by a caller"
+        assert provenance.code_version()["commit"] != "edited by a caller"  # each caller gets its own copy
+    finally:
+        provenance._code_of_this_process.cache_clear()
 
 
 def test_a_grid_run_with_two_code_versions_says_so():

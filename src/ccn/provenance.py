@@ -38,7 +38,15 @@ def _is_checkout() -> bool:
 def code_version() -> dict:
     """{"commit": sha or "unknown", "dirty": bool or "unknown" (tracked files changed), "ccn", "torch"}.
 
-    Asked afresh each time (a grid runs for hours and the tree may change between its runs)."""
+    Read once per process, when first asked (the first run's start): a process keeps running the code
+    it imported, so a checkout that moves on while a grid runs for hours must not relabel the grid's
+    later runs with commits they never ran (the converged study's first record named 19 versions
+    for what were 9 processes). A grid resumed in a new process records the code of that process."""
+    return dict(_code_of_this_process())
+
+
+@functools.lru_cache(maxsize=1)
+def _code_of_this_process() -> dict:
     commit, dirty = UNKNOWN, UNKNOWN
     if _is_checkout():
         commit = _git("rev-parse", "HEAD") or UNKNOWN
