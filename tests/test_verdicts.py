@@ -190,3 +190,11 @@ def test_a_grid_run_with_two_code_versions_says_so():
                                           {"code": None, "runs": ["ccn-s0"]}]}))
     assert "3 code versions" in two and "bbbbbbbbbb (with uncommitted changes)" in two and "k-1-s0" in two
     assert "code not recorded" in two
+
+
+def test_a_folders_grid_yaml_reproduces_its_primary_comparisons(tmp_path):
+    """docs/results/*/grid.yaml records each primary as {compare, declared, before_any_run}: given as
+    --config for a new folder it declares the same comparisons there (anew, before that folder's runs)."""
+    _, out, _ = _claim(tmp_path, GRID + "primary: [ccn, [ccn, k-1]]\n")
+    again = load_grid(out / "grid.yaml")
+    assert again.primary == [["ccn", "flat"], ["ccn", "k-1"]]

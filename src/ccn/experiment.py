@@ -157,7 +157,9 @@ def _refuse_seed_keys(base: dict, variants: dict) -> None:
 
 
 def _primary(spec, variants: dict, reference: str) -> list:
-    """`primary:` -> [[a, b], ...]: a variant name means [name, reference]; a pair is taken as given."""
+    """`primary:` -> [[a, b], ...]: a variant name means [name, reference]; a pair is taken as given, and
+    so is a record of an experiment folder's grid.yaml ({compare: [a, b], declared: ...}), so that the
+    grid.yaml of a study reproduces it (the comparisons are declared anew in the new folder)."""
     if spec is None:
         return []
     example = f"such as [ccn, [ccn, k-1]] (a name is compared with {reference})"
@@ -165,6 +167,8 @@ def _primary(spec, variants: dict, reference: str) -> list:
         raise ConfigError(f"primary must be a list of variant names or [a, b] pairs {example}, got {spec!r}")
     pairs = []
     for item in spec:
+        if isinstance(item, dict) and "compare" in item:  # an experiment folder's grid.yaml records it so
+            item = item["compare"]
         if item == reference:
             raise ConfigError(f"primary: {item!r} is the reference, and a name alone is compared with the reference: "
                               f"name another variant, or a pair {example}")

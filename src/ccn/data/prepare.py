@@ -66,11 +66,13 @@ def training_flips(config: Config, ds: ImageDataset) -> bool:
     for `ccn evaluate`, whose --set may change train.tta."""
     d = config.data
     flip = d.flip if d.flip is not None else ds.flip
+    if flip:
+        return flip
     why = (f"data {ds.name} is not flipped (a flip would change its labels' meaning)" if d.flip is None
            else "data.flip=false: the training images are never flipped")
-    if d.flip_mode == "alternate" and not flip:
+    if d.flip_mode == "alternate":
         raise ConfigError(f"data.flip_mode=alternate, but {why}: remove data.flip_mode, or set data.flip=true")
-    if config.train.tta != "none" and not flip:
+    if config.train.tta != "none":
         raise ConfigError(f"train.tta={config.train.tta} scores mirror images, but {why}: set train.tta=none, "
                           "or data.flip=true if mirror images keep their labels' meaning")
     return flip
