@@ -345,6 +345,7 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
         atomic_write(path, lambda tmp: tmp.write_text(text))
     return None
 
+
 # What a grid writes beside runs/ (report.write_figures), and what marks a `ccn train` run folder.
 _GRID_OUTPUTS = ("summary.json", "report.md", "differences.png", "per_group.png", "dendrogram.png", "distances.png")
 _RUN_FILES = ("config.yaml", "results.json", "metrics.jsonl", "checkpoint.safetensors", "model.safetensors")
