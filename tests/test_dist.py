@@ -40,6 +40,32 @@ def test_helpers_with_two_gloo_ranks(tmp_path):
     torch.multiprocessing.spawn(_helpers_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
 
 
+def _agreement_worker(rank: int, world: int, init_file: str, answers: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from ccn.dist import check_ranks_agree
+        from ccn.errors import CCNError
+        check_ranks_agree({"train": 18, "test": 6}, torch.device("cpu"))  # the same data: nothing to say
+        try:  # rank 1 read one training image more than rank 0
+            check_ranks_agree({"train": 18 + rank, "test": 6}, torch.device("cpu"))
+            said = "nothing"
+        except CCNError as err:
+            said = str(err)
+        with open(f"{answers}.{rank}", "w") as handle:
+            handle.write(said)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_that_read_different_data_all_stop_in_one_line(tmp_path):
+    """Every rank stops, not only the one that differs: one that went on would wait for ever."""
+    answers = str(tmp_path / "said")
+    torch.multiprocessing.spawn(_agreement_worker, args=(2, str(tmp_path / "init"), answers), nprocs=2, join=True)
+    for rank in (0, 1):
+        said = open(f"{answers}.{rank}").read()
+        assert said.startswith("the ranks read different numbers of images (train 18-19, test 6-6)"), said
+
+
 RUN = ["--set", "model.norm=none", "--set", "model.width=8", "--set", "data.train_per_class=40",
        "--set", "data.test_per_class=20", "--set", "train.epochs=3", "--set", "train.batch_size=32",
        "--set", "train.progress=false", "--set", "train.lr=0.02"]

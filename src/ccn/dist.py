@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ccn.errors import ConfigError
+from ccn.errors import CCNError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,25 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor
+
+
+def check_ranks_agree(counts: dict[str, int], device: torch.device) -> None:
+    """Every rank must have read the same data: a rank with other image counts (a file added to the
+    folder while the ranks read it one after another, or with data.skip_bad_images and no cache, a
+    file that failed for one rank only) would train on other batches, or wait for ever in a
+    collective the others never reach. Compared by their largest and smallest values, so every rank
+    sees the same answer and all of them stop together."""
+    if not is_distributed():
+        return
+    mine = torch.tensor(list(counts.values()), dtype=torch.int64, device=device)
+    high, low = mine.clone(), -mine
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MAX)
+    if not torch.equal(high, -low):
+        ranges = ", ".join(f"{name} {int(-b)}-{int(a)}" for name, a, b in zip(counts, high, low))
+        raise CCNError(f"the ranks read different numbers of images ({ranges}): the data changed while they read "
+                       "it; leave the data folder alone while a run starts (with data.skip_bad_images, keep "
+                       "data.cache on so every rank uses rank 0's scan) and start again")
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:

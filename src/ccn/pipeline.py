@@ -27,8 +27,8 @@ from ccn.checkpoint import (STATE_FILE, check_run_state, read_training_state, re
 from ccn.files import fault_point
 from ccn.data import ImageDataset
 from ccn.data.prepare import RunData, fit_sample, prepare_data, preprocess_facts, uses_channels_last
-from ccn.dist import (World, autocast, configure_backends, init_distributed, main_rank_first,
-                      resolve_device, seed_stream, wrap_for_training)
+from ccn.dist import (World, autocast, check_ranks_agree, configure_backends, init_distributed,
+                      main_rank_first, resolve_device, seed_stream, wrap_for_training)
 from ccn.ema import WeightAverage
 from ccn.errors import CCNError
 from ccn.evaluate import batch_outputs, score
@@ -87,6 +87,7 @@ class MethodRun:
         seed_everything(config.seed, config.train.deterministic, self.device)
         with main_rank_first(world, self.device):  # one process downloads, extracts and caches
             self.data = prepare_data(config, self.device, world, ds)
+        check_ranks_agree(self._image_counts(), self.device)
         self.ds = self.data.ds
         cfgmod.check_against_classes(config, self.ds.num_classes, f"data {self.ds.name}")
         # a resumed run takes its weights and groups from its checkpoint: the files named by
