@@ -36,7 +36,7 @@ from ccn.files import atomic_write
 from ccn.errors import CCNError, ConfigError
 from ccn.locks import FolderLock
 from ccn.progress import echo, progress_bar
-from ccn.runs import NewRun, read_results, resumed_run
+from ccn.runs import RUN_FILES, NewRun, read_results, resumed_run
 
 METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
 NORM_SUFFIX, RANDOM_SUFFIX = "-norm", "-random"
@@ -346,9 +346,8 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
     return None
 
 
-# What a grid writes beside runs/ (report.write_figures), and what marks a `ccn train` run folder.
+# What a grid writes beside runs/ (report.write_figures); a `ccn train` run folder holds runs.RUN_FILES.
 _GRID_OUTPUTS = ("summary.json", "report.md", "differences.png", "per_group.png", "dendrogram.png", "distances.png")
-_RUN_FILES = ("config.yaml", "results.json", "metrics.jsonl", "checkpoint.safetensors", "model.safetensors")
 
 
 def _refuse_foreign_folder(out: Path, grid: Grid) -> None:
@@ -359,7 +358,7 @@ def _refuse_foreign_folder(out: Path, grid: Grid) -> None:
     if not out.is_dir() or any((out / "runs" / f"{variant}-s{seed}" / "config.yaml").is_file()
                                for variant in grid.variants for seed in grid.seeds):
         return
-    clashes = sorted(p.name for p in out.iterdir() if p.name in _GRID_OUTPUTS + _RUN_FILES)
+    clashes = sorted(name for name in set(_GRID_OUTPUTS + RUN_FILES) if (out / name).exists())
     if clashes:
         raise CCNError(f"--out {out} has no grid.yaml but holds {', '.join(clashes[:4])}"
                        f"{' ...' if len(clashes) > 4 else ''}, which ccn experiment would overwrite or mix with its "
