@@ -124,6 +124,37 @@ def test_run_files_that_disagree(run):
     _one_line(err, "says method.name=ccn but", "has no hierarchy.json")
 
 
+def _set_preprocess(run, **facts):
+    _edit_json(run / "results.json", lambda d: d["preprocess"].update(facts))
+
+
+def test_preprocess_that_disagrees_with_the_config(run):
+    """results.json "preprocess" says how predict and export shape an image file; one that says another
+    size or crop than config.yaml (or than a --set) would score resized images silently."""
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("image_size: null", "image_size: 16"))
+    load_run(run)  # the tiny run's images are 16 px: config and results agree
+    _set_preprocess(run, image_size=24)
+    with pytest.raises(CCNError) as err:
+        load_run(run)
+    _one_line(err, "results.json and config.yaml disagree on the images' stored side (24 and 16)")
+    _set_preprocess(run, image_size=16, input_size=12, eval_crop=0.75)
+    with pytest.raises(CCNError) as err:
+        load_run(run)
+    _one_line(err, "disagree on the images' evaluation crop ((12, 0.75) and None)")
+    _edit_json(run / "results.json", lambda d: [d["preprocess"].pop(k) for k in ("input_size", "eval_crop")])
+    with pytest.raises(CCNError) as err:
+        load_run(run, ["data.image_size=32"])
+    _one_line(err, "stored side 16, and your --set makes it 32", "drop the --set")
+
+
+def test_evaluate_refuses_native_images_of_another_side(run):
+    """With a native-size data set (config image_size null) only the loaded images can tell the side."""
+    _set_preprocess(run, image_size=24)
+    load_run(run)
+    _clean_exit_2(run_cli("evaluate", str(run)), "has images of side 16", "learned images of side 24")
+
+
 def test_edited_config_yaml_of_a_run_names_the_file(run):
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("lr: 0.05", "lr: .nan"))
     with pytest.raises(ConfigError) as err:

@@ -30,6 +30,8 @@ from ccn import config as cfgmod
 from ccn.checkpoint import STATE_FILE, check_finite, load_weights, save_weights, state_difference
 from ccn.files import atomic_write, fault_point, write_json
 from ccn.config import Config
+from ccn.data import stored_size
+from ccn.data.prepare import eval_transform
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
 from ccn.hierarchy.tree import DISTANCES_FILE, save_distances
@@ -255,6 +257,7 @@ def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, 
     results = read_results(run_dir)
     hierarchy = Hierarchy.load(run_dir / "hierarchy.json") if (run_dir / "hierarchy.json").exists() else None
     check_run_files_agree(run_dir, config, results, hierarchy)
+    check_preprocess_agrees(run_dir, config, results["preprocess"], overrides)
     model = build_model(config, results["num_classes"], hierarchy)
     load_weights(model, run_dir / "model.safetensors")
     return config, model, hierarchy, results
@@ -292,6 +295,32 @@ def check_run_files_agree(run_dir: Path, config: Config, results: dict, hierarch
     if hierarchy.num_classes != results["num_classes"] or hierarchy.classes != results.get("classes", hierarchy.classes):
         raise CCNError(f"{run_dir / 'hierarchy.json'} and results.json name different classes "
                        f"({hierarchy.num_classes} and {results['num_classes']}): restore the files the run wrote")
+
+
+def check_preprocess_agrees(run_dir: Path, config: Config, prep: dict, overrides=()) -> None:
+    """results.json "preprocess" must decode and crop images as the run's data section (with any --set)
+    does: `ccn predict` and `ccn export` follow the former, `ccn evaluate` the latter, and a network
+    with global pooling takes any size, so a hand-edited size would score other images silently."""
+    recorded = {"stored side": prep["image_size"], "evaluation crop": _recorded_crop(prep),
+                "fit": prep.get("fit", "stretch")}
+    crop = eval_transform(config)
+    expected = {"stored side": stored_size(config.data), "evaluation crop": crop and (crop.size, crop.fraction),
+                "fit": "centre_crop" if config.data.name == "imagenet" else "stretch"}
+    if expected["stored side"] is None:  # the data set's native size: config.yaml does not say it
+        del recorded["stored side"], expected["stored side"]
+    for fact, value in expected.items():
+        if recorded[fact] == value:
+            continue
+        if overrides:
+            raise CCNError(f"the run was trained and scored with the images' {fact} {recorded[fact]}, and your "
+                           f"--set makes it {value}: drop the --set that changes data.image_size, data.crop or "
+                           "data.eval_crop (the weights only mean what they learned at the run's own size)")
+        raise CCNError(f"{run_dir / 'results.json'} and config.yaml disagree on the images' {fact} "
+                       f"({recorded[fact]} and {value}): {RESULTS_FIX}")
+
+
+def _recorded_crop(prep: dict) -> Optional[tuple]:
+    return (prep["input_size"], prep["eval_crop"]) if "input_size" in prep else None
 
 
 # ---------------------------------------------------------------- starting from trained weights (model.init)
