@@ -17,7 +17,7 @@ from ccn import config as cfgmod
 from ccn.data.base import channel_stats
 from ccn.config import DataConfig
 from ccn.data import load_dataset, stream
-from ccn.data.store import ImageRows, decode_split
+from ccn.data.store import ImageRows, decode_split, select
 from ccn.data.stream import StreamSource, close_pool, shared_pool
 from ccn.errors import ConfigError, DataError
 
@@ -265,3 +265,24 @@ def test_channel_statistics_are_kept_in_the_cache_and_a_damaged_entry_is_recompu
     entry.write_text('{"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}')  # a valid entry is read, not recomputed
     assert channel_stats(source) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
     assert channel_stats(source.take(torch.arange(5))) != ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])  # other files, other key
+
+
+def test_the_scan_adds_up_the_channel_statistics_without_decoding_again(tmp_path, monkeypatch):
+    """With data.skip_bad_images the unreadable-file scan decodes every image once; the channel
+    statistics of any view of the split (here without its bad file, then a validation-like subset)
+    are added from the sums it kept: the same numbers, exactly, as a second decoding pass gives."""
+    root = make_jpeg_folder(tmp_path / "f")
+    (root / "train" / "c2" / "3.jpg").write_bytes(b"")
+    decoded, real = [], stream.decode_many
+    monkeypatch.setattr(stream, "decode_many", lambda paths, *a, **k: decoded.extend(paths) or real(paths, *a, **k))
+    config = DataConfig(name="folder", root=str(root), image_size=16, skip_bad_images=True, store="stream",
+                        workers=0, cache=False)
+    with pytest.warns(UserWarning, match="skipped"):
+        ds = load_dataset(config)
+    assert len(decoded) == 64  # the scan: 48 training and 16 test files, each once
+    view = select(ds.train_images, torch.arange(0, 47, 3))
+    decoded.clear()
+    added_up = channel_stats(view)
+    assert decoded == []
+    view.pixel_sums = None  # as without the scan: a decoding pass over the view's 16 files
+    assert channel_stats(view) == added_up and len(decoded) == 16

@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ccn.data.statistics import added, pixel_sums, stats_from_sums
 from ccn.data.store import ImageSource, select
 from ccn.errors import DataError
 
@@ -97,17 +98,11 @@ def channel_stats(images: torch.Tensor | ImageSource) -> tuple[list[float], list
 
 def summed_channel_stats(images) -> tuple[list[float], list[float]]:
     """channel_stats of an ImageSource with `chunks(rows)`: exact integer sums, chunk by chunk."""
-    total, squares = [0, 0, 0], [0, 0, 0]
+    sums = [0] * 6
     per_image = 8 * int(np.prod(images.shape[1:]))
     for chunk in images.chunks(max(1, STATS_CHUNK_BYTES // per_image)):
-        x = chunk.to(torch.int64)
-        total = [a + b for a, b in zip(total, x.sum(dim=(0, 2, 3)).tolist())]
-        squares = [a + b for a, b in zip(squares, x.square_().sum(dim=(0, 2, 3)).tolist())]
-    n = len(images) * images.shape[2] * images.shape[3]
-    mean = [t / (255 * n) for t in total]
-    # unbiased variance from exact integers: (n * sum(v^2) - sum(v)^2) / (n (n - 1)), in 255^2 units
-    var = [(n * q - t * t) / (n * max(n - 1, 1)) / 255 ** 2 for t, q in zip(total, squares)]
-    return mean, [max(v ** 0.5, 1e-3) for v in var]
+        sums = [a + b for a, b in zip(sums, added(pixel_sums(chunk.numpy())))]
+    return stats_from_sums(sums, len(images) * images.shape[2] * images.shape[3])
 
 
 def cap_per_class(labels: torch.Tensor, cap: Optional[int], seed: int = 0) -> torch.Tensor:

@@ -16,7 +16,8 @@ pass over both splits (`StreamSource.unreadable`, its answer kept in the cache s
 the other torchrun ranks read it), and left out of both splits, each named in one warning, as the
 memory and disk stores leave them out: no evaluation set scores an image that could not be read, and
 the batches are the same for any number of workers or ranks. A file that becomes unreadable after
-that pass is decoded as a black image (label kept) and named in one warning. With
+that pass is decoded as a black image (label kept) and named in one warning. The same pass keeps each
+image's pixel sums, from which the channel statistics are added up without decoding again. With
 skip_bad_images=false the run stops with one line naming the file. A worker that dies is named in
 one line, never waited for; workers end with the process that started them (daemon processes, and
 on Linux a parent-death signal).
@@ -41,6 +42,7 @@ import torch
 
 from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
 from ccn.data.processes import die_with_parent, how_it_ended
+from ccn.data.statistics import added, pixel_sums, stats_from_sums
 from ccn.errors import DataError, WriteError
 from ccn.files import write_json
 
@@ -164,6 +166,9 @@ class StreamSource:
         self.stats_cache = stats_cache  # folder for the channel statistics (data.cache), or None
         self.stamp = stamp  # the reader's stand-in for a stat per file in the statistics' key (ccn.data.store.cache_key)
         self._warned: set[str] = set()
+        # int64 (n, 6) of each image's pixel sums (ccn.data.statistics), kept by the unreadable-file scan
+        # so the channel statistics need no second decoding pass; views of the source keep their rows
+        self.pixel_sums: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -177,8 +182,11 @@ class StreamSource:
 
     def take(self, indices) -> "StreamSource":
         """An index view (caps, validation split, hold-out): the same files, no image decoded."""
-        return StreamSource(self._paths(indices), self.size, self.workers, self.skip_bad, self.stats_cache,
+        view = StreamSource(self._paths(indices), self.size, self.workers, self.skip_bad, self.stats_cache,
                             self.fit, self.stamp)
+        if self.pixel_sums is not None:
+            view.pixel_sums = self.pixel_sums[torch.as_tensor(indices, dtype=torch.long).reshape(-1).numpy()]
+        return view
 
     def gather(self, indices) -> torch.Tensor:
         """uint8 (n, 3, S, S) CPU tensor of the images at `indices`, decoded in this process."""
@@ -263,15 +271,19 @@ class StreamSource:
         return torch.from_numpy(images)
 
     def channel_stats(self, summed: Callable) -> tuple[list[float], list[float]]:
-        """summed(self): ccn.data.base's exact integer statistics over every image (one decoding pass
-        over the files, through `chunks`), kept in the cache (keyed by the files, their sizes and times
+        """Exact integer statistics over every image: added from the pixel sums of the unreadable-file
+        scan where it ran (data.skip_bad_images), else summed(self) (ccn.data.base: one decoding pass
+        over the files, through `chunks`). Kept in the cache (keyed by the files, their sizes and times
         or the reader's stamp, the image size and fit), so a resumed run and the other torchrun ranks
         (which start after rank 0) read them instead."""
         path = self._stats_path()
         saved = _read_stats(path) if path is not None else None
         if saved is not None:
             return saved
-        mean, std = summed(self)
+        if self.pixel_sums is not None:
+            mean, std = stats_from_sums(added(self.pixel_sums), len(self) * self.size * self.size)
+        else:
+            mean, std = summed(self)
         if path is not None:
             _keep_in_cache(path, {"mean": mean, "std": std})
         return mean, std
@@ -284,10 +296,12 @@ class StreamSource:
         if saved is not None and self._still_unreadable(saved):
             return saved
         rows = SCAN_ROWS * max(1, self.workers)
-        found = {}
+        found, sums = {}, []
         scanned = self._decoded(torch.arange(s, min(s + rows, len(self))) for s in range(0, len(self), rows))
-        for number, (_, bad, _) in enumerate(scanned):  # read to its end, so the pool is free again
+        for number, (images, bad, _) in enumerate(scanned):  # read to its end, so the pool is free again
             found.update({number * rows + i: why for i, why in bad})
+            sums.append(pixel_sums(images))
+        self.pixel_sums = np.concatenate(sums) if sums else np.zeros((0, 6), dtype=np.int64)
         if path is not None:
             _keep_in_cache(path, {"unreadable": [[i, why] for i, why in sorted(found.items())]})
         return found
