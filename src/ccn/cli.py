@@ -107,13 +107,14 @@ def _clusters(args) -> None:
 def _evaluate(args) -> None:
     from ccn.dist import autocast, resolve_device
     from ccn.evaluate import score
-    from ccn.data.prepare import prepare_data
+    from ccn.data.prepare import check_saved_image_side, prepare_data
     from ccn.runs import check_same_classes, load_run
 
     config, model, hierarchy, saved = load_run(Path(args.run_dir), args.set)
     device = resolve_device(config.device)
     data = prepare_data(config, device, preprocess=saved["preprocess"])
     check_same_classes(saved, data.ds.classes, data.ds.name)
+    check_saved_image_side(data.ds, saved["preprocess"])
     model.to(device)
     result = score(model, data.test, hierarchy.mask() if hierarchy is not None else None, config.method.inference,
                    lambda: autocast(device, config.train.bf16), config.train.tta)

@@ -91,7 +91,7 @@ def preprocess_facts(config: Config, ds: ImageDataset, normalize: Normalize) -> 
     return facts
 
 
-def _check_saved_images_match(ds: ImageDataset, preprocess: dict) -> None:
+def check_saved_image_side(ds: ImageDataset, preprocess: dict) -> None:
     """A saved run scores only images of the side it learned (results.json "preprocess"): with a
     native-size data set the config cannot say the side, so the loaded images are asked."""
     if ds.image_size != preprocess["image_size"]:
@@ -146,8 +146,6 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
     """The run's data on `device`. `preprocess` (a saved run's mean and std, 0-1 scale) replaces the
     statistics of these training images, so a saved run is scored with the normalisation it learned."""
     ds = ds if ds is not None else load_dataset(config.data)
-    if preprocess is not None:
-        _check_saved_images_match(ds, preprocess)
     x, y = ds.train_images, ds.train_labels
     test_x, test_y, eval_set = ds.test_images, ds.test_labels, "test"
     if config.data.val_fraction > 0:  # choose settings on training images; the test set stays untouched
