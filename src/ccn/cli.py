@@ -155,6 +155,8 @@ def _experiment(args) -> None:
         ci = p["ci95"]
         interval = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "(one seed)"
         print(f"{name} vs {summary['reference']}: {100 * p['diff_mean']:+.2f} points {interval}: {p['verdict']}")
+    for skipped in summary["not_comparable"]:
+        print(f"{skipped['compare'][0]} vs {skipped['compare'][1]}: not comparable ({skipped['why']})")
     print(f"report: {out / 'report.md'}")
 
 

@@ -5,6 +5,8 @@ Grid file:
     base:            # a config (data:, model:, train:, method:), shared by every run
       data: {name: digits}
     variants: [flat, ccn, random, late-3, l2]     # built-in names, or name -> nested overrides
+                     # (a built-in name with overrides: the built-in variant with them on top, such as
+                     # flat: {train: {lr: 0.1}}; one that changes what the name sets is refused)
     seeds: [0, 1, 2]
     reference: flat  # paired differences are taken against this variant
     primary: [ccn, [ccn, k-1]]   # optional: the comparisons planned before the grid runs (a name: vs
@@ -36,7 +38,7 @@ from ccn.files import atomic_write
 from ccn.errors import CCNError, ConfigError
 from ccn.locks import FolderLock
 from ccn.progress import echo, progress_bar
-from ccn.runs import RUN_FILES, NewRun, read_results, resumed_run
+from ccn.runs import GRID_FILE, RUN_FILES, NewRun, read_results, resumed_run
 
 METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
 NORM_SUFFIX, RANDOM_SUFFIX = "-norm", "-random"
@@ -209,15 +211,88 @@ def _variants(spec) -> dict:
     for name, overrides in spec.items():
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ConfigError(f"variant name {name!r} may hold only letters, digits, '.', '_' and '-'")
-        if overrides is None:
-            overrides = builtin_variant(name)
-            if overrides is None:
-                raise ConfigError(f"variant {name!r} is not built in ({BUILTIN_VARIANTS}): give its overrides")
+        builtin = builtin_variant(name)
+        if overrides is None and builtin is None:
+            raise ConfigError(f"variant {name!r} is not built in ({BUILTIN_VARIANTS}): give its overrides")
+        overrides = {} if overrides is None else overrides
         if not isinstance(overrides, dict):
             raise ConfigError(f"variant {name!r}: its overrides must be a mapping of config sections such as "
                               f"{{method: {{metric: l2}}}}, got {overrides!r}")
-        variants[name] = overrides
+        _refuse_image_set_keys(name, overrides)
+        variants[name] = overrides if builtin is None else _builtin_with(name, builtin, overrides)
     return variants
+
+
+def _builtin_with(name: str, builtin: dict, overrides: dict) -> dict:
+    """A built-in name keeps its meaning: the built-in variant's settings with the user's overrides
+    merged on top (`flat: {train: {lr: 0.1}}` is flat at lr 0.1). The report reads the names (flat's
+    groups, ccn vs random), so an override that changes what the name sets is refused, not obeyed."""
+    changed = _changed_key(builtin, overrides)
+    if changed is not None:
+        key, fixed, given = changed
+        raise ConfigError(f"variant {name!r} is built in ({_dotted(builtin)}), and its overrides set {key} to "
+                          f"{given!r}: rename the variant (such as my-{name}) to give it settings of your own, "
+                          f"or drop {key} from its overrides")
+    return deep_merge(copy.deepcopy(builtin), copy.deepcopy(overrides))
+
+
+def _changed_key(builtin: dict, overrides: dict, prefix: str = "") -> Optional[tuple]:
+    """The first key the built-in sets whose value `overrides` changes: (dotted key, built-in value, given)."""
+    for key, fixed in builtin.items():
+        if key not in overrides:
+            continue
+        given = overrides[key]
+        if isinstance(fixed, dict) and isinstance(given, dict):
+            found = _changed_key(fixed, given, f"{prefix}{key}.")
+            if found is not None:
+                return found
+        elif given != fixed or type(given) is not type(fixed):  # true is not 1
+            return f"{prefix}{key}", fixed, given
+    return None
+
+
+def _dotted(nested: dict, prefix: str = "") -> str:
+    """{method: {name: ccn, groups: 5}} -> 'method.name=ccn, method.groups=5'."""
+    return ", ".join(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else f"{prefix}{k}={v}"
+                     for k, v in nested.items())
+
+
+# Config keys a variant may not override, because they change which images a run trains on or scores,
+# or what a scored image is when the network sees it: the grid pairs the runs of one seed, and a
+# paired difference is only a difference of methods when both runs trained on the same images and
+# scored the same ones the same way (ours). Data keys that only change the training images' augmentation
+# (flip, flip_mode, crop_padding, pad_mode, crop_scale, crop_ratio, cutout, augment, randaugment_n/_m)
+# and where images are kept (store, cache, workers, download) may differ between variants. Set the
+# keys below in base:, for every variant alike. tests/test_grid_pairs.py makes every data key choose a side.
+IMAGE_SET_KEYS = {
+    "data": {
+        "name": "another data set",
+        "root": "another folder of images",
+        "train_per_class": "another number of training images per class",
+        "test_per_class": "another number of test images per class",
+        "val_fraction": "another share of training images held out, scored instead of the test set",
+        "include_background": "another set of classes (Caltech-101's background class)",
+        "num_classes": "another synthetic data set (its classes)",
+        "num_groups": "another synthetic data set (its planted groups make other images)",
+        "skip_bad_images": "unreadable images left out of one run's splits and not the other's",
+        "image_size": "the images stored at another side, for training and scoring",
+        "crop": "another stored side and evaluation crop (random_resized scores a centred crop)",
+        "eval_crop": "another evaluation crop of every scored image (with crop=random_resized)",
+    },
+    "method": {
+        "probe_set": "another training set (probe_set=holdout keeps images out of training, for every method)",
+        "holdout_fraction": "another number of images kept out of training (probe_set=holdout)",
+    },
+}
+
+
+def _refuse_image_set_keys(name: str, overrides: dict) -> None:
+    for section, keys in IMAGE_SET_KEYS.items():
+        given = overrides.get(section)
+        for key in (k for k in keys if isinstance(given, dict) and k in given):
+            raise ConfigError(f"variant {name!r} sets {section}.{key}, which gives its runs {keys[key]}: the grid "
+                              f"compares the runs of one seed as paired, and that needs the same images in every "
+                              f"variant; set {section}.{key} in base: (for every variant), or run another grid")
 
 
 def run_grid(grid: Grid, out: Path, log=echo) -> dict:
@@ -245,7 +320,7 @@ def _run_locked_grid(grid: Grid, out: Path, log) -> dict:
             _run_one(grid, out, variant, seed, data_cache, log)
             bar.update(1)
     if pending is not None:  # only now: until every run of the wider grid has finished, the folder keeps its old grid
-        atomic_write(out / "grid.yaml", lambda tmp: tmp.write_text(pending))
+        atomic_write(out / GRID_FILE, lambda tmp: tmp.write_text(pending))
     return write_report(grid, out, time.perf_counter() - started)
 
 
@@ -314,7 +389,7 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
     variant's overrides are unchanged), so a study can be widened in place to narrow its intervals.
     Primary comparisons are kept once declared, with their time; new ones are appended (sets
     grid.primary_records)."""
-    path = out / "grid.yaml"
+    path = out / GRID_FILE
     wanted = yaml.safe_load(yaml.safe_dump(grid.raw, sort_keys=False))
     saved, records, widened = None, [], False
     if not path.exists():

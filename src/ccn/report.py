@@ -97,27 +97,65 @@ def summarise(grid, out: Path) -> dict:
         entry["wall_time_s"] = float(sum(r["wall_time_s"] for r in results))
         variants[name] = entry
     return {"reference": grid.reference, "seeds": grid.seeds, "variants": variants,
-            **comparisons(variants, grid.reference, getattr(grid, "primary_records", [])),
+            **comparisons(variants, grid.reference, getattr(grid, "primary_records", []),
+                          lambda a, b: unpaired_runs(grid.seeds, a, runs[a], b, runs[b])),
             "groups": group_statistics(grid, out, runs), "partition_mismatches": partition_mismatches(grid, out, runs),
             "facts": _facts(runs),
             "code": code_versions(grid, runs)}
 
 
-def comparisons(variants: dict, reference: str, primary_records: list) -> dict:
+def comparisons(variants: dict, reference: str, primary_records: list, unpaired=lambda a, b: None) -> dict:
     """The three families of paired comparisons, each with its own Holm adjustment:
     `paired` (every variant against the reference), `controls` (the referee's X vs X-random: do the
     learned groups matter beyond the head structure?) and `primary` (the comparisons declared
-    before any run; those added later are listed there too, marked, and not adjusted with them)."""
+    before any run; those added later are listed there too, marked, and not adjusted with them).
+
+    A comparison whose runs did not score the same images (`unpaired(a, b)` says why) is not
+    computed in any family: it is listed in `not_comparable` with the reason, outside Holm's families."""
     top1 = {name: v["top1"] for name, v in variants.items()}
-    paired = {name: paired_difference(values, top1[reference]) for name, values in top1.items() if name != reference}
+    not_comparable: list = []
+
+    def comparable(a: str, b: str, family: str, record: Optional[dict] = None) -> bool:
+        why = unpaired(a, b)
+        if why is not None:
+            not_comparable.append({**(record or {"compare": [a, b]}), "family": family, "why": why})
+        return why is None
+
+    paired = {name: paired_difference(values, top1[reference]) for name, values in top1.items()
+              if name != reference and comparable(name, reference, "paired")}
     add_holm_verdicts(paired)
-    controls = {key: paired_difference(top1[a], top1[b]) for key, (a, b) in control_pairs(list(variants)).items()}
+    controls = {key: paired_difference(top1[a], top1[b]) for key, (a, b) in control_pairs(list(variants)).items()
+                if comparable(a, b, "controls")}
     add_holm_verdicts(controls)
     primary = [{**record, **paired_difference(top1[record["compare"][0]], top1[record["compare"][1]])}
-               for record in primary_records if all(n in top1 for n in record["compare"])]
+               for record in primary_records if all(n in top1 for n in record["compare"])
+               and comparable(*record["compare"], "primary", record)]
     planned = {str(i): p for i, p in enumerate(primary) if p["before_any_run"]}
     add_holm_verdicts(planned)
-    return {"paired": paired, "controls": controls, "primary": primary}
+    return {"paired": paired, "controls": controls, "primary": primary, "not_comparable": not_comparable}
+
+
+# What the two runs of one seed must agree on (results.json) for their difference to be paired: the
+# split scored and the images each split held. A variant may not set the keys that change them
+# (experiment.IMAGE_SET_KEYS); this is the report's own check, for what the grid file cannot show
+# (a data folder that changed between two runs, a results.json from another grid).
+def scored_images(results: dict) -> dict:
+    """The split a run scored and the images of its splits (eval_set is absent from runs that predate
+    it: they scored the test set)."""
+    return {"eval_set": results.get("eval_set", "test"), "test_images": results["test_images"],
+            "train_images": results["train_images"]}
+
+
+def unpaired_runs(seeds: list, a: str, runs_a: list[dict], b: str, runs_b: list[dict]) -> Optional[str]:
+    """Why variants a and b cannot be compared as paired ("seed 0: eval_set 'validation' (a), 'test' (b)"),
+    or None when every seed's two runs scored the same images."""
+    for seed, ra, rb in zip(seeds, runs_a, runs_b):
+        facts_a, facts_b = scored_images(ra), scored_images(rb)
+        differ = [f"{key} {facts_a[key]!r} ({a}), {facts_b[key]!r} ({b})"
+                  for key in facts_a if facts_a[key] != facts_b[key]]
+        if differ:
+            return f"seed {seed}: {'; '.join(differ)}"
+    return None
 
 
 def code_versions(grid, runs: dict) -> list:
@@ -228,6 +266,7 @@ def _facts(runs: dict) -> dict:
             "epochs_range": [min(epochs), max(epochs)],  # a budget grid's variants differ in epochs
             "train_images": first["train_images"], "test_images": first["test_images"],
             "eval_set": first.get("eval_set", "test"),
+            "same_images": all(scored_images(r) == scored_images(first) for rs in runs.values() for r in rs),
             "num_classes": first["num_classes"], "machine": first["machine"], "device": first["device"],
             "torch": torch.__version__, "date": str(datetime.date.today()),
             "total_wall_time_s": float(sum(r["wall_time_s"] for rs in runs.values() for r in rs))}
@@ -285,7 +324,9 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
         f"# Experiment `{grid.name}`: {f['data']}, {f['model']}, {epochs} epochs, seeds {summary['seeds']}",
         "",
         f"- Data: {f['data']} ({f['num_classes']} classes, {f['train_images']} training / {f['test_images']} "
-        f"{f['eval_set']} images; scored on the {_EVAL_SET_WORDS[f['eval_set']]}). Backbone: {f['model']}. "
+        f"{f['eval_set']} images; scored on the {_EVAL_SET_WORDS[f['eval_set']]}"
+        f"{'' if f.get('same_images', True) else ' in the first run; other runs had other images, see below'}). "
+        f"Backbone: {f['model']}. "
         f"Budget: {epochs} epochs per run, probe epochs included.",
         f"- Machine: {f['machine']}, device {f['device']}, torch {f['torch']}, {f['date']}. "
         f"Training time of all runs: {f['total_wall_time_s'] / 60:.1f} min.",
@@ -296,13 +337,13 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
     ]
     for name, v in summary["variants"].items():
         p = summary["paired"].get(name)
-        diff = f"{100 * p['diff_mean']:+.2f}" if p else "reference"
+        diff = f"{100 * p['diff_mean']:+.2f}" if p else "reference" if name == ref else "not comparable"
         ci = f"[{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]" if p and p["ci95"] else "-"
         holm = f"{p['p_holm']:.3f} | {p['verdict_holm']}" if p and "p_holm" in p else "- | -"
         balanced = _pct(v["balanced_top1_mean"]) if "balanced_top1_mean" in v else "-"
         lines.append(f"| {name} | {_pct(v['top1_mean'])} +- {_pct(v['top1_std'])} | {_pct(v['top5_mean'])} | "
                      f"{balanced} | {', '.join(_pct(x) for x in v['top1'])} | {diff} | {ci} | {holm} |")
-    lines += ["", "## What the comparisons say", ""] + _primary_lines(summary)
+    lines += ["", "## What the comparisons say", ""] + _not_comparable_lines(summary) + _primary_lines(summary)
     n_ref = sum(1 for p in summary["paired"].values() if "p_holm" in p)
     lines += [f"Against {ref} (one seed per variant: no interval and no test; the differences only describe):"
               if one_seed else f"Against {ref} (Holm over the {_count(n_ref, 'variant')} compared with it):", ""]
@@ -394,6 +435,21 @@ def _threads_words(probe_threads: Optional[int], machine: str) -> str:
     return f"probe on {probe_threads} thread{'' if probe_threads == 1 else 's'}"
 
 
+_FAMILY_WORDS = {"paired": "against the reference", "controls": "a referee control", "primary": "declared primary"}
+
+
+def _not_comparable_lines(summary: dict) -> list:
+    """The comparisons not made because their runs scored or trained on other images (none: no lines)."""
+    skipped = summary.get("not_comparable") or []
+    if not skipped:
+        return []
+    lines = ["Not comparable, so not computed (their runs of one seed trained on or scored other images, so a "
+             "difference would not be one of methods; they are left out of every Holm family):", ""]
+    lines += [f"- **{s['compare'][0]}** vs {s['compare'][1]} ({_FAMILY_WORDS[s['family']]}): {s['why']}."
+              for s in skipped]
+    return lines + [""]
+
+
 def _primary_lines(summary: dict) -> list:
     """The pre-planned comparisons first (Holm over them alone), then any primary added later."""
     primary = summary.get("primary") or []
@@ -412,7 +468,7 @@ def _primary_lines(summary: dict) -> list:
         lines += [_sentence(p["compare"][0], p["compare"][1], {k: v for k, v in p.items() if "holm" not in k}, "")
                   + f" Declared {p['declared']}." for p in later]
         lines.append("")
-    if not primary:
+    if not primary and not any(s["family"] == "primary" for s in summary.get("not_comparable") or []):
         lines += ["No comparison was declared before the runs (`primary:` in the grid file), so none is pre-planned.", ""]
     return lines
 

@@ -43,6 +43,7 @@ from ccn.validate import (Invalid, checked, file_problem, read_json, require_int
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", DISTANCES_FILE, "model.safetensors",
              STATE_FILE)
 FIGURES = ("dendrogram.png", "distances.png")  # written by `ccn clusters --plot`; replaced with the run
+GRID_FILE = "grid.yaml"  # what makes a folder an experiment folder (ccn.experiment): no run is written beside it
 
 
 def default_run_dir(config: Config) -> Path:
@@ -84,6 +85,7 @@ class NewRun:
 
     def __enter__(self) -> "NewRun":
         _check_out_path(self.path)
+        _refuse_experiment_folder(self.path)
         try:
             self.lock.acquire()  # before the checks: two processes cannot both see an empty folder
             existing = existing_run_files(self.path)
@@ -110,6 +112,16 @@ class NewRun:
                 self.path.rmdir()  # only when empty: nothing of ours or the user's is removed
             except OSError:
                 pass
+
+
+def _refuse_experiment_folder(path: Path) -> None:
+    """An experiment folder holds its grid's grid.yaml, report and runs/: a run written there would
+    mix its files with the grid's (ccn experiment refuses a run folder the same way), even with --force.
+    Checked before the lock, so nothing at all is written there."""
+    if (path / GRID_FILE).exists():
+        raise CCNError(f"--out {path} is an experiment folder (it holds {GRID_FILE}), and a run written there would "
+                       "mix its files with the grid's: choose another --out (a grid's runs are in its runs/ folder, "
+                       "continued with `ccn experiment`)")
 
 
 def remove_run_outputs(path: Path) -> None:
