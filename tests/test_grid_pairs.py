@@ -65,9 +65,9 @@ def test_overrides_that_repeat_a_builtin_are_what_recorded_studies_hold(tmp_path
 
 
 @pytest.mark.parametrize("overrides", [
-    {"data": {"val_fraction": 0.5}}, {"data": {"test_per_class": 1}}, {"data": {"image_size": 24}},
+    {"data": {"val_fraction": 0.5}}, {"data": {"test_per_class": 1}}, {"data": {"skip_bad_images": True}},
     {"data": {"name": "digits"}}, {"method": {"probe_set": "holdout"}},
-], ids=["val_fraction", "test_per_class", "image_size", "name", "probe_set"])
+], ids=["val_fraction", "test_per_class", "skip_bad_images", "name", "probe_set"])
 def test_a_variant_that_changes_the_images_is_refused(tmp_path, overrides):
     """ccnval (val_fraction 0.5: 18 validation images) was reported "+0.00 [+0.00, +0.00]" against flat
     (12 test images) as if paired."""
@@ -76,11 +76,14 @@ def test_a_variant_that_changes_the_images_is_refused(tmp_path, overrides):
     with pytest.raises(ConfigError, match=f"variant 'mine' sets {key}, which gives its runs .*set {key} in base:"):
         load_grid(_grid(tmp_path, {"flat": None, "mine": {"method": {"name": "ccn"}, **overrides}}))
     assert load_grid(_grid(tmp_path, {"flat": None, "mine": {"data": {"flip_mode": "alternate", "cutout": 2}}}))
+    assert load_grid(_grid(tmp_path, {"flat": None, "px24": {"data": {"image_size": 24}}}))  # the same images, resized
 
 
-# Data keys a variant may set: they change only the training images' augmentation, or where images live.
+# Data keys a variant may set: they change how the same images are shown (size, crops, augmentation), or where
+# images live.
 TRAINING_ONLY_DATA_KEYS = {"download", "flip", "crop_padding", "crop_scale", "crop_ratio", "cutout", "flip_mode",
-                           "pad_mode", "augment", "randaugment_n", "randaugment_m", "cache", "store", "workers"}
+                           "pad_mode", "augment", "randaugment_n", "randaugment_m", "cache", "store", "workers",
+                           "image_size", "crop", "eval_crop"}
 
 
 def test_every_data_key_is_either_refused_in_a_variant_or_training_only():

@@ -257,13 +257,14 @@ def _dotted(nested: dict, prefix: str = "") -> str:
                      for k, v in nested.items())
 
 
-# Config keys a variant may not override, because they change which images a run trains on or scores,
-# or what a scored image is when the network sees it: the grid pairs the runs of one seed, and a
-# paired difference is only a difference of methods when both runs trained on the same images and
-# scored the same ones the same way (ours). Data keys that only change the training images' augmentation
-# (flip, flip_mode, crop_padding, pad_mode, crop_scale, crop_ratio, cutout, augment, randaugment_n/_m)
-# and where images are kept (store, cache, workers, download) may differ between variants. Set the
-# keys below in base:, for every variant alike. tests/test_grid_pairs.py makes every data key choose a side.
+# Config keys a variant may not override, because they change which images a run trains on or scores:
+# the grid pairs the runs of one seed, and a paired difference is only a difference of treatments when
+# both runs trained on the same images and scored the same ones (ours). Data keys that change how those
+# same images are shown (image_size, crop, eval_crop, flip, flip_mode, crop_padding, pad_mode,
+# crop_scale, crop_ratio, cutout, augment, randaugment_n/_m: a resolution or augmentation study is a
+# treatment) and where images are kept (store, cache, workers, download) may differ between variants.
+# Set the keys below in base:, for every variant alike. tests/test_grid_pairs.py makes every data key
+# choose a side.
 IMAGE_SET_KEYS = {
     "data": {
         "name": "another data set",
@@ -275,9 +276,6 @@ IMAGE_SET_KEYS = {
         "num_classes": "another synthetic data set (its classes)",
         "num_groups": "another synthetic data set (its planted groups make other images)",
         "skip_bad_images": "unreadable images left out of one run's splits and not the other's",
-        "image_size": "the images stored at another side, for training and scoring",
-        "crop": "another stored side and evaluation crop (random_resized scores a centred crop)",
-        "eval_crop": "another evaluation crop of every scored image (with crop=random_resized)",
     },
     "method": {
         "probe_set": "another training set (probe_set=holdout keeps images out of training, for every method)",
