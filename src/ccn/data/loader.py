@@ -17,10 +17,25 @@ from ccn.data.augment import Augment, Normalize, Share
 from ccn.data.store import ImageSource
 
 _EPOCH_STRIDE = 1_000_003  # keeps the per-epoch and per-batch seeds of one run apart
+_BATCH_STRIDE = 65_537
+# torch.Generator.manual_seed takes 0 .. 2**64 - 1 and raises "Overflow when unpacking long long" above
+# (seeds from 281,469,838 on reached it at the first batch). Reducing modulo 2**64 leaves every seed that
+# fitted unchanged, so runs of the seeds that worked stay bit-identical.
+GENERATOR_SEEDS = 2**64
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of an epoch's permutation."""
+    return (seed * _EPOCH_STRIDE + epoch) % GENERATOR_SEEDS
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """Seed of the augmentation draws of one global batch (from the unreduced epoch term)."""
+    return ((seed * _EPOCH_STRIDE + epoch) * _BATCH_STRIDE + batch) % GENERATOR_SEEDS
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed * _EPOCH_STRIDE + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(n, generator=generator)
 
 
@@ -87,7 +102,7 @@ class TensorBatches:
         # next epoch instead of being closed as an abandoned generator's
         for images, (b, share, idx) in zip(self._images([idx for _, _, idx in plan]), plan):
             if self.augment is not None:  # draws for the whole global batch, work on this rank's share only
-                generator.manual_seed((self.seed * _EPOCH_STRIDE + epoch) * 65_537 + b)
+                generator.manual_seed(batch_seed(self.seed, epoch, b))
                 images = self.augment(images, generator, share, ids=idx, epoch=epoch)
             if self.transform is not None:
                 images = self.transform(images)
