@@ -171,6 +171,49 @@ def test_flat_and_ccn_probe_epochs_are_identical_with_every_technique_on():
     assert all(torch.equal(la_flat[k], la_ccn[k]) for k in la_flat)
 
 
+@pytest.mark.parametrize("settings, steps_per_epoch, message", [
+    pytest.param(dict(epochs=5, max_steps=12, lookahead_start=4), 5, "would first average at step 22, but "
+                 "train.max_steps=12 ends the run at step 12 (5 steps per epoch), so it would never average: lower "
+                 "train.lookahead_start or train.lookahead_every, or raise train.max_steps to 22", id="budget-ends-first"),
+    pytest.param(dict(epochs=3, lookahead_start=2, lookahead_every=5), 1, "would first average at step 10, but "
+                 "train.epochs=3 ends the run at step 3 (1 step per epoch), so it would never average: lower "
+                 "train.lookahead_start or train.lookahead_every, or raise train.epochs to 10", id="too-few-steps"),
+])
+def test_a_lookahead_that_would_never_average_is_refused(settings, steps_per_epoch, message):
+    """train.lookahead_start < train.epochs passes at config load; with the steps per epoch known, a
+    run that ends (train.max_steps) before the first average must not train without its lookahead."""
+    from ccn.config import TrainConfig
+    from ccn.train import check_lookahead_budget
+    cfg = TrainConfig(**{"lookahead_every": 1, **settings})
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_lookahead_budget(cfg, steps_per_epoch)
+
+
+def test_a_lookahead_that_averages_at_the_last_step_is_allowed_and_averages(monkeypatch):
+    """FAST: 7 steps per epoch, the average restarts at step 8 and first averages at step 10; a
+    train.max_steps of 9 is refused before training, one of 10 trains and averages once."""
+    from ccn.ema import WeightAverage
+    with pytest.raises(ConfigError, match="would first average at step 10, but train.max_steps=9 ends the run"):
+        _method_run("flat", ["train.max_steps=9"])
+    calls = []
+    monkeypatch.setattr(WeightAverage, "lookahead", lambda self, model, decay: calls.append(decay))
+    run = _method_run("flat", ["train.max_steps=10"])
+    for epoch in (1, 2):
+        run.trainer.train_epoch(run.data.train, epoch)
+    assert run.trainer.step == 10 and len(calls) == 1
+
+
+def test_a_whitening_bias_epoch_count_beyond_the_run_trains_it_for_the_whole_run():
+    """Ours: model.whiten_bias_epochs >= train.epochs is allowed and means every epoch (airbench's
+    default 3 with a shorter run must not be refused); the bias still learns at the last step."""
+    run = _method_run("flat", ["model.whiten_bias_epochs=5"])
+    trainer = run.trainer
+    trainer.step = trainer.total_steps - 1
+    trainer._set_lr()
+    [bias_group] = [g for g in trainer.optimizer.param_groups if g.get("stop_step") is not None]
+    assert bias_group["stop_step"] == 5 * 7 > trainer.total_steps and bias_group["lr"] > 0
+
+
 # ---------------------------------------------------------------- test-time augmentation
 
 
@@ -275,6 +318,9 @@ def test_bad_fast_keys_are_one_line(overrides, message):
     pytest.param(["model.name=airbench"], "model.name=airbench needs images of at least 9px", id="airbench-8px"),
     pytest.param(["train.tta=mirror"], "train.tta=mirror scores mirror images, but data digits is not flipped",
                  id="tta-mirror-on-digits"),
+    pytest.param(["method.name=flat", "train.lookahead_every=1", "train.lookahead_start=1", "train.max_steps=1"],
+                 "the lookahead would first average at step 3, but train.max_steps=1 ends the run at step 1",
+                 id="lookahead-after-max-steps"),
     pytest.param(["train.tta=mirror_translate", "data.flip=false"], "train.tta=mirror_translate scores mirror "
                  "images, but data.flip=false: the training images are never flipped", id="tta-without-flip"),
 ])

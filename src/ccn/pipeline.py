@@ -39,7 +39,7 @@ from ccn.provenance import code_version
 from ccn.runs import load_initial_weights, write_distances, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
-from ccn.train import EpochProgress, Trainer
+from ccn.train import EpochProgress, Trainer, check_lookahead_budget
 
 def seed_everything(seed: int, deterministic: bool, device: torch.device = torch.device("cpu")) -> None:
     torch.manual_seed(seed)
@@ -110,6 +110,7 @@ class MethodRun:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.trainer = Trainer(self.model, config.train, self.device, len(self.data.train))
         cfgmod.check_step_budget(config, len(self.data.train))
+        check_lookahead_budget(config.train, len(self.data.train))
         self.hierarchy: Optional[Hierarchy] = None
         self.stage = "flat" if config.method.name == "flat" else "probe"
         self._wrap()

@@ -20,6 +20,7 @@ from ccn.config import TrainConfig
 from ccn.data.loader import TensorBatches
 from ccn.dist import all_reduce_sum, autocast, is_distributed
 from ccn.ema import WeightAverage
+from ccn.errors import ConfigError
 from ccn.progress import progress_bar
 
 
@@ -99,6 +100,35 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return max(1, min(steps, cfg.max_steps) if cfg.max_steps > 0 else steps)
 
 
+def lookahead_first_step(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The step at which airbench's lookahead starts its average (a copy of the weights): the first
+    multiple of train.lookahead_every after the train.lookahead_start epochs."""
+    every = max(1, cfg.lookahead_every)
+    return (cfg.lookahead_start * steps_per_epoch // every + 1) * every
+
+
+def check_lookahead_budget(cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """The lookahead must average at least once (`lookahead_every` steps after it starts) before the
+    run's last step, or it is silently off: train.max_steps ending the run before train.lookahead_start
+    epochs, or too few steps after them. Checked once the steps per epoch are known, before training."""
+    every = cfg.lookahead_every
+    if every == 0:
+        return
+    first_average = lookahead_first_step(cfg, steps_per_epoch) + every
+    last = planned_steps(cfg, steps_per_epoch)
+    if first_average <= last:
+        return
+    cut = 0 < cfg.max_steps < cfg.epochs * steps_per_epoch
+    ends = f"train.max_steps={cfg.max_steps}" if cut else f"train.epochs={cfg.epochs}"
+    raises = ([f"train.max_steps to {first_average}"] if 0 < cfg.max_steps < first_average else []) + (
+        [f"train.epochs to {-(-first_average // steps_per_epoch)}"] if cfg.epochs * steps_per_epoch < first_average
+        else [])
+    raise ConfigError(f"train.lookahead_start={cfg.lookahead_start} with train.lookahead_every={every}: the lookahead "
+                      f"would first average at step {first_average}, but {ends} ends the run at step {last} "
+                      f"({steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch), so it would never average: lower train.lookahead_start "
+                      f"or train.lookahead_every, or raise {' and '.join(raises)}")
+
+
 class Trainer:
     """Owns the optimizer and the step counter for one model; knows nothing of the method."""
 
@@ -116,8 +146,7 @@ class Trainer:
         self.ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
         # airbench's lookahead: the average starts at the first multiple of `every` after the start epochs
         self.lookahead = WeightAverage(model, 0.0, prefix="lookahead.") if cfg.lookahead_every > 0 else None
-        every = max(1, cfg.lookahead_every)
-        self.lookahead_first = (cfg.lookahead_start * steps_per_epoch // every + 1) * every
+        self.lookahead_first = lookahead_first_step(cfg, steps_per_epoch)
 
     def averages(self) -> list[WeightAverage]:
         """The weight averages that follow the model (after a head swap) and go into its checkpoint."""
