@@ -226,6 +226,33 @@ def test_a_bare_native_backbone_and_bad_sources(tmp_path):
         load_initial_weights(build_model(missing, 3), missing, ["a", "b", "c"])
 
 
+def test_bn_weight_false_fixes_the_scales_at_one_with_model_init_too(tmp_path):
+    """README: train.bn_weight=false keeps the BatchNorm scales at 1. With model.init they kept the
+    file's trained scales (0.731, 1.149, ...) frozen instead; the rest of the file still loads."""
+    torch.manual_seed(0)
+    trained = FastNet(width=4)
+    norms = [m for m in trained.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in norms:
+            m.weight.uniform_(0.5, 1.5)
+    save_file(trained.state_dict(), str(tmp_path / "backbone.safetensors"))
+    init = {"name": "fastnet", "width": 4, "init": str(tmp_path / "backbone.safetensors")}
+    for bn_weight in (True, False):
+        config = cfgmod.from_dict({"model": init, "train": {"bn_weight": bn_weight}})
+        model = build_model(config, 3)
+        record = load_initial_weights(model, config, ["a", "b", "c"])
+        loaded = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert len(loaded) == len(norms) > 0
+        assert torch.equal(model.backbone.body[0].weight, trained.body[0].weight)
+        if bn_weight:
+            assert all(torch.equal(a.weight, b.weight) and a.weight.requires_grad for a, b in zip(loaded, norms))
+            assert "bn_scales" not in record
+        else:
+            assert all(torch.all(m.weight == 1) and not m.weight.requires_grad for m in loaded)
+            assert all(torch.equal(a.bias, b.bias) for a, b in zip(loaded, norms))  # only the scales change
+            assert "set to 1" in record["bn_scales"]
+
+
 # ---------------------------------------------------------------- model.init files that are damaged (issue 21)
 
 

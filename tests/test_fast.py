@@ -174,7 +174,8 @@ def test_flat_and_ccn_probe_epochs_are_identical_with_every_technique_on():
 @pytest.mark.parametrize("settings, steps_per_epoch, message", [
     pytest.param(dict(epochs=5, max_steps=12, lookahead_start=4), 5, "would first average at step 22, but "
                  "train.max_steps=12 ends the run at step 12 (5 steps per epoch), so it would never average: lower "
-                 "train.lookahead_start or train.lookahead_every, or raise train.max_steps to 22", id="budget-ends-first"),
+                 "train.lookahead_start or train.lookahead_every, or raise train.max_steps to 22",
+                 id="budget-ends-first"),
     pytest.param(dict(epochs=3, lookahead_start=2, lookahead_every=5), 1, "would first average at step 10, but "
                  "train.epochs=3 ends the run at step 3 (1 step per epoch), so it would never average: lower "
                  "train.lookahead_start or train.lookahead_every, or raise train.epochs to 10", id="too-few-steps"),

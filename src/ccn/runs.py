@@ -36,6 +36,7 @@ from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
 from ccn.hierarchy.tree import DISTANCES_FILE, save_distances
 from ccn.locks import FolderLock
+from ccn.models.base import configure_batchnorm
 from ccn.network import build_model
 from ccn.validate import (Invalid, checked, file_problem, read_json, require_int, require_keys, require_list_of_str,
                           require_mapping, require_number, require_numbers, require_str)
@@ -432,6 +433,7 @@ def load_initial_weights(model: torch.nn.Module, config: Config, classes: list[s
     check_finite({**backbone, **{f"head.flat.{k}": v for k, v in flat.items()}}, weights,
                  "model.init must hold finite weights (a diverged run's are not); choose another file")
     model.backbone.load_state_dict(backbone)
+    scales_reset = not config.train.bn_weight and _reset_norm_scales(model.backbone)
     why = fresh_head_reason(model.head.flat, flat, classes, saved_classes)
     if why is None:
         model.head.flat.load_state_dict(flat)
@@ -440,4 +442,15 @@ def load_initial_weights(model: torch.nn.Module, config: Config, classes: list[s
         record["flat_head_fresh_because"] = why
     elif saved_classes is None:
         record["note"] = "the file names no classes: its classifier is taken to follow this data set's class order"
+    if scales_reset:
+        record["bn_scales"] = "the file's BatchNorm scales were set to 1 (train.bn_weight=false)"
     return record
+
+
+def _reset_norm_scales(backbone: torch.nn.Module) -> bool:
+    """train.bn_weight=false means BatchNorm scales fixed at 1 with model.init too (the file's trained
+    scales would otherwise stay frozen at their values); True when the file held others."""
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    differed = any(m.weight is not None and not torch.all(m.weight == 1) for m in norms)
+    configure_batchnorm(backbone, train_weight=False)
+    return differed

@@ -123,10 +123,11 @@ def check_lookahead_budget(cfg: TrainConfig, steps_per_epoch: int) -> None:
     raises = ([f"train.max_steps to {first_average}"] if 0 < cfg.max_steps < first_average else []) + (
         [f"train.epochs to {-(-first_average // steps_per_epoch)}"] if cfg.epochs * steps_per_epoch < first_average
         else [])
+    per_epoch = f"{steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch"
     raise ConfigError(f"train.lookahead_start={cfg.lookahead_start} with train.lookahead_every={every}: the lookahead "
                       f"would first average at step {first_average}, but {ends} ends the run at step {last} "
-                      f"({steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch), so it would never average: lower train.lookahead_start "
-                      f"or train.lookahead_every, or raise {' and '.join(raises)}")
+                      f"({per_epoch}), so it would never average: lower train.lookahead_start or "
+                      f"train.lookahead_every, or raise {' and '.join(raises)}")
 
 
 class Trainer:
