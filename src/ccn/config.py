@@ -81,8 +81,9 @@ class ModelConfig:
     dropout: float = 0.0  # before the head
     dirac: Optional[bool] = None  # identity (Dirac) init of each 3x3 conv's first c_in filters; None: the net's
     #                               default (airbench: true, others: false)
-    whiten_bias_epochs: Optional[int] = None  # airbench: epochs its whitening conv's bias trains before it is frozen
-    #                                           (None: 3, airbench's)
+    # airbench: epochs its whitening conv's bias trains before it is frozen (None: 3, airbench's; train.epochs or
+    # more: the whole run, ours)
+    whiten_bias_epochs: Optional[int] = None
     init: Optional[str] = None  # start from trained weights: a run folder, or a .safetensors file (ccn or bare backbone)
 
 
@@ -102,13 +103,15 @@ class TrainConfig:
     # BatchNorm of the backbone (every net, every head): None keeps PyTorch's defaults (eps 1e-5, momentum 0.1)
     bn_eps: Optional[float] = None  # airbench: 1e-12
     bn_momentum: Optional[float] = None  # PyTorch's convention: weight of the new batch statistics (airbench: 0.4)
-    bn_weight: bool = True  # false: the BatchNorm scales stay at 1, untrained (airbench)
+    bn_weight: bool = True  # false: the BatchNorm scales stay at 1, untrained (airbench); model.init's are set to 1
     bn_bias_lr: float = 1.0  # learning-rate multiplier of the BatchNorm biases (airbench: 64)
     # lookahead (airbench): every `lookahead_every` steps from epoch `lookahead_start` + 1 on, the weights
     # are averaged into a shadow with decay lookahead_decay^every * progress^3 and copied back into the model
     lookahead_every: int = 0  # steps between averages; 0: off (airbench: 5)
     lookahead_decay: float = 0.95  # per-step decay base (airbench: 0.95)
-    lookahead_start: int = 0  # epochs trained before the average starts (airbench: 3 of 10)
+    # epochs trained before the average starts (airbench: 3 of 10); below train.epochs, and the run (or
+    # train.max_steps) must reach the first average, lookahead_every steps after the start (checked before training)
+    lookahead_start: int = 0
     tta: Literal["none", "mirror", "mirror_translate"] = "none"  # test-time augmentation of the final scores
     #   (results.json, `ccn evaluate`; the per-epoch rows are scored without), the same for every rule:
     #   mirror averages the outputs of the image and its mirror image; mirror_translate also those of the
