@@ -8,6 +8,7 @@ import shutil
 import struct
 
 import pytest
+import torch
 
 from ccn.checkpoint import read_training_state
 from ccn.errors import CCNError, ConfigError
@@ -130,7 +131,8 @@ def _set_preprocess(run, **facts):
 
 def test_preprocess_that_disagrees_with_the_config(run):
     """results.json "preprocess" says how predict and export shape an image file; one that says another
-    size or crop than config.yaml (or than a --set) would score resized images silently."""
+    size or crop than config.yaml would score resized images silently."""
+    _edit_json(run / "results.json", lambda d: d.pop("config_sha256"))  # a run saved before the config digest
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("image_size: null", "image_size: 16"))
     load_run(run)  # the tiny run's images are 16 px: config and results agree
@@ -142,10 +144,6 @@ def test_preprocess_that_disagrees_with_the_config(run):
     with pytest.raises(CCNError) as err:
         load_run(run)
     _one_line(err, "disagree on the images' evaluation crop ((12, 0.75) and None)")
-    _edit_json(run / "results.json", lambda d: [d["preprocess"].pop(k) for k in ("input_size", "eval_crop")])
-    with pytest.raises(CCNError) as err:
-        load_run(run, ["data.image_size=32"])
-    _one_line(err, "stored side 16, and your --set makes it 32", "drop the --set")
 
 
 def test_evaluate_refuses_native_images_of_another_side(run):
@@ -168,6 +166,121 @@ def test_truncated_weights(run):
     with pytest.raises(CCNError) as err:
         load_run(run)
     _one_line(err, "cannot read weights", "missing or damaged")
+
+
+# ---------------------------------------------------------------- saved runs read back (session 9)
+
+def _move_one_class(d):
+    """hierarchy.json with the first class of the largest group moved to another group."""
+    big = max(range(len(d["groups"])), key=lambda k: len(d["groups"][k]))
+    moved = d["groups"][big].pop(0)
+    d["groups"][(big + 1) % len(d["groups"])].append(moved)
+    d["tree"] = [list(g) for g in d["groups"]]
+
+
+def test_groups_edited_in_hierarchy_json_are_refused(run, capsys):
+    """hierarchy.json names the groups (clusters, predict, the export sidecar); the weights' head.group_of
+    and head.mask decide the probabilities: groups edited in one of them printed groups the net does not use."""
+    from ccn.cli import main
+    assert main(["clusters", str(run)]) == 0
+    capsys.readouterr()
+    _edit_json(run / "hierarchy.json", _move_one_class)
+    Hierarchy.load(run / "hierarchy.json")  # a valid hierarchy on its own
+    with pytest.raises(CCNError) as err:
+        load_run(run)
+    _one_line(err, f"{run / 'hierarchy.json'} and {run / 'model.safetensors'} hold different groups",
+              "head.group_of", "restore both files")
+    assert main(["clusters", str(run)]) == 2
+    assert "hold different groups" in capsys.readouterr().err
+
+
+def test_weights_of_another_partition_are_refused(run):
+    """model.safetensors copied from another run with as many groups: its head.group_of differs."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    path = run / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        state, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    group_of = state["head.group_of"].clone()
+    big = int(torch.bincount(group_of).argmax())
+    first = int((group_of == big).nonzero()[0])
+    group_of[first] = (big + 1) % int(group_of.max() + 1)
+    state["head.group_of"] = group_of
+    save_file(state, str(path), metadata)
+    with pytest.raises(CCNError) as err:
+        load_run(run)
+    _one_line(err, "hold different groups", "head.group_of")
+
+
+def test_set_on_a_saved_run_takes_only_where_and_how_fast(run):
+    """`ccn evaluate RUN --set train.bn_eps=0.1` scored 0.917 where the run scored 0.875; --set
+    data.val_fraction=0.5 scored training images as 'test': a saved run is scored as it trained."""
+    for item in ("train.bn_eps=0.1", "data.val_fraction=0.5", "data.test_per_class=1", "data.train_per_class=3",
+                 "method.probe_set=holdout", "data.image_size=32", "model.width=8"):
+        with pytest.raises(CCNError) as err:
+            load_run(run, [item])
+        key = item.split("=")[0]
+        _one_line(err, f"--set {key}: a saved run is scored as it trained", "data.root, data.store",
+                  "train.tta, method.inference", f"to change {key}, train a new run")
+    config, *_ = load_run(run, ["train.eval_batch_size=7", "device=cpu", "data.cache=false", "method.inference=hard",
+                                "train.tta=none"])
+    assert (config.train.eval_batch_size, config.device, config.method.inference) == (7, "cpu", "hard")
+
+
+def test_config_yaml_edited_after_training_is_refused(run):
+    """predict and export follow config.yaml's train.tta, train.bn_eps, method.inference ...: a hand edit
+    after training changed the probabilities silently. Comments and where/how-fast keys may change."""
+    path = run / "config.yaml"
+    original = path.read_text()
+    load_run(run)
+    path.write_text("# a comment\n" + original.replace("cache: true", "cache: false").replace("device: auto",
+                                                                                           "device: cpu"))
+    load_run(run)  # the digest is of the values, and leaves out where and how fast
+    for before, after in (("bn_eps: null", "bn_eps: 0.1"), ("tta: none", "tta: mirror"),
+                          ("inference: soft", "inference: hard"), ("val_fraction: 0.0", "val_fraction: 0.5")):
+        assert before in original, before
+        path.write_text(original.replace(before, after))
+        with pytest.raises(CCNError) as err:
+            load_run(run)
+        _one_line(err, f"{path} is not the config that trained the run", "config_sha256",
+                  "restore the config the run wrote")
+    _edit_json(run / "results.json", lambda d: d.pop("config_sha256"))
+    load_run(run)  # runs saved before the digest existed are not checked
+
+
+@pytest.fixture(scope="module")
+def val_run(tmp_path_factory):
+    """The tiny run trained with data.val_fraction=0.5: scored on half of its training images."""
+    from ccn import config as cfgmod
+    from ccn.pipeline import run_training
+    from ccn.runs import NewRun
+    from conftest import TINY_RUN
+    out = tmp_path_factory.mktemp("val") / "run"
+    config = cfgmod.load(None, [*TINY_RUN, "data.val_fraction=0.5", "method.name=flat"])
+    with NewRun(out) as new:
+        run_training(config, out, RunLog(out, stream=io.StringIO()), on_start=lambda: new.start(config))
+    return out
+
+
+def test_evaluate_names_the_set_it_scores(run, val_run, tmp_path, capsys):
+    """evaluate printed "test_images": 18 for a run scored on its validation split and nothing said so."""
+    from ccn.cli import main
+    for folder, eval_set, count in ((run, "test", 12), (val_run, "validation", 18)):
+        assert main(["evaluate", str(folder)]) == 0
+        scored = json.loads(capsys.readouterr().out)
+        saved = json.loads((folder / "results.json").read_text())
+        assert (scored["eval_set"], scored["test_images"], scored["tta"]) == (eval_set, count, "none")
+        assert (saved["eval_set"], saved["test_images"]) == (eval_set, count)
+        assert scored["top1"] == pytest.approx(saved["top1"], abs=1e-6)
+    old = tmp_path / "old"  # saved before the config digest, its config.yaml then given a validation split
+    shutil.copytree(run, old)
+    _edit_json(old / "results.json", lambda d: d.pop("config_sha256"))
+    (old / "config.yaml").write_text((old / "config.yaml").read_text().replace("val_fraction: 0.0",
+                                                                                 "val_fraction: 0.5"))
+    assert main(["evaluate", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the run was scored on its test images but its config.yaml now selects the " \
+        "validation images (data.val_fraction): restore the config the run wrote" in err, err
 
 
 # ---------------------------------------------------------------- checkpoint header

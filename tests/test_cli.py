@@ -41,14 +41,62 @@ def test_evaluate_reproduces_the_saved_score(digits_run):
     assert scored["top1"] == pytest.approx(saved["top1"], abs=1e-6)
 
 
-def test_evaluate_uses_the_runs_saved_normalisation(digits_run):
-    """Scoring the same test images with training statistics from other images (a smaller
-    training set) must not change the score: evaluate normalises as the run learned to."""
-    out, _ = digits_run
-    result = run_cli("evaluate", str(out), "--set", "data.train_per_class=3")
+def _colour_folder(root, classes, train_per_class=6, shade=0):
+    """A tiny image folder whose classes are colours (learnable in one epoch): train/ and test/."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_per_class), ("test", 2)):
+        for k, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.full((8, 8, 3), shade, np.uint8)
+                pixels[..., k % 3] = 200 + rng.integers(0, 40) if not shade else 255
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A one-epoch flat run on a colour folder (about a second, in this process)."""
+    import io
+
+    from ccn import config as cfgmod
+    from ccn.pipeline import run_training
+    from ccn.runs import NewRun
+    from ccn.tracking import RunLog
+
+    base = tmp_path_factory.mktemp("folder")
+    root = _colour_folder(base / "data", ["red", "green", "blue"])
+    config = cfgmod.load(None, ["data.name=folder", f"data.root={root}", "model.width=4",
+                                "train.epochs=1", "train.batch_size=6", "train.progress=false", "method.name=flat"])
+    out = base / "run"
+    with NewRun(out) as run:
+        run_training(config, out, RunLog(out, stream=io.StringIO()), on_start=lambda: run.start(config))
+    return out, root
+
+
+def test_evaluate_uses_the_runs_saved_normalisation(folder_run, tmp_path):
+    """The same test images next to training images of other colours (other channel statistics) score
+    as the run did: evaluate normalises as the run learned to, not with the new folder's statistics."""
+    import shutil
+    out, root = folder_run
+    other = _colour_folder(tmp_path / "other", ["red", "green", "blue"], train_per_class=2, shade=250)
+    shutil.rmtree(other / "test")
+    shutil.copytree(root / "test", other / "test")
+    result = run_cli("evaluate", str(out), "--set", f"data.root={other}")
     assert result.returncode == 0, result.stderr
     saved = json.loads((out / "results.json").read_text())
     assert json.loads(result.stdout)["top1"] == pytest.approx(saved["top1"], abs=1e-6)
+
+    from ccn import config as cfgmod
+    import torch
+
+    from ccn.data.prepare import prepare_data
+    config = cfgmod.load(out / "config.yaml", [f"data.root={other}"])
+    data = prepare_data(config, torch.device("cpu"), preprocess=saved["preprocess"])
+    own = prepare_data(config, torch.device("cpu"))  # the other folder's statistics differ: the test can fail
+    assert (data.normalize.mean.flatten() / 255).tolist() == pytest.approx(saved["preprocess"]["mean"], abs=1e-6)
+    assert (own.normalize.mean.flatten() / 255).tolist() != pytest.approx(saved["preprocess"]["mean"], abs=1e-2)
 
 
 def test_clusters_prints_groups_and_plots(digits_run):
@@ -108,16 +156,20 @@ def test_checkpoint_from_another_model_is_refused(digits_run, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(out, other)
     (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("width: 8", "width: 16"))
+    results = json.loads((other / "results.json").read_text())
+    del results["config_sha256"]  # a run saved before the digest: its weights are what tell
+    (other / "results.json").write_text(json.dumps(results))
     result = run_cli("evaluate", str(other))
     assert result.returncode == 2 and "does not fit this model" in result.stderr
 
 
-def test_evaluate_on_other_classes_of_the_same_count_is_refused(digits_run):
+def test_evaluate_on_other_classes_of_the_same_count_is_refused(folder_run, tmp_path):
     """W4 (issue 21): a data set with as many classes but other names was scored as if it were the run's."""
-    out, _ = digits_run
-    result = run_cli("evaluate", str(out), "--set", "data.name=synthetic", "--set", "data.num_classes=10")
+    out, _ = folder_run
+    other = _colour_folder(tmp_path / "other", ["cyan", "green", "blue"], train_per_class=1)
+    result = run_cli("evaluate", str(out), "--set", f"data.root={other}")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "does not have the classes the run learned (not learned by the run: g0_c0" in result.stderr
+    assert "does not have the classes the run learned (not learned by the run: cyan" in result.stderr
 
 
 def test_class_names_are_compared_by_name_and_order():

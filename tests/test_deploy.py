@@ -128,6 +128,7 @@ def test_onnx_export_gives_the_probabilities_predict_prints(runs, images, tmp_pa
     model_file = tmp_path / f"{name}.onnx"
     result = run_cli("export", str(runs[name]), "--format", "onnx", "--out", str(model_file))
     assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr  # the tta graph's constant-folding notes are silenced
     info, probs = onnx_probabilities(model_file, images)
     saved = json.loads((runs[name] / "results.json").read_text())
     assert info["classes"] == saved["classes"] and len(info["mean"]) == len(info["std"]) == 3
@@ -149,6 +150,28 @@ def test_export_refuses_an_existing_file_and_a_bad_run_folder(runs, tmp_path):
     assert taken.stat().st_size > 1000 and (tmp_path / "model.onnx.json").is_file()
     result = run_cli("export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.onnx"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not a finished ccn run folder" in result.stderr
+
+
+def test_export_never_writes_over_the_runs_own_files(runs, tmp_path):
+    """`--out RUN/results --force` wrote its FILE.json over RUN/results.json, `--out RUN/model.safetensors
+    --force` ONNX bytes over the weights; a new name inside the run folder is still fine."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(runs["flat"], run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for out, hit in ((run / "results", "results.json"), (run / "model.safetensors", "model.safetensors"),
+                     (run / "sub" / ".." / "config.yaml", "config.yaml"), (run / "metrics.jsonl", "metrics.jsonl")):
+        for force in ([], ["--force"]):
+            result = run_cli("export", str(run), "--out", str(out), *force)
+            assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+            assert f"which is the run's own {hit}: choose another --out" in result.stderr, result.stderr
+    link = tmp_path / "elsewhere"
+    link.symlink_to(run, target_is_directory=True)  # the same folder by another name
+    result = run_cli("export", str(run), "--out", str(link / "results"), "--force")
+    assert result.returncode == 2 and "run's own results.json" in result.stderr, result.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert run_cli("export", str(run), "--out", str(run / "model.onnx")).returncode == 0
+    assert (run / "model.onnx.json").is_file() and (run / "results.json").read_bytes() == before["results.json"]
 
 
 # ---------------------------------------------------------------- model.init

@@ -170,3 +170,32 @@ def test_files_and_folders_mixed_up(tmp_path):
         load_run(a_file)
     with pytest.raises(CCNError, match="is a file, not a run folder"):
         resume_run_dir(a_file)
+
+
+def test_an_empty_file_is_named_empty(tmp_path):
+    """A 0-byte file was called 'not a JPEG, PNG, ... file', which sends one looking at its format."""
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(CCNError) as err:  # ccn predict's reader
+        read_image(empty, 8)
+    assert str(err.value) == f"cannot read image {empty} (the file is empty, 0 bytes): pass a JPEG, PNG, BMP, GIF, " \
+                             "TIFF, WebP or PPM/PGM/PBM image"
+    with pytest.raises(UnreadableImage, match=r"empty.png \(the file is empty, 0 bytes\)"):  # training folders too
+        decode_image(empty, 8)
+
+
+def test_exif_orientation_is_not_applied(tmp_path):
+    """Pixels are read as stored, whatever the EXIF orientation tag says (a viewer would rotate an image
+    tagged 6 by 90 degrees): training, evaluation and ccn predict all see the same stored pixels."""
+    pixels = np.zeros((8, 16, 3), np.uint8)
+    pixels[:, :8] = (255, 0, 0)  # left half red, right half blue: wider than tall as stored
+    pixels[:, 8:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.png"
+    Image.fromarray(pixels).save(path, exif=exif)
+    with Image.open(path) as image:
+        assert image.getexif()[0x0112] == 6
+    decoded = decode_image(path, 16)  # stretched to 16 x 16: the stored layout keeps red on the left
+    assert decoded[:, :6, 0].min() > 200 and decoded[:, 10:, 2].min() > 200
+    assert (read_image(path, 16) == decoded).all()

@@ -81,11 +81,13 @@ def _leave_without_teardown() -> None:
 def _clusters(args) -> None:
     from ccn.hierarchy import Hierarchy, leaves
     from ccn.plots import dendrogram_png, heatmap_png
+    from ccn.runs import check_hierarchy_file_matches_weights
 
     path = Path(args.run_dir) / "hierarchy.json"
     if not path.is_file():
         raise CCNError(f"{args.run_dir} has no hierarchy.json: only runs with method.name=ccn form groups")
     h = Hierarchy.load(path)
+    check_hierarchy_file_matches_weights(Path(args.run_dir), h)
     how = h.how
     print(f"{len(h.groups)} {how.get('partition', 'learned')} groups of {h.num_classes} classes "
           f"(metric {how.get('metric', '-')}, linkage {how.get('linkage', '-')}, after epoch {how.get('epoch', '?')}, "
@@ -108,18 +110,21 @@ def _evaluate(args) -> None:
     from ccn.dist import autocast, resolve_device
     from ccn.evaluate import score
     from ccn.data.prepare import check_saved_image_side, prepare_data
-    from ccn.runs import check_same_classes, load_run
+    from ccn.runs import check_same_classes, check_same_eval_set, load_run
 
     config, model, hierarchy, saved = load_run(Path(args.run_dir), args.set)
     device = resolve_device(config.device)
     data = prepare_data(config, device, preprocess=saved["preprocess"])
     check_same_classes(saved, data.ds.classes, data.ds.name)
     check_saved_image_side(data.ds, saved["preprocess"])
+    check_same_eval_set(Path(args.run_dir), saved, data.eval_set)
     model.to(device)
     result = score(model, data.test, hierarchy.mask() if hierarchy is not None else None, config.method.inference,
                    lambda: autocast(device, config.train.bf16), config.train.tta)
     result.pop("per_group_top1", None)
-    print(json.dumps({"data": data.ds.name, "test_images": len(data.test.labels), **result}, indent=2))
+    # which images were scored (the test set, or the run's validation split) and over which test-time views
+    print(json.dumps({"data": data.ds.name, "eval_set": data.eval_set, "test_images": len(data.test.labels),
+                      "tta": config.train.tta, **result}, indent=2))
 
 
 def _predict(args) -> None:
@@ -176,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     clusters.set_defaults(func=_clusters)
     evaluate = sub.add_parser("evaluate", help="re-score a saved run (optionally on other data)")
     evaluate.add_argument("run_dir")
-    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="where the data are, how fast, or how to read the outputs (data.root, data.store, "
+                          "data.workers, data.cache, device, train.eval_batch_size, train.progress, train.tta, "
+                          "method.inference); the run is otherwise scored as it trained")
     evaluate.set_defaults(func=_evaluate)
     predict = sub.add_parser("predict", help="top classes, with their group, for image files")
     predict.add_argument("run_dir")

@@ -15,6 +15,7 @@ end, and with --force removes the old run only once the new one has loaded its d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -35,9 +36,9 @@ from ccn.data.prepare import eval_transform
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
 from ccn.hierarchy.tree import DISTANCES_FILE, save_distances
-from ccn.locks import FolderLock
+from ccn.locks import LOCK_FILE, FolderLock
 from ccn.models.base import configure_batchnorm
-from ccn.network import build_model
+from ccn.network import build_model, make_head
 from ccn.validate import (Invalid, checked, file_problem, read_json, require_int, require_keys, require_list_of_str,
                           require_mapping, require_number, require_numbers, require_str)
 
@@ -45,6 +46,15 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", D
              STATE_FILE)
 FIGURES = ("dendrogram.png", "distances.png")  # written by `ccn clusters --plot`; replaced with the run
 GRID_FILE = "grid.yaml"  # what makes a folder an experiment folder (ccn.experiment): no run is written beside it
+OWN_FILES = RUN_FILES + FIGURES + (LOCK_FILE,)  # what no other command may write over (ccn export --out)
+
+# `--set` on a saved run (ccn evaluate) may say where its data are and how fast to score them, and choose
+# the evaluation options evaluate prints with its scores; any other key would change what the weights
+# compute (train.bn_eps) or which images are scored (data.val_fraction scored training images as "test").
+WHERE_AND_HOW_FAST = ("data.root", "data.store", "data.workers", "data.cache", "device", "train.eval_batch_size",
+                      "train.progress")
+EVALUATION_OPTIONS = ("train.tta", "method.inference")
+SAVED_RUN_SET_KEYS = WHERE_AND_HOW_FAST + EVALUATION_OPTIONS
 
 
 def default_run_dir(config: Config) -> Path:
@@ -242,6 +252,10 @@ def check_results(results) -> None:
     for key in ("wall_time_s", "clustering_seconds"):
         if key in results:
             require_number(results[key], f"'{key}'", 0)
+    if "config_sha256" in results:
+        require_str(results["config_sha256"], "'config_sha256'")
+    if "eval_set" in results:
+        require_str(results["eval_set"], "'eval_set'", ["test", "validation"])
     prep = require_mapping(results["preprocess"], "'preprocess'")
     require_keys(prep, ["image_size", "mean", "std"], "'preprocess'")
     require_int(prep["image_size"], "'preprocess'.image_size", 1, 4096)
@@ -260,20 +274,92 @@ def check_results(results) -> None:
 
 
 def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, torch.nn.Module, Optional[Hierarchy], dict]:
-    """(config, model with its weights, hierarchy or None, results) of a finished run folder."""
+    """(config, model with its weights, hierarchy or None, results) of a finished run folder; `overrides`
+    (ccn evaluate --set) may change only SAVED_RUN_SET_KEYS."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise CCNError(f"{run_dir} is a file, not a run folder: pass the folder a `ccn train` wrote")
     if not run_dir.is_dir():
         raise CCNError(f"run folder {run_dir} does not exist: pass the folder a `ccn train` wrote")
-    config = cfgmod.load(run_dir / "config.yaml", overrides)
+    check_saved_run_overrides(overrides)
+    config = cfgmod.load(run_dir / "config.yaml")
     results = read_results(run_dir)
+    check_config_unchanged(run_dir, config, results)
+    if overrides:
+        config = cfgmod.load(run_dir / "config.yaml", overrides)
     hierarchy = Hierarchy.load(run_dir / "hierarchy.json") if (run_dir / "hierarchy.json").exists() else None
     check_run_files_agree(run_dir, config, results, hierarchy)
-    check_preprocess_agrees(run_dir, config, results["preprocess"], overrides)
+    check_preprocess_agrees(run_dir, config, results["preprocess"])
     model = build_model(config, results["num_classes"], hierarchy)
+    if hierarchy is not None:
+        check_weights_hold_the_hierarchy(run_dir, model.head)
     load_weights(model, run_dir / "model.safetensors")
     return config, model, hierarchy, results
+
+
+def check_saved_run_overrides(overrides) -> None:
+    """CCNError naming the first --set key a saved run does not take (see SAVED_RUN_SET_KEYS)."""
+    for item in overrides:
+        key, _ = cfgmod.parse_override(item)
+        if key not in SAVED_RUN_SET_KEYS:
+            allowed = ", ".join(SAVED_RUN_SET_KEYS)
+            raise CCNError(f"--set {key}: a saved run is scored as it trained, so --set may only say where its "
+                           f"data are, how fast to score them or how to read its outputs ({allowed}); to change "
+                           f"{key}, train a new run")
+
+
+def config_digest(config: Config) -> str:
+    """sha256 of the config's values (not of config.yaml's bytes: a comment or key order does not count),
+    leaving out WHERE_AND_HOW_FAST, which a moved data set or another machine may change by hand."""
+    values = config.to_dict()
+    for key in WHERE_AND_HOW_FAST:
+        section, _, name = key.rpartition(".")
+        (values[section] if section else values).pop(name)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def check_config_unchanged(run_dir: Path, config: Config, results: dict) -> None:
+    """config.yaml must hold the config that trained the run (results.json "config_sha256"): predict and
+    export follow train.tta, train.bn_eps, method.inference ... silently. Runs saved before the digest
+    existed are not checked."""
+    saved = results.get("config_sha256")
+    if saved is not None and saved != config_digest(config):
+        raise CCNError(f"{run_dir / 'config.yaml'} is not the config that trained the run (its digest differs from "
+                       f"results.json's config_sha256): restore the config the run wrote; only "
+                       f"{', '.join(WHERE_AND_HOW_FAST)} may be edited")
+
+
+def check_weights_hold_the_hierarchy(run_dir: Path, head: torch.nn.Module) -> None:
+    """hierarchy.json and model.safetensors must hold the same groups: the weights' head.group_of and
+    head.mask (a tree head's head.edge_parent and head.is_leaf) decide the probabilities, hierarchy.json
+    what clusters, predict and export name, so groups edited in one file, or weights copied from another
+    run with as many groups, would print groups the network does not use. A tree head's file holds only
+    the tree's shape, not which class sits at which leaf."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = Path(run_dir) / "model.safetensors"
+    expected = {f"head.{k}": v for k, v in head.state_dict().items() if not v.is_floating_point()}
+    try:
+        with safe_open(str(weights), framework="pt") as stored:
+            held = set(stored.keys())
+            differ = next((key for key, mine in expected.items() if key in held
+                           and not _same_tensor(stored.get_tensor(key), mine)), None)
+    except (SafetensorError, OSError, ValueError):
+        return  # load_weights names the damaged or missing file
+    if differ is not None:
+        raise CCNError(f"{run_dir / 'hierarchy.json'} and {weights} hold different groups (the weights' {differ} is "
+                       "not the one hierarchy.json gives): restore both files from the run that wrote them")
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+
+
+def check_hierarchy_file_matches_weights(run_dir: Path, hierarchy: Hierarchy) -> None:
+    """`ccn clusters`: the groups it prints are the ones the run's weights use (when the weights are there)."""
+    if (Path(run_dir) / "model.safetensors").is_file():
+        head = make_head(cfgmod.Config(), 1, hierarchy.num_classes, hierarchy)  # the groups' buffers only
+        check_weights_hold_the_hierarchy(run_dir, head)
 
 
 def check_same_classes(results: dict, classes: list[str], data_name: str) -> None:
@@ -295,6 +381,16 @@ def check_same_classes(results: dict, classes: list[str], data_name: str) -> Non
                    "with the same classes, named as in the run's results.json")
 
 
+def check_same_eval_set(run_dir: Path, results: dict, eval_set: str) -> None:
+    """`ccn evaluate` scores the set the run was scored on (results.json "eval_set"): a config.yaml of a
+    run saved before "config_sha256" existed could be edited to hold out a validation split, and its
+    training images would be scored as a test set."""
+    saved = results.get("eval_set")
+    if saved is not None and saved != eval_set:
+        raise CCNError(f"the run was scored on its {saved} images but its config.yaml now selects the {eval_set} "
+                       f"images (data.val_fraction): restore the config the run wrote ({run_dir / 'config.yaml'})")
+
+
 def check_run_files_agree(run_dir: Path, config: Config, results: dict, hierarchy: Optional[Hierarchy]) -> None:
     """config.yaml, results.json and hierarchy.json must describe the same run."""
     if config.method.name == "ccn" and hierarchy is None:
@@ -310,10 +406,10 @@ def check_run_files_agree(run_dir: Path, config: Config, results: dict, hierarch
                        f"({hierarchy.num_classes} and {results['num_classes']}): restore the files the run wrote")
 
 
-def check_preprocess_agrees(run_dir: Path, config: Config, prep: dict, overrides=()) -> None:
-    """results.json "preprocess" must decode and crop images as the run's data section (with any --set)
-    does: `ccn predict` and `ccn export` follow the former, `ccn evaluate` the latter, and a network
-    with global pooling takes any size, so a hand-edited size would score other images silently."""
+def check_preprocess_agrees(run_dir: Path, config: Config, prep: dict) -> None:
+    """results.json "preprocess" must decode and crop images as the run's data section does: `ccn predict`
+    and `ccn export` follow the former, `ccn evaluate` the latter, and a network with global pooling takes
+    any size, so a hand-edited size would score other images silently. (--set cannot change these keys.)"""
     recorded = {"stored side": prep["image_size"], "evaluation crop": _recorded_crop(prep),
                 "fit": prep.get("fit", "stretch")}
     crop = eval_transform(config)
@@ -322,14 +418,9 @@ def check_preprocess_agrees(run_dir: Path, config: Config, prep: dict, overrides
     if expected["stored side"] is None:  # the data set's native size: config.yaml does not say it
         del recorded["stored side"], expected["stored side"]
     for fact, value in expected.items():
-        if recorded[fact] == value:
-            continue
-        if overrides:
-            raise CCNError(f"the run was trained and scored with the images' {fact} {recorded[fact]}, and your "
-                           f"--set makes it {value}: drop the --set that changes data.image_size, data.crop or "
-                           "data.eval_crop (the weights only mean what they learned at the run's own size)")
-        raise CCNError(f"{run_dir / 'results.json'} and config.yaml disagree on the images' {fact} "
-                       f"({recorded[fact]} and {value}): {RESULTS_FIX}")
+        if recorded[fact] != value:
+            raise CCNError(f"{run_dir / 'results.json'} and config.yaml disagree on the images' {fact} "
+                           f"({recorded[fact]} and {value}): {RESULTS_FIX}")
 
 
 def _recorded_crop(prep: dict) -> Optional[tuple]:

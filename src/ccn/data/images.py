@@ -12,6 +12,8 @@ Every mode Pillow opens becomes 8-bit RGB with the values a viewer would show:
     floating-point images (F)                 are read as 0..1: value * 255 (clipped)
     transparent pixels (RGBA, LA, PA, P or L/RGB with a transparent colour) are shown over white
     CMYK, 1, L, P, YCbCr                      Pillow's own conversion to RGB
+The pixels are taken as stored: an EXIF orientation tag is not applied (a viewer would turn a photo
+tagged "rotate 90" upright), so training, evaluation and `ccn predict` all see the same stored layout.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def open_image(path: Path) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_large(path, f"more than {Image.MAX_IMAGE_PIXELS:,}") from None
     except UnidentifiedImageError:
-        raise UnreadableImage(f"cannot read image {path} (not a {ALLOWED_NAMES} file)") from None
+        raise UnreadableImage(f"cannot read image {path} ({_unidentified(path)})") from None
     except OSError as err:
         raise UnreadableImage(f"cannot read image {path} ({err.strerror or err})") from None
     except (SyntaxError, ValueError, struct_error) as err:
@@ -72,8 +74,18 @@ def open_image(path: Path) -> Image.Image:
     return image
 
 
+def _unidentified(path: Path) -> str:
+    """Why Pillow found no allowed decoder for `path`: an empty file is named as such (looked up only then)."""
+    try:
+        if Path(path).stat().st_size == 0:
+            return "the file is empty, 0 bytes"
+    except OSError:
+        pass
+    return f"not a {ALLOWED_NAMES} file"
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB with the values a viewer shows (see the module notes for each mode)."""
+    """8-bit RGB with the colours a viewer shows (see the module notes for each mode; no EXIF rotation)."""
     if image.mode in _HIGH_BIT_DEPTH:
         values = np.asarray(image).astype(np.float64)
         image = Image.fromarray(np.rint(np.clip(values, 0, 65535) / 257).astype(np.uint8))
