@@ -248,6 +248,20 @@ def test_config_yaml_edited_after_training_is_refused(run):
     load_run(run)  # runs saved before the digest existed are not checked
 
 
+def test_the_config_digest_is_of_the_recorded_keys_so_a_key_added_later_refuses_no_run(run):
+    """An older ccn wrote config.yaml without a key today's Config has (its default applies): the
+    digest is over the file's own values, so that run still loads; a digest of today's resolved Config
+    would have refused every run saved before any new key."""
+    from ccn.config import read_yaml
+    from ccn.runs import config_digest
+    path = run / "config.yaml"
+    older = "\n".join(line for line in path.read_text().splitlines() if not line.strip().startswith("bn_eps:"))
+    path.write_text(older + "\n")
+    _edit_json(run / "results.json", lambda d: d.__setitem__("config_sha256", config_digest(read_yaml(path))))
+    config, *_ = load_run(run)
+    assert config.train.bn_eps is None  # the default of the key the file lacks
+
+
 @pytest.fixture(scope="module")
 def val_run(tmp_path_factory):
     """The tiny run trained with data.val_fraction=0.5: scored on half of its training images."""

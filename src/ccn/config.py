@@ -751,5 +751,10 @@ def recursion_epoch(meth: MethodConfig) -> int:
     return meth.recurse_epoch if meth.recurse_epoch is not None else clustering_epoch(meth) + 1
 
 
+def dumps(config: Config) -> str:
+    """config.yaml's text for `config`: every key, resolved."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def dump(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    Path(path).write_text(dumps(config))

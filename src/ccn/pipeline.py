@@ -36,7 +36,7 @@ from ccn.hierarchy import Hierarchy, read_groups_file
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.models import count_parameters
 from ccn.provenance import code_version
-from ccn.runs import config_digest, load_initial_weights, write_distances, write_run
+from ccn.runs import config_digest, load_initial_weights, recorded_config, write_distances, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
 from ccn.train import EpochProgress, Trainer, check_lookahead_budget
@@ -411,7 +411,7 @@ def run_facts(config: Config, ds: ImageDataset, model, device, seconds: float, d
         "parameters": count_parameters(model), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)",
         "preprocess": preprocess_facts(config, ds, data.normalize),
-        "config_sha256": config_digest(config),  # load_run refuses a config.yaml edited after training
+        "config_sha256": config_digest(recorded_config(config)),  # load_run refuses a config.yaml edited after training
         **({"class_ids": ds.class_ids} if ds.class_ids is not None else {}),
     }
 

@@ -284,7 +284,7 @@ def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, 
     check_saved_run_overrides(overrides)
     config = cfgmod.load(run_dir / "config.yaml")
     results = read_results(run_dir)
-    check_config_unchanged(run_dir, config, results)
+    check_config_unchanged(run_dir, results)
     if overrides:
         config = cfgmod.load(run_dir / "config.yaml", overrides)
     hierarchy = Hierarchy.load(run_dir / "hierarchy.json") if (run_dir / "hierarchy.json").exists() else None
@@ -308,22 +308,28 @@ def check_saved_run_overrides(overrides) -> None:
                            f"{key}, train a new run")
 
 
-def config_digest(config: Config) -> str:
-    """sha256 of the config's values (not of config.yaml's bytes: a comment or key order does not count),
-    leaving out WHERE_AND_HOW_FAST, which a moved data set or another machine may change by hand."""
-    values = config.to_dict()
+def config_digest(recorded: dict) -> str:
+    """sha256 of the values config.yaml records (a comment or key order does not count), leaving out
+    WHERE_AND_HOW_FAST, which a moved data set or another machine may change by hand. Of the file's own
+    keys, not of today's Config: a key a later ccn adds (with its default) must not refuse older runs."""
+    values = json.loads(json.dumps(recorded))  # a deep copy
     for key in WHERE_AND_HOW_FAST:
         section, _, name = key.rpartition(".")
-        (values[section] if section else values).pop(name)
+        (values.get(section, {}) if section else values).pop(name, None)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
-def check_config_unchanged(run_dir: Path, config: Config, results: dict) -> None:
+def recorded_config(config: Config) -> dict:
+    """The values config.yaml records for `config` (what cfgmod.dump writes, read back)."""
+    return cfgmod.parse_yaml(cfgmod.dumps(config))
+
+
+def check_config_unchanged(run_dir: Path, results: dict) -> None:
     """config.yaml must hold the config that trained the run (results.json "config_sha256"): predict and
     export follow train.tta, train.bn_eps, method.inference ... silently. Runs saved before the digest
     existed are not checked."""
     saved = results.get("config_sha256")
-    if saved is not None and saved != config_digest(config):
+    if saved is not None and saved != config_digest(cfgmod.read_yaml(run_dir / "config.yaml")):
         raise CCNError(f"{run_dir / 'config.yaml'} is not the config that trained the run (its digest differs from "
                        f"results.json's config_sha256): restore the config the run wrote; only "
                        f"{', '.join(WHERE_AND_HOW_FAST)} may be edited")
