@@ -52,6 +52,27 @@ def test_an_override_that_changes_what_a_builtin_name_sets_is_refused(tmp_path, 
         load_grid(_grid(tmp_path, variants))
 
 
+@pytest.mark.parametrize("where", ["override", "base", "set"])
+def test_what_a_builtin_name_implies_cannot_be_changed_from_anywhere(tmp_path, where):
+    """Built-in `ccn` sets only method.name; its learned partition and plain loss are implied. Random groups
+    (or a normalised loss) given in its overrides, the base or --set made "ccn vs random" compare random
+    with random under the names of the method and its control."""
+    variants = {"flat": None, "ccn": {"method": {"partition": "random"}} if where == "override" else None}
+    path = _grid(tmp_path, variants)
+    if where == "base":
+        raw = yaml.safe_load(path.read_text())
+        raw["base"]["method"] = {"partition": "random"}
+        path.write_text(yaml.safe_dump(raw))
+    overrides = ["method.partition=random"] if where == "set" else []
+    with pytest.raises(ConfigError, match="variant 'ccn' is built in with method.partition=learned, but the base "
+                                          "config, --set or its overrides make it random"):
+        load_grid(path, overrides)
+    with pytest.raises(ConfigError, match="variant 'ccn' is built in with method.normalize_loss=False"):
+        load_grid(_grid(tmp_path, {"flat": None, "ccn": None}), ["method.normalize_loss=true"])
+    grid = load_grid(_grid(tmp_path, {"flat": None, "ccn-norm": None, "k-2-random": None}))
+    assert grid.config_for("ccn-norm", 0).method.normalize_loss and grid.config_for("k-2-random", 0).method.partition == "random"
+
+
 def test_overrides_that_repeat_a_builtin_are_what_recorded_studies_hold(tmp_path):
     """Every grid.yaml of docs/results (the built-ins written out) and configs/experiments loads to the
     variants it records, so no recorded study changes meaning and each folder can still be continued."""

@@ -144,8 +144,26 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
     spec = {"base": base, "variants": variants, "seeds": seeds, "reference": reference}
     grid = Grid(base, variants, seeds, reference, Path(path).stem, spec, primary)
     for variant in variants:  # check every config before any training starts
-        grid.config_for(variant, seeds[0])
+        _check_builtin_meaning(variant, grid.config_for(variant, seeds[0]))
     return grid
+
+
+# What a built-in grouped variant means without saying it: the learned partition and step 3's plain loss,
+# unless its name says otherwise (random, ccn-norm). A base, --set or override that changes them would
+# make `ccn` random groups or `ccn` a ccn-norm, and the report compares by name.
+IMPLIED_BY_BUILTIN = {"partition": "learned", "normalize_loss": False}
+
+
+def _check_builtin_meaning(name: str, config: cfgmod.Config) -> None:
+    builtin = builtin_variant(name)
+    if builtin is None or builtin["method"]["name"] != "ccn":
+        return
+    for key, default in IMPLIED_BY_BUILTIN.items():
+        meant, got = builtin["method"].get(key, default), getattr(config.method, key)
+        if got != meant:
+            raise ConfigError(f"variant {name!r} is built in with method.{key}={meant}, but the base config, --set "
+                              f"or its overrides make it {got}: remove method.{key} from them, or give the variant "
+                              f"a name of your own (such as my-{name}) with its overrides")
 
 
 def _refuse_seed_keys(base: dict, variants: dict) -> None:
