@@ -282,11 +282,9 @@ def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, 
     if not run_dir.is_dir():
         raise CCNError(f"run folder {run_dir} does not exist: pass the folder a `ccn train` wrote")
     check_saved_run_overrides(overrides)
-    config = cfgmod.load(run_dir / "config.yaml")
+    config = cfgmod.load(run_dir / "config.yaml", overrides)  # overrides only say where and how fast
     results = read_results(run_dir)
     check_config_unchanged(run_dir, results)
-    if overrides:
-        config = cfgmod.load(run_dir / "config.yaml", overrides)
     hierarchy = Hierarchy.load(run_dir / "hierarchy.json") if (run_dir / "hierarchy.json").exists() else None
     check_run_files_agree(run_dir, config, results, hierarchy)
     check_preprocess_agrees(run_dir, config, results["preprocess"])
