@@ -98,8 +98,14 @@ def _clusters(args) -> None:
         if isinstance(node, list) and any(isinstance(child, list) for child in node):
             for child in node:
                 print(f"      - {', '.join(h.classes[c] for c in leaves(child))}")
+    if "shape" in how:
+        print(f"shape: {how['shape']}")
     if "coarse_ari" in how:
-        print(f"agreement with the data set's coarse labels: ARI {how['coarse_ari']:.3f}, NMI {how['coarse_nmi']:.3f}")
+        chance = how.get("coarse_random")
+        beside = (f" (random groups of the same sizes: ARI {chance['ari_mean']:.3f}, NMI {chance['nmi_mean']:.3f})"
+                  if isinstance(chance, dict) and {"ari_mean", "nmi_mean"} <= chance.keys() else "")
+        print(f"agreement with the data set's coarse labels: ARI {how['coarse_ari']:.3f}, "
+              f"NMI {how['coarse_nmi']:.3f}{beside}")
     if args.plot:
         out = Path(args.run_dir)
         for made in (dendrogram_png(h, out / "dendrogram.png"), heatmap_png(h.with_distances(out), out / "distances.png")):

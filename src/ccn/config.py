@@ -149,6 +149,9 @@ class MethodConfig:
     min_group_size: Optional[int] = None
     max_group_size: Optional[int] = None
     partition: Literal["learned", "random", "oracle", "file"] = "learned"  # random: the learned sizes, shuffled
+    # partition=random: whose group sizes the random groups take, the learned partition's or the data set's
+    # coarse labels' (oracle: the control for partition=oracle, "are the true groups better than any of their sizes?")
+    random_sizes: Literal["learned", "oracle"] = "learned"
     clustering: Literal["agglomerative", "balanced"] = "agglomerative"  # balanced: K equal-size groups (ours)
     profile: Literal["softmax", "prior"] = "softmax"  # prior: divide out how often each class is predicted (ours)
     groups_file: Optional[str] = None  # partition=file: a hierarchy.json or an NBDT node-link graph JSON
@@ -702,6 +705,9 @@ def _validate_sparse(meth: MethodConfig) -> None:
 def _validate_partition(meth: MethodConfig) -> None:
     if (meth.partition == "file") != (meth.groups_file is not None):
         raise ConfigError("method.partition=file and method.groups_file=PATH go together: set both, or neither")
+    if meth.random_sizes != "learned" and meth.partition != "random":
+        raise ConfigError(f"method.random_sizes={meth.random_sizes} only applies when method.partition=random (here "
+                          f"{meth.partition}): remove it, or set method.partition=random")
     if meth.clustering == "balanced":
         for key, value in [("method.threshold", meth.threshold), ("method.min_group_size", meth.min_group_size),
                            ("method.max_group_size", meth.max_group_size)]:

@@ -17,6 +17,7 @@ import torch
 
 from ccn.data.loader import TensorBatches
 from ccn.dist import all_reduce_sum, broadcast_buffers
+from ccn.hierarchy.truth import TrueTree
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -29,14 +30,38 @@ def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tenso
     return (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
 
 
+class TreeScores:
+    """The data set's true tree as tensors for tallying (ccn.hierarchy.truth): each class's coarse
+    group, and the (C, C) heights of the lowest common ancestors."""
+
+    def __init__(self, tree: TrueTree, device: torch.device):
+        self.coarse = torch.tensor(tree.coarse, device=device)
+        self.heights = torch.from_numpy(tree.lca_heights()).to(device=device, dtype=torch.float32)
+        self.source = tree.source
+
+    def counts(self, predicted: torch.Tensor, labels: torch.Tensor) -> dict:
+        wrong = predicted != labels
+        return {"tree.coarse_hits": (self.coarse[predicted] == self.coarse[labels]).sum()[None],
+                "tree.mistakes": wrong.sum()[None],
+                "tree.severity": (self.heights[labels, predicted] * wrong).sum()[None]}
+
+    def result(self, counts: dict, n: float) -> dict:
+        mistakes = counts["tree.mistakes"][0]
+        return {"coarse_top1": counts["tree.coarse_hits"][0] / n,
+                "mistake_severity": counts["tree.severity"][0] / mistakes if mistakes else None,
+                "tree": self.source, "coarse_groups": int(self.coarse.unique().numel())}
+
+
 class ScoreTally:
-    """Running counts for `evaluate_outputs`' result: hits per rule, per class and per group."""
+    """Running counts for `evaluate_outputs`' result: hits per rule, per class and per group, and with
+    the data set's true tree, coarse hits and the severity of the mistakes (of the default rule)."""
 
     def __init__(self, head: torch.nn.Module, default_rule: str, mask: Optional[torch.Tensor],
-                 device: torch.device):
+                 device: torch.device, tree: Optional[TrueTree] = None):
         self.head, self.device = head, device
         self.rule = default_rule if default_rule in head.rules else head.rules[0]
         self.mask = mask.to(device) if mask is not None and "soft" in head.rules else None
+        self.tree = TreeScores(tree, device) if tree is not None else None
         self.parts: dict[str, torch.Tensor] = {}
 
     def _add(self, name: str, value: torch.Tensor) -> None:
@@ -56,6 +81,9 @@ class ScoreTally:
                 num_classes = scores.shape[1]
                 self._add("class.hits", torch.zeros(num_classes, device=self.device).index_add_(0, labels, correct))
                 self._add("class.count", torch.bincount(labels, minlength=num_classes))
+                if self.tree is not None:
+                    for name, value in self.tree.counts(scores.argmax(dim=1), labels).items():
+                        self._add(name, value)
         if self.mask is not None:
             for name, value in group_counts(self.head.scores(out, "soft"), labels, self.mask).items():
                 self._add(name, value)
@@ -77,6 +105,8 @@ class ScoreTally:
                   "rules": rules,
                   # mean of the per-class top-1: partition-free, and not dominated by a data set's largest classes
                   "balanced_top1": sum(present) / max(1, len(present)), "per_class_top1": per_class}
+        if self.tree is not None:
+            result["truth"] = self.tree.result(counts, n)
         if self.mask is not None:
             result.update({"group_acc": counts["group.hits"][0] / n, "within_acc": counts["within.hits"][0] / n,
                            "per_group_top1": ratios(counts["group.correct"], counts["group.count"])})
@@ -198,10 +228,12 @@ def model_outputs(model: torch.nn.Module, batches: TensorBatches,
 
 
 def score(model: torch.nn.Module, batches: TensorBatches, mask: Optional[torch.Tensor], rule: str,
-          precision: Callable[[], ContextManager] = nullcontext, tta: str = "none") -> dict:
+          precision: Callable[[], ContextManager] = nullcontext, tta: str = "none",
+          tree: Optional[TrueTree] = None) -> dict:
     """Scores of `model` on `batches` (summed over ranks); `mask` is the (K, C) group mask of a hierarchy;
-    `tta` (train.tta) averages the outputs over test-time views before every rule scores them."""
-    tally = ScoreTally(model.head, rule, mask, batches.labels.device)
+    `tta` (train.tta) averages the outputs over test-time views before every rule scores them; `tree`
+    (the data set's true hierarchy) adds coarse top-1 and mistake severity as `truth`."""
+    tally = ScoreTally(model.head, rule, mask, batches.labels.device, tree)
     for out, y in batch_outputs(model, batches, precision, tta):
         tally.add(out, y)
     return tally.result()

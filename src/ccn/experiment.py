@@ -49,10 +49,13 @@ def builtin_variant(name: str) -> Optional[dict]:
 
     Any built-in ccn variant takes the suffix `-norm`: the same run with method.normalize_loss=true,
     the loss-scale control (`ccn-norm`, `k-1-norm`, `random-norm`, ...); and any built-in learned
-    partition the suffix `-random`: random groups of the sizes it learns (`k-5-random`, `prior-random`)."""
+    partition the suffix `-random`: random groups of the sizes it learns (`k-5-random`, `prior-random`);
+    `oracle-random` (and `oracle-random-norm`) are random groups of the sizes of the data set's coarse labels."""
     for suffix, extra in ((NORM_SUFFIX, {"normalize_loss": True}), (RANDOM_SUFFIX, {"partition": "random"})):
         if name.endswith(suffix) and name != suffix.lstrip("-"):
             grouped = builtin_variant(name[:-len(suffix)])
+            if grouped is not None and grouped["method"].get("partition") == "oracle" and suffix == RANDOM_SUFFIX:
+                return {"method": {**grouped["method"], "partition": "random", "random_sizes": "oracle"}}
             if grouped is None or grouped["method"]["name"] != "ccn" or grouped["method"].keys() & extra.keys():
                 return None  # flat has nothing to normalise or shuffle; a suffix is not taken twice
             return {"method": {**grouped["method"], **extra}}
@@ -80,9 +83,9 @@ def builtin_variant(name: str) -> Optional[dict]:
     return None
 
 
-BUILTIN_VARIANTS = ("flat, ccn, random, oracle, late-E, k-N, balanced, balanced-random, prior, prior-balanced, "
-                    "l2, cosine, js, confusion, depth2; any ccn one + -norm (ccn-norm, k-1-norm), any learned one + -random "
-                    "(k-5-random)")
+BUILTIN_VARIANTS = ("flat, ccn, random, oracle, oracle-random, late-E, k-N, balanced, balanced-random, prior, "
+                    "prior-balanced, l2, cosine, js, confusion, depth2; any ccn one + -norm (ccn-norm, k-1-norm), "
+                    "any learned one + -random (k-5-random)")
 
 
 @dataclass
@@ -151,7 +154,7 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
 # What a built-in grouped variant means without saying it: the learned partition and step 3's plain loss,
 # unless its name says otherwise (random, ccn-norm). A base, --set or override that changes them would
 # make `ccn` random groups or `ccn` a ccn-norm, and the report compares by name.
-IMPLIED_BY_BUILTIN = {"partition": "learned", "normalize_loss": False}
+IMPLIED_BY_BUILTIN = {"partition": "learned", "normalize_loss": False, "random_sizes": "learned"}
 
 
 def _check_builtin_meaning(name: str, config: cfgmod.Config) -> None:

@@ -34,6 +34,7 @@ from ccn.errors import CCNError
 from ccn.evaluate import batch_outputs, score
 from ccn.hierarchy import Hierarchy, read_groups_file
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
+from ccn.hierarchy.truth import true_tree
 from ccn.models import count_parameters
 from ccn.provenance import code_version
 from ccn.runs import config_digest, load_initial_weights, recorded_config, write_distances, write_run
@@ -89,6 +90,8 @@ class MethodRun:
             self.data = prepare_data(config, self.device, world, ds)
         check_ranks_agree(self._image_counts(), self.device)
         self.ds = self.data.ds
+        # the data set's own hierarchy, where it has one: the final scores add coarse top-1 and mistake severity
+        self.true_tree = true_tree(self.ds.coarse, getattr(self.ds, "tree_paths", None))
         cfgmod.check_against_classes(config, self.ds.num_classes, f"data {self.ds.name}")
         # a resumed run takes its weights and groups from its checkpoint: the files named by
         # model.init and method.groups_file are not needed again
@@ -230,7 +233,7 @@ class MethodRun:
         the per-epoch rows without (as airbench: test-time augmentation multiplies the cost of a score)."""
         mask = self.hierarchy.mask() if self.hierarchy is not None else None
         return score(self.model, self.data.test, mask, self.config.method.inference, self.precision,
-                     self.config.train.tta if final else "none")
+                     self.config.train.tta if final else "none", self.true_tree if final else None)
 
     def saved_weights(self) -> str:
         """Which weights model.safetensors will hold: the average when train.ema is on."""
@@ -424,4 +427,9 @@ def final_line(results: dict) -> str:
         line += " | " + ", ".join(f"{r} {100 * v['top1']:.2f}%" for r, v in results["rules"].items())
     if "group_acc" in results:
         line += f" | group acc {100 * results['group_acc']:.2f}% within {100 * results['within_acc']:.2f}%"
+    if "truth" in results:  # scored against the data set's own hierarchy
+        truth = results["truth"]
+        severity = "no mistakes" if truth["mistake_severity"] is None else f"{truth['mistake_severity']:.2f}"
+        line += (f" | true tree ({truth['tree']}, {truth['coarse_groups']} groups): coarse top1 "
+                 f"{100 * truth['coarse_top1']:.2f}%, mistake severity {severity}")
     return line + f" | {results['wall_time_s']:.0f}s"

@@ -13,6 +13,7 @@ from scipy import stats
 
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy, agreement
+from ccn.hierarchy.truth import partition_shape
 from ccn.plots import save_figure
 from ccn.files import atomic_write, write_json
 from ccn.runs import read_results
@@ -68,8 +69,10 @@ def control_pairs(variants: list[str]) -> dict[str, tuple[str, str]]:
         if learned in variants and shuffled in variants:
             pairs[f"{learned}_vs_{shuffled}"] = (learned, shuffled)
     for name in variants:
-        if f"{name}-random" in variants:
-            pairs[f"{name}_vs_{name}-random"] = (name, f"{name}-random")
+        base, norm = (name[:-len("-norm")], "-norm") if name.endswith("-norm") else (name, "")
+        shuffled = f"{base}-random{norm}"  # oracle vs oracle-random, oracle-norm vs oracle-random-norm
+        if shuffled in variants and shuffled != name:
+            pairs[f"{name}_vs_{shuffled}"] = (name, shuffled)
     return pairs
 
 
@@ -95,13 +98,47 @@ def summarise(grid, out: Path) -> dict:
             if key in results[0]:
                 entry[f"{key}_mean"] = _mean_std([r[key] for r in results])[0]
         entry["wall_time_s"] = float(sum(r["wall_time_s"] for r in results))
+        entry.update(truth_scores(results))
         variants[name] = entry
     return {"reference": grid.reference, "seeds": grid.seeds, "variants": variants,
             **comparisons(variants, grid.reference, getattr(grid, "primary_records", []),
                           lambda a, b: unpaired_runs(grid.seeds, a, runs[a], b, runs[b])),
+            "truth": truth_differences(variants, grid.reference),
             "groups": group_statistics(grid, out, runs), "partition_mismatches": partition_mismatches(grid, out, runs),
             "facts": _facts(runs),
             "code": code_versions(grid, runs)}
+
+
+TRUTH_SCORES = ("coarse_top1", "mistake_severity")  # ccn.hierarchy.truth: scored against the true tree
+
+
+def truth_scores(results: list[dict]) -> dict:
+    """Per seed and mean of the scores against the data set's true tree, when every run has them
+    (none: a data set without coarse labels, or runs from before they were recorded)."""
+    if not all("truth" in r for r in results):
+        return {}
+    entry = {"tree": results[0]["truth"]["tree"], "coarse_groups": results[0]["truth"]["coarse_groups"]}
+    for key in TRUTH_SCORES:
+        values = [r["truth"][key] for r in results]
+        entry[key] = values
+        if None not in values:
+            entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std(values)
+    return entry
+
+
+def truth_differences(variants: dict, reference: str) -> dict:
+    """Paired differences from the reference in coarse top-1 and mistake severity (descriptive:
+    unadjusted intervals, no family; the accuracy comparisons above are the tests)."""
+    ref = variants[reference]
+    result = {}
+    for name, v in variants.items():
+        if name == reference:
+            continue
+        diffs = {key: paired_difference(v[key], ref[key]) for key in TRUTH_SCORES
+                 if f"{key}_mean" in v and f"{key}_mean" in ref}
+        if diffs:
+            result[name] = diffs
+    return result
 
 
 def comparisons(variants: dict, reference: str, primary_records: list, unpaired=lambda a, b: None) -> dict:
@@ -202,9 +239,13 @@ def group_statistics(grid, out: Path, runs: dict) -> dict:
         entry = {"sizes": [sorted((len(g) for g in h.groups), reverse=True) for h in hierarchies]}
         entry["largest_over_mean"] = [max(s) * len(s) / sum(s) for s in entry["sizes"]]  # 1.0: perfectly balanced
         entry["smallest_over_mean"] = [min(s) * len(s) / sum(s) for s in entry["sizes"]]
+        entry["shape"] = [partition_shape(s) for s in entry["sizes"]]
         if "coarse_ari" in hierarchies[0].how:
             entry["coarse_ari"] = [h.how["coarse_ari"] for h in hierarchies]
             entry["coarse_nmi"] = [h.how["coarse_nmi"] for h in hierarchies]
+            if all("coarse_random" in h.how for h in hierarchies):  # random groups of the same sizes
+                entry["coarse_random_ari"] = [h.how["coarse_random"]["ari_mean"] for h in hierarchies]
+                entry["coarse_random_nmi"] = [h.how["coarse_random"]["nmi_mean"] for h in hierarchies]
         pairs = [agreement(a.groups, b.groups, a.num_classes)["ari"] for a, b in itertools.combinations(hierarchies, 2)]
         entry["seed_ari"] = pairs
         entry["seed_ari_mean"] = float(np.mean(pairs)) if pairs else None
@@ -224,7 +265,8 @@ def _probe_settings(grid, name: str) -> Optional[dict]:
     partition to compare, as for flat, oracle or a partition file)."""
     config = grid.config_for(name, 0).to_dict()
     method = config["method"]
-    if method["name"] != "ccn" or method["partition"] not in ("learned", "random"):
+    if (method["name"] != "ccn" or method["partition"] not in ("learned", "random")
+            or method.get("random_sizes") == "oracle"):  # oracle-random: sizes from the coarse labels
         return None
     config["method"] = {k: v for k, v in method.items() if k not in _AFTER_PROBE_KEYS}
     return config
@@ -356,7 +398,7 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
                   f"matter beyond the head structure? Holm over {family}, their own family):", ""]
         lines += [_sentence(a, b, summary["controls"][key], family) for key, a, b in pairs]
     lines += [""] + _code_lines(summary)
-    lines += _rule_lines(summary) + _group_lines(grid, summary, out) + _mismatch_lines(summary)
+    lines += _rule_lines(summary) + _truth_lines(summary) + _group_lines(grid, summary, out) + _mismatch_lines(summary)
     lines += ["", "## Figures", ""] + [f"![{title}]({name})" for title, name in figures.items()]
     lines += ["", "Each run's folder (config, metrics, results, weights) is `runs/<variant>-s<seed>/` beside the "
                   "experiment's summary.json.", ""]
@@ -393,13 +435,60 @@ def _rule_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _truth_lines(summary: dict) -> list[str]:
+    """Every variant scored against the data set's true tree, and how close each partition came to
+    the true groups beside random groups of the same sizes (none: no section)."""
+    scored = [(name, v) for name, v in summary["variants"].items() if "coarse_top1" in v]
+    if not scored:
+        return []
+    first = scored[0][1]
+    ref = summary["reference"]
+    lines = ["", "## Against the true hierarchy", "",
+             f"The data set's own tree ({first['tree']}, {first['coarse_groups']} coarse groups). Coarse top-1: the "
+             "predicted class lies in the true class's coarse group. Mistake severity: over the wrong predictions, "
+             "the mean number of steps up from the true class to the lowest common ancestor with the predicted one "
+             "(lower is a milder mistake; 'Making Better Mistakes'). Differences from "
+             f"{ref} are paired by seed, " + ("with one seed, without an interval." if len(summary["seeds"]) == 1 else
+                                              "with unadjusted 95 % intervals (descriptive: they are in no Holm family)."),
+             "", f"| variant | coarse top-1 % (mean +- std) | diff vs {ref} (points) | mistake severity (mean +- std) "
+             f"| diff vs {ref} |", "| --- | --- | --- | --- | --- |"]
+    for name, v in scored:
+        diffs = summary.get("truth", {}).get(name, {})
+        severity = (f"{v['mistake_severity_mean']:.3f} +- {v['mistake_severity_std']:.3f}"
+                    if "mistake_severity_mean" in v else "-")
+        lines.append(f"| {name} | {_pct(v['coarse_top1_mean'])} +- {_pct(v['coarse_top1_std'])} | "
+                     f"{_interval(diffs.get('coarse_top1'), 100, '+.2f')} | {severity} | "
+                     f"{_interval(diffs.get('mistake_severity'), 1, '+.3f')} |")
+    agreeing = [(name, g) for name, g in summary["groups"].items() if "coarse_random_ari" in g]
+    if agreeing:
+        lines += ["", "How close each partition comes to the true groups (mean over seeds), beside random partitions "
+                  "of the same sizes (20 draws each): ARI is 0 for chance by construction, NMI is not.", "",
+                  "| variant | ARI | ARI, random same sizes | NMI | NMI, random same sizes | shape (first seed) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, g in agreeing:
+            lines.append(f"| {name} | {np.mean(g['coarse_ari']):.3f} | {np.mean(g['coarse_random_ari']):.3f} | "
+                         f"{np.mean(g['coarse_nmi']):.3f} | {np.mean(g['coarse_random_nmi']):.3f} | "
+                         f"{g['shape'][0]['shape']} |")
+    return lines
+
+
+def _interval(p: Optional[dict], scale: float, fmt: str) -> str:
+    if p is None:
+        return "-"
+    if p["ci95"] is None:
+        return f"{scale * p['diff_mean']:{fmt}}"
+    return f"{scale * p['diff_mean']:{fmt}} [{scale * p['ci95'][0]:{fmt}}, {scale * p['ci95'][1]:{fmt}}]"
+
+
 def _group_lines(grid, summary: dict, out: Path) -> list[str]:
     """The groups of every grouped variant, and ccn's learned groups by name (none: no section)."""
     lines = []
     for name, g in summary["groups"].items():
         stable = f"{g['seed_ari_mean']:.2f}" if g["seed_ari_mean"] is not None else "-"
         coarse = f", ARI against coarse labels {np.mean(g['coarse_ari']):.2f}" if "coarse_ari" in g else ""
-        lines.append(f"- {name}: group sizes (seed {summary['seeds'][0]}) {g['sizes'][0]}, largest / mean size "
+        shape = f" ({g['shape'][0]['shape']})" if "shape" in g else ""
+        sizes = g["sizes"][0] if len(g["sizes"][0]) <= 30 else f"{g['sizes'][0][:30]} and {len(g['sizes'][0]) - 30} more"
+        lines.append(f"- {name}: group sizes (seed {summary['seeds'][0]}) {sizes}{shape}, largest / mean size "
                      f"{g['largest_over_mean'][0]:.2f}, smallest / mean {g['smallest_over_mean'][0]:.2f}; mean ARI "
                      f"between the groups of different seeds {stable}{coarse}.")
     h = _hierarchy(out, "ccn", summary["seeds"][0]) if "ccn" in grid.variants else None

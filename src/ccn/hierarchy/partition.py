@@ -13,7 +13,8 @@ from ccn.config import MethodConfig
 from ccn.hierarchy.affinity import SPARSE_ABOVE, condensed_distances, default_top_k, prior_corrected
 from ccn.hierarchy.clustering import default_group_count, learned_partition, oracle_partition, random_partition
 from ccn.hierarchy.files import read_groups_file
-from ccn.hierarchy.tree import Hierarchy, agreement
+from ccn.hierarchy.tree import Hierarchy
+from ccn.hierarchy.truth import partition_agreement, partition_shape
 
 
 def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], metric: str = "l1",
@@ -57,19 +58,24 @@ def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[s
         if meth.partition == "file":
             how["groups_file"] = str(meth.groups_file)
         if meth.partition == "random":  # whose sizes it copies
-            how["sizes_of"] = f"{meth.clustering} clustering of {meth.profile} profiles"
+            how["sizes_of"] = ("the data set's coarse labels" if meth.random_sizes == "oracle"
+                               else f"{meth.clustering} clustering of {meth.profile} profiles")
         chosen = Hierarchy(classes, tree, how, distances=learned.distances, merges=learned.merges)
     chosen.how.update(partition_sizes(chosen.groups, len(classes)))
-    if coarse is not None:  # how well the groups match the data set's own coarse labels
-        chosen.how.update({f"coarse_{k}": v for k, v in agreement(chosen.groups, coarse, len(classes)).items()})
+    chosen.how.update(partition_shape([len(g) for g in chosen.groups]))
+    if coarse is not None:  # how well the groups match the data set's own coarse labels, and random ones
+        chosen.how.update(partition_agreement(chosen.groups, coarse))
         chosen.how["coarse"] = list(coarse)
+        if meth.partition != "learned":  # the learned groups are computed anyway: how close did they come?
+            chosen.how["learned_coarse"] = partition_agreement(learned.groups, coarse)
     return chosen
 
 
 def _control_tree(meth: MethodConfig, learned: Hierarchy, classes: list[str], seed: int,
                   coarse: Optional[list[int]], dataset: str, class_ids: Optional[list[str]] = None) -> list:
-    if meth.partition == "random":  # the learned sizes, shuffled classes
-        sizes = sorted((len(g) for g in learned.groups), reverse=True)
+    if meth.partition == "random":  # the learned (or the oracle's) sizes, shuffled classes
+        sized_like = oracle_partition(coarse, dataset) if meth.random_sizes == "oracle" else learned.groups
+        sizes = sorted((len(g) for g in sized_like), reverse=True)
         return random_partition(len(classes), sizes, seed=seed)
     if meth.partition == "oracle":
         return oracle_partition(coarse, dataset)
