@@ -84,9 +84,9 @@ def test_without_words_txt_the_wnids_are_the_names(tmp_path):
 def test_caps_keep_whole_classes_and_decode_only_what_they_keep(tmp_path, monkeypatch):
     from ccn.data import store
     root = write_tiny(tmp_path, train_per_class=5)
-    decoded = []
-    real = store.decode_split
-    monkeypatch.setattr(store, "decode_split", lambda items, *a, **k: decoded.append(len(items)) or real(items, *a, **k))
+    decoded, real = [], store.decode_split
+    monkeypatch.setattr(store, "decode_split",
+                        lambda items, *a, **k: decoded.append(len(items)) or real(items, *a, **k))
     ds = load_dataset(DataConfig(name="tinyimagenet", root=str(root), train_per_class=2, test_per_class=1))
     assert decoded == [8, 4] and ds.train_labels.bincount().tolist() == [2, 2, 2, 2]
 
