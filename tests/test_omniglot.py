@@ -164,6 +164,13 @@ def test_a_split_that_leaves_a_split_empty_is_refused(drawers):
         cfgmod.load(None, ["data.name=omniglot", f"data.train_drawers={drawers}"])
 
 
+@pytest.mark.parametrize("key", ["data.train_drawers=10", "data.alphabets=background"])
+def test_omniglot_keys_on_another_data_set_are_refused_not_ignored(key):
+    with pytest.raises(ConfigError, match=f"{key.split('=')[0]} only applies when data.name=omniglot \\(here "
+                                          "data.name=folder\\)"):
+        cfgmod.load(None, ["data.name=folder", key])
+
+
 @pytest.fixture(scope="module")
 def real_omniglot(tmp_path_factory):
     if not (SHARED_DATA / "omniglot.tar.xz").is_file():

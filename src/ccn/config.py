@@ -493,6 +493,8 @@ ONLY_WHEN = {
     "data.randaugment_m": ("data.augment", "randaugment"),
     "model.whiten_bias_epochs": ("model.name", "airbench"),
     "data.workers": ("data.store", "stream"),
+    "data.alphabets": ("data.name", "omniglot"),
+    "data.train_drawers": ("data.name", "omniglot"),
 }
 
 # Pairs where setting both would let one silently win over the other.
