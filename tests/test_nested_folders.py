@@ -113,7 +113,8 @@ def _flat_with_images_below(root):
 
 
 BROKEN = [
-    ("images beside class folders", r"train/animals holds both image files and class folders of images \(cat\)"),
+    ("images beside class folders", r"train/animals holds both image files \(stray.png\) and class folders of images "
+                                    r"\(cat\)"),
     ("nested and flat classes", r"train mixes group folders of class folders \(animals\) with class folders that "
                                 r"are not in a group \(mushroom\): use one layout"),
     ("flat test split", r"test mixes group folders of class folders \(animals\) with class folders that are not "
@@ -124,8 +125,8 @@ BROKEN = [
     ("one level too deep", r"class folder .*plants/tree holds no images \(only folders: classes sit one level "
                            r"below a group folder"),
     ("empty group", r"group folder .*train/fungi holds no class folders"),
-    ("flat class with a folder of images", r"train/dog holds both image files and class folders of images "
-                                           r"\(puppies\)"),
+    ("flat class with a folder of images", r"train/dog holds both image files \(0.png\) and class folders "
+                                           r"of images \(puppies\)"),
 ]
 
 

@@ -82,10 +82,11 @@ class SplitListing:
         return "nested (<group>/<class>/<images>)" if self.nested else "flat (<class>/<images>)"
 
 
-def _scan(folder: Path, extensions: set[str]) -> tuple[bool, list[Path]]:
-    """(whether `folder` holds image files, its visible sub-folders): one directory read, the types
-    taken from the directory entries (no stat per file)."""
-    has_images, sub_folders = False, []
+def _scan(folder: Path, extensions: set[str]) -> tuple[Optional[str], list[Path]]:
+    """(the name of an image file in `folder`, or None; its visible sub-folders): one directory read,
+    the types taken from the directory entries (no stat per file). Image files are what
+    is_image_candidate takes: an allowed extension, or none."""
+    image, sub_folders = None, []
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.name.startswith("."):
@@ -93,8 +94,8 @@ def _scan(folder: Path, extensions: set[str]) -> tuple[bool, list[Path]]:
             if entry.is_dir():
                 sub_folders.append(folder / entry.name)
             elif entry.is_file() and (Path(entry.name).suffix == "" or Path(entry.name).suffix.lower() in extensions):
-                has_images = True
-    return has_images, sorted(sub_folders)
+                image = min(image or entry.name, entry.name)
+    return image, sorted(sub_folders)
 
 
 def list_split(folder: Path) -> SplitListing:
@@ -105,13 +106,13 @@ def list_split(folder: Path) -> SplitListing:
     tops = _class_folders(folder)
     flat, groups = [], []
     for top in tops:
-        has_images, sub_folders = _scan(top, extensions)
+        image, sub_folders = _scan(top, extensions)
         classes = [sub for sub in sub_folders if _scan(sub, extensions)[0]]
-        if has_images and classes:
-            raise DataError(f"{top} holds both image files and class folders of images ({classes[0].name}): a flat "
-                            "class folder holds only images, a nested group folder only class folders; move the "
-                            "images into a class folder, or the class folders out")
-        if has_images or classes:  # a folder with neither is empty in either reading, and named as such below
+        if image and classes:
+            raise DataError(f"{top} holds both image files ({image}) and class folders of images ({classes[0].name}): "
+                            "a flat class folder holds only images, a nested group folder only class folders; move "
+                            "the images into a class folder, or the class folders out")
+        if image or classes:  # a folder with neither is empty in either reading, and named as such below
             (groups if classes else flat).append(top)
     if not groups:
         return SplitListing(list_class_files(folder))
