@@ -243,8 +243,9 @@ def test_workers_end_with_their_parent_even_after_kill_9():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["data.store=stream"], "data.store=stream applies to data sets read from image files \\(caltech101, folder, imagenet\\); "
-                            "digits is read whole into memory: use data.store=auto or memory"),
+    (["data.store=stream"], "data.store=stream applies to data sets read from image files \\(caltech101, folder, "
+                            "imagenet, omniglot, tinyimagenet\\); digits is read whole into memory: "
+                            "use data.store=auto or memory"),
     (["data.workers=2"], "data.workers only applies when data.store=stream"),
     (["data.store=stream", "data.workers=-1"], "data.workers must be between 0 and 256"),
 ], ids=["stream-of-in-memory-data", "workers-without-stream", "negative-workers"])

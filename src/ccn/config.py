@@ -56,7 +56,8 @@ class DataConfig:
     randaugment_n: int = 2  # RandAugment N: operations per image, 0-14 (torchvision's default 2)
     randaugment_m: int = 9  # RandAugment M: magnitude bin, 0 (identity) to 30 (torchvision's default 9)
     cache: bool = True  # keep decoded image folders in the cache (CCN_CACHE_DIR, default ~/.cache/ccn) for later runs
-    # where decoded image files live (folder, caltech101): memory, disk (a file in the cache, memory-mapped),
+    # where decoded image files live (the image-file data sets: folder, caltech101, imagenet, tinyimagenet,
+    # omniglot): memory, disk (a file in the cache, memory-mapped),
     # auto (memory when N x 3 x S x S bytes fit in half the memory this process may use, else disk), or
     # stream (decode the files per batch, nothing decoded kept; for data too big even for disk); README "Large data sets"
     store: Literal["auto", "memory", "disk", "stream"] = "auto"
@@ -65,6 +66,10 @@ class DataConfig:
     val_fraction: float = 0.0  # >0: hold out this share of each class's training images (seeded, the same for
     #                            every run seed) and score them instead of the test set, to choose settings
     include_background: bool = False  # caltech101: keep BACKGROUND_Google as a class
+    # omniglot: which alphabets are classes: both (all 1,623 characters of 50 alphabets), background (the
+    # 964 characters of images_background's 30) or evaluation (the 659 of images_evaluation's 20)
+    alphabets: Literal["background", "evaluation", "both"] = "both"
+    train_drawers: int = 15  # omniglot: drawers 1..N (of 20) draw the training images, the rest the test images
     num_classes: int = 20  # synthetic only
     num_groups: int = 4  # synthetic only: planted groups of classes
 
@@ -437,7 +442,8 @@ LIMITS: dict[str, Bounds] = {
     "data.val_fraction": Bounds(0, 1, high_open=True, meaning="0: score the test set"),
     "data.randaugment_n": Bounds(0, 14),  # operations per image; 14 is every operation
     "data.randaugment_m": Bounds(0, 30),  # magnitude bins, as in the RandAugment paper
-    "data.eval_crop": Bounds(0.25, 1),  # the stored side is image_size / eval_crop: at most 4x the input side
+    "data.eval_crop": Bounds(0.25, 1),
+    "data.train_drawers": Bounds(1, 19),  # of Omniglot's 20 drawers: each split keeps at least one  # the stored side is image_size / eval_crop: at most 4x the input side
     "model.width": Bounds(1, 4096),
     "model.depth": Bounds(1, 1000),
     "model.alpha": Bounds(1, 10_000),
@@ -490,6 +496,8 @@ ONLY_WHEN = {
     "data.randaugment_m": ("data.augment", "randaugment"),
     "model.whiten_bias_epochs": ("model.name", "airbench"),
     "data.workers": ("data.store", "stream"),
+    "data.alphabets": ("data.name", "omniglot"),
+    "data.train_drawers": ("data.name", "omniglot"),
 }
 
 # Pairs where setting both would let one silently win over the other.

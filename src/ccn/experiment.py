@@ -294,6 +294,8 @@ IMAGE_SET_KEYS = {
         "test_per_class": "another number of test images per class",
         "val_fraction": "another share of training images held out, scored instead of the test set",
         "include_background": "another set of classes (Caltech-101's background class)",
+        "alphabets": "another set of classes (Omniglot's alphabets)",
+        "train_drawers": "another split of Omniglot's drawers between training and test images",
         "num_classes": "another synthetic data set (its classes)",
         "num_groups": "another synthetic data set (its planted groups make other images)",
         "skip_bad_images": "unreadable images left out of one run's splits and not the other's",

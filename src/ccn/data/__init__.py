@@ -13,6 +13,8 @@ from ccn.data.crops import store_size
 from ccn.data.folder import load_caltech101, load_folder
 from ccn.data.store import StoreOptions
 from ccn.data.imagenet import DEFAULT_IMAGENET_SIZE, load_imagenet
+from ccn.data.omniglot import load_omniglot
+from ccn.data.tinyimagenet import load_tiny_imagenet
 from ccn.errors import ConfigError
 
 DATASETS: dict[str, Callable] = {}
@@ -79,6 +81,18 @@ def _imagenet(cfg) -> ImageDataset:
     # the caps choose before decoding (the same images apply_caps keeps), so a capped run decodes only those
     return load_imagenet(Path(cfg.root), stored_size(cfg), StoreOptions.from_config(cfg), cfg.train_per_class,
                          cfg.test_per_class)
+
+
+@register_dataset("tinyimagenet", stored=True)
+def _tinyimagenet(cfg) -> ImageDataset:
+    return load_tiny_imagenet(Path(cfg.root), stored_size(cfg), StoreOptions.from_config(cfg), cfg.train_per_class,
+                              cfg.test_per_class)
+
+
+@register_dataset("omniglot", stored=True)
+def _omniglot(cfg) -> ImageDataset:
+    return load_omniglot(Path(cfg.root), stored_size(cfg), StoreOptions.from_config(cfg), cfg.alphabets,
+                         cfg.train_drawers, cfg.train_per_class, cfg.test_per_class)
 
 
 def load_dataset(cfg) -> ImageDataset:
