@@ -65,6 +65,10 @@ class DataConfig:
     val_fraction: float = 0.0  # >0: hold out this share of each class's training images (seeded, the same for
     #                            every run seed) and score them instead of the test set, to choose settings
     include_background: bool = False  # caltech101: keep BACKGROUND_Google as a class
+    # folder holding WordNet 3.0's data.noun: coarse labels (the oracle's groups) from the hypernym tree of
+    # class ids that are WordNet ids (imagenet, tinyimagenet), cut into wordnet_groups groups (ccn.data.wordnet)
+    wordnet: Optional[str] = None
+    wordnet_groups: Optional[int] = None  # groups of the WordNet cut; None: round(sqrt(classes))
     num_classes: int = 20  # synthetic only
     num_groups: int = 4  # synthetic only: planted groups of classes
 
@@ -434,7 +438,8 @@ LIMITS: dict[str, Bounds] = {
     "data.val_fraction": Bounds(0, 1, high_open=True, meaning="0: score the test set"),
     "data.randaugment_n": Bounds(0, 14),  # operations per image; 14 is every operation
     "data.randaugment_m": Bounds(0, 30),  # magnitude bins, as in the RandAugment paper
-    "data.eval_crop": Bounds(0.25, 1),  # the stored side is image_size / eval_crop: at most 4x the input side
+    "data.eval_crop": Bounds(0.25, 1),
+    "data.wordnet_groups": Bounds(1, BIG),  # the stored side is image_size / eval_crop: at most 4x the input side
     "model.width": Bounds(1, 4096),
     "model.depth": Bounds(1, 1000),
     "model.alpha": Bounds(1, 10_000),
@@ -508,7 +513,7 @@ def _default_of(key: str):
     return get_key(Config(), key)
 
 
-PATH_KEYS = ("data.root", "model.init", "method.groups_file")  # checked as paths (ccn.validate.check_path)
+PATH_KEYS = ("data.root", "data.wordnet", "model.init", "method.groups_file")  # checked as paths (ccn.validate.check_path)
 
 
 def validate(config: Config) -> None:
@@ -627,6 +632,10 @@ def _check_combinations(config: Config) -> None:
             raise ConfigError(f"{a} and {b} cannot both be set ({why}, so one would silently override the "
                               "other): keep one")
     _check_fast_keys(config)
+    if config.data.wordnet_groups is not None and config.data.wordnet is None:
+        raise ConfigError(f"data.wordnet_groups={config.data.wordnet_groups} cuts the WordNet tree, which "
+                          "data.wordnet=FOLDER (WordNet 3.0's data.noun) gives: set data.wordnet, or remove "
+                          "data.wordnet_groups")
     meth = config.method
     if meth.cluster_epoch is not None and meth.probe_epochs != _default_of("method.probe_epochs"):
         raise ConfigError("method.cluster_epoch and method.probe_epochs cannot both be set (cluster_epoch would "

@@ -13,6 +13,7 @@ from ccn.data.crops import store_size
 from ccn.data.folder import load_caltech101, load_folder
 from ccn.data.store import StoreOptions
 from ccn.data.imagenet import DEFAULT_IMAGENET_SIZE, load_imagenet
+from ccn.data.wordnet import apply_wordnet
 from ccn.errors import ConfigError
 
 DATASETS: dict[str, Callable] = {}
@@ -89,6 +90,8 @@ def load_dataset(cfg) -> ImageDataset:
         raise ConfigError(f"data.store={cfg.store} applies to data sets read from image files ({', '.join(sorted(STORED))}); "
                           f"{cfg.name} is read whole into memory: use data.store=auto or memory")
     ds = DATASETS[cfg.name](cfg)
+    if cfg.wordnet is not None:  # coarse labels and tree paths from WordNet's hypernyms (ccn.data.wordnet)
+        apply_wordnet(ds, cfg.wordnet, cfg.wordnet_groups)
     return apply_caps(ds, cfg.train_per_class, cfg.test_per_class).check()
 
 

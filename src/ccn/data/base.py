@@ -40,6 +40,8 @@ class ImageDataset:
     notes: dict = field(default_factory=dict)
     class_ids: Optional[list[str]] = None  # stable unique ids beside the names people read (ImageNet's wnids)
     fit: str = "stretch"  # how each image file became a square (ccn.data.images.decode_image); predict does the same
+    # each class's node ids from the root of a class tree down to the class's own id (data.wordnet fills it)
+    tree_paths: Optional[list[list[str]]] = None
 
     @property
     def num_classes(self) -> int:
@@ -74,6 +76,8 @@ class ImageDataset:
             raise DataError(f"{self.name}: class names repeat ({self.num_classes} classes): give each class its own name")
         if self.coarse is not None and len(self.coarse) != self.num_classes:
             raise DataError(f"{self.name}: {len(self.coarse)} coarse labels for {self.num_classes} classes")
+        if self.tree_paths is not None and len(self.tree_paths) != self.num_classes:
+            raise DataError(f"{self.name}: {len(self.tree_paths)} tree paths for {self.num_classes} classes")
         return self
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
