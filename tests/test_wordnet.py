@@ -296,6 +296,12 @@ def test_hypernyms_in_a_circle_are_refused(tmp_path):
         build_tree(NounDatabase(tmp_path / "wn"), [ids["c"], ids["b"]])
 
 
+def test_classes_under_two_roots_are_refused(tmp_path):
+    ids = write_noun_file(tmp_path / "wn", [("a", ["a"], []), ("b", ["b"], []), ("c", ["c"], ["a"]), ("d", ["d"], ["b"])])
+    with pytest.raises(DataError, match="the classes' hypernyms reach 2 roots"):
+        build_tree(NounDatabase(tmp_path / "wn"), [ids["c"], ids["d"]])
+
+
 def test_a_data_set_without_wordnet_ids_is_refused(noun):
     folder, _ = noun
     with pytest.raises(DataError, match="data.wordnet needs class ids that are WordNet ids .*data.name=digits has none"):
