@@ -128,6 +128,15 @@ def test_the_cut_splits_the_largest_group_until_there_are_k(noun, k, expected):
         [sorted(group) for group in expected]
 
 
+def test_the_cut_does_not_depend_on_the_order_of_the_classes(noun):
+    folder, ids = noun
+    db = NounDatabase(folder)
+    wnids = [ids[c] for c in CLASSES]
+    reordered = build_tree(db, wnids[::-1])
+    for k in range(2, 8):
+        assert [g.nodes for g in balanced_cut(reordered, k)] == [g.nodes for g in balanced_cut(build_tree(db, wnids), k)]
+
+
 def test_overshooting_groups_are_named_after_their_parent(noun):
     folder, ids = noun
     tree = build_tree(NounDatabase(folder), [ids[c] for c in CLASSES])
@@ -182,6 +191,22 @@ def test_an_imagenet_folder_gets_the_cut_as_coarse_labels_and_the_oracle_uses_it
     assert poodle == [ids[k] for k in ("object", "animal", "carnivore", "dog", "poodle")]
     default = load_dataset(DataConfig(name="imagenet", root=str(root), image_size=8, wordnet=str(folder), cache=False))
     assert len(set(default.coarse)) == 3  # round(sqrt(11))
+
+
+def test_an_oracle_run_trains_on_the_wordnet_groups_and_clusters_shows_them(noun, tmp_path):
+    folder, ids = noun
+    root = write_imagenet_of(tmp_path / "imagenet", [ids[c] for c in CLASSES])
+    out = tmp_path / "run"
+    done = run_cli("train", "--out", str(out), *[a for s in [
+        "data.name=imagenet", f"data.root={root}", "data.image_size=8", f"data.wordnet={folder}",
+        "data.wordnet_groups=4", "data.cache=false", "model.width=4", "train.epochs=2", "train.batch_size=8",
+        "train.progress=false", "method.partition=oracle"] for a in ("--set", s)])
+    assert done.returncode == 0, done.stderr
+    how = json.loads((out / "hierarchy.json").read_text())["how"]
+    assert how["partition"] == "oracle" and how["sizes"] == [4, 4, 2, 1] and how["coarse_ari"] == 1.0
+    shown = run_cli("clusters", str(out))
+    assert shown.returncode == 0 and "4 oracle groups of 11 classes" in shown.stdout
+    assert f"(2): {ids['robin']}, {ids['jay']}" in shown.stdout  # no words file: the wnids are the names
 
 
 def test_the_groups_file_is_a_depth_two_tree_that_runs_and_clusters_read(noun, tmp_path):

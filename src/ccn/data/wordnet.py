@@ -18,8 +18,8 @@ The tree (ours; docs/method.md "WordNet hierarchies"):
 - the coarse labels are a cut into K groups (`data.wordnet_groups`, default round(sqrt(C)) as for
   `method.groups`). A cut by depth would give one giant group (for Tiny ImageNet `whole` holds 182 of
   200 classes), so the cut balances: start from the root's children and split the group with the
-  most classes (the first in tree order among equals; a single class cannot be split) into its
-  children until there are K groups. A split (or the root) that would overshoot K keeps its largest
+  most classes (the first in tree order, children ordered by wnid, among equals; a single class
+  cannot be split) into its children until there are K groups. A split (or the root) that would overshoot K keeps its largest
   children as groups and merges the rest into one group `<name> (rest)`, so the cut always has
   exactly K groups, each a node of the tree or a set of siblings.
 """
@@ -219,12 +219,13 @@ def build_tree(db: NounDatabase, class_ids: list[str]) -> WordNetTree:
 
 
 def _merge_chains(root: str, children: dict[str, list[str]]) -> str:
-    """Merge away every inner node with one child (its child takes its place); the new root."""
+    """Merge away every inner node with one child (its child takes its place), order every node's
+    children by id; the new root."""
     def collapse(node: str) -> str:
         kids = children.get(node)
         if not kids:
             return node
-        kids = [collapse(kid) for kid in kids]
+        kids = sorted(collapse(kid) for kid in kids)  # by id: the tree, and so the cut, ignore the class order
         if len(kids) == 1:
             del children[node]
             return kids[0]
