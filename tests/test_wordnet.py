@@ -4,6 +4,7 @@ balanced cut, the coarse labels and tree paths a data set gets, and the groups f
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -325,6 +326,14 @@ def test_classes_under_two_roots_are_refused(tmp_path):
     ids = write_noun_file(tmp_path / "wn", [("a", ["a"], []), ("b", ["b"], []), ("c", ["c"], ["a"]), ("d", ["d"], ["b"])])
     with pytest.raises(DataError, match="the classes' hypernyms reach 2 roots"):
         build_tree(NounDatabase(tmp_path / "wn"), [ids["c"], ids["d"]])
+
+
+def test_a_chain_deeper_than_the_recursion_limit_is_merged_away(tmp_path):
+    depth = 3 * sys.getrecursionlimit()
+    chain = [("s0", ["s0"], [])] + [(f"s{i}", [f"s{i}"], [f"s{i - 1}"]) for i in range(1, depth)]
+    ids = write_noun_file(tmp_path / "wn", chain + [("x", ["x"], [f"s{depth - 1}"]), ("y", ["y"], [f"s{depth - 1}"])])
+    tree = build_tree(NounDatabase(tmp_path / "wn"), [ids["x"], ids["y"]])
+    assert tree.root == ids[f"s{depth - 1}"] and tree.paths() == [[tree.root, ids["x"]], [tree.root, ids["y"]]]
 
 
 def test_a_data_set_without_wordnet_ids_is_refused(noun):

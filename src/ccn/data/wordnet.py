@@ -93,13 +93,13 @@ def _read_noun_file(folder: Path, path: Path) -> bytes:
     if not folder.is_dir():
         raise DataError(f"data.wordnet={folder} is not a folder: {FILE_FIX}")
     try:
-        mode = path.stat().st_mode
+        facts = path.stat()
     except OSError:
         raise DataError(f"data.wordnet={folder} holds no {NOUN_FILE}: {FILE_FIX}") from None
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(facts.st_mode):  # a FIFO or device would block the read or never end
         raise DataError(f"{path} is not a regular file: {FILE_FIX}")
+    size = facts.st_size
     try:
-        size = path.stat().st_size
         if size > MAX_NOUN_BYTES:
             raise DataError(f"{path} is {size} bytes, more than the {MAX_NOUN_BYTES} WordNet's data.noun may "
                             f"have (15 MB): {FILE_FIX}")
@@ -220,19 +220,24 @@ def build_tree(db: NounDatabase, class_ids: list[str]) -> WordNetTree:
 
 def _merge_chains(root: str, children: dict[str, list[str]]) -> str:
     """Merge away every inner node with one child (its child takes its place), order every node's
-    children by id; the new root."""
-    def collapse(node: str) -> str:
-        kids = children.get(node)
-        if not kids:
-            return node
-        kids = sorted(collapse(kid) for kid in kids)  # by id: the tree, and so the cut, ignore the class order
+    children by id; the new root. Without recursion: a damaged file may chain synsets deeper than
+    Python's recursion limit."""
+    order, stack = [], [root]
+    while stack:  # every node has one parent (its first hypernym), so each is reached once
+        node = stack.pop()
+        order.append(node)
+        stack.extend(children.get(node, ()))
+    replaced: dict[str, str] = {}
+    for node in reversed(order):  # children before their parents
+        if node not in children:
+            continue
+        kids = sorted(replaced.get(kid, kid) for kid in children[node])  # by id: the cut ignores the class order
         if len(kids) == 1:
             del children[node]
-            return kids[0]
-        children[node] = kids
-        return node
-
-    return collapse(root)
+            replaced[node] = kids[0]
+        else:
+            children[node] = kids
+    return replaced.get(root, root)
 
 
 # ---------------------------------------------------------------- the balanced cut
