@@ -208,6 +208,9 @@ def test_an_oracle_run_trains_on_the_wordnet_groups_and_clusters_shows_them(noun
     shown = run_cli("clusters", str(out))
     assert shown.returncode == 0 and "4 oracle groups of 11 classes" in shown.stdout
     assert f"(2): {ids['robin']}, {ids['jay']}" in shown.stdout  # no words file: the wnids are the names
+    moved = folder.rename(tmp_path / "moved-wordnet")  # a run's WordNet folder is a place, like data.root
+    scored = run_cli("evaluate", str(out), "--set", f"data.wordnet={moved}")
+    assert scored.returncode == 0, scored.stderr
 
 
 def test_the_groups_file_is_a_depth_two_tree_that_runs_and_clusters_read(noun, tmp_path):

@@ -38,7 +38,8 @@ NOUN_FILE = "data.noun"
 MAX_NOUN_BYTES = 64 * 2**20  # WordNet 3.0's data.noun is 15 MB
 WNID = re.compile(r"n(\d{8})")
 HYPERNYMS = ("@", "@i")  # hypernym and instance hypernym
-FILE_FIX = "give data.wordnet the folder of WordNet 3.0's noun database (data.noun: /usr/share/wordnet, or unpack.sh DEST wordnet)"
+FILE_FIX = ("give data.wordnet the folder of WordNet 3.0's noun database (data.noun: /usr/share/wordnet, or "
+            "unpack.sh DEST wordnet)")
 
 
 @dataclass(frozen=True)
