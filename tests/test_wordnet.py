@@ -365,3 +365,24 @@ def test_the_wordnet_command_needs_the_folder_and_keeps_an_existing_file(tmp_pat
     assert out.read_text() == "mine"
     done = run_cli("clusters", str(out), "--plot")
     assert done.returncode == 2 and "--plot draws a run's class distances" in done.stderr
+
+
+@pytest.mark.parametrize("key, value", [("wordnet", "elsewhere"), ("wordnet_groups", 20)])
+def test_a_grid_variant_with_its_own_wordnet_cut_is_refused(tmp_path, key, value):
+    """Every variant of a grid is scored against one true hierarchy: a variant's own cut would make its
+    agreement with the truth (and an oracle variant's groups) incomparable with the others'."""
+    import yaml
+
+    from ccn.experiment import load_grid
+
+    base = {"data": {"name": "digits", "wordnet": str(tmp_path)}, "train": {"epochs": 2}}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"base": base, "variants": {"flat": None, "oracle": {
+        "method": {"name": "ccn", "partition": "oracle"}, "data": {key: value}}}, "seeds": [0]}))
+    with pytest.raises(ConfigError, match=f"variant 'oracle' sets data.{key}, which gives its runs another "
+                                          f".*true hierarchy.*set data.{key} in base:"):
+        load_grid(path)
+    path.write_text(yaml.safe_dump({"base": {**base, "data": {**base["data"], "wordnet_groups": 20}}, "variants": {
+        "flat": None, "oracle": {"method": {"name": "ccn", "partition": "oracle"}}}, "seeds": [0]}))
+    assert load_grid(path).config_for("oracle", 0).data.wordnet_groups == 20
+
