@@ -224,6 +224,8 @@ def test_the_groups_file_is_a_depth_two_tree_that_runs_and_clusters_read(noun, t
     done = run_cli("wordnet", *[a for s in args for a in ("--set", s)], "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "3 wordnet groups of 11 classes" in done.stdout and " animal (6)" in done.stdout
+    assert "first listed hypernym was taken at 1 synset(s) with several: dog -> canine (not domestic animal)" \
+        in done.stdout
     h = Hierarchy.load(out)
     ds = load_dataset(cfgmod.load(None, args).data)
     name = {wnid: key for key, wnid in ids.items()}

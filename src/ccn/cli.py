@@ -144,10 +144,12 @@ def _wordnet(args) -> None:
     from ccn.hierarchy import Hierarchy
 
     ds = load_dataset(config.data)
-    tree, names = wordnet_groups_of(ds, config.data.wordnet, config.data.wordnet_groups)
+    tree, names, choices = wordnet_groups_of(ds, config.data.wordnet, config.data.wordnet_groups)
     h = Hierarchy(ds.classes, tree, {"partition": "wordnet", "num_groups": len(tree), "group_names": names,
                                      "wordnet": str(config.data.wordnet)})
     _print_groups(h)
+    if choices:
+        print(f"the first listed hypernym was taken at {len(choices)} synset(s) with several: {'; '.join(choices)}")
     if out is not None:
         text = json.dumps(h.to_json(), indent=1)
         atomic_write(out, lambda tmp: tmp.write_text(text))

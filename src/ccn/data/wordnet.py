@@ -339,13 +339,17 @@ def apply_wordnet(ds, folder: str | Path, num_groups: Optional[int]):
     return ds
 
 
-def wordnet_groups_of(ds, folder: str | Path, num_groups: Optional[int]) -> tuple[list, list[str]]:
-    """(the cut as groups and sub-groups of class indices, the group names) of `ds`, for a groups file."""
+def wordnet_groups_of(ds, folder: str | Path, num_groups: Optional[int]) -> tuple[list, list[str], list[str]]:
+    """(the cut as groups and sub-groups of class indices, the group names, the choices made at synsets
+    with several hypernyms as "synset -> chosen (not other, ...)") of `ds`, for a groups file."""
     tree, groups = wordnet_hierarchy(_wordnet_ids(ds), folder, num_groups)
     index = {wnid: i for i, wnid in enumerate(ds.class_ids)}
     indexed = [[[index[c] for c in sub] if isinstance(sub, list) else index[sub] for sub in group]
                for group in two_level_tree(tree, groups)]
-    return indexed, [g.name for g in groups]
+    db = NounDatabase(folder)
+    choices = [f"{db.synset(synset).name} -> {db.synset(chosen).name} (not "
+               f"{', '.join(db.synset(o).name for o in others)})" for synset, chosen, others in tree.choices]
+    return indexed, [g.name for g in groups], choices
 
 
 def _wordnet_ids(ds) -> list[str]:
