@@ -22,8 +22,10 @@ class ImageDataset:
     `train_images`/`test_images` are uint8 images of shape (N, 3, H, W): tensors for the data sets
     generated or read whole (digits, synthetic, CIFAR), an ImageSource of a store for image files
     (ccn.data.store.ImageRows: in memory or mapped from disk; ccn.data.stream.StreamSource: decoded
-    per batch); labels are int64 in [0, C). `coarse` maps each class to a coarse label (CIFAR-100's 20 superclasses, or the planted
-    groups of `synthetic`) when the data set has one; the oracle partition and the ARI/NMI scores use it.
+    per batch); labels are int64 in [0, C). `coarse` maps each class to a coarse label (CIFAR-100's 20 superclasses, the planted
+    groups of `synthetic`, or the WordNet cut of data.wordnet) when the data set has one; the oracle partition and the ARI/NMI
+    scores use it. `tree_paths`, where a class tree is known (data.wordnet), holds each class's node ids from the root down to
+    its own id, for distances in the tree.
     `flip` is the data set's default for random horizontal flips (off for digits, whose mirror
     images are other glyphs).
     """
