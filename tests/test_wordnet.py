@@ -321,6 +321,29 @@ def test_a_malformed_line_is_one_line_naming_the_id(noun, damage):
         build_tree(NounDatabase(folder), [ids["poodle"], ids["rock"]])
 
 
+def test_damaged_bytes_give_a_tree_or_one_data_error(noun):
+    """A few bytes changed anywhere in data.noun (seeded): the tree is built, or one DataError, never
+    another exception."""
+    folder, ids = noun
+    path = folder / "data.noun"
+    original = path.read_bytes()
+    generator = np.random.default_rng(0)
+    alphabet = np.frombuffer(b"0123456789abcdef @n|-+_ \n\xff", np.uint8)
+    outcomes = set()
+    for _ in range(300):
+        data = np.frombuffer(original, np.uint8).copy()
+        at = generator.integers(0, len(data), size=generator.integers(1, 4))
+        data[at] = generator.choice(alphabet, size=len(at))
+        path.write_bytes(data.tobytes())
+        try:
+            build_tree(NounDatabase(folder), [ids[c] for c in CLASSES])
+            outcomes.add("tree")
+        except DataError as err:
+            assert "\n" not in str(err)
+            outcomes.add("refused")
+    assert outcomes == {"tree", "refused"}
+
+
 def test_hypernyms_in_a_circle_are_refused(tmp_path):
     ids = write_noun_file(tmp_path / "wn", [("a", ["a"], ["b"]), ("b", ["b"], ["a"]), ("c", ["c"], ["a"])])
     with pytest.raises(DataError, match="go round in a circle"):
