@@ -138,6 +138,24 @@ def test_the_cut_does_not_depend_on_the_order_of_the_classes(noun):
         assert [g.nodes for g in balanced_cut(reordered, k)] == [g.nodes for g in balanced_cut(build_tree(db, wnids), k)]
 
 
+def test_children_under_the_mean_size_are_packed_beside_a_large_one(tmp_path):
+    """root -> A (4 classes in A1, A2) and three single classes; K = 3, mean size 7/3: the singles are
+    packed into one rest group, so A can be split (without packing the cut would be A, s1, s2 + s3)."""
+    synsets = [("root", ["root"], []), ("A", ["A"], ["root"]), ("A1", ["A1"], ["A"]), ("A2", ["A2"], ["A"]),
+               ("a1", ["a1"], ["A1"]), ("a2", ["a2"], ["A1"]), ("a3", ["a3"], ["A2"]), ("a4", ["a4"], ["A2"]),
+               ("s1", ["s1"], ["root"]), ("s2", ["s2"], ["root"]), ("s3", ["s3"], ["root"])]
+    ids = write_noun_file(tmp_path / "wn", synsets)
+    classes = ["a1", "a2", "a3", "a4", "s1", "s2", "s3"]
+    tree = build_tree(NounDatabase(tmp_path / "wn"), [ids[c] for c in classes])
+    name = {wnid: key for key, wnid in ids.items()}
+    groups = balanced_cut(tree, 3)
+    assert [[name[leaf] for node in g.nodes for leaf in tree.leaves(node)] for g in groups] == \
+        [["a1", "a2"], ["a3", "a4"], ["s1", "s2", "s3"]]
+    assert [g.name for g in groups] == ["A1", "A2", "root (rest)"]
+    split = balanced_cut(tree, 5)  # the rest group is split into its members when it is the largest
+    assert sorted(len(tree.leaves(g.nodes[0])) for g in split if len(g.nodes) == 1) == [1, 1, 1, 2, 2]
+
+
 def test_overshooting_groups_are_named_after_their_parent(noun):
     folder, ids = noun
     tree = build_tree(NounDatabase(folder), [ids[c] for c in CLASSES])

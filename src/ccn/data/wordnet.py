@@ -16,12 +16,15 @@ The tree (ours; docs/method.md "WordNet hierarchies"):
 - an inner node with one child is merged away (the child takes its place, the root included), so
   every inner node splits its classes and depth means something;
 - the coarse labels are a cut into K groups (`data.wordnet_groups`, default round(sqrt(C)) as for
-  `method.groups`). A cut by depth would give one giant group (for Tiny ImageNet `whole` holds 182 of
-  200 classes), so the cut balances: start from the root's children and split the group with the
-  most classes (the first in tree order, children ordered by wnid, among equals; a single class
-  cannot be split) into its children until there are K groups. A split (or the root) that would overshoot K keeps its largest
-  children as groups and merges the rest into one group `<name> (rest)`, so the cut always has
-  exactly K groups, each a node of the tree or a set of siblings.
+  `method.groups`). A cut by depth would give one giant group (for Tiny ImageNet `whole` holds 178 of
+  200 classes), so the cut balances: starting from the root as one group, the group with the most
+  classes (the first in tree order among equals; children are ordered by wnid) is split until there
+  are K groups. A node splits into its children, except that children smaller than the mean group
+  size C/K are packed into one group `<node> (rest)` where there are two or more of them beside a
+  child of at least that size (without it, a broad node such as `artifact` spends the K groups on
+  single classes while `animal` stays whole); a rest group splits into its members. A split that
+  would overshoot K keeps its largest parts and packs the others into one rest group, so the cut
+  always has exactly K groups, each a node of the tree or a set of siblings under one node.
 """
 
 from __future__ import annotations
@@ -246,10 +249,11 @@ def _merge_chains(root: str, children: dict[str, list[str]]) -> str:
 
 @dataclass
 class Group:
-    """One coarse group: a node of the tree, or siblings merged into one (`rest`)."""
+    """One coarse group: a node of the tree, or several children of `parent` packed into one (a rest group)."""
 
     nodes: list[str]
     name: str
+    parent: Optional[str] = None  # a rest group's: the node whose children `nodes` are
 
 
 def default_wordnet_groups(num_classes: int) -> int:
@@ -257,32 +261,61 @@ def default_wordnet_groups(num_classes: int) -> int:
     return max(1, min(num_classes, int(round(num_classes ** 0.5))))
 
 
+class _Cut:
+    """The balanced cut's bookkeeping: class counts of nodes and groups, and how a group splits."""
+
+    def __init__(self, tree: WordNetTree, num_groups: int):
+        self.tree = tree
+        self.sizes = {node: len(tree.leaves(node)) for node in [*tree.children, *tree.class_ids]}
+        self.mean = len(tree.class_ids) / num_groups  # the mean group size C/K
+
+    def size(self, group: Group) -> int:
+        return sum(self.sizes[node] for node in group.nodes)
+
+    def splittable(self, group: Group) -> bool:
+        return len(group.nodes) > 1 or group.nodes[0] in self.tree.children
+
+    def node(self, node: str) -> Group:
+        return Group([node], self.tree.names[node])
+
+    def rest(self, nodes: list[str], parent: str) -> Group:
+        return Group(nodes, f"{self.tree.names[parent]} (rest)", parent)
+
+    def parts(self, group: Group) -> tuple[list[Group], str]:
+        """(the parts `group` splits into, the node whose children they are): a rest group's members;
+        a node's children, those under the mean size packed into one rest group where there are two or
+        more of them beside a child of at least the mean size."""
+        if len(group.nodes) > 1:
+            return [self.node(n) for n in group.nodes], group.parent
+        parent = group.nodes[0]
+        kids = self.tree.children[parent]
+        small = [kid for kid in kids if self.sizes[kid] < self.mean]
+        if len(small) < 2 or len(small) == len(kids):
+            return [self.node(kid) for kid in kids], parent
+        return [self.node(kid) for kid in kids if kid not in small] + [self.rest(small, parent)], parent
+
+    def fit(self, parts: list[Group], parent: str, room: int) -> list[Group]:
+        """`parts`, or where there are more than `room`, the largest room - 1 of them (the first among
+        equals) and one rest group of the others."""
+        if len(parts) <= room:
+            return parts
+        by_size = sorted(parts, key=lambda g: -self.size(g))  # stable: the first among equals stays
+        kept = by_size[:room - 1]
+        merged = [node for g in parts if not any(g is k for k in kept) for node in g.nodes]
+        return [g for g in parts if any(g is k for k in kept)] + [self.rest(merged, parent)]
+
+
 def balanced_cut(tree: WordNetTree, num_groups: int) -> list[Group]:
-    """Exactly `num_groups` groups (at most the number of classes): the root's children, then the group
-    with the most classes split into its children until there are enough (module notes)."""
-    sizes = {node: len(tree.leaves(node)) for node in [*tree.children, *tree.class_ids]}
-    groups = _split(tree, tree.root, num_groups, sizes)
+    """Exactly `num_groups` groups (at most the number of classes): from the root, the group with the
+    most classes is split until there are that many (the module notes give the rule)."""
+    cut = _Cut(tree, num_groups)
+    groups = [cut.node(tree.root)]
     while len(groups) < num_groups:
-        splittable = [g for g in groups if len(g.nodes) == 1 and g.nodes[0] in tree.children]
-        largest = max(splittable, key=lambda g: sizes[g.nodes[0]])  # max keeps the first among equals
+        largest = max((g for g in groups if cut.splittable(g)), key=cut.size)  # max keeps the first among equals
         at = groups.index(largest)
-        groups[at:at + 1] = _split(tree, largest.nodes[0], num_groups - len(groups) + 1, sizes)
+        parts, parent = cut.parts(largest)
+        groups[at:at + 1] = cut.fit(parts, parent, num_groups - len(groups) + 1)
     return _unambiguous(groups)
-
-
-def _split(tree: WordNetTree, node: str, room: int, sizes: dict[str, int]) -> list[Group]:
-    """`node`'s children as groups, at most `room` of them: beyond that, the largest room - 1
-    (the first in tree order among equals) stay groups and the others become one group."""
-    kids = tree.children.get(node, [])
-    if room == 1 or not kids:
-        return [Group([node], tree.names[node])]
-    if len(kids) <= room:
-        return [Group([kid], tree.names[kid]) for kid in kids]
-    by_size = sorted(kids, key=lambda kid: -sizes[kid])  # stable: tree order among equals
-    kept = set(by_size[:room - 1])
-    rest = [kid for kid in kids if kid not in kept]
-    return [Group([kid], tree.names[kid]) for kid in kids if kid in kept] + \
-        [Group(rest, f"{tree.names[node]} (rest)")]
 
 
 def _unambiguous(groups: list[Group]) -> list[Group]:
@@ -290,11 +323,8 @@ def _unambiguous(groups: list[Group]) -> list[Group]:
     counts: dict[str, int] = {}
     for g in groups:
         counts[g.name] = counts.get(g.name, 0) + 1
-    return [g if counts[g.name] == 1 else Group(g.nodes, f"{g.name} ({_group_wnid(g)})") for g in groups]
-
-
-def _group_wnid(group: Group) -> str:
-    return group.nodes[0].rstrip("+") if len(group.nodes) == 1 else f"rest of {len(group.nodes)}"
+    return [g if counts[g.name] == 1 else Group(g.nodes, f"{g.name} ({(g.parent or g.nodes[0]).rstrip('+')})", g.parent)
+            for g in groups]
 
 
 def coarse_labels(tree: WordNetTree, groups: list[Group]) -> list[int]:
