@@ -438,8 +438,8 @@ LIMITS: dict[str, Bounds] = {
     "data.val_fraction": Bounds(0, 1, high_open=True, meaning="0: score the test set"),
     "data.randaugment_n": Bounds(0, 14),  # operations per image; 14 is every operation
     "data.randaugment_m": Bounds(0, 30),  # magnitude bins, as in the RandAugment paper
-    "data.eval_crop": Bounds(0.25, 1),
-    "data.wordnet_groups": Bounds(1, BIG),  # the stored side is image_size / eval_crop: at most 4x the input side
+    "data.eval_crop": Bounds(0.25, 1),  # the stored side is image_size / eval_crop: at most 4x the input side
+    "data.wordnet_groups": Bounds(1, BIG),  # and at most the number of classes (ccn.data.wordnet)
     "model.width": Bounds(1, 4096),
     "model.depth": Bounds(1, 1000),
     "model.alpha": Bounds(1, 10_000),
@@ -513,7 +513,8 @@ def _default_of(key: str):
     return get_key(Config(), key)
 
 
-PATH_KEYS = ("data.root", "data.wordnet", "model.init", "method.groups_file")  # checked as paths (ccn.validate.check_path)
+# checked as paths (ccn.validate.check_path)
+PATH_KEYS = ("data.root", "data.wordnet", "model.init", "method.groups_file")
 
 
 def validate(config: Config) -> None:
