@@ -1,4 +1,4 @@
-"""The `ccn` command: train, clusters, evaluate, predict, export, experiment.
+"""The `ccn` command: train, clusters, wordnet, evaluate, predict, export, experiment.
 
 Every problem a user can fix ends in one line on stderr and exit status 2, never a traceback.
 """
@@ -79,22 +79,46 @@ def _leave_without_teardown() -> None:
 
 
 def _clusters(args) -> None:
-    from ccn.hierarchy import Hierarchy, leaves
+    from ccn.hierarchy import Hierarchy
     from ccn.plots import dendrogram_png, heatmap_png
     from ccn.runs import check_hierarchy_file_matches_weights
 
-    path = Path(args.run_dir) / "hierarchy.json"
+    given = Path(args.run_dir)
+    if given.is_file():  # a hierarchy file on its own (ccn wordnet --out, a run's hierarchy.json, a groups file)
+        if args.plot:
+            raise CCNError(f"--plot draws a run's class distances: give the run folder, not the file {given}")
+        _print_groups(Hierarchy.load(given))
+        return
+    path = given / "hierarchy.json"
     if not path.is_file():
         raise CCNError(f"{args.run_dir} has no hierarchy.json: only runs with method.name=ccn form groups")
     h = Hierarchy.load(path)
-    check_hierarchy_file_matches_weights(Path(args.run_dir), h)
+    check_hierarchy_file_matches_weights(given, h)
+    _print_groups(h)
+    if args.plot:
+        out = given
+        for made in (dendrogram_png(h, out / "dendrogram.png"), heatmap_png(h.with_distances(out), out / "distances.png")):
+            print(f"wrote {made}")
+
+
+def _print_groups(h) -> None:
+    """The groups of a Hierarchy, one line each (with their names where it has them), sub-groups below."""
+    from ccn.hierarchy import leaves
+
     how = h.how
-    print(f"{len(h.groups)} {how.get('partition', 'learned')} groups of {h.num_classes} classes "
-          f"(metric {how.get('metric', '-')}, linkage {how.get('linkage', '-')}, after epoch {how.get('epoch', '?')}, "
-          f"depth {h.depth})")
+    if how.get("partition") == "wordnet":
+        print(f"{len(h.groups)} wordnet groups of {h.num_classes} classes (balanced cut of WordNet's hypernym tree, "
+              f"depth {h.depth})")
+    else:
+        print(f"{len(h.groups)} {how.get('partition', 'learned')} groups of {h.num_classes} classes "
+              f"(metric {how.get('metric', '-')}, linkage {how.get('linkage', '-')}, after epoch {how.get('epoch', '?')}, "
+              f"depth {h.depth})")
+    names = how.get("group_names")
+    names = names if isinstance(names, list) and len(names) == len(h.tree) else None
     for k, node in enumerate(h.tree):
-        names = [h.classes[c] for c in sorted(leaves(node))]
-        print(f"  group {k + 1:>2} ({len(names)}): {', '.join(names)}")
+        members = [h.classes[c] for c in sorted(leaves(node))]
+        label = f" {names[k]}" if names else ""
+        print(f"  group {k + 1:>2}{label} ({len(members)}): {', '.join(members)}")
         if isinstance(node, list) and any(isinstance(child, list) for child in node):
             for child in node:
                 print(f"      - {', '.join(h.classes[c] for c in leaves(child))}")
@@ -106,10 +130,37 @@ def _clusters(args) -> None:
                   if isinstance(chance, dict) and {"ari_mean", "nmi_mean"} <= chance.keys() else "")
         print(f"agreement with the data set's coarse labels: ARI {how['coarse_ari']:.3f}, "
               f"NMI {how['coarse_nmi']:.3f}{beside}")
-    if args.plot:
-        out = Path(args.run_dir)
-        for made in (dendrogram_png(h, out / "dendrogram.png"), heatmap_png(h.with_distances(out), out / "distances.png")):
-            print(f"wrote {made}")
+
+
+def _wordnet(args) -> None:
+    from ccn import config as cfgmod
+    from ccn.errors import ConfigError
+
+    config = cfgmod.load(args.config, args.set)
+    if config.data.wordnet is None:
+        raise ConfigError("ccn wordnet needs data.wordnet=FOLDER (the folder of WordNet 3.0's data.noun): add it "
+                          "to the config or pass --set data.wordnet=FOLDER")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:  # said before the data set is read (minutes)
+        raise CCNError(f"--out {out} exists: choose another file, or pass --force to replace it")
+
+    from ccn.data import load_dataset
+    from ccn.data.wordnet import wordnet_groups_of
+    from ccn.files import atomic_write
+    from ccn.hierarchy import Hierarchy
+
+    ds = load_dataset(config.data)
+    tree, names, choices = wordnet_groups_of(ds, config.data.wordnet, config.data.wordnet_groups)
+    h = Hierarchy(ds.classes, tree, {"partition": "wordnet", "num_groups": len(tree), "group_names": names,
+                                     "wordnet": str(config.data.wordnet)})
+    _print_groups(h)
+    if choices:
+        print(f"the first listed hypernym was taken at {len(choices)} synset(s) with several: {'; '.join(choices)}")
+    if out is not None:
+        text = json.dumps(h.to_json(), indent=1)
+        atomic_write(out, lambda tmp: tmp.write_text(text))
+        print(f"wrote {out}: use it with method.partition=file method.groups_file={out} (method.depth=2 for its "
+              "sub-groups), or show it with ccn clusters")
 
 
 def _evaluate(args) -> None:
@@ -181,16 +232,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="replace the run files in an existing --out")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     train.set_defaults(func=_train)
-    clusters = sub.add_parser("clusters", help="print the groups of a run; --plot writes figures")
-    clusters.add_argument("run_dir")
+    clusters = sub.add_parser("clusters", help="print the groups of a run (or a hierarchy file); --plot writes figures")
+    clusters.add_argument("run_dir", help="a run folder, or a hierarchy.json file (such as ccn wordnet --out writes)")
     clusters.add_argument("--plot", action="store_true", help="write dendrogram.png and distances.png")
     clusters.set_defaults(func=_clusters)
+    wordnet = sub.add_parser("wordnet", help="the WordNet groups (data.wordnet) of a data set whose class ids are "
+                             "WordNet ids; --out writes them as a groups file")
+    wordnet.add_argument("--config", help="YAML file with a data: section (data.wordnet=FOLDER of data.noun)")
+    wordnet.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
+    wordnet.add_argument("--out", metavar="FILE", help="write the groups and sub-groups as a hierarchy.json file "
+                         "for method.partition=file")
+    wordnet.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    wordnet.set_defaults(func=_wordnet)
     evaluate = sub.add_parser("evaluate", help="re-score a saved run (optionally on other data)")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="where the data are, how fast, or how to read the outputs (data.root, data.store, "
-                          "data.workers, data.cache, device, train.eval_batch_size, train.progress, train.tta, "
-                          "method.inference); the run is otherwise scored as it trained")
+                          "data.workers, data.cache, data.wordnet, device, train.eval_batch_size, train.progress, "
+                          "train.tta, method.inference); the run is otherwise scored as it trained")
     evaluate.set_defaults(func=_evaluate)
     predict = sub.add_parser("predict", help="top classes, with their group, for image files")
     predict.add_argument("run_dir")

@@ -70,6 +70,10 @@ class DataConfig:
     # 964 characters of images_background's 30) or evaluation (the 659 of images_evaluation's 20)
     alphabets: Literal["background", "evaluation", "both"] = "both"
     train_drawers: int = 15  # omniglot: drawers 1..N (of 20) draw the training images, the rest the test images
+    # folder holding WordNet 3.0's data.noun: coarse labels (the oracle's groups) from the hypernym tree of
+    # class ids that are WordNet ids (imagenet, tinyimagenet), cut into wordnet_groups groups (ccn.data.wordnet)
+    wordnet: Optional[str] = None
+    wordnet_groups: Optional[int] = None  # groups of the WordNet cut; None: round(sqrt(classes))
     num_classes: int = 20  # synthetic only
     num_groups: int = 4  # synthetic only: planted groups of classes
 
@@ -442,8 +446,9 @@ LIMITS: dict[str, Bounds] = {
     "data.val_fraction": Bounds(0, 1, high_open=True, meaning="0: score the test set"),
     "data.randaugment_n": Bounds(0, 14),  # operations per image; 14 is every operation
     "data.randaugment_m": Bounds(0, 30),  # magnitude bins, as in the RandAugment paper
-    "data.eval_crop": Bounds(0.25, 1),
-    "data.train_drawers": Bounds(1, 19),  # of Omniglot's 20 drawers: each split keeps at least one  # the stored side is image_size / eval_crop: at most 4x the input side
+    "data.eval_crop": Bounds(0.25, 1),  # the stored side is image_size / eval_crop: at most 4x the input side
+    "data.train_drawers": Bounds(1, 19),  # of Omniglot's 20 drawers: each split keeps at least one
+    "data.wordnet_groups": Bounds(1, BIG),  # and at most the number of classes (ccn.data.wordnet)
     "model.width": Bounds(1, 4096),
     "model.depth": Bounds(1, 1000),
     "model.alpha": Bounds(1, 10_000),
@@ -519,7 +524,8 @@ def _default_of(key: str):
     return get_key(Config(), key)
 
 
-PATH_KEYS = ("data.root", "model.init", "method.groups_file")  # checked as paths (ccn.validate.check_path)
+# checked as paths (ccn.validate.check_path)
+PATH_KEYS = ("data.root", "data.wordnet", "model.init", "method.groups_file")
 
 
 def validate(config: Config) -> None:
@@ -638,6 +644,10 @@ def _check_combinations(config: Config) -> None:
             raise ConfigError(f"{a} and {b} cannot both be set ({why}, so one would silently override the "
                               "other): keep one")
     _check_fast_keys(config)
+    if config.data.wordnet_groups is not None and config.data.wordnet is None:
+        raise ConfigError(f"data.wordnet_groups={config.data.wordnet_groups} cuts the WordNet tree, which "
+                          "data.wordnet=FOLDER (WordNet 3.0's data.noun) gives: set data.wordnet, or remove "
+                          "data.wordnet_groups")
     meth = config.method
     if meth.cluster_epoch is not None and meth.probe_epochs != _default_of("method.probe_epochs"):
         raise ConfigError("method.cluster_epoch and method.probe_epochs cannot both be set (cluster_epoch would "

@@ -299,6 +299,9 @@ IMAGE_SET_KEYS = {
         "num_classes": "another synthetic data set (its classes)",
         "num_groups": "another synthetic data set (its planted groups make other images)",
         "skip_bad_images": "unreadable images left out of one run's splits and not the other's",
+        # not other images, but another truth: every variant's groups and mistakes are scored against one tree
+        "wordnet": "another true hierarchy (the WordNet tree and groups every variant is scored against)",
+        "wordnet_groups": "another cut of the true hierarchy (the coarse groups every variant is scored against)",
     },
     "method": {
         "probe_set": "another training set (probe_set=holdout keeps images out of training, for every method)",

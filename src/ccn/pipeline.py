@@ -91,7 +91,7 @@ class MethodRun:
         check_ranks_agree(self._image_counts(), self.device)
         self.ds = self.data.ds
         # the data set's own hierarchy, where it has one: the final scores add coarse top-1 and mistake severity
-        self.true_tree = true_tree(self.ds.coarse, getattr(self.ds, "tree_paths", None))
+        self.true_tree = true_tree(self.ds.coarse, self.ds.tree_paths)
         cfgmod.check_against_classes(config, self.ds.num_classes, f"data {self.ds.name}")
         # a resumed run takes its weights and groups from its checkpoint: the files named by
         # model.init and method.groups_file are not needed again

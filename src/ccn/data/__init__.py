@@ -15,6 +15,7 @@ from ccn.data.store import StoreOptions
 from ccn.data.imagenet import DEFAULT_IMAGENET_SIZE, load_imagenet
 from ccn.data.omniglot import load_omniglot
 from ccn.data.tinyimagenet import load_tiny_imagenet
+from ccn.data.wordnet import apply_wordnet
 from ccn.errors import ConfigError
 
 DATASETS: dict[str, Callable] = {}
@@ -103,6 +104,8 @@ def load_dataset(cfg) -> ImageDataset:
         raise ConfigError(f"data.store={cfg.store} applies to data sets read from image files ({', '.join(sorted(STORED))}); "
                           f"{cfg.name} is read whole into memory: use data.store=auto or memory")
     ds = DATASETS[cfg.name](cfg)
+    if cfg.wordnet is not None:  # coarse labels and tree paths from WordNet's hypernyms (ccn.data.wordnet)
+        apply_wordnet(ds, cfg.wordnet, cfg.wordnet_groups)
     return apply_caps(ds, cfg.train_per_class, cfg.test_per_class).check()
 
 

@@ -22,8 +22,10 @@ class ImageDataset:
     `train_images`/`test_images` are uint8 images of shape (N, 3, H, W): tensors for the data sets
     generated or read whole (digits, synthetic, CIFAR), an ImageSource of a store for image files
     (ccn.data.store.ImageRows: in memory or mapped from disk; ccn.data.stream.StreamSource: decoded
-    per batch); labels are int64 in [0, C). `coarse` maps each class to a coarse label (CIFAR-100's 20 superclasses, or the planted
-    groups of `synthetic`) when the data set has one; the oracle partition and the ARI/NMI scores use it.
+    per batch); labels are int64 in [0, C). `coarse` maps each class to a coarse label (CIFAR-100's 20 superclasses, the planted
+    groups of `synthetic`, or the WordNet cut of data.wordnet) when the data set has one; the oracle partition and the ARI/NMI
+    scores use it. `tree_paths`, where a class tree is known (data.wordnet), holds each class's node ids from the root down to
+    its own id, for distances in the tree.
     `flip` is the data set's default for random horizontal flips (off for digits, whose mirror
     images are other glyphs).
     """
@@ -40,6 +42,8 @@ class ImageDataset:
     notes: dict = field(default_factory=dict)
     class_ids: Optional[list[str]] = None  # stable unique ids beside the names people read (ImageNet's wnids)
     fit: str = "stretch"  # how each image file became a square (ccn.data.images.decode_image); predict does the same
+    # each class's node ids from the root of a class tree down to the class's own id (data.wordnet fills it)
+    tree_paths: Optional[list[list[str]]] = None
 
     @property
     def num_classes(self) -> int:
@@ -74,6 +78,8 @@ class ImageDataset:
             raise DataError(f"{self.name}: class names repeat ({self.num_classes} classes): give each class its own name")
         if self.coarse is not None and len(self.coarse) != self.num_classes:
             raise DataError(f"{self.name}: {len(self.coarse)} coarse labels for {self.num_classes} classes")
+        if self.tree_paths is not None and len(self.tree_paths) != self.num_classes:
+            raise DataError(f"{self.name}: {len(self.tree_paths)} tree paths for {self.num_classes} classes")
         return self
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
