@@ -27,7 +27,8 @@ DIR/device_check.log and covers, each section timed and recorded even when it fa
                  how busy the device stays when images are decoded per batch (issue 17)
     speed_recipe configs/cifar10_cpu_10min.yaml and cifar10_cpu_30min.yaml (the default CIFAR-10
                  grid's recipe and its 30-minute sibling) trained on the device: top-1 and training
-                 seconds beside airbench94's published 94 % in 2.59 s on an A100 (issue 20)
+                 seconds beside airbench's published 94 % on an A100 (3.83 s airbench94, 2.59 s
+                 airbench94_muon; issue 20)
 
 On one H100 the whole check is sized to end well inside 8 minutes (a time budget skips what is left
 after 7); `--quick` runs a reduced version of every section (tiny models, a data subset) in a couple
