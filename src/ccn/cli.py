@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print ccn's version and the torch it runs on, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a flat baseline or a CCN run")
-    train.add_argument("--config", help=CONFIG_HELP.format(what="run config (e.g. digits, cifar10_cpu_10min)")
+    train.add_argument("--config", help=CONFIG_HELP.format(what="run config, e.g. cifar10_cpu_10min")
                        + "; sections data:, model:, train:, method:; default: the digits recipe")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
     train.add_argument("--out", help="run folder (default: runs/<data>-<model>-<method>-s<seed>-<time>)")
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "data.workers, data.cache, device, train.eval_batch_size, train.progress, train.tta, "
                           "method.inference); the run is otherwise scored as it trained")
     evaluate.set_defaults(func=_evaluate)
-    predict = sub.add_parser("predict", help="top classes, with their group, for image files")
+    predict = sub.add_parser("predict", help="top classes, with their group, for image files, folders or glob patterns")
     predict.add_argument("run_dir", help=RUN_DIR_HELP)
     predict.add_argument("images", nargs="+", metavar="IMAGE",
                          help="image files, folders (every image file below them, sorted) or quoted glob patterns "
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="replace FILE and FILE.json if they exist")
     export.set_defaults(func=_export)
     experiment = sub.add_parser("experiment", help="variants x seeds with paired statistics and a report")
-    experiment.add_argument("--config", required=True, help=CONFIG_HELP.format(what="grid (e.g. digits_quick)")
+    experiment.add_argument("--config", required=True, help=CONFIG_HELP.format(what="grid, e.g. digits_quick")
                             + "; sections base:, variants:, seeds:")
     experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="override a base key, or seeds=[...] / reference=NAME")
