@@ -54,7 +54,8 @@ class Predictor(nn.Module):
         self.preprocess = dict(results["preprocess"])
         self.hierarchy = hierarchy
         self.classes = list(hierarchy.classes if hierarchy is not None else results["classes"])
-        self.groups = [[self.classes[c] for c in group] for group in hierarchy.groups] if hierarchy else None
+        self.groups = ([[self.classes[c] for c in group] for group in hierarchy.groups] if hierarchy is not None
+                       else None)
         self.group_of = hierarchy.group_of().tolist() if hierarchy is not None else None
         self.normalise = Normalize(self.preprocess["mean"], self.preprocess["std"])
         self.eval()
@@ -102,7 +103,7 @@ class Predictor(nn.Module):
         if isinstance(item, (str, Path)):
             return torch.from_numpy(read_image(Path(item), side, fit).copy()).permute(2, 0, 1)[None]  # writable
         if isinstance(item, Image.Image):
-            return torch.from_numpy(np.asarray(fit_square(to_rgb(item), side, fit), dtype=np.uint8)).permute(2, 0, 1)[None]
+            return torch.from_numpy(np.array(fit_square(to_rgb(item), side, fit), dtype=np.uint8)).permute(2, 0, 1)[None]
         if isinstance(item, torch.Tensor):
             return _tensor_square(item, side, fit)
         raise CCNError(f"cannot read {type(item).__name__} as an image: pass a path, a PIL image or a (N, 3, H, W) "
@@ -147,7 +148,7 @@ def _tensor_square(images: torch.Tensor, side: int, fit: str) -> torch.Tensor:
     if images.shape[-2:] == (side, side):
         return images
     pixels = images.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return torch.stack([torch.from_numpy(np.asarray(fit_square(Image.fromarray(p), side, fit), dtype=np.uint8))
+    return torch.stack([torch.from_numpy(np.array(fit_square(Image.fromarray(p), side, fit), dtype=np.uint8))
                         for p in pixels]).permute(0, 3, 1, 2)
 
 
