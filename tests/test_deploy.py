@@ -149,8 +149,11 @@ def test_predict_decodes_thousands_of_images_one_bounded_batch_at_a_time(tiny_ru
     events = []
     decode, score = ccn.predict.read_image, ccn.predict.class_probabilities
     monkeypatch.setattr(ccn.predict, "read_image", lambda *a, **k: events.append("decode") or decode(*a, **k))
-    monkeypatch.setattr(ccn.predict, "class_probabilities",
-                        lambda *a, **k: events.append(("score", len(capsys.readouterr().out.splitlines()))) or score(*a, **k))
+    def scored(*args, **kwargs):  # records how many lines were printed since the last batch was scored
+        events.append(("score", len(capsys.readouterr().out.splitlines())))
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(ccn.predict, "class_probabilities", scored)
     assert main(["predict", str(tiny_run), str(tmp_path / "many"), "--json", "--batch-size", "64"]) == 0
     decoded_unscored = 0
     for event in events:

@@ -173,7 +173,10 @@ def _experiment(args) -> None:
 def _configs(args) -> None:
     from ccn.recipes import listing, show
 
-    print(show(args.name), end="") if args.name else print("\n".join(listing()))
+    if args.name:
+        print(show(args.name), end="")  # the file as it is, to redirect into a file of your own
+    else:
+        print("\n".join(listing()))
 
 
 def version_text() -> str:
@@ -227,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "such as 'photos/**/*.jpg' (expanded by ccn)")
     predict.add_argument("--top", type=int, default=3, metavar="K", help="how many classes to print per image "
                          "(default 3)")
+    # the default is ccn.predict.DEFAULT_BATCH, written out: the parser imports no torch
     predict.add_argument("--batch-size", type=int, default=64, metavar="N",
                          help="images decoded and scored at a time (default 64); memory does not grow with the "
                          "number of images")

@@ -88,7 +88,8 @@ class Predictor(nn.Module):
         rounded to 8-bit pixels, the run never saw others); one already of that size is used as it is.
         Then the run's evaluation crop, if it has one, and its normalisation."""
         side = self.preprocess["image_size"]
-        parts = [self._stored_square(item, side) for item in (images if isinstance(images, (list, tuple)) else [images])]
+        items = images if isinstance(images, (list, tuple)) else [images]
+        parts = [self._stored_square(item, side) for item in items]
         if not parts:
             raise CCNError("no images given: pass a path, a PIL image, a (N, 3, H, W) tensor or a list of these")
         x = torch.cat([p.float() for p in parts]) if any(p.is_floating_point() for p in parts) else torch.cat(parts)
@@ -103,7 +104,8 @@ class Predictor(nn.Module):
         if isinstance(item, (str, Path)):
             return torch.from_numpy(read_image(Path(item), side, fit).copy()).permute(2, 0, 1)[None]  # writable
         if isinstance(item, Image.Image):
-            return torch.from_numpy(np.array(fit_square(to_rgb(item), side, fit), dtype=np.uint8)).permute(2, 0, 1)[None]
+            pixels = np.array(fit_square(to_rgb(item), side, fit), dtype=np.uint8)
+            return torch.from_numpy(pixels).permute(2, 0, 1)[None]
         if isinstance(item, torch.Tensor):
             return _tensor_square(item, side, fit)
         raise CCNError(f"cannot read {type(item).__name__} as an image: pass a path, a PIL image or a (N, 3, H, W) "
