@@ -38,6 +38,7 @@ from bench_speed import bare_images_per_s, make_model  # noqa: E402
 
 from ccn import config as cfgmod  # noqa: E402
 from ccn.pipeline import run_training  # noqa: E402
+from ccn.recipes import resolve  # noqa: E402
 from results_file import append_section  # noqa: E402
 
 UNIT_IMAGES, UNIT_BATCH = 50_000, 128  # one CIFAR-10 epoch of ResNet-20
@@ -54,7 +55,7 @@ def unit_seconds(steps: int) -> float:
 
 
 def run_seed(config_path: str, overrides: list[str], seed: int) -> dict:
-    config = cfgmod.load(config_path, ["train.progress=false", *overrides, f"seed={seed}"])
+    config = cfgmod.load(resolve(config_path, "config"), ["train.progress=false", *overrides, f"seed={seed}"])
     log = CollectingLog()
     start = time.perf_counter()
     results = run_training(config, None, log)

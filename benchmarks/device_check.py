@@ -327,7 +327,7 @@ def speed_recipe(check: Check) -> dict:
         out = check.work / name
         quick = ["--set", "data.train_per_class=20", "--set", "data.test_per_class=10", "--set", "train.epochs=4",
                  "--set", "train.batch_size=64", "--set", "train.lookahead_start=1"] if check.quick else []
-        result = check.ccn("train", "--config", str(REPO / "configs" / f"{name}.yaml"), "--set", f"data.root={check.data_root}",
+        result = check.ccn("train", "--config", name, "--set", f"data.root={check.data_root}",
                            "--set", f"device={check.device}", "--set", "train.progress=false", *quick, "--out", str(out))
         if result.returncode != 0:
             return {"status": "failed", "recipe": name, "error": result.stderr.strip().splitlines()[-1:]}

@@ -25,6 +25,7 @@ from ccn.hierarchy import agreement, build_hierarchy
 from ccn.evaluate import batch_outputs
 from ccn.hierarchy.profiles import flat_profiles
 from ccn.pipeline import MethodRun
+from ccn.recipes import PACKAGED
 from ccn.tracking import RunLog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ SETTINGS = [(p, c) for p in ("softmax", "prior") for c in ("agglomerative", "bal
 
 
 def probe(root: str, seed: int, groups: int) -> dict:
-    config = cfgmod.load(REPO / "configs" / "caltech101_cpu.yaml",
+    config = cfgmod.load(PACKAGED / "caltech101_cpu.yaml",
                          ["method.name=flat", f"seed={seed}", f"data.root={root}", "train.progress=false"])
     run = MethodRun(config, None, RunLog(None, enabled=False), World(), None)
     tick = time.perf_counter()

@@ -11,6 +11,7 @@ import yaml
 from ccn import config as cfgmod
 from ccn.errors import ConfigError
 from ccn.experiment import IMAGE_SET_KEYS, load_grid, run_grid
+from ccn.recipes import PACKAGED
 from conftest import REPO, TINY_RUN, run_cli
 
 BASE = {"data": {"name": "synthetic", "num_classes": 6, "num_groups": 2, "train_per_class": 6, "test_per_class": 2},
@@ -74,14 +75,14 @@ def test_what_a_builtin_name_implies_cannot_be_changed_from_anywhere(tmp_path, w
 
 
 def test_overrides_that_repeat_a_builtin_are_what_recorded_studies_hold(tmp_path):
-    """Every grid.yaml of docs/results (the built-ins written out) and configs/experiments loads to the
-    variants it records, so no recorded study changes meaning and each folder can still be continued."""
+    """Every grid.yaml of docs/results (the built-ins written out) and the packaged grids (src/ccn/configs/
+    experiments) load to the variants they record, so no recorded study changes meaning and each folder can still be continued."""
     files = sorted((REPO / "docs" / "results").glob("*/grid.yaml"))
     assert files
     for path in files:
         recorded = cfgmod.read_yaml(path)["variants"]
         assert load_grid(path).raw["variants"] == recorded, path
-    fast = load_grid(REPO / "configs" / "experiments" / "cifar10_fast_ablation.yaml")  # data keys of augmentation only
+    fast = load_grid(PACKAGED / "experiments" / "cifar10_fast_ablation.yaml")  # data keys of augmentation only
     assert fast.config_for("random-flip", 0).data.flip_mode == "random"
 
 

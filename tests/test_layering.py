@@ -14,7 +14,7 @@ README = PACKAGE.parents[1] / "README.md"
 # "Layout" table lists the files in the same order (test_readme_layout_follows_the_layers).
 LAYERS = [
     {"errors", "files", "validate", "config", "dist", "checkpoint", "tracking", "progress", "locks",
-     "provenance"},
+     "provenance", "recipes"},
     {"data"},
     {"models"},
     {"hierarchy"},
@@ -22,7 +22,7 @@ LAYERS = [
     {"network"},
     {"ema", "train"},
     {"evaluate"},
-    {"runs", "predict", "plots", "export"},
+    {"runs", "predict", "plots", "export", "predictor"},
     {"pipeline"},
     {"experiment", "report"},
     {"cli", "__main__"},

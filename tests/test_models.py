@@ -60,10 +60,47 @@ def test_unknown_backbone_and_option():
 
 
 def test_timm_backbone_when_installed():
-    timm = pytest.importorskip("timm", reason="timm is optional: pip install 'ccn[timm]'")
+    """Runs where timm is installed (a timm that is installed but cannot be imported fails here, naming the
+    torch/torchvision pair to install). BatchNorm in train mode needs more than one value per channel,
+    so a single 32 px image is scored in eval mode and training sees a batch of 2."""
+    import importlib.util
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is optional: pip install 'ccn[timm]'")
     backbone = create_backbone("timm:resnet10t")
-    assert backbone.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, backbone.num_features)
-    del timm
+    assert backbone.eval().forward_features(torch.randn(1, 3, 32, 32)).shape == (1, backbone.num_features)
+    assert backbone.train().forward_features(torch.randn(2, 3, 32, 32)).shape == (2, backbone.num_features)
+
+
+@pytest.mark.parametrize("failure", [
+    pytest.param(RuntimeError("operator torchvision::nms does not exist"), id="torchvision-built-for-another-torch"),
+    pytest.param(OSError("libcudart.so.12: cannot open shared object file"), id="cuda-library-missing"),
+    pytest.param(ImportError("cannot import name 'InterpolationMode' from 'torchvision.transforms'"),
+                 id="torchvision-too-old"),
+])
+def test_a_timm_or_torchvision_that_fails_to_import_names_the_pair_to_install(monkeypatch, capsys, tmp_path,
+                                                                            failure):
+    """A CPU torch beside the registry's CUDA torchvision fails with a RuntimeError at `import timm` (it
+    imports torchvision); that was a traceback with exit 1."""
+    import builtins
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name.split(".")[0] in ("timm", "torchvision"):
+            raise failure
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(ConfigError) as err:
+        create_backbone("timm:resnet18")
+    message = str(err.value)
+    assert "\n" not in message and f"({type(failure).__name__}: {failure})" in message
+    assert "torch==2.13.0 torchvision==0.28.0" in message and "torch==2.15.0 torchvision==0.29.2" in message
+    assert "--index-url https://download.pytorch.org/whl/cpu" in message
+    from ccn.cli import main
+    assert main(["train", "--set", "model.name=timm:resnet18", "--set", "train.progress=false",
+                 "--set", "data.train_per_class=2", "--set", "data.test_per_class=1", "--set", "train.epochs=2",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().startswith("ccn: error: model.name=timm:resnet18 needs timm")
 
 
 def test_timm_missing_is_a_clear_error(monkeypatch):

@@ -27,6 +27,9 @@ print(status, sorted({m.split('.')[0] for m in sys.modules} & set(%r)))
     (["predict"], 2),
     (["train", "--set", "train.lr=abc"], 2),
     (["train", "--resume", "R", "--out", "S"], 2),
+    (["--version"], 0),
+    (["configs"], 0),
+    (["train", "--config", "no_such_recipe"], 2),
 ])
 def test_the_command_line_answers_without_torch(argv, status):
     result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120)

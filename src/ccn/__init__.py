@@ -1,5 +1,12 @@
 """ccn: Clustering and Classification Networks, with the controls that test them.
 
+A finished run from Python (docs/api.md):
+
+    model = ccn.load("runs/my-run")                            # a torch module, in eval mode
+    probs = model(["cat.jpg", "dog.png"])                      # (2, C): the run's rule, preprocessing, TTA
+    model.classes, model.groups                                # names; the learned groups (None: flat run)
+    state = ccn.flat_state_dict("runs/my-run", classifier="fc")  # backbone + flat head for timm / torch
+
 Python API for your own model and loop (see README):
 
     from ccn import profiles_from_logits, build_hierarchy, ThreeLevelHead
@@ -26,6 +33,7 @@ _PUBLIC = {
     "FlatHead": "ccn.heads", "ThreeLevelHead": "ccn.heads", "TreeHead": "ccn.heads",
     "Hierarchy": "ccn.hierarchy", "agreement": "ccn.hierarchy", "build_hierarchy": "ccn.hierarchy",
     "class_profiles": "ccn.hierarchy", "profiles_from_logits": "ccn.hierarchy",
+    "load": "ccn.predictor", "Predictor": "ccn.predictor", "flat_state_dict": "ccn.predictor",
 }
 
 __all__ = sorted(_PUBLIC)
@@ -49,3 +57,4 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from ccn.errors import CCNError, ConfigError, DataError
     from ccn.heads import FlatHead, ThreeLevelHead, TreeHead
     from ccn.hierarchy import Hierarchy, agreement, build_hierarchy, class_profiles, profiles_from_logits
+    from ccn.predictor import Predictor, flat_state_dict, load

@@ -23,7 +23,9 @@ def _train(args) -> None:
     # what the command line and the config file get wrong is said before torch is imported (seconds)
     if args.resume and (args.config or args.set or args.out or args.force):
         raise CCNError("--resume continues a run with its own config.yaml: drop --config, --set, --out and --force")
-    config = None if args.resume else cfgmod.load(args.config, args.set)
+    from ccn.recipes import resolve
+
+    config = None if args.resume else cfgmod.load(resolve(args.config, "config"), args.set)
 
     from ccn.dist import world_from_env
     from ccn.runs import NewRun, default_run_dir, resume_run_dir, resumed_run
@@ -185,13 +187,15 @@ def _evaluate(args) -> None:
 
 
 def _predict(args) -> None:
-    from ccn.predict import format_predictions, predict_images
+    from ccn.predict import format_prediction, image_paths, iter_predictions
     from ccn.runs import load_run
 
     config, model, hierarchy, saved = load_run(Path(args.run_dir))
-    predictions = predict_images(model, hierarchy, saved, config.method.inference, args.images, args.top,
-                                 config.train.tta)
-    print(json.dumps(predictions, indent=2) if args.json else "\n".join(format_predictions(predictions)))
+    paths = image_paths(args.images)  # every name is checked before the first line is printed
+    for entry in iter_predictions(model, hierarchy, saved, config.method.inference, paths, args.top,
+                                  config.train.tta, args.batch_size):
+        # printed as each batch is scored: a reader (`| head`, a JSON Lines consumer) sees results as they come
+        print(json.dumps(entry) if args.json else format_prediction(entry), flush=True)
 
 
 def _export(args) -> None:
@@ -205,8 +209,9 @@ def _export(args) -> None:
 def _experiment(args) -> None:
     from ccn.experiment import load_grid, run_grid
     from ccn.progress import set_enabled
+    from ccn.recipes import resolve
 
-    grid = load_grid(args.config, args.set)
+    grid = load_grid(resolve(args.config, "grid"), args.set)
     set_enabled(grid.config_for(grid.reference, grid.seeds[0]).train.progress)
     out = Path(args.out) if args.out else Path("experiments") / grid.name
     try:
@@ -222,11 +227,43 @@ def _experiment(args) -> None:
     print(f"report: {out / 'report.md'}")
 
 
+def _configs(args) -> None:
+    from ccn.recipes import listing, show
+
+    if args.name:
+        print(show(args.name), end="")  # the file as it is, to redirect into a file of your own
+    else:
+        print("\n".join(listing()))
+
+
+def version_text() -> str:
+    """`ccn --version`: ccn's version and the torch it runs on (read from the installed metadata, so
+    that --version answers without importing torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+    import platform
+
+    from ccn import __version__
+
+    try:
+        torch = version("torch")
+    except PackageNotFoundError:
+        torch = "not installed"
+    return f"ccn {__version__} (torch {torch}, Python {platform.python_version()})"
+
+
+RUN_DIR_HELP = "a run folder (the --out of a finished `ccn train`)"
+CONFIG_HELP = ("a YAML file, or the name of a packaged {what} (`ccn configs` lists them; a path that exists "
+               "wins over a name)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccn", description="Clustering and Classification Networks")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print ccn's version and the torch it runs on, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a flat baseline or a CCN run")
-    train.add_argument("--config", help="YAML file with data:, model:, train:, method: sections")
+    train.add_argument("--config", help=CONFIG_HELP.format(what="run config, e.g. cifar10_cpu_10min")
+                       + "; sections data:, model:, train:, method:; default: the digits recipe")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
     train.add_argument("--out", help="run folder (default: runs/<data>-<model>-<method>-s<seed>-<time>)")
     train.add_argument("--force", action="store_true", help="replace the run files in an existing --out")
@@ -245,31 +282,43 @@ def build_parser() -> argparse.ArgumentParser:
     wordnet.add_argument("--force", action="store_true", help="replace FILE if it exists")
     wordnet.set_defaults(func=_wordnet)
     evaluate = sub.add_parser("evaluate", help="re-score a saved run (optionally on other data)")
-    evaluate.add_argument("run_dir")
+    evaluate.add_argument("run_dir", help=RUN_DIR_HELP)
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="where the data are, how fast, or how to read the outputs (data.root, data.store, "
                           "data.workers, data.cache, data.wordnet, device, train.eval_batch_size, train.progress, "
                           "train.tta, method.inference); the run is otherwise scored as it trained")
     evaluate.set_defaults(func=_evaluate)
-    predict = sub.add_parser("predict", help="top classes, with their group, for image files")
-    predict.add_argument("run_dir")
-    predict.add_argument("images", nargs="+")
-    predict.add_argument("--top", type=int, default=3)
+    predict = sub.add_parser("predict", help="top classes, with their group, for image files, folders or glob patterns")
+    predict.add_argument("run_dir", help=RUN_DIR_HELP)
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="image files, folders (every image file below them, sorted) or quoted glob patterns "
+                         "such as 'photos/**/*.jpg' (expanded by ccn)")
+    predict.add_argument("--top", type=int, default=3, metavar="K", help="how many classes to print per image "
+                         "(default 3)")
+    # the default is ccn.predict.DEFAULT_BATCH, written out: the parser imports no torch
+    predict.add_argument("--batch-size", type=int, default=64, metavar="N",
+                         help="images decoded and scored at a time (default 64); memory does not grow with the "
+                         "number of images")
     predict.add_argument("--json", action="store_true",
-                         help='print [{"path", "top": [{"class", "probability" (0-1), "group"}]}] instead of text')
+                         help='print one JSON object per line (JSON Lines), {"path", "top": [{"class", '
+                         '"probability" (0-1), "group" (1-based, null for flat runs)}]}, as each batch is scored')
     predict.set_defaults(func=_predict)
     export = sub.add_parser("export", help="a run as an ONNX model: normalised images in, class probabilities out")
-    export.add_argument("run_dir")
-    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.add_argument("run_dir", help=RUN_DIR_HELP)
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="the model format (only onnx for now)")
     export.add_argument("--out", required=True, metavar="FILE", help="model file; FILE.json gets size, mean, std, classes")
     export.add_argument("--force", action="store_true", help="replace FILE and FILE.json if they exist")
     export.set_defaults(func=_export)
     experiment = sub.add_parser("experiment", help="variants x seeds with paired statistics and a report")
-    experiment.add_argument("--config", required=True, help="grid YAML with base:, variants:, seeds:")
+    experiment.add_argument("--config", required=True, help=CONFIG_HELP.format(what="grid, e.g. digits_quick")
+                            + "; sections base:, variants:, seeds:")
     experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="override a base key, or seeds=[...] / reference=NAME")
     experiment.add_argument("--out", help="experiment folder (default: experiments/<grid name>); rerun to continue")
     experiment.set_defaults(func=_experiment)
+    configs = sub.add_parser("configs", help="list the recipes packaged with ccn (run configs and grids)")
+    configs.add_argument("name", nargs="?", help="print this recipe's YAML instead (to copy and edit)")
+    configs.set_defaults(func=_configs)
     return parser
 
 

@@ -7,13 +7,19 @@
     FILE.json   what a deployment needs besides the graph: image_size, mean, std (0-1 scale, per
                 channel), classes, the 1-based group of each class (null for flat runs), the rule
 
-Uses torch's TorchScript-based exporter (`dynamo=False`): it needs no extra package (the dynamo
-exporter needs onnxscript) and traces every head (the tree head's `hard` descent is a loop of fixed
-length, so the traced graph holds for every input).
+Uses torch's dynamo exporter (`torch.onnx.export(..., dynamo=True)`, opset 18; it needs the onnx and
+onnxscript packages: pip install 'ccn[export]'). On a torch without it (before 2.5) the TorchScript
+exporter (opset 17) is the fallback, the one torch is retiring; FILE.json says which wrote the graph.
+Both trace every head (the tree head's `hard` descent is a loop of fixed length, so the traced graph
+holds for every input) with the batch size left free.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import inspect
+import logging
 import warnings
 from pathlib import Path
 
@@ -26,7 +32,7 @@ from ccn.predict import class_probabilities, inference_rule
 from ccn.runs import OWN_FILES, load_run
 
 FORMATS = ("onnx",)
-OPSET = 17
+OPSET = {"dynamo": 18, "torchscript": 17}  # the dynamo exporter writes opset 18 or later
 
 
 class RuleProbabilities(nn.Module):
@@ -55,13 +61,15 @@ def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False)
         raise CCNError(f"{run_dir} is not a finished ccn run folder (no results.json): pass the --out folder of "
                        "a `ccn train` that completed")
     config, model, hierarchy, results = load_run(Path(run_dir))
+    which = exporter()
+    check_export_packages(which)  # after the run is read: a damaged run is named whatever is installed
     module = RuleProbabilities(model, config.method.inference, config.train.tta).eval()
     prep = results["preprocess"]
     side = prep.get("input_size", prep["image_size"])
     example = torch.zeros(2, 3, side, side)
-    atomic_write(out, lambda tmp: _onnx_export(module, example, tmp))
+    atomic_write(out, lambda tmp: (_dynamo_export if which == "dynamo" else _torchscript_export)(module, example, tmp))
     groups = [g + 1 for g in hierarchy.group_of().tolist()] if hierarchy is not None else None
-    info = {"format": "onnx", "opset": OPSET, "input": "images", "output": "probabilities",
+    info = {"format": "onnx", "opset": OPSET[which], "exporter": which, "input": "images", "output": "probabilities",
             "layout": "NCHW float32, RGB, (pixel / 255 - mean) / std", "image_size": side, "resize": _resize_text(prep),
             "mean": prep["mean"], "std": prep["std"], "classes": hierarchy.classes if hierarchy is not None
             else results["classes"], "groups": groups, "rule": module.rule, "tta": module.tta, "run": str(run_dir)}
@@ -119,7 +127,51 @@ def _resize_text(prep: dict) -> str:
     return text
 
 
-def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+def exporter() -> str:
+    """"dynamo" where torch.onnx.export takes dynamo=True (torch 2.5 and later), else "torchscript"."""
+    return "dynamo" if "dynamo" in inspect.signature(torch.onnx.export).parameters else "torchscript"
+
+
+def check_export_packages(which: str) -> None:
+    """One line naming what the exporter needs and is not installed (onnx; onnxscript for dynamo)."""
+    needed = ("onnx", "onnxscript") if which == "dynamo" else ("onnx",)
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CCNError(f"ONNX export needs {' and '.join(missing)}, not installed here: pip install 'ccn[export]' "
+                       "(onnx, onnxscript and onnxruntime; it installs no other torch)")
+
+
+def _dynamo_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    options = {"external_data": False} if "external_data" in inspect.signature(torch.onnx.export).parameters else {}
+    with _quiet_exporter():
+        try:
+            torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=OPSET["dynamo"],
+                              input_names=["images"], output_names=["probabilities"], verbose=False,
+                              dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}}, **options)
+        except ImportError as err:
+            raise CCNError(f"ONNX export needs a package that is missing or broken ({err}): "
+                           "pip install 'ccn[export]'") from None
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs a line for each torchvision operator it cannot register (torchvision is not
+    needed here) and prints its progress; the graph it writes is checked against `ccn predict` by the tests."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _torchscript_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """The fallback for a torch without the dynamo exporter."""
     with warnings.catch_warnings():
         # the TorchScript exporter announces its deprecation on every call; the graph it writes is
         # checked against `ccn predict` by the tests
@@ -130,8 +182,13 @@ def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
         # folds Slice only for steps=1 and leaves the rest unfolded, which changes no output (tests compare)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         try:
-            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
+            torch.onnx.export(module, (example,), str(path), **_no_dynamo(), opset_version=OPSET["torchscript"],
                               input_names=["images"], output_names=["probabilities"],
                               dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
         except ImportError as err:
             raise CCNError(f"ONNX export needs a package that is missing ({err}): pip install 'ccn[export]'") from None
+
+
+def _no_dynamo() -> dict:
+    """dynamo=False where the argument exists (a torch before 2.5 has only the TorchScript exporter)."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}

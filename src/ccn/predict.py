@@ -1,21 +1,27 @@
 """Predictions for image files with a saved run: top classes and the group each belongs to.
 
-`predict_images` returns plain data, one entry per image:
+`iter_predictions` yields plain data, one entry per image, decoding `batch_size` images at a time
+(memory stays flat however many files are given):
     {"path": ..., "top": [{"class": name, "probability": 0..1, "group": 1-based group or None}, ...]}
-and `format_predictions` turns it into the text lines `ccn predict` prints (`--json` prints the data).
+`format_prediction` turns an entry into the text line `ccn predict` prints (`--json` prints each entry
+as one JSON line). `image_paths` expands what the command line names: image files, folders (every
+image file below them, recursively, in sorted order; hidden files and folders skipped) and quoted glob
+patterns (`"photos/**/*.jpg"`, expanded here, so no shell is needed).
 """
 
 from __future__ import annotations
 
+import glob
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
 from ccn.data.augment import Normalize
 from ccn.data.crops import CentreCrop
-from ccn.data.images import ALLOWED_NAMES, UnreadableImage, decode_image
+from ccn.data.images import ALLOWED_NAMES, UnreadableImage, decode_image, image_extensions
 from ccn.errors import CCNError
 from ccn.evaluate import tta_outputs
 from ccn.hierarchy import Hierarchy
@@ -59,33 +65,85 @@ def prepared_images(prep: dict, paths: list[str]) -> torch.Tensor:
     return CentreCrop(prep["input_size"], prep["eval_crop"])(x) if "eval_crop" in prep else x
 
 
+GLOB_CHARACTERS = set("*?[")
+DEFAULT_BATCH = 64  # images decoded and scored at a time: 64 x 3 x 224 x 224 float32 is 39 MB
+
+
+def image_paths(sources: list[str]) -> list[Path]:
+    """The image files `sources` name, in the order given: a file as it is (decoding checks it), a folder
+    as every image file below it, a glob pattern as its sorted matches (a file that exists under the
+    pattern's own name is that file). CCNError for a name that matches nothing."""
+    paths: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = folder_images(path)
+            if not found:
+                raise CCNError(f"image folder {source} holds no {ALLOWED_NAMES} file (by name ending): pass a folder "
+                               "of images, or the image files themselves")
+            paths += found
+        elif not path.exists() and GLOB_CHARACTERS & set(source):
+            matches = sorted(glob.glob(source, recursive=True))
+            if not matches:
+                raise CCNError(f"image pattern {source!r} matches no file: check it (patterns are expanded by ccn; "
+                               "** matches folders at any depth)")
+            paths += [p for match in matches for p in (folder_images(Path(match)) if Path(match).is_dir()
+                                                       else [Path(match)])]
+        else:
+            paths.append(path)  # read_image names a missing or unreadable file
+    return paths
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """Every file below `folder` whose name ends as an allowed image format's, sorted; hidden files and
+    folders (.git, .DS_Store ...) are skipped and folder links are not followed (no loops)."""
+    extensions = image_extensions()
+    found = []
+    for root, folders, files in os.walk(folder):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in extensions]
+    return sorted(found)
+
+
 @torch.no_grad()
-def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved: dict, rule: str,
-                   paths: list[str], top: int = 3, tta: str = "none") -> list[dict]:
+def iter_predictions(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved: dict, rule: str,
+                     paths: list, top: int = 3, tta: str = "none", batch_size: int = DEFAULT_BATCH) -> Iterator[dict]:
+    """One entry per image path, in order; at most `batch_size` images are decoded at a time."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise CCNError(f"--top {top} asks for no classes: give 1 or more (e.g. --top 3)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CCNError(f"--batch-size {batch_size} decodes no images: give 1 or more (e.g. --batch-size 64)")
     prep = saved["preprocess"]
     classes = hierarchy.classes if hierarchy is not None else saved.get("classes")
     if classes is None:
         raise CCNError("results.json has no class names: re-run training with this version of ccn")
-    x = Normalize(prep["mean"], prep["std"])(prepared_images(prep, paths))
-    model.eval()
-    probs = class_probabilities(model, x, rule, tta)
+    normalise = Normalize(prep["mean"], prep["std"])
     group_of = hierarchy.group_of().tolist() if hierarchy is not None else None
-    predictions = []
-    for path, row in zip(paths, probs):
-        values, idx = row.topk(min(top, len(classes)))
-        predictions.append({"path": str(path), "top": [
-            {"class": classes[c], "probability": v, "group": group_of[c] + 1 if group_of else None}
-            for v, c in zip(values.tolist(), idx.tolist())]})
-    return predictions
+    device = next(model.parameters()).device
+    model.eval()
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start:start + batch_size]
+        probs = class_probabilities(model, normalise(prepared_images(prep, batch)).to(device), rule, tta).cpu()
+        for path, row in zip(batch, probs):
+            values, idx = row.topk(min(top, len(classes)))
+            yield {"path": str(path), "top": [
+                {"class": classes[c], "probability": v, "group": group_of[c] + 1 if group_of else None}
+                for v, c in zip(values.tolist(), idx.tolist())]}
+
+
+def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved: dict, rule: str,
+                   paths: list, top: int = 3, tta: str = "none") -> list[dict]:
+    """iter_predictions as a list (for a few images; `ccn predict` streams)."""
+    return list(iter_predictions(model, hierarchy, saved, rule, paths, top, tta))
+
+
+def format_prediction(entry: dict) -> str:
+    """`path: class 97.1% (group 2), ...` (no group for flat runs)."""
+    guesses = [f"{g['class']} {100 * g['probability']:.1f}%" + (f" (group {g['group']})" if g["group"] else "")
+               for g in entry["top"]]
+    return f"{entry['path']}: " + ", ".join(guesses)
 
 
 def format_predictions(predictions: list[dict]) -> list[str]:
-    """One line per image: `path: class 97.1% (group 2), ...` (no group for flat runs)."""
-    lines = []
-    for entry in predictions:
-        guesses = [f"{g['class']} {100 * g['probability']:.1f}%" + (f" (group {g['group']})" if g["group"] else "")
-                   for g in entry["top"]]
-        lines.append(f"{entry['path']}: " + ", ".join(guesses))
-    return lines
+    """One line per image (format_prediction)."""
+    return [format_prediction(entry) for entry in predictions]

@@ -97,6 +97,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def fit_square(rgb: Image.Image, size: int, fit: str = "stretch") -> Image.Image:
+    """An RGB image as the size x size square `fit` makes of it (see decode_image)."""
+    return resize_centre_square(rgb, size) if fit == "centre_crop" else rgb.resize((size, size), Image.BILINEAR)
+
+
 def resize_centre_square(image: Image.Image, size: int) -> Image.Image:
     """The shorter side resized to `size` (the longer to int(size * long / short)), then the centred
     size x size square: torchvision's Resize(size) + CenterCrop(size) on a PIL image, pixel for pixel."""
@@ -118,12 +123,7 @@ def decode_image(path: Path, size: int, fit: str = "stretch") -> np.ndarray:
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # some decoders check frames again
         try:
             image.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced scale, much faster
-            rgb = to_rgb(image)
-            if fit == "centre_crop":
-                rgb = resize_centre_square(rgb, size)
-            else:
-                rgb = rgb.resize((size, size), Image.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
+            return np.asarray(fit_square(to_rgb(image), size, fit), dtype=np.uint8)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _too_large(path, f"more than {Image.MAX_IMAGE_PIXELS:,}") from None
         except (OSError, SyntaxError, ValueError, struct_error, EOFError) as err:
