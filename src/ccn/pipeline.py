@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 import platform
@@ -411,6 +412,7 @@ def run_facts(config: Config, ds: ImageDataset, model, device, seconds: float, d
         "method": config.method.name,
         "partition": config.method.partition if config.method.name == "ccn" else None,
         "epochs": config.train.epochs, "seed": config.seed, "wall_time_s": round(seconds, 2),
+        "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "parameters": count_parameters(model), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)",
         "preprocess": preprocess_facts(config, ds, data.normalize),

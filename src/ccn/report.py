@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import itertools
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 from scipy import stats
 
 from ccn.errors import CCNError
@@ -310,8 +308,19 @@ def _facts(runs: dict) -> dict:
             "eval_set": first.get("eval_set", "test"),
             "same_images": all(scored_images(r) == scored_images(first) for rs in runs.values() for r in rs),
             "num_classes": first["num_classes"], "machine": first["machine"], "device": first["device"],
-            "torch": torch.__version__, "date": str(datetime.date.today()),
+            # the runs' own torch and dates, not the renderer's (a report may be rendered long after)
+            "torch": ", ".join(sorted({r.get("torch", "unknown") for rs in runs.values() for r in rs})),
+            "date": _date_range([r.get("finished") for rs in runs.values() for r in rs]),
             "total_wall_time_s": float(sum(r["wall_time_s"] for rs in runs.values() for r in rs))}
+
+
+def _date_range(finished: list) -> str:
+    """The days the runs finished (results.json 'finished'; runs from before it was recorded say so)."""
+    days = sorted({f[:10] for f in finished if isinstance(f, str)})
+    missing = sum(1 for f in finished if not isinstance(f, str))
+    text = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}" if days else ""
+    unknown = f"{missing} run(s) without a recorded date" if missing else ""
+    return "; ".join(t for t in (f"finished {text}" if text else "", unknown) if t)
 
 
 # ---------------------------------------------------------------- report.md and figures
@@ -371,7 +380,8 @@ def render_report(grid, summary: dict, figures: dict, out: Path) -> str:
         f"Backbone: {f['model']}. "
         f"Budget: {epochs} epochs per run, probe epochs included.",
         f"- Machine: {f['machine']}, device {f['device']}, torch {f['torch']}, {f['date']}. "
-        f"Training time of all runs: {f['total_wall_time_s'] / 60:.1f} min.",
+        f"Wall time of all runs (whole runs in their processes, loading and scoring included): "
+        f"{f['total_wall_time_s'] / 60:.1f} min.",
         *_method_lines(ref, one_seed),
         "| variant | top-1 % (mean +- std) | top-5 % | balanced top-1 % | per seed top-1 % | diff vs " + ref
         + " (points) | 95 % interval | Holm-adjusted p | verdict (Holm) |",
