@@ -4,13 +4,16 @@ it needs only ccn.errors, so any module can write a file without importing torch
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO, Optional
 
-from ccn.errors import WriteError
+from ccn.errors import CCNError, WriteError
 
 
 def atomic_write(path: Path, write) -> None:
@@ -80,6 +83,89 @@ def fault_point(name: str) -> None:
     if os.environ.get("CCN_FAULT") == name:
         import signal
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- reading only what can be read
+
+
+class UnsafeFile(CCNError):
+    """A file ccn will not read: missing, not a regular file (a FIFO would block, a device never ends),
+    larger than its limit, or (private=True) not ccn's own. `problem` says which, without the path."""
+
+    def __init__(self, message: str, problem: str):
+        super().__init__(message)
+        self.problem = problem
+
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path, limit: int, what: str, *, follow_links: bool = True, private: bool = False,
+                 fix: str = "") -> BinaryIO:
+    """`path` opened for reading ("rb"), or UnsafeFile("<what> <path> <problem>[: <fix>]").
+
+    Only a regular file of at most `limit` bytes is opened: it is stat'ed first, so a FIFO or device
+    is never opened at all (opening one can block or act), then opened with O_NONBLOCK (a FIFO swapped
+    in meanwhile cannot block the open) and checked again through the open descriptor, which is what
+    is then read (no race between the check and the read). follow_links=False refuses a symbolic link
+    at `path` (O_NOFOLLOW): for files only ccn writes, such as cache entries. private=True also
+    refuses a file owned by another user or writable by group or others: one whose content someone
+    else could have chosen. The caller reads at most `limit` bytes (read_regular_bytes does)."""
+    path = Path(path)
+
+    def refuse(problem: str) -> UnsafeFile:
+        return UnsafeFile(f"{what} {path} {problem}" + (f": {fix}" if fix else ""), problem)
+
+    flags = _READ_FLAGS | (getattr(os, "O_NOFOLLOW", 0) if not follow_links else 0)
+    try:
+        problem = _not_readable(os.stat(path) if follow_links else os.lstat(path), limit, what, private)
+        if problem:
+            raise refuse(problem)
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise refuse("does not exist") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise refuse("is a symbolic link") from None
+        raise refuse(f"cannot be read ({err.strerror or err})") from None
+    problem = _not_readable(os.fstat(fd), limit, what, private)
+    if problem:  # replaced between the stat and the open
+        os.close(fd)
+        raise refuse(problem)
+    return os.fdopen(fd, "rb")
+
+
+def read_regular_bytes(path, limit: int, what: str, *, follow_links: bool = True, private: bool = False,
+                       fix: str = "") -> bytes:
+    """The bytes of `path`, opened as open_regular does; never more than `limit` (a file that grows
+    while read is refused, not followed to its end)."""
+    with open_regular(path, limit, what, follow_links=follow_links, private=private, fix=fix) as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as err:
+            raise UnsafeFile(f"{what} {path} cannot be read ({err.strerror or err})" + (f": {fix}" if fix else ""),
+                             f"cannot be read ({err.strerror or err})") from None
+    if len(data) > limit:
+        problem = f"is more than the {limit} bytes a {what} may have"
+        raise UnsafeFile(f"{what} {path} {problem}" + (f": {fix}" if fix else ""), problem)
+    return data
+
+
+def _not_readable(info: os.stat_result, limit: int, what: str, private: bool) -> Optional[str]:
+    """Why a file of this stat is not read, or None."""
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a FIFO, socket or device)"
+    if private and info.st_uid != os.geteuid():
+        return f"is owned by another user (uid {info.st_uid})"
+    if private and info.st_mode & 0o022:
+        return "is writable by other users"
+    if info.st_size > limit:
+        return f"is {info.st_size} bytes, more than the {limit} a {what} may have"
+    return None
 
 
 def write_json(path: Path, obj) -> None:
