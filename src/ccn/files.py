@@ -15,17 +15,25 @@ from typing import BinaryIO, Optional
 
 from ccn.errors import CCNError, WriteError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; abandoned temporaries are then left alone
+    fcntl = None
 
-def atomic_write(path: Path, write) -> None:
+
+def atomic_write(path: Path, write, mode: Optional[int] = None) -> None:
     """Call write(tmp_path), fsync it, then rename over `path`: a crash leaves the old file intact.
 
     The temporary file is created afresh beside `path` under an unpredictable name (O_EXCL |
     O_NOFOLLOW, as tempfile.mkstemp does), so a link planted where ccn writes is never written
-    through. A failed write (full disk, read-only folder, no permission) is a WriteError, one line."""
+    through, and it is locked (flock) until renamed: a later process removes it as abandoned only
+    when it can take that lock (remove_abandoned_temporaries), whatever killed its writer and in
+    whatever PID namespace or host it ran. `mode`: its permissions (default: a plain new file's).
+    A failed write (full disk, read-only folder, no permission) is a WriteError, one line."""
     path = Path(path)
-    tmp = None
+    tmp, lock = None, None
     try:
-        tmp = new_temporary_file(path)
+        tmp, lock = locked_temporary_file(path, mode)
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
@@ -35,18 +43,80 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if tmp is not None:
             _discard(tmp)
+        if lock is not None:
+            os.close(lock)
 
 
-def new_temporary_file(path: Path) -> Path:
+def new_temporary_file(path: Path, mode: Optional[int] = None) -> Path:
     """An empty file of ours beside `path`, named `.NAME.<pid>.<random>.tmp` (run folders clean up
-    `.NAME.*.tmp`; the image store removes those whose pid is gone), with the permissions a plain
-    new file gets (mkstemp's own are owner-only). The random part makes the name unpredictable."""
+    `.NAME.*.tmp`), with the permissions a plain new file gets (mkstemp's own are owner-only) or
+    `mode`. The random part makes the name unpredictable. Unlocked: see locked_temporary_file."""
+    tmp, fd = _temporary(path, mode)
+    os.close(fd)
+    return tmp
+
+
+def locked_temporary_file(path: Path, mode: Optional[int] = None) -> tuple[Path, int]:
+    """(new_temporary_file's file, an open descriptor holding an exclusive flock on it). The writer
+    keeps the descriptor open while it writes: the kernel drops the lock when it exits, even by
+    SIGKILL, which is how remove_abandoned_temporaries tells a live writer from a dead one."""
+    while True:
+        tmp, fd = _temporary(path, mode)
+        if _try_lock(fd) and _same_file(fd, tmp):
+            return tmp, fd
+        os.close(fd)  # a cleaner took and removed it between its creation and our lock: make another
+
+
+def remove_abandoned_temporaries(folder: Path, pattern: str = ".*.tmp") -> list[Path]:
+    """Remove the temporary files (`pattern`) in `folder` that are ours (a regular file of this user)
+    and whose writer is gone: nobody holds their lock (see locked_temporary_file). A writer's pid is
+    not used: it means nothing in another PID namespace (a container) or on another host sharing
+    the folder. Returns what was removed."""
+    removed = []
+    if fcntl is None:
+        return removed  # no flock: a live writer cannot be told from a dead one
+    for tmp in Path(folder).glob(pattern):
+        try:
+            fd = os.open(tmp, _READ_FLAGS | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue  # a link, gone meanwhile, or not ours to read
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and _try_lock(fd) and _same_file(fd, tmp):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _temporary(path: Path, mode: Optional[int]) -> tuple[Path, int]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-    finally:
+        os.fchmod(fd, (0o666 & ~_umask()) if mode is None else mode)
+    except OSError:
         os.close(fd)
-    return Path(name)
+        raise
+    return Path(name), fd
+
+
+def _try_lock(fd: int) -> bool:
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.lstat(path).st_ino
+    except OSError:
+        return False
 
 
 @lru_cache(maxsize=1)
@@ -168,5 +238,13 @@ def _not_readable(info: os.stat_result, limit: int, what: str, private: bool) ->
     return None
 
 
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
+def file_stamp(path) -> bytes:
+    """What a cache key records of one file: its name (as bytes: names need not be UTF-8), size,
+    modification and change times and inode. The change time and inode move when the content is
+    replaced even with the size and modification time kept (`touch -r`, a tar with 1-second times)."""
+    info = os.stat(path)
+    return os.fsencode(str(path)) + f"|{info.st_size}|{info.st_mtime_ns}|{info.st_ctime_ns}|{info.st_ino}".encode()
+
+
+def write_json(path: Path, obj, mode: Optional[int] = None) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)), mode)

@@ -44,11 +44,12 @@ from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
 from ccn.data.processes import die_with_parent, how_it_ended
 from ccn.data.statistics import added, pixel_sums, stats_from_sums
 from ccn.errors import DataError, WriteError
-from ccn.files import write_json
+from ccn.files import UnsafeFile, file_stamp, read_regular_bytes, write_json
 
 AHEAD = 2  # batches in flight per worker, ahead of the one being trained on (as DataLoader's prefetch_factor)
 POLL_SECONDS = 0.5  # how often a waiting parent checks that its workers are alive
 SCAN_ROWS = 64  # images per worker in each batch of the unreadable-file scan
+ENTRY_LIMIT = 256 * 2**20  # bytes of a cache entry read back (the unreadable files of a big data set stay below)
 
 
 def default_workers(requested: Optional[int]) -> int:
@@ -324,27 +325,33 @@ class StreamSource:
             return None
         digest = hashlib.sha256(f"{kind}|{self.size}|{self.skip_bad}|{self.fit}|{self.stamp}".encode())
         for name in self.paths:
-            if self.stamp is None:
-                stat = os.stat(name)
-                digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-            else:
-                digest.update(f"{name}\n".encode())
+            digest.update((file_stamp(name) if self.stamp is None else os.fsencode(name)) + b"\n")
         return Path(self.stats_cache) / f"{kind}-{digest.hexdigest()[:20]}.json"
 
 
 def _keep_in_cache(path: Path, entry: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, entry)
+        write_json(path, entry, 0o600)  # in ccn.data.store.private_cache_dir, read by its owner only
     except (OSError, WriteError) as err:  # a full or read-only cache costs time, not the run
         warnings.warn(f"could not keep {path.name} in the cache {path.parent} ({err})", stacklevel=3)
+
+
+def _entry_text(path: Path) -> bytes:
+    """A cache entry's bytes when it is a private regular file of ours within ENTRY_LIMIT; a FIFO, a
+    device, a link, a file of another user or one others may write is named in one warning, not read."""
+    try:
+        return read_regular_bytes(path, ENTRY_LIMIT, "image cache entry", follow_links=False, private=True)
+    except UnsafeFile as err:
+        if err.problem != "does not exist":
+            warnings.warn(f"{err}: it is not read, and is made afresh", stacklevel=4)
+        raise
 
 
 def _read_unreadable(path: Path, n: int) -> Optional[dict[int, str]]:
     """A saved scan, or None when absent or not a list of [position below n, reason] pairs."""
     try:
-        found = {int(i): str(why) for i, why in json.loads(path.read_text())["unreadable"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        found = {int(i): str(why) for i, why in json.loads(_entry_text(path))["unreadable"]}
+    except (OSError, ValueError, KeyError, TypeError, UnsafeFile):
         return None
     return found if all(0 <= i < n for i in found) else None
 
@@ -352,10 +359,10 @@ def _read_unreadable(path: Path, n: int) -> Optional[dict[int, str]]:
 def _read_stats(path: Path) -> Optional[tuple[list[float], list[float]]]:
     """Saved statistics, or None when absent or not exactly two lists of 3 finite numbers, std positive."""
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(_entry_text(path))
         mean, std = saved["mean"], saved["std"]
         numbers = [float(v) for v in mean + std]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, UnsafeFile):
         return None
     if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in numbers) or min(std) <= 0:
         return None
