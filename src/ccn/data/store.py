@@ -47,7 +47,7 @@ import torch
 
 from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
 from ccn.data.processes import die_with_parent
-from ccn.data.stream import default_workers, streamed_splits
+from ccn.data.stream import WORKER_TIMEOUT, default_workers, streamed_splits
 from ccn.errors import CCNError, DataError, WriteError
 from ccn.files import (UnsafeFile, atomic_write, fault_point, file_stamp, locked_temporary_file, open_regular, read_regular_bytes,
                        remove_abandoned_temporaries, write_json)
@@ -585,10 +585,12 @@ class StoreOptions:
     fit: str = "stretch"  # how a photo becomes a square: the reader's choice (ccn.data.images.decode_image)
     stamp: Optional[str] = None  # the reader's stand-in for a stat per file in the key (see cache_key)
     workers: Optional[int] = None  # data.workers (stream only; None: min(8, CPUs))
+    worker_timeout: float = WORKER_TIMEOUT  # data.worker_timeout (stream only)
 
     @classmethod
     def from_config(cls, cfg) -> "StoreOptions":
-        return cls(store=cfg.store, cache=cfg.cache, skip_bad=cfg.skip_bad_images, workers=cfg.workers)
+        return cls(store=cfg.store, cache=cfg.cache, skip_bad=cfg.skip_bad_images, workers=cfg.workers,
+                   worker_timeout=cfg.worker_timeout)
 
 
 def stored_splits(kind: str, train: Sequence[tuple[Path, int]], test: Sequence[tuple[Path, int]], size: int,
@@ -601,7 +603,7 @@ def stored_splits(kind: str, train: Sequence[tuple[Path, int]], test: Sequence[t
         workers = default_workers(options.workers)
         fields = streamed_splits(train, test, size, workers, options.skip_bad,
                                  private_cache_dir() if options.cache else None,
-                                 options.fit, options.stamp)
+                                 options.fit, options.stamp, options.worker_timeout)
         check_every_class_readable(train, fields["train_labels"])
         where = f"{workers} worker process(es)" if workers else "the training process (data.workers=0)"
         return {**fields, "notes": {"store": f"stream: {why}, decoded per batch in {where}"}}

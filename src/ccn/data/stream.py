@@ -33,6 +33,7 @@ import os
 import queue
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -49,6 +50,8 @@ from ccn.files import UnsafeFile, file_stamp, read_regular_bytes, write_json
 AHEAD = 2  # batches in flight per worker, ahead of the one being trained on (as DataLoader's prefetch_factor)
 POLL_SECONDS = 0.5  # how often a waiting parent checks that its workers are alive
 SCAN_ROWS = 64  # images per worker in each batch of the unreadable-file scan
+WORKER_TIMEOUT = 300.0  # data.worker_timeout's default: seconds a worker may hold one task without an answer
+NAMED_FILES = 3  # files named in the message about a stalled worker
 ENTRY_LIMIT = 256 * 2**20  # bytes of a cache entry read back (the unreadable files of a big data set stay below)
 
 
@@ -71,8 +74,10 @@ def decode_many(paths: Sequence[str], size: int, fit: str = "stretch") -> tuple[
     return out, bad
 
 
-def _worker(tasks, results, parent: int) -> None:
-    """Decode (job, paths, size, fit) tasks until told to stop or the parent is gone."""
+def _worker(tasks, results, parent: int, index: int) -> None:
+    """Decode (job, paths, size, fit) tasks until told to stop or the parent is gone. Each task is
+    announced (index, job, None, None) when taken, then answered (index, job, images, bad): the
+    parent can tell which worker holds which files, and for how long."""
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     while True:
@@ -85,33 +90,70 @@ def _worker(tasks, results, parent: int) -> None:
         if task is None:
             return
         job, paths, size, fit = task
-        results.put((job, *decode_many(paths, size, fit)))
+        results.put((index, job, None, None))
+        results.put((index, job, *decode_many(paths, size, fit)))
 
 
 class DecodePool:
     """`workers` decoding processes fed through one task queue; results come back keyed by job."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, timeout: float = WORKER_TIMEOUT):
         self.reader = None  # the StreamSource whose batches() is reading results now, if any
+        self.timeout = timeout  # data.worker_timeout
+        self.files: dict = {}  # job -> the paths sent with it, until answered
+        self.busy: dict[int, tuple] = {}  # worker index -> (job, when it took it)
+        self.heard = time.monotonic()  # when a worker last said anything
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.tasks, self.results = context.Queue(), context.Queue()
-        self.processes = [context.Process(target=_worker, args=(self.tasks, self.results, os.getpid()),
+        self.processes = [context.Process(target=_worker, args=(self.tasks, self.results, os.getpid(), i),
                                           name=f"ccn-decode-{i}", daemon=True) for i in range(workers)]
         for process in self.processes:
             process.start()
 
     def submit(self, job, paths: list[str], size: int, fit: str) -> None:
+        if not self.files:
+            self.heard = time.monotonic()  # the wait for an answer starts now, not when the pool last worked
+        self.files[job] = paths
         self.tasks.put((job, paths, size, fit))
 
     def result(self):
-        """The next finished job; DataError naming the worker as soon as one has died (the job it held
-        would never come back)."""
+        """The next finished (job, images, bad); DataError naming the worker as soon as one has died
+        (the job it held would never come back), or has held its task for data.worker_timeout seconds
+        without an answer (stopped, or stuck reading from a stalled disk or network file system)."""
         while True:
             self._check_alive()
+            self._check_stalled()
             try:
-                return self.results.get(timeout=POLL_SECONDS)
+                index, job, images, bad = self.results.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 continue
+            self.heard = time.monotonic()
+            if images is None:
+                self.busy[index] = (job, self.heard)
+                continue
+            self.busy.pop(index, None)
+            self.files.pop(job, None)
+            return job, images, bad
+
+    def _check_stalled(self) -> None:
+        now = time.monotonic()
+        for index, (job, since) in self.busy.items():
+            if now - since > self.timeout:
+                self._stalled(f"image decoding worker {self.processes[index].name} (pid {self.processes[index].pid})",
+                              self.files.get(job, []))
+        if self.files and now - self.heard > self.timeout:  # stopped before it said which task it took (or while
+            # it held the task queue's lock, which an idle worker holds while it waits): the files are those waited for
+            stuck = [f"{p.name} (pid {p.pid})" for p in self.processes if _process_state(p.pid) in ("T", "t", "D")]
+            who = f"image decoding worker {', '.join(stuck)}" if stuck else "an image decoding worker"
+            self._stalled(who, [path for paths in self.files.values() for path in paths])
+
+    def _stalled(self, who: str, paths: list[str]) -> None:
+        named = ", ".join(paths[:NAMED_FILES]) + (f" and {len(paths) - NAMED_FILES} more" if len(paths) > NAMED_FILES else "")
+        self.close()
+        raise DataError(f"{who} has produced nothing for {self.timeout:g} s (data.worker_timeout) while decoding "
+                        f"{named}: it is stopped or stuck reading them (a stalled disk or network file system); check "
+                        "that these files can be read, then continue with `ccn train --resume RUN` (or raise "
+                        "data.worker_timeout for files that are slow to read)")
 
     def _check_alive(self) -> None:
         for process in self.processes:
@@ -132,10 +174,19 @@ class DecodePool:
         self.processes = []
 
 
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (T: stopped, D: waiting on a disk or network file system), or ""."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 _POOLS: dict[int, DecodePool] = {}  # one pool per worker count, shared by the train, test and probe sources
 
 
-def shared_pool(workers: int) -> DecodePool:
+def shared_pool(workers: int, timeout: float = WORKER_TIMEOUT) -> DecodePool:
     """The running pool of `workers` processes (started at first use, kept across epochs; started
     again when one of its workers has died while it stood idle, since it then held no job)."""
     pool = _POOLS.get(workers)
@@ -143,7 +194,8 @@ def shared_pool(workers: int) -> DecodePool:
         close_pool(workers)
         pool = None
     if pool is None or not pool.processes:
-        _POOLS[workers] = DecodePool(workers)
+        _POOLS[workers] = DecodePool(workers, timeout)
+    _POOLS[workers].timeout = timeout
     return _POOLS[workers]
 
 
@@ -161,8 +213,10 @@ class StreamSource:
     kind = "stream"
 
     def __init__(self, paths: Sequence[Path], size: int, workers: int, skip_bad: bool,
-                 stats_cache: Optional[Path] = None, fit: str = "stretch", stamp: Optional[str] = None):
+                 stats_cache: Optional[Path] = None, fit: str = "stretch", stamp: Optional[str] = None,
+                 worker_timeout: float = WORKER_TIMEOUT):
         self.paths = [str(p) for p in paths]
+        self.worker_timeout = worker_timeout  # data.worker_timeout: see DecodePool.result
         self.size, self.workers, self.skip_bad, self.fit = size, workers, skip_bad, fit
         self.stats_cache = stats_cache  # folder for the channel statistics (data.cache), or None
         self.stamp = stamp  # the reader's stand-in for a stat per file in the statistics' key (ccn.data.store.cache_key)
@@ -184,7 +238,7 @@ class StreamSource:
     def take(self, indices) -> "StreamSource":
         """An index view (caps, validation split, hold-out): the same files, no image decoded."""
         view = StreamSource(self._paths(indices), self.size, self.workers, self.skip_bad, self.stats_cache,
-                            self.fit, self.stamp)
+                            self.fit, self.stamp, self.worker_timeout)
         if self.pixel_sums is not None:
             view.pixel_sums = self.pixel_sums[torch.as_tensor(indices, dtype=torch.long).reshape(-1).numpy()]
         return view
@@ -214,7 +268,7 @@ class StreamSource:
         pending = iter(enumerate(index_lists))
         waiting: dict[int, list[str]] = {}  # batch number -> its paths
         done: dict[int, dict[int, tuple]] = {}  # batch number -> {chunk start: (images, bad)}
-        pool = shared_pool(self.workers)
+        pool = shared_pool(self.workers, self.worker_timeout)
         if pool.reader is not None:  # job keys are batch numbers: two readers would take each other's images
             raise RuntimeError(f"the decoding pool of {self.workers} workers is still read by an unfinished "
                                "batches() generator: finish or close it first")
@@ -371,13 +425,14 @@ def _read_stats(path: Path) -> Optional[tuple[list[float], list[float]]]:
 
 def streamed_splits(train: Sequence[tuple[Path, int]], test: Sequence[tuple[Path, int]], size: int,
                     workers: int, skip_bad: bool, stats_cache: Optional[Path], fit: str = "stretch",
-                    stamp: Optional[str] = None) -> dict:
+                    stamp: Optional[str] = None, worker_timeout: float = WORKER_TIMEOUT) -> dict:
     """The image and label fields of an ImageDataset whose images are decoded per batch."""
     fields = {}
     for split, items in (("train", train), ("test", test)):
         if not items:
             raise DataError(f"no images in the {split} split: check the data folder")
-        source = StreamSource([path for path, _ in items], size, workers, skip_bad, stats_cache, fit, stamp)
+        source = StreamSource([path for path, _ in items], size, workers, skip_bad, stats_cache, fit, stamp,
+                              worker_timeout)
         labels = torch.tensor([label for _, label in items], dtype=torch.long)
         if skip_bad:
             source, labels = _without_unreadable(source, labels, split)
