@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import torch
 from PIL import Image
 
 from ccn.data import load_dataset, store
-from ccn.errors import WriteError
+from ccn import config as cfgmod
+from ccn.errors import ConfigError, WriteError
 from ccn.files import UnsafeFile, open_regular, read_regular_bytes
 from conftest import REPO
 from test_store import folder_config, make_folder
@@ -335,3 +337,78 @@ def test_a_build_killed_mid_write_leaves_a_temporary_the_next_run_removes(tmp_pa
     assert list(store.cache_dir().glob(".*.tmp"))  # what the killed build left (private_cache_dir removes them)
     load_dataset(folder_config(root, store="disk", cache=False))
     assert list(store.private_cache_dir().glob(".*")) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.store=stream", "data.worker_timeout=0"], "data.worker_timeout"),
+    (["data.store=stream", "data.worker_timeout=100000"], "data.worker_timeout"),
+    (["data.store=disk", "data.worker_timeout=5"], "data.worker_timeout"),
+])
+def test_a_worker_timeout_out_of_range_or_without_a_stream_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        cfgmod.load(None, ["data.name=folder", "data.root=/nowhere", *overrides])
+    assert cfgmod.load(None, ["data.name=folder", "data.root=/nowhere", "data.store=stream",
+                              "data.worker_timeout=2.5"]).data.worker_timeout == 2.5
+
+
+# ---------------------------------------------------------------- a run under a real memory limit
+
+
+CGROUP = Path("/sys/fs/cgroup/memory")
+LIMIT = 256 * 2**20
+
+
+def _cgroup_unavailable() -> str:
+    if not (CGROUP / "memory.limit_in_bytes").is_file():
+        return "no cgroup v1 memory controller at /sys/fs/cgroup/memory"
+    if os.geteuid() != 0:
+        return "creating a memory cgroup needs root"
+    return ""
+
+
+def _jpeg_folder(root: Path, images: int, pixels: int) -> Path:
+    """Smooth 128 px JPEGs (small files, quick to decode), 2 classes, a twentieth of them test images."""
+    rng = np.random.default_rng(0)
+    for i in range(images):
+        folder = root / ("test" if i % 20 == 0 else "train") / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((pixels, pixels), Image.BILINEAR).save(folder / f"{i}.jpg", quality=85)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_cgroup_unavailable()), reason=_cgroup_unavailable() or "ok")
+def test_a_run_finishes_under_a_cgroup_limit_below_its_decoded_images(tmp_path):
+    """6,554 images at 128 px decode to 1.2x a 256 MiB limit: auto picks the disk store, and its build and
+    training keep the process's own memory small (the freed decode buffers handed back, unwritten pages
+    flushed), so the run finishes; the same run with data.store=memory is killed, so the limit is real.
+    Under 1 GiB, 24,000 images at 128 px were killed while the disk store was built (~820 MB anonymous)."""
+    images = int(1.2 * LIMIT / (3 * 128 * 128))
+    root = _jpeg_folder(tmp_path / "d", images, 128)
+    group = CGROUP / f"ccn-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(LIMIT))
+        script = textwrap.dedent(f"""
+            import os, sys
+            open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))
+            from ccn.cli import main
+            sys.exit(main(sys.argv[1:]))
+        """)
+        keys = ["data.name=folder", f"data.root={root}", "data.image_size=128", "method.name=flat", "model.width=4",
+                "train.max_steps=5", "train.batch_size=16", "train.eval_batch_size=16", "train.progress=false"]
+        runs = {}
+        for store_kind in ("auto", "memory"):
+            args = [a for key in [*keys, f"data.store={store_kind}"] for a in ("--set", key)]
+            runs[store_kind] = subprocess.run([sys.executable, "-c", script, "train", *args, "--out",
+                                               str(tmp_path / store_kind)], capture_output=True, text=True, timeout=900,
+                                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+        assert runs["auto"].returncode == 0, runs["auto"].stderr[-2000:]
+        assert "data store: disk: auto" in runs["auto"].stdout + runs["auto"].stderr
+        assert runs["memory"].returncode == -signal.SIGKILL, runs["memory"].stderr[-2000:]  # killed by the limit
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.5)
+        group.rmdir()

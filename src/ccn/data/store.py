@@ -45,6 +45,7 @@ from typing import Iterable, Iterator, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
+from ccn.data import heap
 from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
 from ccn.data.processes import die_with_parent
 from ccn.data.stream import WORKER_TIMEOUT, default_workers, streamed_splits
@@ -61,6 +62,8 @@ PARALLEL_FROM = 256  # fewer images are decoded in the parent: starting workers 
 IN_FLIGHT = 2  # chunks per worker decoded ahead of the writer: bounds the memory decoding takes
 ENTRY_MODE = 0o600  # cache entries: read and written by their owner only
 SIDECAR_LIMIT = 256 * 2**20  # bytes; a sidecar of 10 million labels stays far below this
+SYNC_BYTES = 64 * 2**20  # a store being written is flushed to disk after each of these (dirty pages count
+#                         against a cgroup's memory limit until written, and cgroup v1 does not throttle them)
 HASH_CHUNK = 16 * 2**20  # bytes per piece of a store's checksum; the pieces are hashed in parallel
 
 
@@ -229,11 +232,16 @@ def decoded_images(items: Sequence[tuple[Path | str, int]], size: int, skip_bad:
         while pending:
             chunk = pending.popleft().get()
             pending.extend(pool.apply_async(_decode_range, (r,)) for r in islice(ranges, 1))
+            count = len(chunk)
             yield from chunk
-            bar.update(len(chunk))
+            del chunk
+            bar.update(count)
             done += 1
+            if done % heap.TRIM_EVERY == 0:  # the freed chunks back to the system (ccn.data.heap)
+                heap.trim()
             if done == 2:
                 fault_point("store-mid-decode")
+    heap.trim()
 
 
 def write_images(items: Sequence[tuple[Path | str, int]], size: int, skip_bad: bool, put,
@@ -455,6 +463,8 @@ class StoreFile:
                 data = np.ascontiguousarray(image)
                 digest.update(data)
                 handle.write(data)
+                if (row + 1) % max(1, SYNC_BYTES // data.nbytes) == 0:
+                    os.fdatasync(handle.fileno())  # a cgroup's memory holds at most SYNC_BYTES of unwritten pages
             labels = write_images(items, self.size, options.skip_bad, put, options.fit)
             handle.truncate(len(labels) * self.row_bytes())  # rows of skipped images
         fault_point("store-rows-written")

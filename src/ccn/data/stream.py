@@ -41,6 +41,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from ccn.data import heap
 from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
 from ccn.data.processes import die_with_parent, how_it_ended
 from ccn.data.statistics import added, pixel_sums, stats_from_sums
@@ -290,6 +291,9 @@ class StreamSource:
                 bad = [(int(offset) + i, why) for (_, found), offset in zip(parts, offsets) for i, why in found]
                 yield self._joined([images for images, _ in parts]), bad, paths
                 number += 1
+                del parts, chunks
+                if number % heap.TRIM_EVERY == 0:  # the freed batches back to the system (ccn.data.heap)
+                    heap.trim()
         except BaseException:
             if waiting:  # an abandoned epoch leaves jobs in the queues: start clean next time
                 close_pool(self.workers)
