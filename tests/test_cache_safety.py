@@ -324,6 +324,34 @@ def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept_whatever_its
     assert not live_tmp.exists() and not foreign.exists()
 
 
+def test_the_temporary_cleaner_never_follows_a_link_nor_touches_files_of_others(tmp_path):
+    cache = store.private_cache_dir()
+    target = tmp_path / "precious.u8"
+    target.write_bytes(b"keep")
+    (cache / ".folder-1.u8.1.abc.tmp").symlink_to(target)
+    store.private_cache_dir()
+    assert target.read_bytes() == b"keep" and (cache / ".folder-1.u8.1.abc.tmp").is_symlink()
+
+
+def test_a_file_system_without_locks_writes_and_judges_no_temporary_abandoned(tmp_path, monkeypatch):
+    """flock failing with ENOLCK (some network file systems) must neither loop for ever nor delete a
+    temporary whose writer may be alive."""
+    import errno
+    import fcntl
+
+    from ccn import files
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    cache = store.private_cache_dir()
+    unjudged = cache / ".folder-2.u8.1.abc.tmp"
+    unjudged.write_bytes(b"x")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    files.write_json(cache / "entry.json", {"a": 1})
+    assert json.loads((cache / "entry.json").read_text()) == {"a": 1}
+    assert files.remove_abandoned_temporaries(cache) == [] and unjudged.exists()
+
+
 @pytest.mark.parametrize("cache, point", [(False, "store-rows-written"), (True, "store-rows-written"),
                                           (True, "store-before-rename")])
 def test_a_build_killed_mid_write_leaves_a_temporary_the_next_run_removes(tmp_path, cache, point):

@@ -62,7 +62,8 @@ def locked_temporary_file(path: Path, mode: Optional[int] = None) -> tuple[Path,
     SIGKILL, which is how remove_abandoned_temporaries tells a live writer from a dead one."""
     while True:
         tmp, fd = _temporary(path, mode)
-        if _try_lock(fd) and _same_file(fd, tmp):
+        locked = _try_lock(fd)
+        if locked is None or (locked and _same_file(fd, tmp)):  # None: no locks here (see _try_lock)
             return tmp, fd
         os.close(fd)  # a cleaner took and removed it between its creation and our lock: make another
 
@@ -82,7 +83,8 @@ def remove_abandoned_temporaries(folder: Path, pattern: str = ".*.tmp") -> list[
             continue  # a link, gone meanwhile, or not ours to read
         try:
             info = os.fstat(fd)
-            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and _try_lock(fd) and _same_file(fd, tmp):
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and _try_lock(fd) is True \
+                    and _same_file(fd, tmp):
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:
@@ -102,14 +104,18 @@ def _temporary(path: Path, mode: Optional[int]) -> tuple[Path, int]:
     return Path(name), fd
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int) -> Optional[bool]:
+    """True: locked; False: another process holds the lock; None: this file system (or system) has no
+    locks (ENOLCK, EOPNOTSUPP: some network file systems), so its temporaries are never judged abandoned."""
     if fcntl is None:
-        return True
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    except OSError:
+    except BlockingIOError:
         return False
+    except OSError:
+        return None
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -313,8 +313,11 @@ def _not_private(folder: Path, fix_default: bool, follow: bool = True) -> Option
     if info.st_uid != os.geteuid():
         return f"is owned by another user (uid {info.st_uid})"
     if fix_default and info.st_mode & 0o077:
-        os.chmod(folder, 0o700)
-        return None
+        try:
+            os.chmod(folder, 0o700)
+            return None
+        except OSError:
+            pass  # a read-only file system: used as it is when nobody else may write to it
     if info.st_mode & 0o022:
         return "is writable by other users"
     return None
