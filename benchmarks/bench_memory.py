@@ -102,7 +102,7 @@ def measure(root: Path, store: str, pixels: int, steps: int, scratch: Path) -> d
         while child.poll() is None:
             main_kb = status_kb(child.pid, "RssAnon")
             peaks["main"] = max(peaks["main"], main_kb)
-            built = built or len(list(cache.glob("**/folder-*.json"))) >= 2
+            built = built or (store == "disk" and len(list(cache.glob("**/folder-*.json"))) >= 2)
             peaks["after" if built else "build"] = max(peaks["after" if built else "build"], main_kb)
             peaks["tree"] = max(peaks["tree"], sum(status_kb(p, "RssAnon") for p in tree(child.pid)))
             if group is not None:
@@ -153,8 +153,8 @@ def main() -> None:
             make_folder(root, n, args.pixels)
         for store in args.stores:
             r = measure(root, store, args.pixels, args.steps, args.scratch)
-            after = f"{r['after_mb']:.0f}" if r["after_mb"] is not None else "-"
-            line = (f"| {n:,} | {n * 3 * args.pixels ** 2 / 1e6:.0f} | {store} | {r['build_mb']:.0f} / {after} / "
+            phases = f"{r['build_mb']:.0f} / {r['after_mb']:.0f}" if store == "disk" else "- / -"  # a stream builds nothing
+            line = (f"| {n:,} | {n * 3 * args.pixels ** 2 / 1e6:.0f} | {store} | {phases} / "
                     f"{r['main_mb']:.0f} | {r['tree_mb']:.0f} | "
                     f"{r['cgroup_anon_mb']:.0f} | {r['cgroup_peak_mb']:.0f} | {r['seconds']:.0f} |")
             lines.append(line)
