@@ -14,11 +14,15 @@ Memory model. A data set of N images at S x S pixels decodes to N x 3 x S x S by
     data.store=stream  nothing decoded is kept: the compressed files are decoded per batch in data.workers
                        processes, a few batches ahead (ccn.data.stream; folder, caltech101, imagenet).
 
-A store file is written under a temporary name, renamed when complete, and used only when its
-sidecar (written last) names the same inputs and its size is exactly N x 3 x S x S: a store left
-half-written by kill -9 or a full disk is rebuilt, and one built from other files or settings is
-never reused (the file name is a hash of every path, label, size, mtime, the image size and
-STORE_VERSION).
+A store file is written under a locked temporary name, renamed when complete, and used only when its
+sidecar (written last) names the same inputs, its size is exactly N x 3 x S x S and the SHA-256
+checksum of its rows and the sidecar's fields (labels included) matches: a store left half-written by
+kill -9 or a full disk, or changed since, is rebuilt, and one built from other files or settings is
+never reused (the file name is a hash of every path, label, size, modification and change time and
+inode, the image size and STORE_VERSION). The cache is private (private_cache_dir): its folder is this
+user's and nobody else may write to it, and an entry is read only when it is a regular file of this
+user that nobody else may write to (ccn.files.open_regular), never through a link; anything else is
+named in one warning and rebuilt. Temporaries whose writer is gone (its lock is free) are removed.
 
 Every source of images the batch iterators read implements `ImageSource`: `gather(indices)` returns
 uint8 (n, 3, S, S) CPU images, `batches(index_lists)` those of one index list after another (where a
