@@ -3,8 +3,10 @@
 Decoding a data set frees as much as it allocates: each chunk of decoded images arrives from a worker
 as a pickled message, is unpickled into arrays, written away and freed. glibc's malloc keeps freed
 blocks in its heaps (one per thread that allocated, and the pool's result thread is another) and
-raises its mmap threshold after each large free, so these blocks come from the heaps and are kept:
-a 24,000-image store at 128 px left ~820 MB of freed memory in the process (issue 30). `trim()`
+raises its mmap threshold after each large free, so these blocks come from the heaps and may be kept
+(issue 30 reports ~820 MB while a 24,000-image store at 128 px was built; on the 2-core VM the build
+stayed near 190 MB with or without this, benchmarks/RESULTS.md, so it guards against an allocator
+behaviour that depends on the glibc version and the number of workers). `trim()`
 (malloc_trim) hands the free pages of every heap back to the system; ccn calls it after every
 TRIM_EVERY chunks of a store build or batches of a stream, and once after a store is built. A fixed
 small mmap threshold (MALLOC_MMAP_THRESHOLD_=65536) would keep the heap small too, but it maps and
