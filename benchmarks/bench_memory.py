@@ -139,7 +139,8 @@ def main() -> None:
              f"JPEGs at {args.pixels} px ({datetime.date.today()})", "",
              f"{platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, load {os.getloadavg()[0]:.1f} at "
              f"start. `python benchmarks/bench_memory.py --sizes {' '.join(map(str, args.sizes))} --steps {args.steps}`: "
-             "`ccn train` with the defaults (fastnet, batch 32) and method.name=flat, train.eval_batch_size=64 (the model's own memory small beside the store's), an empty cache. RssAnon: anonymous memory, sampled every "
+             "`ccn train` with the defaults (fastnet, batch 32) and method.name=flat, train.eval_batch_size=64 "
+             "(the model's own memory small beside the store's), an empty cache. RssAnon: anonymous memory, sampled every "
              "50 ms (training process; process tree with the decoding workers); cgroup peak: "
              "memory.max_usage_in_bytes of a cgroup of its own (anonymous memory and page cache); cgroup anon: its "
              "sampled total_rss.", "",

@@ -54,8 +54,8 @@ from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
 from ccn.data.processes import die_with_parent
 from ccn.data.stream import WORKER_TIMEOUT, default_workers, streamed_splits
 from ccn.errors import CCNError, DataError, WriteError
-from ccn.files import (UnsafeFile, atomic_write, fault_point, file_stamp, locked_temporary_file, open_regular, read_regular_bytes,
-                       remove_abandoned_temporaries, write_json)
+from ccn.files import (UnsafeFile, atomic_write, fault_point, file_stamp, locked_temporary_file, open_regular,
+                       read_regular_bytes, remove_abandoned_temporaries, write_json)
 from ccn.progress import progress_bar
 
 STORE_VERSION = 4  # 4: the sidecar holds a checksum of data and labels (3: raw uint8 file + JSON sidecar)

@@ -149,7 +149,8 @@ class DecodePool:
             self._stalled(who, [path for paths in self.files.values() for path in paths])
 
     def _stalled(self, who: str, paths: list[str]) -> None:
-        named = ", ".join(paths[:NAMED_FILES]) + (f" and {len(paths) - NAMED_FILES} more" if len(paths) > NAMED_FILES else "")
+        more = len(paths) - NAMED_FILES
+        named = ", ".join(paths[:NAMED_FILES]) + (f" and {more} more" if more > 0 else "")
         self.close()
         raise DataError(f"{who} has produced nothing for {self.timeout:g} s (data.worker_timeout) while decoding "
                         f"{named}: it is stopped or stuck reading them (a stalled disk or network file system); check "
