@@ -207,6 +207,35 @@ def test_a_worker_that_dies_is_named_not_waited_for(folder):
     close_pool(2)
 
 
+@pytest.mark.parametrize("when", ["holding-a-task", "before-taking-one"])
+def test_a_stopped_worker_is_named_with_its_files_after_the_worker_timeout(folder, when):
+    """A worker stopped by SIGSTOP (the shape of an NFS stall) stopped training for ever, with no message."""
+    close_pool(2)
+    files = _files(folder)
+    source = StreamSource(files, 16, 2, skip_bad=False, worker_timeout=2)
+    pool = shared_pool(2, 2)
+    victim = pool.processes[0]
+    if when == "before-taking-one":
+        for process in pool.processes:
+            os.kill(process.pid, signal.SIGSTOP)
+    batches = source.batches([torch.arange(8)] * 50)
+    if when == "holding-a-task":
+        next(batches)
+        os.kill(victim.pid, signal.SIGSTOP)  # it holds, or is about to take, one of the next batches' tasks
+    started = time.monotonic()
+    who = rf"image decoding worker ccn-decode-0 \(pid {victim.pid}\)" if when == "holding-a-task" else \
+        r"image decoding worker ccn-decode-0 \(pid \d+\), ccn-decode-1 \(pid \d+\)"
+    try:
+        with pytest.raises(DataError, match=rf"{who} has produced nothing for 2 s \(data.worker_timeout\) while "
+                                            rf"decoding {folder}/train/\S+\.jpg.*: it is stopped or stuck reading them"):
+            list(batches)
+        assert time.monotonic() - started < 30
+    finally:
+        for process in pool.processes:
+            os.kill(process.pid, signal.SIGKILL)
+        close_pool(2)
+
+
 def test_a_worker_that_died_between_epochs_is_replaced_not_reported(folder):
     """An idle pool holds no job, so nothing is lost: the next epoch starts a fresh pool."""
     close_pool(2)

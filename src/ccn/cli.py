@@ -285,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help=RUN_DIR_HELP)
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="where the data are, how fast, or how to read the outputs (data.root, data.store, "
-                          "data.workers, data.cache, data.wordnet, device, train.eval_batch_size, train.progress, "
-                          "train.tta, method.inference); the run is otherwise scored as it trained")
+                          "data.workers, data.worker_timeout, data.cache, data.wordnet, device, train.eval_batch_size, "
+                          "train.progress, train.tta, method.inference); the run is otherwise scored as it trained")
     evaluate.set_defaults(func=_evaluate)
     predict = sub.add_parser("predict", help="top classes, with their group, for image files, folders or glob patterns")
     predict.add_argument("run_dir", help=RUN_DIR_HELP)

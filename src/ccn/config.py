@@ -62,6 +62,9 @@ class DataConfig:
     # stream (decode the files per batch, nothing decoded kept; for data too big even for disk); README "Large data sets"
     store: Literal["auto", "memory", "disk", "stream"] = "auto"
     workers: Optional[int] = None  # stream: decoding processes, 0-256; 0: in the training process; empty: min(8, CPUs)
+    # stream: seconds a decoding worker may hold its files without an answer before the run stops, naming
+    # it and them (a stalled disk or network file system), 1-86400
+    worker_timeout: float = 300.0
     skip_bad_images: bool = False  # warn and skip unreadable images instead of stopping
     val_fraction: float = 0.0  # >0: hold out this share of each class's training images (seeded, the same for
     #                            every run seed) and score them instead of the test set, to choose settings
@@ -443,6 +446,7 @@ LIMITS: dict[str, Bounds] = {
     "data.num_classes": Bounds(2, 10_000),
     "data.num_groups": Bounds(1, 10_000),
     "data.workers": Bounds(0, 256, meaning="0: decode in the training process"),
+    "data.worker_timeout": Bounds(1, 86_400, meaning="seconds"),
     "data.val_fraction": Bounds(0, 1, high_open=True, meaning="0: score the test set"),
     "data.randaugment_n": Bounds(0, 14),  # operations per image; 14 is every operation
     "data.randaugment_m": Bounds(0, 30),  # magnitude bins, as in the RandAugment paper
@@ -503,6 +507,7 @@ ONLY_WHEN = {
     "data.workers": ("data.store", "stream"),
     "data.alphabets": ("data.name", "omniglot"),
     "data.train_drawers": ("data.name", "omniglot"),
+    "data.worker_timeout": ("data.store", "stream"),
 }
 
 # Pairs where setting both would let one silently win over the other.

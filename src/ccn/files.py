@@ -4,25 +4,36 @@ it needs only ccn.errors, so any module can write a file without importing torch
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO, Optional
 
-from ccn.errors import WriteError
+from ccn.errors import CCNError, WriteError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; abandoned temporaries are then left alone
+    fcntl = None
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, mode: Optional[int] = None) -> None:
     """Call write(tmp_path), fsync it, then rename over `path`: a crash leaves the old file intact.
 
     The temporary file is created afresh beside `path` under an unpredictable name (O_EXCL |
     O_NOFOLLOW, as tempfile.mkstemp does), so a link planted where ccn writes is never written
-    through. A failed write (full disk, read-only folder, no permission) is a WriteError, one line."""
+    through, and it is locked (flock) until renamed: a later process removes it as abandoned only
+    when it can take that lock (remove_abandoned_temporaries), whatever killed its writer and in
+    whatever PID namespace or host it ran. `mode`: its permissions (default: a plain new file's).
+    A failed write (full disk, read-only folder, no permission) is a WriteError, one line."""
     path = Path(path)
-    tmp = None
+    tmp, lock = None, None
     try:
-        tmp = new_temporary_file(path)
+        tmp, lock = locked_temporary_file(path, mode)
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
@@ -32,18 +43,86 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if tmp is not None:
             _discard(tmp)
+        if lock is not None:
+            os.close(lock)
 
 
-def new_temporary_file(path: Path) -> Path:
+def new_temporary_file(path: Path, mode: Optional[int] = None) -> Path:
     """An empty file of ours beside `path`, named `.NAME.<pid>.<random>.tmp` (run folders clean up
-    `.NAME.*.tmp`; the image store removes those whose pid is gone), with the permissions a plain
-    new file gets (mkstemp's own are owner-only). The random part makes the name unpredictable."""
+    `.NAME.*.tmp`), with the permissions a plain new file gets (mkstemp's own are owner-only) or
+    `mode`. The random part makes the name unpredictable. Unlocked: see locked_temporary_file."""
+    tmp, fd = _temporary(path, mode)
+    os.close(fd)
+    return tmp
+
+
+def locked_temporary_file(path: Path, mode: Optional[int] = None) -> tuple[Path, int]:
+    """(new_temporary_file's file, an open descriptor holding an exclusive flock on it). The writer
+    keeps the descriptor open while it writes: the kernel drops the lock when it exits, even by
+    SIGKILL, which is how remove_abandoned_temporaries tells a live writer from a dead one."""
+    while True:
+        tmp, fd = _temporary(path, mode)
+        locked = _try_lock(fd)
+        if locked is None or (locked and _same_file(fd, tmp)):  # None: no locks here (see _try_lock)
+            return tmp, fd
+        os.close(fd)  # a cleaner took and removed it between its creation and our lock: make another
+
+
+def remove_abandoned_temporaries(folder: Path, pattern: str = ".*.tmp") -> list[Path]:
+    """Remove the temporary files (`pattern`) in `folder` that are ours (a regular file of this user)
+    and whose writer is gone: nobody holds their lock (see locked_temporary_file). A writer's pid is
+    not used: it means nothing in another PID namespace (a container) or on another host sharing
+    the folder. Returns what was removed."""
+    removed = []
+    if fcntl is None:
+        return removed  # no flock: a live writer cannot be told from a dead one
+    for tmp in Path(folder).glob(pattern):
+        try:
+            fd = os.open(tmp, _READ_FLAGS | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue  # a link, gone meanwhile, or not ours to read
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and _try_lock(fd) is True \
+                    and _same_file(fd, tmp):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _temporary(path: Path, mode: Optional[int]) -> tuple[Path, int]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-    finally:
+        os.fchmod(fd, (0o666 & ~_umask()) if mode is None else mode)
+    except OSError:
         os.close(fd)
-    return Path(name)
+        raise
+    return Path(name), fd
+
+
+def _try_lock(fd: int) -> Optional[bool]:
+    """True: locked; False: another process holds the lock; None: this file system (or system) has no
+    locks (ENOLCK, EOPNOTSUPP: some network file systems), so its temporaries are never judged abandoned."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.lstat(path).st_ino
+    except OSError:
+        return False
 
 
 @lru_cache(maxsize=1)
@@ -82,5 +161,96 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
+# ---------------------------------------------------------------- reading only what can be read
+
+
+class UnsafeFile(CCNError):
+    """A file ccn will not read: missing, not a regular file (a FIFO would block, a device never ends),
+    larger than its limit, or (private=True) not ccn's own. `problem` says which, without the path."""
+
+    def __init__(self, message: str, problem: str):
+        super().__init__(message)
+        self.problem = problem
+
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path, limit: int, what: str, *, follow_links: bool = True, private: bool = False,
+                 fix: str = "") -> BinaryIO:
+    """`path` opened for reading ("rb"), or UnsafeFile("<what> <path> <problem>[: <fix>]").
+
+    Only a regular file of at most `limit` bytes is opened: it is stat'ed first, so a FIFO or device
+    is never opened at all (opening one can block or act), then opened with O_NONBLOCK (a FIFO swapped
+    in meanwhile cannot block the open) and checked again through the open descriptor, which is what
+    is then read (no race between the check and the read). follow_links=False refuses a symbolic link
+    at `path` (O_NOFOLLOW): for files only ccn writes, such as cache entries. private=True also
+    refuses a file owned by another user or writable by group or others: one whose content someone
+    else could have chosen. The caller reads at most `limit` bytes (read_regular_bytes does)."""
+    path = Path(path)
+
+    def refuse(problem: str) -> UnsafeFile:
+        return UnsafeFile(f"{what} {path} {problem}" + (f": {fix}" if fix else ""), problem)
+
+    flags = _READ_FLAGS | (getattr(os, "O_NOFOLLOW", 0) if not follow_links else 0)
+    try:
+        problem = _not_readable(os.stat(path) if follow_links else os.lstat(path), limit, what, private)
+        if problem:
+            raise refuse(problem)
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise refuse("does not exist") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise refuse("is a symbolic link") from None
+        raise refuse(f"cannot be read ({err.strerror or err})") from None
+    problem = _not_readable(os.fstat(fd), limit, what, private)
+    if problem:  # replaced between the stat and the open
+        os.close(fd)
+        raise refuse(problem)
+    return os.fdopen(fd, "rb")
+
+
+def read_regular_bytes(path, limit: int, what: str, *, follow_links: bool = True, private: bool = False,
+                       fix: str = "") -> bytes:
+    """The bytes of `path`, opened as open_regular does; never more than `limit` (a file that grows
+    while read is refused, not followed to its end)."""
+    with open_regular(path, limit, what, follow_links=follow_links, private=private, fix=fix) as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as err:
+            raise UnsafeFile(f"{what} {path} cannot be read ({err.strerror or err})" + (f": {fix}" if fix else ""),
+                             f"cannot be read ({err.strerror or err})") from None
+    if len(data) > limit:
+        problem = f"is more than the {limit} bytes a {what} may have"
+        raise UnsafeFile(f"{what} {path} {problem}" + (f": {fix}" if fix else ""), problem)
+    return data
+
+
+def _not_readable(info: os.stat_result, limit: int, what: str, private: bool) -> Optional[str]:
+    """Why a file of this stat is not read, or None."""
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a FIFO, socket or device)"
+    if private and info.st_uid != os.geteuid():
+        return f"is owned by another user (uid {info.st_uid})"
+    if private and info.st_mode & 0o022:
+        return "is writable by other users"
+    if info.st_size > limit:
+        return f"is {info.st_size} bytes, more than the {limit} a {what} may have"
+    return None
+
+
+def file_stamp(path) -> bytes:
+    """What a cache key records of one file: its name (as bytes: names need not be UTF-8), size,
+    modification and change times and inode. The change time and inode move when the content is
+    replaced even with the size and modification time kept (`touch -r`, a tar with 1-second times)."""
+    info = os.stat(path)
+    return os.fsencode(str(path)) + f"|{info.st_size}|{info.st_mtime_ns}|{info.st_ctime_ns}|{info.st_ino}".encode()
+
+
+def write_json(path: Path, obj, mode: Optional[int] = None) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)), mode)

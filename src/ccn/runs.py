@@ -51,8 +51,8 @@ OWN_FILES = RUN_FILES + FIGURES + (LOCK_FILE,)  # what no other command may writ
 # `--set` on a saved run (ccn evaluate) may say where its data are and how fast to score them, and choose
 # the evaluation options evaluate prints with its scores; any other key would change what the weights
 # compute (train.bn_eps) or which images are scored (data.val_fraction scored training images as "test").
-WHERE_AND_HOW_FAST = ("data.root", "data.store", "data.workers", "data.cache", "data.wordnet", "device",
-                      "train.eval_batch_size", "train.progress")
+WHERE_AND_HOW_FAST = ("data.root", "data.store", "data.workers", "data.worker_timeout", "data.cache", "data.wordnet",
+                      "device", "train.eval_batch_size", "train.progress")
 EVALUATION_OPTIONS = ("train.tta", "method.inference")
 SAVED_RUN_SET_KEYS = WHERE_AND_HOW_FAST + EVALUATION_OPTIONS
 

@@ -14,11 +14,15 @@ Memory model. A data set of N images at S x S pixels decodes to N x 3 x S x S by
     data.store=stream  nothing decoded is kept: the compressed files are decoded per batch in data.workers
                        processes, a few batches ahead (ccn.data.stream; folder, caltech101, imagenet).
 
-A store file is written under a temporary name, renamed when complete, and used only when its
-sidecar (written last) names the same inputs and its size is exactly N x 3 x S x S: a store left
-half-written by kill -9 or a full disk is rebuilt, and one built from other files or settings is
-never reused (the file name is a hash of every path, label, size, mtime, the image size and
-STORE_VERSION).
+A store file is written under a locked temporary name, renamed when complete, and used only when its
+sidecar (written last) names the same inputs, its size is exactly N x 3 x S x S and the SHA-256
+checksum of its rows and the sidecar's fields (labels included) matches: a store left half-written by
+kill -9 or a full disk, or changed since, is rebuilt, and one built from other files or settings is
+never reused (the file name is a hash of every path, label, size, modification and change time and
+inode, the image size and STORE_VERSION). The cache is private (private_cache_dir): its folder is this
+user's and nobody else may write to it, and an entry is read only when it is a regular file of this
+user that nobody else may write to (ccn.files.open_regular), never through a link; anything else is
+named in one warning and rebuilt. Temporaries whose writer is gone (its lock is free) are removed.
 
 Every source of images the batch iterators read implements `ImageSource`: `gather(indices)` returns
 uint8 (n, 3, S, S) CPU images, `batches(index_lists)` those of one index list after another (where a
@@ -32,8 +36,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import warnings
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from multiprocessing import Pool
@@ -43,19 +49,26 @@ from typing import Iterable, Iterator, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
+from ccn.data import heap
 from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
 from ccn.data.processes import die_with_parent
-from ccn.data.stream import default_workers, streamed_splits
-from ccn.errors import DataError, WriteError
-from ccn.files import atomic_write, fault_point, write_json
+from ccn.data.stream import WORKER_TIMEOUT, default_workers, streamed_splits
+from ccn.errors import CCNError, DataError, WriteError
+from ccn.files import (UnsafeFile, atomic_write, fault_point, file_stamp, locked_temporary_file, open_regular,
+                       read_regular_bytes, remove_abandoned_temporaries, write_json)
 from ccn.progress import progress_bar
 
-STORE_VERSION = 3  # 3: raw uint8 file + JSON sidecar (2 was an .npz of the whole split)
+STORE_VERSION = 4  # 4: the sidecar holds a checksum of data and labels (3: raw uint8 file + JSON sidecar)
 AUTO_MEMORY_SHARE = 0.5  # auto keeps data in memory up to this share of the memory the process may use (ours)
 UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge number near 2**63
 DECODE_CHUNK = 32  # images per task handed to a decoding worker
 PARALLEL_FROM = 256  # fewer images are decoded in the parent: starting workers costs more
 IN_FLIGHT = 2  # chunks per worker decoded ahead of the writer: bounds the memory decoding takes
+ENTRY_MODE = 0o600  # cache entries: read and written by their owner only
+SIDECAR_LIMIT = 256 * 2**20  # bytes; a sidecar of 10 million labels stays far below this
+SYNC_BYTES = 64 * 2**20  # a store being written is flushed to disk after each of these (dirty pages count
+#                         against a cgroup's memory limit until written, and cgroup v1 does not throttle them)
+HASH_CHUNK = 16 * 2**20  # bytes per piece of a store's checksum; the pieces are hashed in parallel
 
 
 class ImageSource(Protocol):
@@ -223,11 +236,16 @@ def decoded_images(items: Sequence[tuple[Path | str, int]], size: int, skip_bad:
         while pending:
             chunk = pending.popleft().get()
             pending.extend(pool.apply_async(_decode_range, (r,)) for r in islice(ranges, 1))
+            count = len(chunk)
             yield from chunk
-            bar.update(len(chunk))
+            del chunk
+            bar.update(count)
             done += 1
+            if done % heap.TRIM_EVERY == 0:  # the freed chunks back to the system (ccn.data.heap)
+                heap.trim()
             if done == 2:
                 fault_point("store-mid-decode")
+    heap.trim()
 
 
 def write_images(items: Sequence[tuple[Path | str, int]], size: int, skip_bad: bool, put,
@@ -257,13 +275,64 @@ def decode_split(items: Sequence[tuple[Path | str, int]], size: int, skip_bad: b
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CCN_CACHE_DIR", Path.home() / ".cache" / "ccn"))
+    """CCN_CACHE_DIR as given (empty means unset), else ~/.cache/ccn; private_cache_dir is what is used."""
+    given = os.environ.get("CCN_CACHE_DIR", "")
+    return Path(given) if given else Path.home() / ".cache" / "ccn"
+
+
+_said: set = set()  # the cache folders already named in a warning by this process
+
+
+def private_cache_dir() -> Path:
+    """The folder ccn reads its cache from and writes it to: cache_dir() when it is a folder of this
+    user that nobody else may write to (the default is created 0700), else its sub-folder
+    `ccn-<uid>`, created 0700 and said in one warning: a cache another user can write to could hold
+    entries of theirs (decoded images with labels of their choosing). Temporaries of earlier
+    writers that are gone are removed here, whatever killed them."""
+    folder = cache_dir()
+    make_cache_dir(folder)
+    default = not os.environ.get("CCN_CACHE_DIR")
+    problem = _not_private(folder, fix_default=default)
+    if problem:
+        shared, folder = folder, folder / f"ccn-{os.geteuid()}"
+        make_cache_dir(folder)
+        mine = _not_private(folder, fix_default=False, follow=False)
+        if mine:
+            raise WriteError(f"the image cache folder {folder} {mine}: ccn reads nothing another user could "
+                             "have written; remove it, or set CCN_CACHE_DIR to a folder of your own")
+        if str(shared) not in _said:
+            _said.add(str(shared))
+            warnings.warn(f"the image cache folder {shared} {problem}: ccn keeps its cache in its private "
+                          f"sub-folder {folder}", stacklevel=3)
+    remove_abandoned_temporaries(folder)
+    return folder
+
+
+def _not_private(folder: Path, fix_default: bool, follow: bool = True) -> Optional[str]:
+    """Why `folder` is not a private cache folder of this user, or None. The default folder, when it
+    is ours, is made 0700 (older versions left it readable by all)."""
+    info = os.stat(folder) if follow else os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        return "is a symbolic link, not a folder"
+    if info.st_uid != os.geteuid():
+        return f"is owned by another user (uid {info.st_uid})"
+    if fix_default and info.st_mode & 0o077:
+        try:
+            os.chmod(folder, 0o700)
+            return None
+        except OSError:
+            pass  # a read-only file system: used as it is when nobody else may write to it
+    if info.st_mode & 0o022:
+        return "is writable by other users"
+    return None
 
 
 def make_cache_dir(folder: Path) -> None:
-    """The cache folder a disk store is written to, created; one line naming CCN_CACHE_DIR when it cannot be."""
+    """The cache folder a disk store is written to, created (0700); one line naming CCN_CACHE_DIR when it cannot be."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
     except OSError as err:  # a file in its place (FileExistsError, NotADirectoryError), no permission
         raise WriteError(f"cannot create the image cache folder {folder} ({err.strerror or err}): a disk store is "
                          "written there; set CCN_CACHE_DIR to a writable folder (default ~/.cache/ccn)") from None
@@ -272,19 +341,54 @@ def make_cache_dir(folder: Path) -> None:
 def cache_key(kind: str, items: Sequence[tuple[Path | str, int]], size: int, extra: str = "",
               stamp: Optional[str] = None) -> str:
     """A hash of everything the decoded images depend on: any change gives another store. Each file's
-    size and modification time are in it; or, when the reader gives a `stamp` (ImageNet: its folders'
-    modification times), that instead of a stat per file, which costs minutes for a million files
-    on a network disk."""
+    file_stamp is in it; or, when the reader gives a `stamp` (ImageNet: its folders' modification
+    times), that instead of a stat per file, which costs minutes for a million files on a network disk."""
     digest = hashlib.sha256(f"{kind}|{size}|{STORE_VERSION}|{extra}".encode())
     if stamp is not None:
         digest.update(f"stamp|{stamp}\n".encode())
     for path, label in items:
-        if stamp is None:
-            stat = os.stat(path)
-            digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        else:
-            digest.update(f"{path}|{label}\n".encode())
+        name = file_stamp(path) if stamp is None else os.fsencode(str(path))
+        digest.update(name + f"|{label}\n".encode())
     return digest.hexdigest()[:20]
+
+
+class StoreDigest:
+    """The checksum of a store: SHA-256 of each HASH_CHUNK bytes of its data (pieces hashed in parallel
+    threads when checked; SHA-256 has hardware support on current x86 and ARM CPUs), then of those
+    digests with the sidecar's fields (labels included). Fed as the rows are written, so a new store
+    costs no second pass."""
+
+    def __init__(self):
+        self.pieces: list[bytes] = []
+        self.current, self.filled = hashlib.sha256(), 0
+
+    def update(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while len(view):
+            take = min(len(view), HASH_CHUNK - self.filled)
+            self.current.update(view[:take])
+            self.filled, view = self.filled + take, view[take:]
+            if self.filled == HASH_CHUNK:
+                self.pieces.append(self.current.digest())
+                self.current, self.filled = hashlib.sha256(), 0
+
+    def hexdigest(self, meta: dict) -> str:
+        pieces = self.pieces + ([self.current.digest()] if self.filled else [])
+        return _checksum(pieces, meta)
+
+    @staticmethod
+    def of(data: np.ndarray, meta: dict) -> str:
+        """The checksum of a whole store held in `data` (memory, or a map of the file)."""
+        view = memoryview(data.reshape(-1))
+        starts = range(0, len(view), HASH_CHUNK)
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:  # hashlib releases the GIL
+            pieces = list(pool.map(lambda start: hashlib.sha256(view[start:start + HASH_CHUNK]).digest(), starts))
+        return _checksum(pieces, meta)
+
+
+def _checksum(pieces: list[bytes], meta: dict) -> str:
+    fields = json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode()
+    return hashlib.sha256(b"".join(pieces) + b"|" + fields).hexdigest()
 
 
 @dataclass
@@ -300,89 +404,132 @@ class StoreFile:
     def for_split(cls, kind: str, items, size: int, options: "StoreOptions") -> "StoreFile":
         extra = str(options.skip_bad) + ("" if options.fit == "stretch" else f"|{options.fit}")
         key = cache_key(kind, items, size, extra, options.stamp)
-        base = cache_dir() / f"{kind}-{key}"
+        base = private_cache_dir() / f"{kind}-{key}"
         return cls(base.with_suffix(".u8"), base.with_suffix(".json"), key, size)
 
     def row_bytes(self) -> int:
         return 3 * self.size * self.size
 
     def read_sidecar(self) -> Optional[dict]:
-        """The sidecar when it and the data file describe one complete store, else None."""
+        """The sidecar when it is a private regular file of ours describing one complete store of this
+        key, else None (a refused file is named in one warning: it is rebuilt)."""
         try:
-            meta = json.loads(self.sidecar.read_text())
+            meta = json.loads(self._entry_bytes(self.sidecar, SIDECAR_LIMIT, "sidecar"))
             n, labels = int(meta["images"]), meta["labels"]
             complete = (meta.get("format") == "ccn-store" and meta.get("version") == STORE_VERSION
                         and meta.get("key") == self.key and meta.get("image_size") == self.size
                         and isinstance(labels, list) and len(labels) == n > 0
-                        and all(type(v) is int for v in labels)
-                        and self.data.stat().st_size == n * self.row_bytes())
-        except (OSError, ValueError, KeyError, TypeError):
+                        and all(type(v) is int for v in labels) and isinstance(meta.get("checksum"), str))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        except _Absent:
             return None
         return meta if complete else None
+
+    def _entry_bytes(self, path: Path, limit: int, what: str) -> bytes:
+        try:
+            return read_regular_bytes(path, limit, f"image cache {what}", follow_links=False, private=True)
+        except UnsafeFile as err:
+            _refused(err)
+            raise _Absent() from None
 
     def discard(self) -> None:
         for path in (self.sidecar, self.data):  # the sidecar first: without it the data is never used
             try:
-                path.unlink(missing_ok=True)
+                path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
             except OSError:
-                pass
+                pass  # a folder that is not empty: writing there then fails in one line
 
-    def write(self, items, options: "StoreOptions") -> dict:
-        """Decode `items` straight into the data file (under a temporary name, space reserved first),
-        rename it, then write the sidecar: only a complete store ever has one."""
+    def write(self, items, options: "StoreOptions") -> tuple[dict, np.ndarray]:
+        """Decode `items` straight into the data file (under a locked temporary name, space reserved
+        first), rename it, then write the sidecar: only a complete store ever has one. Returns the
+        sidecar and the store mapped."""
         self.discard()
-        make_cache_dir(self.data.parent)
-        _remove_orphaned_temporaries(self.data)
         holder = {}
 
         def write_rows(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                _reserve(handle, len(items) * self.row_bytes())
-                put = lambda row, image: handle.write(np.ascontiguousarray(image).tobytes())  # noqa: E731
-                holder["labels"] = write_images(items, self.size, options.skip_bad, put, options.fit)
-                handle.truncate(len(holder["labels"]) * self.row_bytes())  # rows of skipped images
+            holder["meta"] = self._write_rows(tmp, items, options)
             fault_point("store-before-rename")
 
         try:
-            atomic_write(self.data, write_rows)
+            atomic_write(self.data, write_rows, ENTRY_MODE)
         except WriteError as err:
             raise WriteError(f"{err}; or point CCN_CACHE_DIR at a disk with room for the decoded images") from None
         fault_point("store-before-sidecar")
+        write_json(self.sidecar, holder["meta"], ENTRY_MODE)
+        with open_regular(self.data, UNLIMITED, "image cache store", follow_links=False) as handle:
+            return holder["meta"], _mapped(handle, self._shape(holder["meta"]), "disk")
+
+    def _write_rows(self, path: Path, items, options: "StoreOptions") -> dict:
+        """Decode `items` into the file at `path` row by row (its space reserved first); the sidecar's fields."""
+        digest = StoreDigest()
+        with open(path, "r+b") as handle:
+            _reserve(handle, len(items) * self.row_bytes())
+
+            def put(row, image):
+                data = np.ascontiguousarray(image)
+                digest.update(data)
+                handle.write(data)
+                if (row + 1) % max(1, SYNC_BYTES // data.nbytes) == 0:
+                    os.fdatasync(handle.fileno())  # a cgroup's memory holds at most SYNC_BYTES of unwritten pages
+            labels = write_images(items, self.size, options.skip_bad, put, options.fit)
+            handle.truncate(len(labels) * self.row_bytes())  # rows of skipped images
+        fault_point("store-rows-written")
+        return self.sidecar_fields(labels, len(items) - len(labels), digest)
+
+    def sidecar_fields(self, labels: list[int], skipped: int, digest: StoreDigest | np.ndarray) -> dict:
         meta = {"format": "ccn-store", "version": STORE_VERSION, "key": self.key, "image_size": self.size,
-                "images": len(holder["labels"]), "skipped": len(items) - len(holder["labels"]),
-                "labels": holder["labels"]}
-        write_json(self.sidecar, meta)
+                "images": len(labels), "skipped": skipped, "labels": labels}
+        meta["checksum"] = digest.hexdigest(meta) if isinstance(digest, StoreDigest) else StoreDigest.of(digest, meta)
         return meta
 
-    def open(self, meta: dict, kind: str) -> tuple[ImageRows, torch.Tensor]:
-        shape = (int(meta["images"]), 3, self.size, self.size)
-        if kind == "memory":
-            array = np.fromfile(self.data, dtype=np.uint8).reshape(shape)
-        else:  # copy-on-write map: pages stay the file's, and nothing can write to the store
-            array = np.memmap(self.data, dtype=np.uint8, mode="c", shape=shape)
+    def _shape(self, meta: dict) -> tuple:
+        return (int(meta["images"]), 3, self.size, self.size)
+
+    def open(self, meta: dict, kind: str) -> Optional[tuple[ImageRows, torch.Tensor]]:
+        """The store's images and labels, or None (said in one warning) when its data file is not a
+        private regular file of ours of the right size, or does not match the sidecar's checksum.
+        The file checked is the file used: one descriptor, opened once."""
+        shape = self._shape(meta)
+        try:
+            handle = open_regular(self.data, int(np.prod(shape)), "image cache store", follow_links=False,
+                                  private=True)
+        except UnsafeFile as err:
+            _refused(err)
+            return None
+        with handle:
+            if os.fstat(handle.fileno()).st_size != int(np.prod(shape)):
+                return None  # cut short: a crash or a full disk
+            array = _mapped(handle, shape, kind)
+        if StoreDigest.of(array, meta) != meta["checksum"]:
+            warnings.warn(f"the image cache store {self.data} does not match the checksum in its sidecar (its images "
+                          "or labels were changed): it is rebuilt", stacklevel=4)
+            return None
         return ImageRows(torch.from_numpy(array), kind=kind), torch.tensor(meta["labels"], dtype=torch.long)
 
 
-def _remove_orphaned_temporaries(path: Path) -> None:
-    """Delete the temporary files of earlier builds of this store whose process is gone (kill -9
-    leaves them, and each is as large as the store). ccn.files names them .NAME.PID.RANDOM.tmp."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-len(".tmp")].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+class _Absent(Exception):
+    """A cache entry that is missing or refused: the store is built afresh."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
+def _refused(err: UnsafeFile) -> None:
+    """One warning for a cache entry that exists but is not read; a missing one is silently built."""
+    if err.problem != "does not exist":
+        warnings.warn(f"{err}: it is not read, and is rebuilt", stacklevel=5)
+
+
+def _mapped(handle, shape: tuple, kind: str) -> np.ndarray:
+    """The store file open in `handle`, in memory (read in fixed chunks into one array) or mapped."""
+    if kind != "memory":  # copy-on-write map: pages stay the file's, and nothing can write to the store
+        return np.memmap(handle, dtype=np.uint8, mode="c", shape=shape)
+    array = np.empty(shape, dtype=np.uint8)
+    view, done = memoryview(array.reshape(-1)), 0
+    while done < len(view):
+        got = handle.readinto(view[done:done + HASH_CHUNK])
+        if not got:
+            raise DataError(f"{handle.name} ended early while read: rerun (it is rebuilt)")
+        done += got
+    return array
 
 
 def _reserve(handle, nbytes: int) -> None:
@@ -404,23 +551,22 @@ def stored_split(kind: str, items, size: int, options: "StoreOptions", store: st
         return _unnamed_disk_split(kind, items, size, options)
     file = StoreFile.for_split(kind, items, size, options)
     meta = file.read_sidecar()
-    if meta is None:
-        if store == "memory":  # decode in memory; a cache that cannot be written costs time, not the run
-            images, labels = decode_split(items, size, options.skip_bad, options.fit)
-            _try_to_cache(file, images, labels)
-            return ImageRows(images, kind="memory"), labels
-        meta = file.write(items, options)
-    return file.open(meta, store)
+    found = file.open(meta, store) if meta is not None else None
+    if found is not None:
+        return found
+    if store == "memory":  # decode in memory; a cache that cannot be written costs time, not the run
+        images, labels = decode_split(items, size, options.skip_bad, options.fit)
+        _try_to_cache(file, images, labels)
+        return ImageRows(images, kind="memory"), labels
+    meta, array = file.write(items, options)
+    return ImageRows(torch.from_numpy(array), kind="disk"), torch.tensor(meta["labels"], dtype=torch.long)
 
 
 def _try_to_cache(file: StoreFile, images: torch.Tensor, labels: torch.Tensor) -> None:
     try:
         file.discard()
-        file.data.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(file.data, lambda tmp: images.numpy().tofile(tmp))
-        write_json(file.sidecar, {"format": "ccn-store", "version": STORE_VERSION, "key": file.key,
-                                  "image_size": file.size, "images": len(labels), "skipped": 0,
-                                  "labels": labels.tolist()})
+        atomic_write(file.data, lambda tmp: images.numpy().tofile(tmp), ENTRY_MODE)
+        write_json(file.sidecar, file.sidecar_fields(labels.tolist(), 0, images.numpy()), ENTRY_MODE)
     except (OSError, WriteError) as err:
         file.discard()
         warnings.warn(f"could not write the image cache at {file.data.parent} ({err}); set CCN_CACHE_DIR to a "
@@ -428,13 +574,21 @@ def _try_to_cache(file: StoreFile, images: torch.Tensor, labels: torch.Tensor) -
 
 
 def _unnamed_disk_split(kind: str, items, size: int, options: "StoreOptions") -> tuple[ImageRows, torch.Tensor]:
-    """data.cache=false with a disk store: a store file that is removed once mapped (the map keeps it)."""
-    file = StoreFile.for_split(f".{kind}-{os.getpid()}", items, size, options)
+    """data.cache=false with a disk store: a locked temporary file in the cache folder, mapped, then
+    removed (the map keeps it). One left by a killed run is removed by the next (its lock is gone)."""
+    file = StoreFile.for_split(f"unnamed-{kind}", items, size, options)
+    tmp, lock = locked_temporary_file(file.data, ENTRY_MODE)
     try:
-        meta = file.write(items, options)
-        return file.open(meta, "disk")
+        meta = file._write_rows(tmp, items, options)
+        with open_regular(tmp, UNLIMITED, "image cache store", follow_links=False) as handle:
+            array = _mapped(handle, file._shape(meta), "disk")
+        return ImageRows(torch.from_numpy(array), kind="disk"), torch.tensor(meta["labels"], dtype=torch.long)
+    except OSError as err:
+        raise WriteError(f"could not write {tmp} ({err.strerror or err}): free disk space, or point CCN_CACHE_DIR "
+                         "at a disk with room for the decoded images") from None
     finally:
-        file.discard()
+        tmp.unlink(missing_ok=True)
+        os.close(lock)
 
 
 # ---------------------------------------------------------------- the stored data set
@@ -448,10 +602,12 @@ class StoreOptions:
     fit: str = "stretch"  # how a photo becomes a square: the reader's choice (ccn.data.images.decode_image)
     stamp: Optional[str] = None  # the reader's stand-in for a stat per file in the key (see cache_key)
     workers: Optional[int] = None  # data.workers (stream only; None: min(8, CPUs))
+    worker_timeout: float = WORKER_TIMEOUT  # data.worker_timeout (stream only)
 
     @classmethod
     def from_config(cls, cfg) -> "StoreOptions":
-        return cls(store=cfg.store, cache=cfg.cache, skip_bad=cfg.skip_bad_images, workers=cfg.workers)
+        return cls(store=cfg.store, cache=cfg.cache, skip_bad=cfg.skip_bad_images, workers=cfg.workers,
+                   worker_timeout=cfg.worker_timeout)
 
 
 def stored_splits(kind: str, train: Sequence[tuple[Path, int]], test: Sequence[tuple[Path, int]], size: int,
@@ -462,8 +618,9 @@ def stored_splits(kind: str, train: Sequence[tuple[Path, int]], test: Sequence[t
     store, why = choose_store(options.store, (len(train) + len(test)) * 3 * size * size)
     if store == "stream":
         workers = default_workers(options.workers)
-        fields = streamed_splits(train, test, size, workers, options.skip_bad, cache_dir() if options.cache else None,
-                                 options.fit, options.stamp)
+        fields = streamed_splits(train, test, size, workers, options.skip_bad,
+                                 private_cache_dir() if options.cache else None,
+                                 options.fit, options.stamp, options.worker_timeout)
         check_every_class_readable(train, fields["train_labels"])
         where = f"{workers} worker process(es)" if workers else "the training process (data.workers=0)"
         return {**fields, "notes": {"store": f"stream: {why}, decoded per batch in {where}"}}

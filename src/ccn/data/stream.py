@@ -33,6 +33,7 @@ import os
 import queue
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -40,15 +41,19 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from ccn.data import heap
 from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
 from ccn.data.processes import die_with_parent, how_it_ended
 from ccn.data.statistics import added, pixel_sums, stats_from_sums
 from ccn.errors import DataError, WriteError
-from ccn.files import write_json
+from ccn.files import UnsafeFile, file_stamp, read_regular_bytes, write_json
 
 AHEAD = 2  # batches in flight per worker, ahead of the one being trained on (as DataLoader's prefetch_factor)
 POLL_SECONDS = 0.5  # how often a waiting parent checks that its workers are alive
 SCAN_ROWS = 64  # images per worker in each batch of the unreadable-file scan
+WORKER_TIMEOUT = 300.0  # data.worker_timeout's default: seconds a worker may hold one task without an answer
+NAMED_FILES = 3  # files named in the message about a stalled worker
+ENTRY_LIMIT = 256 * 2**20  # bytes of a cache entry read back (the unreadable files of a big data set stay below)
 
 
 def default_workers(requested: Optional[int]) -> int:
@@ -70,8 +75,10 @@ def decode_many(paths: Sequence[str], size: int, fit: str = "stretch") -> tuple[
     return out, bad
 
 
-def _worker(tasks, results, parent: int) -> None:
-    """Decode (job, paths, size, fit) tasks until told to stop or the parent is gone."""
+def _worker(tasks, results, parent: int, index: int) -> None:
+    """Decode (job, paths, size, fit) tasks until told to stop or the parent is gone. Each task is
+    announced (index, job, None, None) when taken, then answered (index, job, images, bad): the
+    parent can tell which worker holds which files, and for how long."""
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     while True:
@@ -84,33 +91,71 @@ def _worker(tasks, results, parent: int) -> None:
         if task is None:
             return
         job, paths, size, fit = task
-        results.put((job, *decode_many(paths, size, fit)))
+        results.put((index, job, None, None))
+        results.put((index, job, *decode_many(paths, size, fit)))
 
 
 class DecodePool:
     """`workers` decoding processes fed through one task queue; results come back keyed by job."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, timeout: float = WORKER_TIMEOUT):
         self.reader = None  # the StreamSource whose batches() is reading results now, if any
+        self.timeout = timeout  # data.worker_timeout
+        self.files: dict = {}  # job -> the paths sent with it, until answered
+        self.busy: dict[int, tuple] = {}  # worker index -> (job, when it took it)
+        self.heard = time.monotonic()  # when a worker last said anything
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.tasks, self.results = context.Queue(), context.Queue()
-        self.processes = [context.Process(target=_worker, args=(self.tasks, self.results, os.getpid()),
+        self.processes = [context.Process(target=_worker, args=(self.tasks, self.results, os.getpid(), i),
                                           name=f"ccn-decode-{i}", daemon=True) for i in range(workers)]
         for process in self.processes:
             process.start()
 
     def submit(self, job, paths: list[str], size: int, fit: str) -> None:
+        if not self.files:
+            self.heard = time.monotonic()  # the wait for an answer starts now, not when the pool last worked
+        self.files[job] = paths
         self.tasks.put((job, paths, size, fit))
 
     def result(self):
-        """The next finished job; DataError naming the worker as soon as one has died (the job it held
-        would never come back)."""
+        """The next finished (job, images, bad); DataError naming the worker as soon as one has died
+        (the job it held would never come back), or has held its task for data.worker_timeout seconds
+        without an answer (stopped, or stuck reading from a stalled disk or network file system)."""
         while True:
             self._check_alive()
+            self._check_stalled()
             try:
-                return self.results.get(timeout=POLL_SECONDS)
+                index, job, images, bad = self.results.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 continue
+            self.heard = time.monotonic()
+            if images is None:
+                self.busy[index] = (job, self.heard)
+                continue
+            self.busy.pop(index, None)
+            self.files.pop(job, None)
+            return job, images, bad
+
+    def _check_stalled(self) -> None:
+        now = time.monotonic()
+        for index, (job, since) in self.busy.items():
+            if now - since > self.timeout:
+                self._stalled(f"image decoding worker {self.processes[index].name} (pid {self.processes[index].pid})",
+                              self.files.get(job, []))
+        if self.files and now - self.heard > self.timeout:  # stopped before it said which task it took (or while
+            # it held the task queue's lock, which an idle worker holds while it waits): the files are those waited for
+            stuck = [f"{p.name} (pid {p.pid})" for p in self.processes if _process_state(p.pid) in ("T", "t", "D")]
+            who = f"image decoding worker {', '.join(stuck)}" if stuck else "an image decoding worker"
+            self._stalled(who, [path for paths in self.files.values() for path in paths])
+
+    def _stalled(self, who: str, paths: list[str]) -> None:
+        more = len(paths) - NAMED_FILES
+        named = ", ".join(paths[:NAMED_FILES]) + (f" and {more} more" if more > 0 else "")
+        self.close()
+        raise DataError(f"{who} has produced nothing for {self.timeout:g} s (data.worker_timeout) while decoding "
+                        f"{named}: it is stopped or stuck reading them (a stalled disk or network file system); check "
+                        "that these files can be read, then continue with `ccn train --resume RUN` (or raise "
+                        "data.worker_timeout for files that are slow to read)")
 
     def _check_alive(self) -> None:
         for process in self.processes:
@@ -131,10 +176,19 @@ class DecodePool:
         self.processes = []
 
 
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (T: stopped, D: waiting on a disk or network file system), or ""."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 _POOLS: dict[int, DecodePool] = {}  # one pool per worker count, shared by the train, test and probe sources
 
 
-def shared_pool(workers: int) -> DecodePool:
+def shared_pool(workers: int, timeout: float = WORKER_TIMEOUT) -> DecodePool:
     """The running pool of `workers` processes (started at first use, kept across epochs; started
     again when one of its workers has died while it stood idle, since it then held no job)."""
     pool = _POOLS.get(workers)
@@ -142,7 +196,8 @@ def shared_pool(workers: int) -> DecodePool:
         close_pool(workers)
         pool = None
     if pool is None or not pool.processes:
-        _POOLS[workers] = DecodePool(workers)
+        _POOLS[workers] = DecodePool(workers, timeout)
+    _POOLS[workers].timeout = timeout
     return _POOLS[workers]
 
 
@@ -160,8 +215,10 @@ class StreamSource:
     kind = "stream"
 
     def __init__(self, paths: Sequence[Path], size: int, workers: int, skip_bad: bool,
-                 stats_cache: Optional[Path] = None, fit: str = "stretch", stamp: Optional[str] = None):
+                 stats_cache: Optional[Path] = None, fit: str = "stretch", stamp: Optional[str] = None,
+                 worker_timeout: float = WORKER_TIMEOUT):
         self.paths = [str(p) for p in paths]
+        self.worker_timeout = worker_timeout  # data.worker_timeout: see DecodePool.result
         self.size, self.workers, self.skip_bad, self.fit = size, workers, skip_bad, fit
         self.stats_cache = stats_cache  # folder for the channel statistics (data.cache), or None
         self.stamp = stamp  # the reader's stand-in for a stat per file in the statistics' key (ccn.data.store.cache_key)
@@ -183,7 +240,7 @@ class StreamSource:
     def take(self, indices) -> "StreamSource":
         """An index view (caps, validation split, hold-out): the same files, no image decoded."""
         view = StreamSource(self._paths(indices), self.size, self.workers, self.skip_bad, self.stats_cache,
-                            self.fit, self.stamp)
+                            self.fit, self.stamp, self.worker_timeout)
         if self.pixel_sums is not None:
             view.pixel_sums = self.pixel_sums[torch.as_tensor(indices, dtype=torch.long).reshape(-1).numpy()]
         return view
@@ -213,7 +270,7 @@ class StreamSource:
         pending = iter(enumerate(index_lists))
         waiting: dict[int, list[str]] = {}  # batch number -> its paths
         done: dict[int, dict[int, tuple]] = {}  # batch number -> {chunk start: (images, bad)}
-        pool = shared_pool(self.workers)
+        pool = shared_pool(self.workers, self.worker_timeout)
         if pool.reader is not None:  # job keys are batch numbers: two readers would take each other's images
             raise RuntimeError(f"the decoding pool of {self.workers} workers is still read by an unfinished "
                                "batches() generator: finish or close it first")
@@ -235,6 +292,9 @@ class StreamSource:
                 bad = [(int(offset) + i, why) for (_, found), offset in zip(parts, offsets) for i, why in found]
                 yield self._joined([images for images, _ in parts]), bad, paths
                 number += 1
+                del parts, chunks
+                if number % heap.TRIM_EVERY == 0:  # the freed batches back to the system (ccn.data.heap)
+                    heap.trim()
         except BaseException:
             if waiting:  # an abandoned epoch leaves jobs in the queues: start clean next time
                 close_pool(self.workers)
@@ -324,27 +384,33 @@ class StreamSource:
             return None
         digest = hashlib.sha256(f"{kind}|{self.size}|{self.skip_bad}|{self.fit}|{self.stamp}".encode())
         for name in self.paths:
-            if self.stamp is None:
-                stat = os.stat(name)
-                digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-            else:
-                digest.update(f"{name}\n".encode())
+            digest.update((file_stamp(name) if self.stamp is None else os.fsencode(name)) + b"\n")
         return Path(self.stats_cache) / f"{kind}-{digest.hexdigest()[:20]}.json"
 
 
 def _keep_in_cache(path: Path, entry: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, entry)
+        write_json(path, entry, 0o600)  # in ccn.data.store.private_cache_dir, read by its owner only
     except (OSError, WriteError) as err:  # a full or read-only cache costs time, not the run
         warnings.warn(f"could not keep {path.name} in the cache {path.parent} ({err})", stacklevel=3)
+
+
+def _entry_text(path: Path) -> bytes:
+    """A cache entry's bytes when it is a private regular file of ours within ENTRY_LIMIT; a FIFO, a
+    device, a link, a file of another user or one others may write is named in one warning, not read."""
+    try:
+        return read_regular_bytes(path, ENTRY_LIMIT, "image cache entry", follow_links=False, private=True)
+    except UnsafeFile as err:
+        if err.problem != "does not exist":
+            warnings.warn(f"{err}: it is not read, and is made afresh", stacklevel=4)
+        raise
 
 
 def _read_unreadable(path: Path, n: int) -> Optional[dict[int, str]]:
     """A saved scan, or None when absent or not a list of [position below n, reason] pairs."""
     try:
-        found = {int(i): str(why) for i, why in json.loads(path.read_text())["unreadable"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        found = {int(i): str(why) for i, why in json.loads(_entry_text(path))["unreadable"]}
+    except (OSError, ValueError, KeyError, TypeError, UnsafeFile):
         return None
     return found if all(0 <= i < n for i in found) else None
 
@@ -352,10 +418,10 @@ def _read_unreadable(path: Path, n: int) -> Optional[dict[int, str]]:
 def _read_stats(path: Path) -> Optional[tuple[list[float], list[float]]]:
     """Saved statistics, or None when absent or not exactly two lists of 3 finite numbers, std positive."""
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(_entry_text(path))
         mean, std = saved["mean"], saved["std"]
         numbers = [float(v) for v in mean + std]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, UnsafeFile):
         return None
     if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in numbers) or min(std) <= 0:
         return None
@@ -364,13 +430,14 @@ def _read_stats(path: Path) -> Optional[tuple[list[float], list[float]]]:
 
 def streamed_splits(train: Sequence[tuple[Path, int]], test: Sequence[tuple[Path, int]], size: int,
                     workers: int, skip_bad: bool, stats_cache: Optional[Path], fit: str = "stretch",
-                    stamp: Optional[str] = None) -> dict:
+                    stamp: Optional[str] = None, worker_timeout: float = WORKER_TIMEOUT) -> dict:
     """The image and label fields of an ImageDataset whose images are decoded per batch."""
     fields = {}
     for split, items in (("train", train), ("test", test)):
         if not items:
             raise DataError(f"no images in the {split} split: check the data folder")
-        source = StreamSource([path for path, _ in items], size, workers, skip_bad, stats_cache, fit, stamp)
+        source = StreamSource([path for path, _ in items], size, workers, skip_bad, stats_cache, fit, stamp,
+                              worker_timeout)
         labels = torch.tensor([label for _, label in items], dtype=torch.long)
         if skip_bad:
             source, labels = _without_unreadable(source, labels, split)
