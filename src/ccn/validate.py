@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ccn.errors import CCNError
+from ccn.files import node_problem, read_regular_bytes
 
 MAX_JSON_BYTES = 256 * 2**20  # results.json / hierarchy.json of 100k classes stay far below this
 MAX_NESTING = 64  # deeper lists or mappings than any ccn file holds; guards recursion
@@ -65,41 +65,32 @@ def check_path(path, what: str, error: type = CCNError) -> None:
 
 
 def file_problem(path: Path) -> Optional[str]:
-    """Why `path` cannot be read as a file ("does not exist", "is a folder", "is not a regular file
-    ..."), or None when it can. A FIFO or device would block a reader or never end, so it is named."""
+    """Why `path` cannot be read as a file ("does not exist", "is a folder", "is a FIFO, not a regular
+    file" ...), or None when it can. A FIFO or device would block a reader or never end, so it is named."""
     try:
         mode = Path(path).stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
         return "does not exist"
     except OSError as err:
         return f"cannot be read ({err.strerror or err})"
-    if stat.S_ISDIR(mode):
-        return "is a folder"
-    if not stat.S_ISREG(mode):
-        return "is not a regular file (a FIFO, socket or device)"
-    return None
+    return node_problem(mode) or None
 
 
 # ---------------------------------------------------------------- reading
 
+UTF8_BOM = "\ufeff"  # a byte-order mark some editors (Notepad, Excel's "CSV UTF-8") put first; not content
+
 
 def read_text(path: Path, what: str, fix: str, limit: int = MAX_JSON_BYTES) -> str:
-    """The file's text, refusing a missing, huge, binary or non-UTF-8 file with one line."""
+    """The file's text, refusing a missing, huge, binary or non-UTF-8 file, a folder, FIFO or device
+    (ccn.files.read_regular_bytes: never a hang or a read without end) with one line. A leading UTF-8
+    byte-order mark is dropped."""
     path = Path(path)
-    problem = file_problem(path)
-    if problem:
-        raise CCNError(f"{what} {path} {problem}: {fix}")
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise CCNError(f"{what} {path} is {size} bytes, more than the {limit} a {what} may have: {fix}")
-        data = path.read_bytes()
-    except OSError as err:
-        raise CCNError(f"cannot read {what} {path} ({err.strerror or err}): {fix}") from None
+    data = read_regular_bytes(path, limit, what, fix)
     if b"\0" in data:
         raise CCNError(f"{what} {path} is a binary file, not text: {fix}")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix(UTF8_BOM)
     except UnicodeDecodeError as err:
         raise CCNError(f"{what} {path} is not UTF-8 text (byte {err.start}): {fix}") from None
 
