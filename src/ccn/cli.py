@@ -84,7 +84,7 @@ def _clusters(args) -> None:
     from ccn.runs import check_hierarchy_file_matches_weights
 
     path = Path(args.run_dir) / "hierarchy.json"
-    if not path.is_file():
+    if not os.path.lexists(path):  # a FIFO or folder there is named as what it is by Hierarchy.load
         raise CCNError(f"{args.run_dir} has no hierarchy.json: only runs with method.name=ccn form groups")
     h = Hierarchy.load(path)
     check_hierarchy_file_matches_weights(Path(args.run_dir), h)

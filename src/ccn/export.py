@@ -14,6 +14,7 @@ length, so the traced graph holds for every input).
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False)
     out = Path(out)
     _check_not_run_files(Path(run_dir), out)  # first: --force does not help here
     _check_outputs(out, force)
-    if not (Path(run_dir) / "results.json").is_file():
+    if not os.path.lexists(Path(run_dir) / "results.json"):  # a FIFO there is named by load_run
         raise CCNError(f"{run_dir} is not a finished ccn run folder (no results.json): pass the --out folder of "
                        "a `ccn train` that completed")
     config, model, hierarchy, results = load_run(Path(run_dir))

@@ -61,8 +61,9 @@ def _write_fix(path: Path) -> str:
 
 
 def open_for_append(path: Path):
-    """open(path, "a"), except that a symbolic link planted at `path` is refused (ELOOP), not followed."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    """open(path, "a"), except that a symbolic link planted at `path` is refused (ELOOP), not followed, and
+    a FIFO with no reader there fails at once (ENXIO) instead of blocking the open."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o666)
     return os.fdopen(fd, "a")
 
 

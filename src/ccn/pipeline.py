@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ class MethodRun:
         cfgmod.check_against_classes(config, self.ds.num_classes, f"data {self.ds.name}")
         # a resumed run takes its weights and groups from its checkpoint: the files named by
         # model.init and method.groups_file are not needed again
-        resuming = resume and self._checkpoint_path() is not None and self._checkpoint_path().exists()
+        resuming = resume and self._checkpoint_path() is not None and os.path.lexists(self._checkpoint_path())
         if config.method.name == "ccn" and config.method.partition == "file" and not resuming:
             # read now, so a missing or mismatched file stops the run before its probe epochs, not after
             read_groups_file(config.method.groups_file, self.ds.classes, whole_tree=config.method.depth > 1,
@@ -333,7 +334,7 @@ class MethodRun:
     def resume(self) -> None:
         """Continue after the last saved epoch; with no checkpoint yet, start again from epoch 1."""
         path = self._checkpoint_path()
-        if path is None or not path.exists():
+        if path is None or not os.path.lexists(path):  # a dangling link or a FIFO is refused, not taken for none
             self.log.truncate(0)
             return
         tensors, state = read_training_state(path)

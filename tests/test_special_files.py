@@ -1,0 +1,217 @@
+"""Issue 30 (run folders, data folders and --force): every file ccn reads there is opened as a regular
+file with a size limit (a FIFO is named as one, never waited on), --force replaces only a regular file
+that belongs to no run, --resume checks the data it continues on, and names ccn prints cannot forge
+lines. Commands that could hang run in a child process with a timeout."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ccn.errors import CCNError
+from conftest import REPO
+
+HANG_LIMIT_S = 60  # far beyond what each command needs; a FIFO waited on would block for ever
+
+
+def ccn(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m ccn ...` in a child process that is killed (and the test failed) if it blocks."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO / "src")}
+    try:
+        return subprocess.run([sys.executable, "-m", "ccn", *args], capture_output=True, text=True, cwd=cwd,
+                              env=env, timeout=HANG_LIMIT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"ccn {' '.join(args)} blocked for {HANG_LIMIT_S} s")
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def ccn_here(capsys, *args: str) -> Result:
+    """`ccn ...` in this process (seconds faster than a child), stopped by SIGALRM if it blocks in Python
+    code such as open() on a FIFO. Readers in native code that retry on EINTR (safetensors) use `ccn`."""
+    import signal
+
+    from ccn.cli import main
+
+    def blocked(signum, frame):
+        raise TimeoutError(f"ccn {' '.join(args)} blocked for {HANG_LIMIT_S} s")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(HANG_LIMIT_S)
+    try:
+        code = main(list(args))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    out = capsys.readouterr()
+    return Result(code, out.out, out.err)
+
+
+def one_line(result, *fragments) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and result.stderr.startswith("ccn: error: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+    return result.stderr
+
+
+def copy_run(tiny_run, tmp_path, name="run"):
+    run = tmp_path / name
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+def plant(path, kind: str) -> None:
+    """Replace `path` with a FIFO or a folder."""
+    if os.path.lexists(path):
+        os.unlink(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+
+def interrupted(tiny_run, tmp_path):
+    """A copy of the tiny run as if killed after its last checkpoint: no results.json yet."""
+    run = copy_run(tiny_run, tmp_path)
+    (run / "results.json").unlink()
+    return run
+
+
+def png(path):
+    from PIL import Image
+    Image.new("RGB", (8, 8), (120, 30, 200)).save(path)
+    return path
+
+
+# ---------------------------------------------------------------- run-folder files that are FIFOs or folders
+
+
+def _argv(command: str, run, tmp_path) -> list[str]:
+    return {"predict": ["predict", str(run), str(png(tmp_path / "x.png"))],
+            "export": ["export", str(run), "--out", str(tmp_path / "m.onnx")],
+            "clusters": ["clusters", str(run)], "evaluate": ["evaluate", str(run)]}[command]
+
+
+@pytest.mark.parametrize("command", ["predict", "export", "clusters"])
+def test_a_fifo_at_the_weights_is_named_and_never_waited_on(tiny_run, tmp_path, command):
+    run = copy_run(tiny_run, tmp_path)
+    plant(run / "model.safetensors", "fifo")
+    one_line(ccn(*_argv(command, run, tmp_path)), f"weights {run / 'model.safetensors'} is a FIFO, not a regular file")
+
+
+@pytest.mark.parametrize("name, command, expected", [
+    ("hierarchy.json", "clusters", "hierarchy file {path} is a FIFO, not a regular file"),
+    ("hierarchy.json", "predict", "hierarchy file {path} is a FIFO, not a regular file"),
+    ("results.json", "predict", "results file {path} is a FIFO, not a regular file"),
+    ("results.json", "export", "results file {path} is a FIFO, not a regular file"),
+    ("results.json", "evaluate", "results file {path} is a FIFO, not a regular file"),
+    ("config.yaml", "predict", "config file {path} is a FIFO, not a regular file"),
+])
+def test_a_fifo_in_a_run_folder_is_named_and_never_waited_on(tiny_run, tmp_path, capsys, name, command, expected):
+    run = copy_run(tiny_run, tmp_path)
+    plant(run / name, "fifo")
+    one_line(ccn_here(capsys, *_argv(command, run, tmp_path)), expected.format(path=run / name))
+
+
+@pytest.mark.parametrize("name, command", [("hierarchy.json", "clusters"), ("results.json", "predict"),
+                                           ("results.json", "export")])
+def test_a_folder_where_a_run_file_belongs_is_named_not_missing(tiny_run, tmp_path, capsys, name, command):
+    from ccn.cli import main
+    run = copy_run(tiny_run, tmp_path)
+    plant(run / name, "folder")
+    argv = {"clusters": ["clusters", str(run)], "predict": ["predict", str(run), str(png(tmp_path / "x.png"))],
+            "export": ["export", str(run), "--out", str(tmp_path / "m.onnx")]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{run / name} is a folder" in err and "has no" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_fifo_at_the_checkpoint_stops_resume_in_one_line(tiny_run, tmp_path):
+    run = interrupted(tiny_run, tmp_path)
+    plant(run / "checkpoint.safetensors", "fifo")
+    one_line(ccn("train", "--resume", str(run)),
+             f"checkpoint {run / 'checkpoint.safetensors'} is a FIFO, not a regular file")
+    assert not (run / "results.json").exists()
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("results.json", "results file {path} is a FIFO, not a regular file"),
+    ("config.yaml", "config file {path} is a FIFO, not a regular file"),
+    ("metrics.jsonl", "metrics log {path} is a FIFO, not a regular file"),
+])
+def test_a_fifo_in_an_interrupted_run_stops_resume_in_one_line(tiny_run, tmp_path, capsys, name, expected):
+    run = interrupted(tiny_run, tmp_path)
+    plant(run / name, "fifo")
+    one_line(ccn_here(capsys, "train", "--resume", str(run)), expected.format(path=run / name))
+    assert not (run / "results.json").is_file()  # nothing finished behind the refusal (nor "nothing to resume")
+
+
+def test_a_dangling_checkpoint_link_is_refused_not_taken_for_no_checkpoint(tiny_run, tmp_path, capsys):
+    run = interrupted(tiny_run, tmp_path)
+    (run / "checkpoint.safetensors").unlink()
+    (run / "checkpoint.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    metrics = (run / "metrics.jsonl").read_text()
+    one_line(ccn_here(capsys, "train", "--resume", str(run)), "checkpoint", "does not exist")
+    assert (run / "metrics.jsonl").read_text() == metrics  # the log was not cut back to epoch 0
+
+
+def test_a_fifo_as_model_init_weights_of_a_run_folder_is_named(tiny_run, tmp_path):
+    from ccn import config as cfgmod
+    from ccn.runs import load_initial_weights
+    from ccn.network import build_model
+    run = copy_run(tiny_run, tmp_path)
+    plant(run / "model.safetensors", "fifo")
+    config = cfgmod.load(run / "config.yaml", [f"model.init={run}"])
+    with pytest.raises(CCNError, match="is a FIFO, not a regular file"):
+        load_initial_weights(build_model(config, 6), config, [f"c{i}" for i in range(6)])
+
+
+# ---------------------------------------------------------------- distances.npy
+
+
+def _npy_with_header(path, shape_text: str, data: bytes = b"\0" * 64):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }" % shape_text
+    header += " " * (118 - len(header)) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + data)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("npz", "is not a readable .npy array"),
+    ("huge-shape", "shape (100000000000000000000,), not the 15 distances"),
+    ("bool-shape", "declares the shape (True, True, True), which is not a list of sizes"),
+    ("expression-shape", "is not a readable .npy array"),
+    ("short", "is cut short"),
+    ("objects", "holds a Python object array"),
+    ("fifo", "distances file {path} is a FIFO, not a regular file"),
+    ("folder", "distances file {path} is a folder"),
+])
+def test_a_damaged_distances_file_is_one_line_for_clusters_plot(tiny_run, tmp_path, capsys, kind, expected):
+    run = copy_run(tiny_run, tmp_path)
+    path = run / "distances.npy"
+    path.unlink()
+    if kind == "npz":
+        with open(path, "wb") as handle:
+            np.savez(handle, distances=np.ones(15, dtype=np.float32))
+    elif kind == "huge-shape":
+        _npy_with_header(path, "(100000000000000000000,)")
+    elif kind == "bool-shape":
+        _npy_with_header(path, "(True, True, True)")
+    elif kind == "expression-shape":
+        _npy_with_header(path, "(10**20,)")
+    elif kind == "short":
+        _npy_with_header(path, "(15,)", b"\0" * 20)
+    elif kind == "objects":
+        header = "{'descr': '|O', 'fortran_order': False, 'shape': (15,), }"
+        path.write_bytes(b"\x93NUMPY\x01\x00" + (len(header) + 1).to_bytes(2, "little") + header.encode() + b"\n")
+    else:
+        plant(path, kind)
+    one_line(ccn_here(capsys, "clusters", str(run), "--plot"), expected.format(path=path))
+    assert not (run / "distances.png").exists()
