@@ -215,3 +215,94 @@ def test_a_damaged_distances_file_is_one_line_for_clusters_plot(tiny_run, tmp_pa
         plant(path, kind)
     one_line(ccn_here(capsys, "clusters", str(run), "--plot"), expected.format(path=path))
     assert not (run / "distances.png").exists()
+
+
+# ---------------------------------------------------------------- --force replaces only the user's regular files
+
+
+@pytest.mark.parametrize("out_name, hit", [
+    ("results", "results.json"),  # FILE.json over the other run's results.json
+    ("model.safetensors", "model.safetensors"),
+    ("config.yaml", "config.yaml"),
+    ("dendrogram.png", "dendrogram.png"),
+])
+def test_export_force_never_replaces_another_runs_files(tiny_run, tmp_path, capsys, out_name, hit):
+    other = copy_run(tiny_run, tmp_path, "other")
+    before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    (other / "dendrogram.png").write_bytes(b"figure")
+    before["dendrogram.png"] = b"figure"
+    one_line(ccn_here(capsys, "export", str(tiny_run), "--out", str(other / out_name), "--force"),
+             f"which belongs to the run in {other.resolve()}")
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
+
+
+def test_export_never_writes_a_run_file_into_an_interrupted_run(tiny_run, tmp_path, capsys):
+    other = interrupted(tiny_run, tmp_path)  # results.json absent: writing one would make the run look finished
+    one_line(ccn_here(capsys, "export", str(tiny_run), "--out", str(other / "results")), "belongs to the run in")
+    assert not (other / "results.json").exists() and not (other / "results").exists()
+
+
+def test_export_force_never_replaces_an_experiments_files(tiny_run, tmp_path, capsys):
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    (grid / "grid.yaml").write_text("name: g\n")
+    (grid / "summary.json").write_text("{}")
+    one_line(ccn_here(capsys, "export", str(tiny_run), "--out", str(grid / "summary"), "--force"),
+             "belongs to the experiment in")
+    assert (grid / "summary.json").read_text() == "{}" and not (grid / "summary").exists()
+
+
+def test_export_force_replaces_the_users_own_files(tiny_run, tmp_path, capsys):
+    other = copy_run(tiny_run, tmp_path, "other")
+    (other / "mine.onnx").write_text("old")  # a new name inside a run folder is the user's
+    assert ccn_here(capsys, "export", str(tiny_run), "--out", str(other / "mine.onnx"), "--force").returncode == 0
+    assert (other / "mine.onnx").read_bytes() != b"old" and (other / "mine.onnx.json").is_file()
+
+
+@pytest.mark.parametrize("node", ["fifo", "char-device", "symlink", "socket"])
+@pytest.mark.parametrize("which", ["model", "sidecar"])
+def test_export_force_never_replaces_a_node_that_is_not_a_regular_file(tiny_run, tmp_path, capsys, node, which):
+    import socket
+    import stat
+    out = tmp_path / "model.onnx"
+    target = out if which == "model" else tmp_path / "model.onnx.json"
+    if node == "fifo":
+        os.mkfifo(target)
+    elif node == "char-device":
+        try:
+            os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers; needs root
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    elif node == "symlink":
+        (tmp_path / "elsewhere").write_text("keep")
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(target))
+    kind = os.lstat(target).st_mode
+    one_line(ccn_here(capsys, "export", str(tiny_run), "--out", str(out), "--force"), "and ccn replaces only regular files")
+    assert os.lstat(target).st_mode == kind  # the node is still there, as it was
+    other = tmp_path / ("model.onnx.json" if which == "model" else "model.onnx")
+    assert not os.path.lexists(other)  # and the other output was not written either
+
+
+@pytest.mark.parametrize("node", ["fifo", "symlink"])
+def test_train_force_removes_only_regular_run_files(tiny_run, tmp_path, capsys, node):
+    from conftest import TINY_RUN
+    run = copy_run(tiny_run, tmp_path)
+    (run / "metrics.jsonl").unlink()
+    if node == "fifo":
+        os.mkfifo(run / "metrics.jsonl")
+    else:
+        (tmp_path / "elsewhere.jsonl").write_text("keep\n")
+        (run / "metrics.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    args = [a for item in TINY_RUN for a in ("--set", item)]
+    one_line(ccn_here(capsys, "train", *args, "--out", str(run), "--force"), "metrics.jsonl", "regular files")
+    assert os.path.lexists(run / "metrics.jsonl") and (run / "results.json").is_file()  # the old run is intact
+
+
+def test_clusters_plot_never_replaces_a_fifo_with_a_figure(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path)
+    os.mkfifo(run / "dendrogram.png")
+    one_line(ccn_here(capsys, "clusters", str(run), "--plot"), "dendrogram.png is a FIFO")
+    assert os.path.lexists(run / "dendrogram.png") and not (run / "dendrogram.png").is_file()

@@ -35,6 +35,21 @@ def atomic_write(path: Path, write) -> None:
             _discard(tmp)
 
 
+def check_replaceable(path: Path, what: str, fix: str) -> None:
+    """CCNError unless `path` is absent or a regular file: atomic_write renames over whatever is there,
+    so a FIFO, a device (as root, --out /dev/null would become a regular file), a socket or a link
+    there would be replaced by a file. Looked at without following a link (the link is what is replaced)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise CCNError(f"{what} {path} cannot be looked at ({err.strerror or err}): {fix}") from None
+    problem = node_problem(mode)
+    if problem:
+        raise CCNError(f"{what} {path} {problem}, and ccn replaces only regular files: {fix}")
+
+
 def new_temporary_file(path: Path) -> Path:
     """An empty file of ours beside `path`, named `.NAME.<pid>.<random>.tmp` (run folders clean up
     `.NAME.*.tmp`; the image store removes those whose pid is gone), with the permissions a plain

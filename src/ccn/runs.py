@@ -30,7 +30,7 @@ import torch
 from ccn import config as cfgmod
 from ccn.checkpoint import (STATE_FILE, check_finite, check_weights_file, load_weights, save_weights,
                             state_difference)
-from ccn.files import atomic_write, fault_point, regular_file_size, write_json
+from ccn.files import atomic_write, check_replaceable, fault_point, regular_file_size, write_json
 from ccn.config import Config
 from ccn.data import stored_size
 from ccn.data.prepare import eval_transform
@@ -47,6 +47,8 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", D
              STATE_FILE)
 FIGURES = ("dendrogram.png", "distances.png")  # written by `ccn clusters --plot`; replaced with the run
 GRID_FILE = "grid.yaml"  # what makes a folder an experiment folder (ccn.experiment): no run is written beside it
+# What a grid writes beside runs/ (ccn.report.write_figures); a `ccn train` run folder holds RUN_FILES.
+GRID_OUTPUTS = ("summary.json", "report.md", "differences.png", "per_group.png", "dendrogram.png", "distances.png")
 OWN_FILES = RUN_FILES + FIGURES + (LOCK_FILE,)  # what no other command may write over (ccn export --out)
 
 # `--set` on a saved run (ccn evaluate) may say where its data are and how fast to score them, and choose
@@ -79,7 +81,23 @@ def _check_writable(path: Path) -> None:
 
 
 def existing_run_files(path: Path) -> list[str]:
-    return [name for name in RUN_FILES if (path / name).exists()]
+    return [name for name in RUN_FILES if os.path.lexists(path / name)]
+
+
+def owner_of(path: Path) -> Optional[str]:
+    """What `path` would be part of if ccn wrote it ("the run in B", "the experiment in E"), or None.
+
+    A folder holding any of a run's files (RUN_FILES or its lock) is a run, finished or not; one
+    holding grid.yaml an experiment. A file there under a name the run or grid writes is theirs, present
+    or not: writing results.json into an interrupted run would make it look finished. Any other name
+    in such a folder is the user's."""
+    path = Path(path)
+    folder = path.parent.resolve()
+    if path.name in OWN_FILES and any(os.path.lexists(folder / name) for name in RUN_FILES + (LOCK_FILE,)):
+        return f"the run in {folder}"
+    if path.name in GRID_OUTPUTS + (GRID_FILE,) and os.path.lexists(folder / GRID_FILE):
+        return f"the experiment in {folder}"
+    return None
 
 
 class NewRun:
@@ -104,6 +122,9 @@ class NewRun:
             if existing and not self.force:
                 raise CCNError(f"run folder {self.path} already holds a run ({', '.join(existing)}): choose another "
                                "--out, or add --force to replace it")
+            for name in RUN_FILES + FIGURES if self.force else ():  # --force removes these: only regular files
+                check_replaceable(self.path / name, "--force: the old run's", "remove it by hand, or choose another "
+                                  "--out")
             _check_writable(self.path)
         except BaseException:
             self.__exit__()
