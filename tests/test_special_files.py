@@ -306,3 +306,287 @@ def test_clusters_plot_never_replaces_a_fifo_with_a_figure(tiny_run, tmp_path, c
     os.mkfifo(run / "dendrogram.png")
     one_line(ccn_here(capsys, "clusters", str(run), "--plot"), "dendrogram.png is a FIFO")
     assert os.path.lexists(run / "dendrogram.png") and not (run / "dendrogram.png").is_file()
+
+
+# ---------------------------------------------------------------- --resume: the same data, a consistent header
+
+
+def _colour_folder(root, classes=("c1", "c2", "c3"), per_class=4):
+    """train/ and test/ with the same file names in every class, each class its own colour."""
+    from PIL import Image
+    for split, count in (("train", per_class), ("test", 2)):
+        for k, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), (80 * k, 255 - 80 * k, 17 * i)).save(folder / f"img{i}.png")
+    return root
+
+
+FOLDER_RUN = ["data.name=folder", "data.image_size=8", "model.width=4", "train.epochs=2", "train.progress=false",
+              "method.name=flat", "train.batch_size=4"]
+
+
+def _interrupted_folder_run(tmp_path, capsys):
+    data = _colour_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    args = [a for item in FOLDER_RUN + [f"data.root={data}"] for a in ("--set", item)]
+    assert ccn_here(capsys, "train", *args, "--out", str(run)).returncode == 0
+    (run / "results.json").unlink()  # killed after its last checkpoint
+    return data, run
+
+
+def test_resume_after_two_class_folders_swapped_is_refused(tmp_path, capsys):
+    data, run = _interrupted_folder_run(tmp_path, capsys)
+    for split in ("train", "test"):  # the same counts, the same file names: only the labels move
+        (data / split / "c1").rename(data / split / "tmp")
+        (data / split / "c2").rename(data / split / "c1")
+        (data / split / "tmp").rename(data / split / "c2")
+    one_line(ccn_here(capsys, "train", "--resume", str(run)), "started on other data", "swapped")
+    assert not (run / "results.json").exists()
+
+
+def test_resume_after_an_image_edited_in_place_is_refused(tmp_path, capsys):
+    from PIL import Image
+    data, run = _interrupted_folder_run(tmp_path, capsys)
+    image = data / "train" / "c3" / "img0.png"
+    stat = image.stat()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # `touch -r`: the same time
+    one_line(ccn_here(capsys, "train", "--resume", str(run)), "started on other data")
+
+
+def test_resume_on_the_same_bytes_restored_from_a_copy_finishes(tmp_path, capsys):
+    data, run = _interrupted_folder_run(tmp_path, capsys)
+    shutil.copytree(data, tmp_path / "backup")  # new inodes and times, the same bytes
+    shutil.rmtree(data)
+    shutil.copytree(tmp_path / "backup", data)
+    result = ccn_here(capsys, "train", "--resume", str(run))
+    assert result.returncode == 0, result.stderr
+    assert (run / "results.json").is_file()
+
+
+def _edit_checkpoint(path, **changes):
+    """Rewrite the checkpoint's training-state header with `changes` (a hand edit within range)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    state = json.loads(meta["ccn_state"])
+    state.update(changes)
+    save_file(tensors, str(path), {**meta, "ccn_state": json.dumps(state)})
+
+
+def _step_checkpoint(tmp_path, batch: int):
+    """A run folder whose checkpoint stops after `batch` batches of epoch 2 (step = per_epoch + batch)."""
+    import torch
+
+    from ccn import config as cfgmod
+    from ccn.dist import World
+    from ccn.pipeline import MethodRun
+    from ccn.runs import start_run_dir
+    from ccn.tracking import RunLog
+    from ccn.train import EpochProgress
+    from conftest import TINY_RUN
+    out = tmp_path / "run"
+    out.mkdir()
+    config = cfgmod.load(None, TINY_RUN + ["method.name=flat", "train.epochs=3", "train.checkpoint_every=1",
+                                          "train.batch_size=4"])
+    start_run_dir(out, config)
+    run = MethodRun(config, out, RunLog(None, enabled=False), World(), None)
+    per_epoch = len(run.data.train)
+    run.trainer.step = per_epoch + batch
+    run.save_checkpoint(2, EpochProgress(batch, {"loss": torch.tensor(1.0)}, seen=4 * batch), epoch_seconds=1.0)
+    return out, config, per_epoch
+
+
+def _resume(out, config):
+    from ccn.dist import World
+    from ccn.pipeline import MethodRun
+    from ccn.tracking import RunLog
+    run = MethodRun(config, out, RunLog(None, enabled=False), World(), None, resume=True)
+    run.resume()
+    return run
+
+
+def test_a_consistent_step_checkpoint_resumes(tmp_path):
+    out, config, per_epoch = _step_checkpoint(tmp_path, batch=2)
+    run = _resume(out, config)
+    assert run.trainer.step == per_epoch + 2 and run.first_epoch == 2 and run.resumed_progress.batch == 2
+
+
+@pytest.mark.parametrize("edit", [{"batch": 1}, {"step": "minus-3"}, {"epoch": 1}, {"batch": 0}],
+                         ids=["batch-2-to-1", "step-down-3", "epoch-2-to-1", "batch-2-to-0"])
+def test_a_step_checkpoint_edited_within_range_is_refused(tmp_path, edit):
+    out, config, per_epoch = _step_checkpoint(tmp_path, batch=2)
+    if edit.get("step") == "minus-3":
+        edit = {"step": per_epoch + 2 - 3}
+    _edit_checkpoint(out / "checkpoint.safetensors", **edit)
+    with pytest.raises(CCNError, match="cannot reach step .* it is damaged or edited"):
+        _resume(out, config)
+
+
+def test_an_epoch_checkpoint_with_an_edited_step_is_refused(tiny_run, tmp_path, capsys):
+    import json
+
+    from safetensors import safe_open
+    run = interrupted(tiny_run, tmp_path)
+    with safe_open(str(run / "checkpoint.safetensors"), framework="pt") as handle:
+        step = json.loads(handle.metadata()["ccn_state"])["step"]
+    _edit_checkpoint(run / "checkpoint.safetensors", step=step - 1)
+    one_line(ccn_here(capsys, "train", "--resume", str(run)), "cannot reach step", "damaged or edited")
+
+
+# ---------------------------------------------------------------- ImageNet label files and validation folders
+
+from test_imagenet import WNIDS, write_imagenet  # noqa: E402  (the tiny ImageNet copies of test_imagenet)
+
+
+def _kaggle(tmp_path):
+    root = write_imagenet(tmp_path / "in", "kaggle")
+    return root, root / "ILSVRC" / "Data" / "CLS-LOC" / "val", root / "LOC_val_solution.csv"
+
+
+def _listing(root):
+    from ccn.data.imagenet import list_imagenet
+    return list_imagenet(root)
+
+
+def test_a_val_folder_with_one_wnid_folder_and_loose_images_is_refused(tmp_path):
+    from ccn.errors import DataError
+    root = write_imagenet(tmp_path / "in", "torchvision")
+    val = root / "val"
+    for folder in sorted(val.iterdir())[1:]:  # valprep stopped after its first class
+        for image in folder.iterdir():
+            image.rename(val / image.name)
+        folder.rmdir()
+    with pytest.raises(DataError, match=r"holds both class folders \(1, e.g. n01440764\) and 6 images outside them"):
+        _listing(root)
+
+
+def test_a_csv_giving_one_image_two_wnids_is_refused(tmp_path):
+    from ccn.errors import DataError
+    root, _, csv = _kaggle(tmp_path)
+    csv.write_text(csv.read_text() + f"ILSVRC2012_val_00000001,{WNIDS[3]} 1 2 3 4\n")
+    with pytest.raises(DataError, match=f"labels ILSVRC2012_val_00000001 as {WNIDS[3]}, but an earlier row labels it "
+                                        f"{WNIDS[0]}"):
+        _listing(root)
+
+
+def test_a_csv_repeating_a_row_with_the_same_wnid_is_read_once(tmp_path):
+    root, _, csv = _kaggle(tmp_path)
+    csv.write_text(csv.read_text() + f"ILSVRC2012_val_00000001,{WNIDS[0]} 5 6 7 8\n")
+    assert len(_listing(root).val) == 8  # each image once
+
+
+def test_one_image_id_as_two_files_is_refused(tmp_path):
+    from ccn.errors import DataError
+    root, val, _ = _kaggle(tmp_path)
+    png(val / "ILSVRC2012_val_00000003.png")
+    with pytest.raises(DataError, match="ILSVRC2012_val_00000003 is in .* twice .*would be scored twice"):
+        _listing(root)
+
+
+def test_val_images_missing_against_the_csv_are_counted_and_refused(tmp_path):
+    from ccn.errors import DataError
+    root, val, csv = _kaggle(tmp_path)
+    (val / "ILSVRC2012_val_00000002.JPEG").unlink()
+    (val / "ILSVRC2012_val_00000007.JPEG").unlink()
+    with pytest.raises(DataError, match=r"lacks 2 of the 8 validation images .* \(e.g. ILSVRC2012_val_00000002\)"):
+        _listing(root)
+    lines = [line for line in csv.read_text().splitlines() if "_00000002," not in line and "_00000007," not in line]
+    csv.write_text("\n".join(lines) + "\n")  # a subset chosen on purpose
+    assert len(_listing(root).val) == 6
+
+
+@pytest.mark.parametrize("ending", ["\r", "\r\n"], ids=["cr-only", "crlf"])
+def test_a_csv_with_other_line_endings_is_read(tmp_path, ending):
+    root, _, csv = _kaggle(tmp_path)
+    csv.write_bytes(csv.read_text().replace("\n", ending).encode())
+    assert [label for _, label in _listing(root).val] == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_a_csv_field_over_the_csv_limit_is_one_line(tmp_path):
+    from ccn.errors import DataError
+    root, _, csv = _kaggle(tmp_path)
+    csv.write_text(csv.read_text() + 'ILSVRC2012_val_00000009,"' + "n" * 140_000 + '"\n')
+    with pytest.raises(DataError, match="line 10 is not a CSV row ImageNet has .*field larger than field limit"):
+        _listing(root)
+
+
+@pytest.mark.parametrize("which", ["synsets", "csv"])
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path, which):
+    root, _, csv = _kaggle(tmp_path)
+    path = root / "LOC_synset_mapping.txt" if which == "synsets" else csv
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    listing = _listing(root)
+    assert listing.wnids == WNIDS and listing.names[0] == "tench" and len(listing.val) == 8
+
+
+@pytest.mark.parametrize("which, kind", [("synsets", "fifo"), ("csv", "fifo"), ("synsets", "folder")])
+def test_an_imagenet_label_file_that_is_not_a_file_is_named(tmp_path, which, kind):
+    from ccn.errors import DataError
+    root, _, csv = _kaggle(tmp_path)
+    path = root / "LOC_synset_mapping.txt" if which == "synsets" else csv
+    plant(path, kind)
+    with pytest.raises(DataError, match=f"{path} is a {'FIFO, not a regular file' if kind == 'fifo' else 'folder'}"):
+        _listing(root)
+
+
+# ---------------------------------------------------------------- Caltech-101's split lists
+
+
+def _caltech(tmp_path, train_lines, test_lines=None):
+    base = tmp_path / "caltech" / "101_ObjectCategories"
+    for name in ("cat", "dog"):
+        (base / name).mkdir(parents=True)
+        for i in range(3):
+            png(base / name / f"image_{i:04d}.png")
+    for name, lines in (("train.txt", train_lines), ("test.txt", test_lines)):
+        if isinstance(lines, bytes):
+            (base.parent / name).write_bytes(lines)
+        elif lines is not None:
+            (base.parent / name).write_text("".join(line + "\n" for line in lines))
+    return base
+
+
+def _split(base):
+    from ccn.data.folder import caltech_split, list_class_files
+    return caltech_split(base, list_class_files(base))
+
+
+TRAIN = ["cat/image_0000.png", "cat/image_0001.png", "dog/image_0000.png", "dog/image_0001.png"]
+TEST = ["cat/image_0002.png", "dog/image_0002.png"]
+
+
+def test_split_lists_are_read(tmp_path):
+    base = _caltech(tmp_path, TRAIN, TEST)
+    train, test = _split(base)
+    assert [p.relative_to(base).as_posix() for p in train] == TRAIN and len(test) == 2
+
+
+@pytest.mark.parametrize("train, test, message", [
+    (TRAIN, TEST + ["cat/image_0001.png"], r"both name 1 image\(s\) \(e.g. cat/image_0001.png\): a run would train on"),
+    (TRAIN + ["cat/image_0000.png"], TEST, "names cat/image_0000.png twice"),
+    (TRAIN, None, "is there but .*test.txt is not"),
+    (TRAIN + ["../../../etc/passwd"], TEST, "names '../../../etc/passwd', which is not inside"),
+    (TRAIN + ["/etc/passwd"], TEST, "names '/etc/passwd', which is not inside"),
+    (b"cat/image_0000.png\ncaf\xe9/x.png\n", TEST, "is not UTF-8 text"),
+], ids=["overlap", "repeated", "one-list-only", "dot-dot", "absolute", "not-utf8"])
+def test_bad_split_lists_are_one_line(tmp_path, train, test, message):
+    from ccn.errors import DataError
+    base = _caltech(tmp_path, train, test)
+    with pytest.raises(DataError, match=message):
+        _split(base)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_split_list_that_is_not_a_file_is_named_not_missing(tmp_path, kind):
+    from ccn.errors import DataError
+    base = _caltech(tmp_path, TRAIN, TEST)
+    plant(base.parent / "train.txt", kind)
+    with pytest.raises(DataError, match=f"train.txt is a {'FIFO, not a regular file' if kind == 'fifo' else 'folder'}"):
+        _split(base)
