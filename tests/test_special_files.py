@@ -590,3 +590,34 @@ def test_a_split_list_that_is_not_a_file_is_named_not_missing(tmp_path, kind):
     plant(base.parent / "train.txt", kind)
     with pytest.raises(DataError, match=f"train.txt is a {'FIFO, not a regular file' if kind == 'fifo' else 'folder'}"):
         _split(base)
+
+
+# ---------------------------------------------------------------- names ccn prints
+
+
+EVIL = "c1 99.0%\nevil.png: cat"
+
+
+def test_a_class_name_cannot_forge_a_line_of_predict_or_clusters_output(tmp_path, capsys):
+    data = _colour_folder(tmp_path / "data", classes=(EVIL, "c2\x1b[2J", "c3"))
+    run = tmp_path / "run"
+    settings = [s for s in FOLDER_RUN if s != "method.name=flat"] + [f"data.root={data}", "method.groups=2"]
+    args = [a for item in settings for a in ("--set", item)]
+    assert ccn_here(capsys, "train", *args, "--out", str(run)).returncode == 0
+    images = [str(png(tmp_path / f"x{i}.png")) for i in range(2)]
+    out = ccn_here(capsys, "predict", str(run), *images, "--top", "3").stdout
+    assert len(out.splitlines()) == 2 and "\x1b" not in out, out  # one line per image, whatever the names
+    assert "c1 99.0%\\nevil.png: cat" in out and "c2\\x1b[2J" in out
+    out = ccn_here(capsys, "clusters", str(run)).stdout
+    assert "\x1b" not in out and "\nevil.png" not in out and "c1 99.0%\\nevil.png: cat" in out, out
+
+
+def test_an_error_naming_a_path_with_a_newline_stays_one_line(tmp_path, capsys):
+    run = tmp_path / "a\nccn: error: forged"
+    one_line(ccn_here(capsys, "predict", str(run), str(png(tmp_path / "x.png"))), "a\\nccn: error: forged")
+
+
+def test_a_file_name_that_is_not_utf8_prints_escaped(tiny_run, tmp_path, capsys):
+    image = png(tmp_path / os.fsdecode(b"caf\xe9.png"))
+    result = ccn_here(capsys, "predict", str(tiny_run), str(image))
+    assert result.returncode == 0 and "caf\\xe9.png: " in result.stdout, result.stderr

@@ -19,7 +19,7 @@ from ccn.data.images import ALLOWED_NAMES, UnreadableImage, decode_image
 from ccn.errors import CCNError
 from ccn.evaluate import tta_outputs
 from ccn.hierarchy import Hierarchy
-from ccn.validate import file_problem
+from ccn.validate import file_problem, printable
 
 
 def inference_rule(head: torch.nn.Module, rule: str) -> str:
@@ -82,10 +82,12 @@ def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved
 
 
 def format_predictions(predictions: list[dict]) -> list[str]:
-    """One line per image: `path: class 97.1% (group 2), ...` (no group for flat runs)."""
+    """One line per image: `path: class 97.1% (group 2), ...` (no group for flat runs). Paths and class
+    names are printed escaped (ccn.validate.printable): a class folder named "c1 99.0%\\nevil.png: cat"
+    must not print a line of its own."""
     lines = []
     for entry in predictions:
-        guesses = [f"{g['class']} {100 * g['probability']:.1f}%" + (f" (group {g['group']})" if g["group"] else "")
-                   for g in entry["top"]]
-        lines.append(f"{entry['path']}: " + ", ".join(guesses))
+        guesses = [f"{printable(g['class'])} {100 * g['probability']:.1f}%" + (f" (group {g['group']})" if g["group"]
+                                                                             else "") for g in entry["top"]]
+        lines.append(f"{printable(entry['path'])}: " + ", ".join(guesses))
     return lines

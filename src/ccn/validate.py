@@ -39,6 +39,30 @@ def checked(path, fix: str) -> Iterator[None]:
         raise CCNError(f"{path}: its structure is nested too deeply: {fix}") from None
 
 
+# ---------------------------------------------------------------- names ccn prints
+
+# bidirectional overrides and isolates: they reorder what a terminal shows after them
+_REORDERING = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def printable(text) -> str:
+    """`text` with every character that could forge or hide output escaped as Python writes it: control
+    characters (a newline in a class folder's name printed a line of its own, an ESC sequence recolours
+    the terminal), line and paragraph separators, bidirectional overrides, and the lone surrogates that
+    stand for the bytes of a name that is not UTF-8 (printing them raised UnicodeEncodeError). Every
+    name and path ccn prints as text (predict, clusters, the error line) goes through here."""
+    text = str(text)
+    if text.isprintable() and not _REORDERING.intersection(text):
+        return text
+    return "".join(ch if ch.isprintable() and ch not in _REORDERING else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    if 0xDC80 <= ord(ch) <= 0xDCFF:  # os.fsdecode's stand-in for one byte that is not UTF-8
+        return f"\\x{ord(ch) - 0xDC00:02x}"
+    return repr(ch)[1:-1]  # \n, \x1b, \u202e: Python escapes every character it does not print
+
+
 # ---------------------------------------------------------------- paths
 
 

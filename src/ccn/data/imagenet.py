@@ -120,7 +120,7 @@ def read_val_solution(path: Path) -> dict[str, str]:
     """{image id: wnid} from LOC_val_solution.csv: `ImageId,PredictionString`, where the string holds
     `wnid x_min y_min x_max y_max` per box and every box of an image names the image's class.
 
-    Any line ending (\\n, \\r\\n, a classic Mac's \\r) is read; a row that repeats an image id with
+    Any line ending (LF, CR LF, or a classic Mac's CR alone) is read; a row that repeats an image id with
     the same wnid is harmless and kept once, one that gives it another wnid is refused (which row
     would be right?), and so is a field no ImageNet row has (csv's 131,072-character limit)."""
     fix = "replace it with the file from the ImageNet download"
