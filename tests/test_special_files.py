@@ -621,3 +621,29 @@ def test_a_file_name_that_is_not_utf8_prints_escaped(tiny_run, tmp_path, capsys)
     image = png(tmp_path / os.fsdecode(b"caf\xe9.png"))
     result = ccn_here(capsys, "predict", str(tiny_run), str(image))
     assert result.returncode == 0 and "caf\\xe9.png: " in result.stdout, result.stderr
+
+
+# ---------------------------------------------------------------- method.top_k too small for the groups
+
+
+def test_a_top_k_below_twice_the_mean_group_is_refused_before_training(tmp_path, capsys):
+    from conftest import TINY_RUN
+    settings = TINY_RUN + ["method.sparse_above=2", "method.top_k=2", "method.groups=2"]  # 6 classes: groups of 3
+    args = [a for item in settings for a in ("--set", item)]
+    one_line(ccn_here(capsys, "train", *args, "--out", str(tmp_path / "run")),
+             "method.top_k=2 keeps fewer profile entries than twice the 3 classes", "set method.top_k to 6 or more")
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before anything was trained or written
+
+
+def test_a_top_k_below_twice_the_largest_group_formed_is_refused():
+    import torch
+
+    from ccn.errors import ConfigError
+    from ccn.hierarchy.partition import build_hierarchy
+    torch.manual_seed(0)
+    profiles = torch.softmax(torch.randn(8, 8) * 3, dim=1)
+    with pytest.raises(ConfigError, match=r"method.top_k=2 keeps fewer .* the largest group formed has .* of each "
+                                          r"profile's mass dropped\)"):
+        build_hierarchy(profiles, [f"c{i}" for i in range(8)], threshold=10.0, sparse_above=2, top_k=2)
+    hierarchy = build_hierarchy(profiles, [f"c{i}" for i in range(8)], num_groups=2, sparse_above=2)  # default top_k
+    assert len(hierarchy.groups) == 2

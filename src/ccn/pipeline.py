@@ -35,6 +35,7 @@ from ccn.ema import WeightAverage
 from ccn.errors import CCNError
 from ccn.evaluate import batch_outputs, score
 from ccn.hierarchy import Hierarchy, read_groups_file
+from ccn.hierarchy.partition import check_top_k
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.models import count_parameters
 from ccn.provenance import code_version
@@ -92,6 +93,7 @@ class MethodRun:
         check_ranks_agree(self._image_counts(), self.device)
         self.ds = self.data.ds
         cfgmod.check_against_classes(config, self.ds.num_classes, f"data {self.ds.name}")
+        check_top_k(config.method, self.ds.num_classes)  # before the probe epochs, not after them
         # a resumed run takes its weights and groups from its checkpoint: the files named by
         # model.init and method.groups_file are not needed again
         resuming = resume and self._checkpoint_path() is not None and os.path.lexists(self._checkpoint_path())
