@@ -14,7 +14,7 @@ import pytest
 from ccn.errors import CCNError
 from conftest import REPO
 
-HANG_LIMIT_S = 60  # far beyond what each command needs; a FIFO waited on would block for ever
+HANG_LIMIT_S = int(os.environ.get("CCN_TEST_HANG_LIMIT_S", 60))  # far beyond what a command needs; a FIFO blocks for ever
 
 
 def ccn(*args: str, cwd=None) -> subprocess.CompletedProcess:
