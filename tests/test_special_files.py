@@ -647,3 +647,16 @@ def test_a_top_k_below_twice_the_largest_group_formed_is_refused():
         build_hierarchy(profiles, [f"c{i}" for i in range(8)], threshold=10.0, sparse_above=2, top_k=2)
     hierarchy = build_hierarchy(profiles, [f"c{i}" for i in range(8)], num_groups=2, sparse_above=2)  # default top_k
     assert len(hierarchy.groups) == 2
+
+
+def test_train_force_with_a_linked_tensorboard_folder_keeps_the_old_run(tiny_run, tmp_path, capsys):
+    from conftest import TINY_RUN
+    run = copy_run(tiny_run, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("keep")
+    (run / "tensorboard").symlink_to(elsewhere)
+    args = [a for item in TINY_RUN for a in ("--set", item)]
+    one_line(ccn_here(capsys, "train", *args, "--out", str(run), "--force"), "tensorboard", "not a folder of its own")
+    assert (run / "results.json").is_file() and (run / "model.safetensors").is_file()  # not half-removed
+    assert (elsewhere / "precious").read_text() == "keep"

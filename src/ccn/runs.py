@@ -122,9 +122,8 @@ class NewRun:
             if existing and not self.force:
                 raise CCNError(f"run folder {self.path} already holds a run ({', '.join(existing)}): choose another "
                                "--out, or add --force to replace it")
-            for name in RUN_FILES + FIGURES if self.force else ():  # --force removes these: only regular files
-                check_replaceable(self.path / name, "--force: the old run's", "remove it by hand, or choose another "
-                                  "--out")
+            if self.force:
+                _check_removable(self.path)
             _check_writable(self.path)
         except BaseException:
             self.__exit__()
@@ -145,6 +144,18 @@ class NewRun:
                 self.path.rmdir()  # only when empty: nothing of ours or the user's is removed
             except OSError:
                 pass
+
+
+def _check_removable(path: Path) -> None:
+    """--force: everything remove_run_outputs removes must be the old run's own regular files (and its
+    tensorboard folder a real folder), checked before the first is removed: a FIFO, device or link
+    there stops the command with the old run intact, not half-removed."""
+    for name in RUN_FILES + FIGURES:
+        check_replaceable(path / name, "--force: the old run's", "remove it by hand, or choose another --out")
+    board = path / "tensorboard"
+    if board.is_symlink() or (os.path.lexists(board) and not board.is_dir()):
+        raise CCNError(f"--force: the old run's {board} is not a folder of its own (a link or a file), and ccn removes "
+                       "only the run's own tensorboard folder: remove it by hand, or choose another --out")
 
 
 def _refuse_experiment_folder(path: Path) -> None:
