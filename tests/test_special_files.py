@@ -660,3 +660,16 @@ def test_train_force_with_a_linked_tensorboard_folder_keeps_the_old_run(tiny_run
     one_line(ccn_here(capsys, "train", *args, "--out", str(run), "--force"), "tensorboard", "not a folder of its own")
     assert (run / "results.json").is_file() and (run / "model.safetensors").is_file()  # not half-removed
     assert (elsewhere / "precious").read_text() == "keep"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_cifar_batch_that_is_not_a_file_is_named(tmp_path, kind):
+    from test_data import write_cifar10
+
+    from ccn.config import DataConfig
+    from ccn.data import load_dataset
+    from ccn.errors import DataError
+    folder = write_cifar10(tmp_path)
+    plant(folder / "data_batch_3", kind)
+    with pytest.raises(DataError, match=f"CIFAR file .*data_batch_3 is a {'FIFO, not a regular file' if kind == 'fifo' else 'folder'}"):
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
