@@ -189,7 +189,7 @@ def _npy_with_header(path, shape_text: str, data: bytes = b"\0" * 64):
     ("bool-shape", "declares the shape (True, True, True), which is not a list of sizes"),
     ("expression-shape", "is not a readable .npy array"),
     ("short", "is cut short"),
-    ("objects", "holds a Python object array"),
+    ("objects", "is not a readable .npy array (it holds pickled Python objects"),
     ("fifo", "distances file {path} is a FIFO, not a regular file"),
     ("folder", "distances file {path} is a folder"),
 ])

@@ -190,9 +190,11 @@ def _npy_header(handle, path: Path) -> tuple[tuple, np.dtype]:
         raise CCNError(f"{path} is not a readable .npy array ({err}): {DISTANCES_FIX}") from None
     if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
         raise CCNError(f"{path} declares the shape {shape!r}, which is not a list of sizes: {DISTANCES_FIX}")
-    if fortran or dtype.hasobject:
-        raise CCNError(f"{path} holds a {'Fortran-ordered' if fortran else 'Python object'} array, not the plain "
-                       f"distances ccn writes: {DISTANCES_FIX}")
+    if dtype.hasobject:  # pickled: never loaded, whatever it holds
+        raise CCNError(f"{path} is not a readable .npy array (it holds pickled Python objects, which ccn never "
+                       f"loads): {DISTANCES_FIX}")
+    if fortran:
+        raise CCNError(f"{path} holds a Fortran-ordered array, not the plain distances ccn writes: {DISTANCES_FIX}")
     return shape, dtype
 
 
