@@ -81,7 +81,7 @@ def _check_writable(path: Path) -> None:
 
 
 def existing_run_files(path: Path) -> list[str]:
-    return [name for name in RUN_FILES if os.path.lexists(path / name)]
+    return [name for name in RUN_FILES if (path / name).exists()]  # a dangling link is no run's file
 
 
 def owner_of(path: Path) -> Optional[str]:
