@@ -330,6 +330,7 @@ def test_resume_does_not_need_the_model_init_file_again(runs, tmp_path):
     config = cfgmod.load(None, [*QUICK, "method.name=ccn", "train.epochs=2", f"model.init={source}"])
     (tmp_path / "run").mkdir()
     first = MethodRun(config, tmp_path / "run", RunLog(None, enabled=False), World(), None)
+    first.trainer.step = len(first.data.train)  # as after epoch 1: a checkpoint's step must agree with its epoch
     first.save_checkpoint(1)
     shutil.rmtree(source)
     again = MethodRun(config, tmp_path / "run", RunLog(None, enabled=False), World(), None, resume=True)

@@ -373,13 +373,13 @@ def test_predict_into_a_pipe_closed_early_stops_quietly(tiny_run, tmp_path):
 def test_a_fifo_is_named_as_no_regular_file(tiny_run, tmp_path, capsys):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    _cli_one_line(capsys, ["predict", str(tiny_run), str(fifo)], f"image {fifo} is not a regular file")
-    _cli_one_line(capsys, ["train", "--config", str(fifo)], f"config file {fifo} is not a regular file")
+    _cli_one_line(capsys, ["predict", str(tiny_run), str(fifo)], f"image {fifo} is a FIFO, not a regular file")
+    _cli_one_line(capsys, ["train", "--config", str(fifo)], f"config file {fifo} is a FIFO, not a regular file")
     from ccn.hierarchy import read_groups_file
-    with pytest.raises(CCNError, match=f"method.groups_file={fifo} is not a regular file"):
+    with pytest.raises(CCNError, match=f"method.groups_file={fifo} is a FIFO, not a regular file"):
         read_groups_file(fifo, CLASSES, whole_tree=False)
     from ccn.runs import init_weights_file
-    with pytest.raises(CCNError, match=f"model.init={fifo} is not a regular file"):
+    with pytest.raises(CCNError, match=f"model.init={fifo} is a FIFO, not a regular file"):
         init_weights_file(str(fifo))
 
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from ccn.errors import CCNError
-from ccn.files import atomic_write, fault_point
+from ccn.files import atomic_write, fault_point, regular_file_size
 from ccn.validate import (Invalid, checked, parse_json, require_int, require_keys, require_list, require_mapping,
                           require_number, require_numbers, require_str)
 
@@ -49,6 +49,12 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = Non
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     atomic_write(path, lambda tmp: write_safetensors(tmp, state, meta))
+
+
+def check_weights_file(path: Path, what: str, fix: str) -> None:
+    """CCNError unless `path` is a regular file: safetensors would block for ever on a FIFO planted there
+    and read a device without end (ccn.files.open_regular; the size needs no limit: it is mapped)."""
+    regular_file_size(path, what, fix)
 
 
 def state_difference(module: torch.nn.Module, state: dict) -> Optional[str]:
@@ -106,6 +112,7 @@ def check_finite(state: dict, path: Path, fix: str) -> None:
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load a safetensors file into `model`, refusing files made for another model or class count,
     and weights that are not finite (predictions, scores and exports from them are meaningless)."""
+    check_weights_file(path, "weights", "restore the file the run wrote, or train the run again")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -178,6 +185,7 @@ STAGES = ("flat", "probe", "ccn", "tree")
 
 def read_training_state(path: Path) -> tuple[dict, dict]:
     """(tensors, state) of a checkpoint; CCNError when it is damaged, edited or not ours."""
+    check_weights_file(path, "checkpoint", CHECKPOINT_FIX)
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}

@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ccn.errors import CCNError, WriteError
+from ccn.validate import printable  # every name and path printed as text (no torch: the import stays light)
 
 EXIT_USAGE = 2
 
@@ -35,7 +36,7 @@ def _train(args) -> None:
         out = Path(args.resume)
         with resumed_run(out) if world.is_main else nullcontext(resume_run_dir(out, clean=False)) as config:
             if config is None:
-                print(f"{out} has already finished (results.json is there): nothing to resume")
+                print(f"{printable(out)} has already finished (results.json is there): nothing to resume")
                 return
             _run(config, out, world, resume=True)
     else:
@@ -47,7 +48,7 @@ def _train(args) -> None:
         with NewRun(out, force=args.force) if world.is_main else nullcontext() as run:
             _run(config, out, world, resume=False, on_start=(lambda: run.start(config)) if run else None)
     if world.is_main:
-        print(f"run folder: {out}")
+        print(f"run folder: {printable(out)}")
 
 
 def _run(config, out: Path, world, resume: bool, on_start=None) -> None:
@@ -86,13 +87,13 @@ def _clusters(args) -> None:
     from ccn.runs import check_hierarchy_file_matches_weights
 
     given = Path(args.run_dir)
-    if given.is_file():  # a hierarchy file on its own (ccn wordnet --out, a run's hierarchy.json, a groups file)
+    if os.path.lexists(given) and not given.is_dir():  # a hierarchy file (ccn wordnet --out, hierarchy.json, a groups file)
         if args.plot:
             raise CCNError(f"--plot draws a run's class distances: give the run folder, not the file {given}")
         _print_groups(Hierarchy.load(given))
         return
     path = given / "hierarchy.json"
-    if not path.is_file():
+    if not os.path.lexists(path):  # a FIFO or folder there is named as what it is by Hierarchy.load
         raise CCNError(f"{args.run_dir} has no hierarchy.json: only runs with method.name=ccn form groups")
     h = Hierarchy.load(path)
     check_hierarchy_file_matches_weights(given, h)
@@ -118,12 +119,12 @@ def _print_groups(h) -> None:
     names = how.get("group_names")
     names = names if isinstance(names, list) and len(names) == len(h.tree) else None
     for k, node in enumerate(h.tree):
-        members = [h.classes[c] for c in sorted(leaves(node))]
-        label = f" {names[k]}" if names else ""
+        members = [printable(h.classes[c]) for c in sorted(leaves(node))]  # a name must not print a line of its own
+        label = f" {printable(names[k])}" if names else ""
         print(f"  group {k + 1:>2}{label} ({len(members)}): {', '.join(members)}")
         if isinstance(node, list) and any(isinstance(child, list) for child in node):
             for child in node:
-                print(f"      - {', '.join(h.classes[c] for c in leaves(child))}")
+                print(f"      - {', '.join(printable(h.classes[c]) for c in leaves(child))}")
     if "shape" in how:
         print(f"shape: {how['shape']}")
     if "coarse_ari" in how:
@@ -202,8 +203,8 @@ def _export(args) -> None:
     from ccn.export import export_run, sidecar_path
 
     info = export_run(Path(args.run_dir), Path(args.out), args.format, args.force)
-    print(f"wrote {args.out} ({info['rule']} rule, {len(info['classes'])} classes, {info['image_size']}px input) "
-          f"and {sidecar_path(Path(args.out))}")
+    print(f"wrote {printable(args.out)} ({info['rule']} rule, {len(info['classes'])} classes, {info['image_size']}px "
+          f"input) and {printable(sidecar_path(Path(args.out)))}")
 
 
 def _experiment(args) -> None:
@@ -346,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ccn predict ... | head -1`: the reader has all it wanted; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail again
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
-    except CCNError as err:
-        print(f"ccn: error: {err}", file=sys.stderr)
+    except CCNError as err:  # escaped: a name in the message must not break the one line or the terminal
+        print(f"ccn: error: {printable(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ccn: interrupted", file=sys.stderr)

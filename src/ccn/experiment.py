@@ -38,7 +38,7 @@ from ccn.files import atomic_write
 from ccn.errors import CCNError, ConfigError
 from ccn.locks import FolderLock
 from ccn.progress import echo, progress_bar
-from ccn.runs import GRID_FILE, RUN_FILES, NewRun, read_results, resumed_run
+from ccn.runs import GRID_FILE, GRID_OUTPUTS, RUN_FILES, NewRun, read_results, resumed_run
 
 METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
 NORM_SUFFIX, RANDOM_SUFFIX = "-norm", "-random"
@@ -445,8 +445,7 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
     return None
 
 
-# What a grid writes beside runs/ (report.write_figures); a `ccn train` run folder holds runs.RUN_FILES.
-_GRID_OUTPUTS = ("summary.json", "report.md", "differences.png", "per_group.png", "dendrogram.png", "distances.png")
+_GRID_OUTPUTS = GRID_OUTPUTS  # what a grid writes beside runs/ (ccn.runs, where export also reads it)
 
 
 def _refuse_foreign_folder(out: Path, grid: Grid) -> None:

@@ -20,16 +20,17 @@ import contextlib
 import importlib.util
 import inspect
 import logging
+import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ccn.files import atomic_write, write_json
+from ccn.files import atomic_write, check_replaceable, write_json
 from ccn.errors import CCNError
 from ccn.predict import class_probabilities, inference_rule
-from ccn.runs import OWN_FILES, load_run
+from ccn.runs import OWN_FILES, load_run, owner_of
 
 FORMATS = ("onnx",)
 OPSET = {"dynamo": 18, "torchscript": 17}  # the dynamo exporter writes opset 18 or later
@@ -57,7 +58,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False)
     out = Path(out)
     _check_not_run_files(Path(run_dir), out)  # first: --force does not help here
     _check_outputs(out, force)
-    if not (Path(run_dir) / "results.json").is_file():
+    if not os.path.lexists(Path(run_dir) / "results.json"):  # a FIFO there is named by load_run
         raise CCNError(f"{run_dir} is not a finished ccn run folder (no results.json): pass the --out folder of "
                        "a `ccn train` that completed")
     config, model, hierarchy, results = load_run(Path(run_dir))
@@ -88,9 +89,16 @@ def _check_outputs(out: Path, force: bool) -> None:
     if sidecar.is_dir():
         raise CCNError(f"{sidecar} (where --out {out} puts its size, mean, std and classes) is a folder: move it "
                        "away, or choose another --out")
-    existing = [p for p in (out, sidecar) if p.exists()]
+    for path in (out, sidecar):
+        owner = owner_of(path)
+        if owner is not None:  # even with --force: it replaces the user's files, never a run's or a grid's
+            raise CCNError(f"--out {out} would write {path}, which belongs to {owner}: choose another --out "
+                           "(--force never replaces a run's files)")
+    existing = [p for p in (out, sidecar) if os.path.lexists(p)]
     if existing and not force:
         raise CCNError(f"{existing[0]} already exists: choose another --out, or add --force to replace it")
+    for path in existing:
+        check_replaceable(path, "--out", "choose another --out")
 
 
 def _check_not_run_files(run_dir: Path, out: Path) -> None:

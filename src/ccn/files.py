@@ -47,6 +47,21 @@ def atomic_write(path: Path, write, mode: Optional[int] = None) -> None:
             os.close(lock)
 
 
+def check_replaceable(path: Path, what: str, fix: str) -> None:
+    """CCNError unless `path` is absent or a regular file: atomic_write renames over whatever is there,
+    so a FIFO, a device (as root, --out /dev/null would become a regular file), a socket or a link
+    there would be replaced by a file. Looked at without following a link (the link is what is replaced)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise CCNError(f"{what} {path} cannot be looked at ({err.strerror or err}): {fix}") from None
+    problem = node_problem(mode)
+    if problem:
+        raise CCNError(f"{what} {path} {problem}, and ccn replaces only regular files: {fix}")
+
+
 def new_temporary_file(path: Path, mode: Optional[int] = None) -> Path:
     """An empty file of ours beside `path`, named `.NAME.<pid>.<random>.tmp` (run folders clean up
     `.NAME.*.tmp`), with the permissions a plain new file gets (mkstemp's own are owner-only) or
@@ -139,8 +154,9 @@ def _write_fix(path: Path) -> str:
 
 
 def open_for_append(path: Path):
-    """open(path, "a"), except that a symbolic link planted at `path` is refused (ELOOP), not followed."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    """open(path, "a"), except that a symbolic link planted at `path` is refused (ELOOP), not followed, and
+    a FIFO with no reader there fails at once (ENXIO) instead of blocking the open."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o666)
     return os.fdopen(fd, "a")
 
 
@@ -176,21 +192,41 @@ class UnsafeFile(CCNError):
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def open_regular(path, limit: int, what: str, *, follow_links: bool = True, private: bool = False,
-                 fix: str = "") -> BinaryIO:
-    """`path` opened for reading ("rb"), or UnsafeFile("<what> <path> <problem>[: <fix>]").
+def node_kind(mode: int) -> str:
+    """What a file-system node is, in the words an error line uses ("a FIFO", "a folder" ...)."""
+    for test, words in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return words
+    return "not a regular file"
 
-    Only a regular file of at most `limit` bytes is opened: it is stat'ed first, so a FIFO or device
-    is never opened at all (opening one can block or act), then opened with O_NONBLOCK (a FIFO swapped
-    in meanwhile cannot block the open) and checked again through the open descriptor, which is what
-    is then read (no race between the check and the read). follow_links=False refuses a symbolic link
-    at `path` (O_NOFOLLOW): for files only ccn writes, such as cache entries. private=True also
-    refuses a file owned by another user or writable by group or others: one whose content someone
-    else could have chosen. The caller reads at most `limit` bytes (read_regular_bytes does)."""
+
+def node_problem(mode: int) -> str:
+    """"is a FIFO, not a regular file" (or a folder, device, socket, link); "" for a regular file."""
+    if stat.S_ISREG(mode):
+        return ""
+    kind = node_kind(mode)
+    return f"is {kind}" if kind in ("a folder", "a symbolic link") else f"is {kind}, not a regular file"
+
+
+def open_regular(path, limit: Optional[int], what: str, fix: str = "", *, follow_links: bool = True,
+                 private: bool = False, error: Optional[type] = None) -> BinaryIO:
+    """`path` opened for reading ("rb"), or one line "<what> <path> <problem>[: <fix>]" (UnsafeFile,
+    or `error` when given, such as DataError).
+
+    Only a regular file of at most `limit` bytes (None: any size, for files that are mapped rather
+    than read) is opened: it is stat'ed first, so a FIFO or device is never opened at all (opening one
+    can block or act), then opened with O_NONBLOCK (a FIFO swapped in meanwhile cannot block the open)
+    and checked again through the open descriptor, which is what is then read (no race between the
+    check and the read). follow_links=False refuses a symbolic link at `path` (O_NOFOLLOW): for files
+    only ccn writes, such as cache entries. private=True also refuses a file owned by another user or
+    writable by group or others: one whose content someone else could have chosen. The caller reads at
+    most `limit` bytes (read_regular_bytes does)."""
     path = Path(path)
 
-    def refuse(problem: str) -> UnsafeFile:
-        return UnsafeFile(f"{what} {path} {problem}" + (f": {fix}" if fix else ""), problem)
+    def refuse(problem: str) -> CCNError:
+        message = f"{what} {path} {problem}" + (f": {fix}" if fix else "")
+        return error(message) if error is not None else UnsafeFile(message, problem)
 
     flags = _READ_FLAGS | (getattr(os, "O_NOFOLLOW", 0) if not follow_links else 0)
     try:
@@ -211,36 +247,44 @@ def open_regular(path, limit: int, what: str, *, follow_links: bool = True, priv
     return os.fdopen(fd, "rb")
 
 
-def read_regular_bytes(path, limit: int, what: str, *, follow_links: bool = True, private: bool = False,
-                       fix: str = "") -> bytes:
+def regular_file_size(path, what: str, fix: str = "", limit: Optional[int] = None,
+                      error: Optional[type] = None) -> int:
+    """The size of `path` once it is known to be a regular file of at most `limit` bytes (see
+    open_regular): for readers that open the file themselves (safetensors, numpy's memory map)."""
+    with open_regular(path, limit, what, fix, error=error) as handle:
+        return os.fstat(handle.fileno()).st_size
+
+
+def read_regular_bytes(path, limit: int, what: str, fix: str = "", *, follow_links: bool = True,
+                       private: bool = False, error: Optional[type] = None) -> bytes:
     """The bytes of `path`, opened as open_regular does; never more than `limit` (a file that grows
-    while read is refused, not followed to its end)."""
-    with open_regular(path, limit, what, follow_links=follow_links, private=private, fix=fix) as handle:
+    while read, or whose file system reports no size, is refused, not followed to its end)."""
+    def refuse(problem: str) -> CCNError:
+        message = f"{what} {path} {problem}" + (f": {fix}" if fix else "")
+        return error(message) if error is not None else UnsafeFile(message, problem)
+
+    with open_regular(path, limit, what, fix, follow_links=follow_links, private=private, error=error) as handle:
         try:
             data = handle.read(limit + 1)
         except OSError as err:
-            raise UnsafeFile(f"{what} {path} cannot be read ({err.strerror or err})" + (f": {fix}" if fix else ""),
-                             f"cannot be read ({err.strerror or err})") from None
+            raise refuse(f"cannot be read ({err.strerror or err})") from None
     if len(data) > limit:
-        problem = f"is more than the {limit} bytes a {what} may have"
-        raise UnsafeFile(f"{what} {path} {problem}" + (f": {fix}" if fix else ""), problem)
+        raise refuse(f"is larger than its size said (it grows, or never ends), more than the {limit} bytes a "
+                     f"{what} may have")
     return data
 
 
-def _not_readable(info: os.stat_result, limit: int, what: str, private: bool) -> Optional[str]:
+def _not_readable(info: os.stat_result, limit: Optional[int], what: str, private: bool) -> Optional[str]:
     """Why a file of this stat is not read, or None."""
-    if stat.S_ISLNK(info.st_mode):
-        return "is a symbolic link"
-    if stat.S_ISDIR(info.st_mode):
-        return "is a folder"
-    if not stat.S_ISREG(info.st_mode):
-        return "is not a regular file (a FIFO, socket or device)"
+    problem = node_problem(info.st_mode)
+    if problem:
+        return problem
     if private and info.st_uid != os.geteuid():
         return f"is owned by another user (uid {info.st_uid})"
     if private and info.st_mode & 0o022:
         return "is writable by other users"
-    if info.st_size > limit:
-        return f"is {info.st_size} bytes, more than the {limit} a {what} may have"
+    if limit is not None and info.st_size > limit:
+        return f"is {info.st_size} bytes, more than the {limit} bytes a {what} may have"
     return None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import functools
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from ccn.checkpoint import (STATE_FILE, check_run_state, read_training_state, re
                             save_training_state)
 from ccn.files import fault_point
 from ccn.data import ImageDataset
+from ccn.data.digest import data_digest
 from ccn.data.prepare import RunData, fit_sample, prepare_data, preprocess_facts, uses_channels_last
 from ccn.dist import (World, autocast, check_ranks_agree, configure_backends, init_distributed,
                       main_rank_first, resolve_device, seed_stream, wrap_for_training)
@@ -34,6 +36,7 @@ from ccn.ema import WeightAverage
 from ccn.errors import CCNError
 from ccn.evaluate import batch_outputs, score
 from ccn.hierarchy import Hierarchy, read_groups_file
+from ccn.hierarchy.partition import check_top_k
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.hierarchy.truth import true_tree
 from ccn.models import count_parameters
@@ -94,9 +97,10 @@ class MethodRun:
         # the data set's own hierarchy, where it has one: the final scores add coarse top-1 and mistake severity
         self.true_tree = true_tree(self.ds.coarse, self.ds.tree_paths)
         cfgmod.check_against_classes(config, self.ds.num_classes, f"data {self.ds.name}")
+        check_top_k(config.method, self.ds.num_classes)  # before the probe epochs, not after them
         # a resumed run takes its weights and groups from its checkpoint: the files named by
         # model.init and method.groups_file are not needed again
-        resuming = resume and self._checkpoint_path() is not None and self._checkpoint_path().exists()
+        resuming = resume and self._checkpoint_path() is not None and os.path.lexists(self._checkpoint_path())
         if config.method.name == "ccn" and config.method.partition == "file" and not resuming:
             # read now, so a missing or mismatched file stops the run before its probe epochs, not after
             read_groups_file(config.method.groups_file, self.ds.classes, whole_tree=config.method.depth > 1,
@@ -122,6 +126,7 @@ class MethodRun:
         self.code = code_version()  # the code this process runs; a resumed run also keeps the code it started with
         self.code_at_start = self.code
         self.resumed_progress: Optional[EpochProgress] = None  # where a step checkpoint left first_epoch
+        self._data_digest: Optional[str] = None  # see data_digest
 
     def _start_from_trained_weights(self) -> Optional[dict]:
         """model.init: the backbone (and the flat head when the classes match) of a trained model,
@@ -298,7 +303,7 @@ class MethodRun:
                  "hierarchy": self.hierarchy.to_json() if self.hierarchy is not None else None,
                  "cluster_seconds": self.cluster_seconds, "init": self.init_record, "code": self.code_at_start,
                  "seconds": self.earlier_seconds + time.perf_counter() - self.started,
-                 "config": self.config.to_dict(), "images": self._image_counts()}
+                 "config": self.config.to_dict(), "images": self._image_counts(), "data_digest": self.data_digest()}
         extra = {k: v for average in self.trainer.averages() for k, v in average.tensors().items()}
         if progress is not None:  # what the rest of the epoch needs to end as if never stopped
             state.update(batch=progress.batch, epoch_seen=progress.seen, epoch_seconds=epoch_seconds)
@@ -329,6 +334,42 @@ class MethodRun:
                            "(files added or removed, or, with data.skip_bad_images, a file that became readable or "
                            "unreadable), so its epochs would continue on other images; restore the data as it was, "
                            "or start a new run")
+        if state.get("batch", 0) == 0:  # a step checkpoint's count is checked with its batch (_resume_inside_epoch)
+            self._check_step_count(state, path)
+        self._check_same_data(state, path)
+
+    def data_digest(self) -> str:
+        """ccn.data.digest of the run's data set, computed once (at its first checkpoint, or when resumed)."""
+        if self._data_digest is None:
+            self._data_digest = data_digest(self.ds)
+        return self._data_digest
+
+    def _check_same_data(self, state: dict, path: Path) -> None:
+        """The data must be what the checkpoint was trained on, by content: the image counts alone
+        let two swapped class folders (or an image edited in place) continue on relabelled data."""
+        saved = state.get("data_digest")  # checkpoints from before issue 30 have none
+        if saved is not None and saved != self.data_digest():
+            raise CCNError(f"{path.parent} started on other data than {self.ds.name} holds now (the class names, labels "
+                           "or image contents differ: class folders renamed or swapped, images replaced or edited), "
+                           "so its epochs would continue on relabelled images; restore the data as it was, or start "
+                           "a new run")
+
+    def _check_step_count(self, state: dict, path: Path) -> None:
+        """A checkpoint's step, epoch and batch must agree: every epoch trains len(train) steps, a step
+        checkpoint stops after `batch` of them, and train.max_steps may end the last epoch early. A header
+        edited within range (batch 2 -> 1, step 8 -> 5) would resume other weights at another place."""
+        per_epoch, every = len(self.data.train), self.config.train.checkpoint_every
+        epoch, step, batch, budget = state["epoch"], state["step"], state.get("batch", 0), self.config.train.max_steps
+        if batch > 0:
+            agree = step == (epoch - 1) * per_epoch + batch and every > 0 and step % every == 0
+        else:
+            agree = step == epoch * per_epoch or (budget > 0 and step == budget
+                                                  and (epoch - 1) * per_epoch < step < epoch * per_epoch)
+        if not agree:
+            where = f"after batch {batch} of epoch {epoch}" if batch > 0 else f"after epoch {epoch}"
+            raise CCNError(f"checkpoint {path} says it stopped {where} at step {step}, but epochs of {per_epoch} "
+                           f"steps{f' saved every {every} steps' if batch > 0 else ''} cannot reach step {step} there: "
+                           "it is damaged or edited; delete it to restart the run from epoch 1")
 
     def _image_counts(self) -> dict:
         """How many images each split holds: a resumed run must continue on the same ones."""
@@ -337,7 +378,7 @@ class MethodRun:
     def resume(self) -> None:
         """Continue after the last saved epoch; with no checkpoint yet, start again from epoch 1."""
         path = self._checkpoint_path()
-        if path is None or not path.exists():
+        if path is None or not os.path.lexists(path):  # a dangling link or a FIFO is refused, not taken for none
             self.log.truncate(0)
             return
         tensors, state = read_training_state(path)
@@ -379,6 +420,7 @@ class MethodRun:
             raise CCNError(f"checkpoint {path} stops after batch {batch} of epoch {epoch}, but its epoch has "
                            f"{batches} batches or its loss sums are missing: it is damaged; delete it to restart "
                            "the run from epoch 1")
+        self._check_step_count(state, path)
         seen = state["epoch_seen"]
         if not self.world.is_main:  # rank 0 carries the whole epoch's sums so far (gathered when saved)
             sums, seen = {k: torch.zeros_like(v) for k, v in sums.items()}, 0

@@ -28,9 +28,10 @@ def _pyplot():
 
 def save_figure(fig, path: Path) -> Path:
     """Write a PNG atomically and close the figure; a full disk or read-only folder is a WriteError."""
-    from ccn.files import atomic_write
+    from ccn.files import atomic_write, check_replaceable
 
     try:
+        check_replaceable(path, "figure", "remove it, and ccn writes the figure there")
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         _pyplot().close(fig)

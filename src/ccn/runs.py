@@ -28,8 +28,9 @@ from typing import Iterator, Optional
 import torch
 
 from ccn import config as cfgmod
-from ccn.checkpoint import STATE_FILE, check_finite, load_weights, save_weights, state_difference
-from ccn.files import atomic_write, fault_point, write_json
+from ccn.checkpoint import (STATE_FILE, check_finite, check_weights_file, load_weights, save_weights,
+                            state_difference)
+from ccn.files import atomic_write, check_replaceable, fault_point, regular_file_size, write_json
 from ccn.config import Config
 from ccn.data import stored_size
 from ccn.data.prepare import eval_transform
@@ -46,6 +47,8 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", D
              STATE_FILE)
 FIGURES = ("dendrogram.png", "distances.png")  # written by `ccn clusters --plot`; replaced with the run
 GRID_FILE = "grid.yaml"  # what makes a folder an experiment folder (ccn.experiment): no run is written beside it
+# What a grid writes beside runs/ (ccn.report.write_figures); a `ccn train` run folder holds RUN_FILES.
+GRID_OUTPUTS = ("summary.json", "report.md", "differences.png", "per_group.png", "dendrogram.png", "distances.png")
 OWN_FILES = RUN_FILES + FIGURES + (LOCK_FILE,)  # what no other command may write over (ccn export --out)
 
 # `--set` on a saved run (ccn evaluate) may say where its data are and how fast to score them, and choose
@@ -78,7 +81,23 @@ def _check_writable(path: Path) -> None:
 
 
 def existing_run_files(path: Path) -> list[str]:
-    return [name for name in RUN_FILES if (path / name).exists()]
+    return [name for name in RUN_FILES if (path / name).exists()]  # a dangling link is no run's file
+
+
+def owner_of(path: Path) -> Optional[str]:
+    """What `path` would be part of if ccn wrote it ("the run in B", "the experiment in E"), or None.
+
+    A folder holding any of a run's files (RUN_FILES or its lock) is a run, finished or not; one
+    holding grid.yaml an experiment. A file there under a name the run or grid writes is theirs, present
+    or not: writing results.json into an interrupted run would make it look finished. Any other name
+    in such a folder is the user's."""
+    path = Path(path)
+    folder = path.parent.resolve()
+    if path.name in OWN_FILES and any(os.path.lexists(folder / name) for name in RUN_FILES + (LOCK_FILE,)):
+        return f"the run in {folder}"
+    if path.name in GRID_OUTPUTS + (GRID_FILE,) and os.path.lexists(folder / GRID_FILE):
+        return f"the experiment in {folder}"
+    return None
 
 
 class NewRun:
@@ -103,6 +122,8 @@ class NewRun:
             if existing and not self.force:
                 raise CCNError(f"run folder {self.path} already holds a run ({', '.join(existing)}): choose another "
                                "--out, or add --force to replace it")
+            if self.force:
+                _check_removable(self.path)
             _check_writable(self.path)
         except BaseException:
             self.__exit__()
@@ -123,6 +144,18 @@ class NewRun:
                 self.path.rmdir()  # only when empty: nothing of ours or the user's is removed
             except OSError:
                 pass
+
+
+def _check_removable(path: Path) -> None:
+    """--force: everything remove_run_outputs removes must be the old run's own regular files (and its
+    tensorboard folder a real folder), checked before the first is removed: a FIFO, device or link
+    there stops the command with the old run intact, not half-removed."""
+    for name in RUN_FILES + FIGURES:
+        check_replaceable(path / name, "--force: the old run's", "remove it by hand, or choose another --out")
+    board = path / "tensorboard"
+    if board.is_symlink() or (os.path.lexists(board) and not board.is_dir()):
+        raise CCNError(f"--force: the old run's {board} is not a folder of its own (a link or a file), and ccn removes "
+                       "only the run's own tensorboard folder: remove it by hand, or choose another --out")
 
 
 def _refuse_experiment_folder(path: Path) -> None:
@@ -159,7 +192,7 @@ def start_run_dir(path: Path, config: Config) -> None:
 def resumed_run(path: Path) -> Iterator[Optional[Config]]:
     """Hold an interrupted run folder's lock while it is resumed; yields its config (None when finished)."""
     path = Path(path)
-    if not (path / "config.yaml").is_file():  # checked before the lock, which would create a missing folder
+    if not os.path.lexists(path / "config.yaml"):  # checked before the lock, which would create a missing folder
         resume_run_dir(path)
     with FolderLock(path, "run folder", fix="make it writable to resume the run"):
         yield resume_run_dir(path)
@@ -172,9 +205,10 @@ def resume_run_dir(path: Path, clean: bool = True) -> Optional[Config]:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CCNError(f"{path} is a file, not a run folder: pass the --out folder of the interrupted run")
-    if not (path / "config.yaml").is_file():
+    if not os.path.lexists(path / "config.yaml"):  # a FIFO or folder there is named by cfgmod.load
         raise CCNError(f"{path} is not a ccn run folder (no config.yaml): pass the --out folder of the interrupted run")
-    if (path / "results.json").is_file():
+    if os.path.lexists(path / "results.json"):
+        regular_file_size(path / "results.json", "results file", RESULTS_FIX)  # a FIFO does not finish a run
         return None
     config = cfgmod.load(path / "config.yaml")
     if not clean:
@@ -214,7 +248,7 @@ RESULTS_FIX = "restore the file the run wrote, or delete the run folder and trai
 def read_results(run_dir: Path) -> dict:
     """results.json of a finished run, checked field by field (CCNError naming the file otherwise)."""
     path = Path(run_dir) / "results.json"
-    if not path.is_file():
+    if not os.path.lexists(path):  # a FIFO or folder there is named as what it is by read_json
         raise CCNError(f"{run_dir} has no results.json: is it a finished ccn run folder?")
     results = read_json(path, "results file", RESULTS_FIX)
     with checked(path, RESULTS_FIX):
@@ -285,7 +319,7 @@ def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, 
     config = cfgmod.load(run_dir / "config.yaml", overrides)  # overrides only say where and how fast
     results = read_results(run_dir)
     check_config_unchanged(run_dir, results)
-    hierarchy = Hierarchy.load(run_dir / "hierarchy.json") if (run_dir / "hierarchy.json").exists() else None
+    hierarchy = Hierarchy.load(run_dir / "hierarchy.json") if os.path.lexists(run_dir / "hierarchy.json") else None
     check_run_files_agree(run_dir, config, results, hierarchy)
     check_preprocess_agrees(run_dir, config, results["preprocess"])
     model = build_model(config, results["num_classes"], hierarchy)
@@ -342,6 +376,7 @@ def check_weights_hold_the_hierarchy(run_dir: Path, head: torch.nn.Module) -> No
     from safetensors import SafetensorError, safe_open
 
     weights = Path(run_dir) / "model.safetensors"
+    check_weights_file(weights, "weights", RESULTS_FIX)
     expected = {f"head.{k}": v for k, v in head.state_dict().items() if not v.is_floating_point()}
     try:
         with safe_open(str(weights), framework="pt") as stored:
@@ -361,7 +396,7 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def check_hierarchy_file_matches_weights(run_dir: Path, hierarchy: Hierarchy) -> None:
     """`ccn clusters`: the groups it prints are the ones the run's weights use (when the weights are there)."""
-    if (Path(run_dir) / "model.safetensors").is_file():
+    if os.path.lexists(Path(run_dir) / "model.safetensors"):
         head = make_head(cfgmod.Config(), 1, hierarchy.num_classes, hierarchy)  # the groups' buffers only
         check_weights_hold_the_hierarchy(run_dir, head)
 
@@ -439,11 +474,11 @@ def init_weights_file(source: str) -> tuple[Path, Optional[list[str]]]:
     path = Path(source)
     if path.is_dir():
         weights = path / "model.safetensors"
-        if not weights.is_file():
+        if not os.path.lexists(weights):
             raise CCNError(f"model.init={source} holds no model.safetensors: pass a finished run folder or a "
                            ".safetensors file")
         results = path / "results.json"  # checked like any results.json ccn reads back
-        return weights, read_results(path).get("classes") if results.is_file() else None
+        return weights, read_results(path).get("classes") if os.path.lexists(results) else None
     problem = file_problem(path)
     if problem:
         raise CCNError(f"model.init={source} {problem}: pass a run folder or a .safetensors file")
@@ -511,6 +546,7 @@ def load_initial_weights(model: torch.nn.Module, config: Config, classes: list[s
     from safetensors.torch import load_file
 
     weights, saved_classes = init_weights_file(config.model.init)
+    check_weights_file(weights, f"model.init={config.model.init}:", "pass a run folder or a .safetensors file")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ccn.files import atomic_write, fault_point, open_for_append
-from ccn.errors import CCNError, WriteError
+from ccn.files import atomic_write, fault_point, open_for_append, read_regular_bytes
+from ccn.errors import WriteError
+
+
+MAX_METRICS_BYTES = 256 * 2**20  # metrics.jsonl: one row of about 1 KB per epoch
 
 
 class RunLog:
@@ -57,12 +60,10 @@ class RunLog:
         A row a crash cut short, or any line that is not a row, is dropped too: the log then holds
         exactly the epochs the checkpoint has, and resuming never fails on it."""
         path = self.out_dir / "metrics.jsonl" if self.enabled and self.out_dir is not None else None
-        if path is None or not path.exists():
+        if path is None or not os.path.lexists(path):
             return
-        try:
-            lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
-        except OSError as err:
-            raise CCNError(f"cannot read {path} ({err.strerror or err}): move it aside to resume without it") from None
+        data = read_regular_bytes(path, MAX_METRICS_BYTES, "metrics log", "move it aside to resume without it")
+        lines = data.decode("utf-8", errors="replace").splitlines()
         kept = [line for line in lines if _row_epoch(line) is not None and _row_epoch(line) <= last_epoch]
         dropped = sum(1 for line in lines if line.strip() and _row_epoch(line) is None)
         if dropped:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ccn.errors import CCNError
+from ccn.files import node_problem, read_regular_bytes
 
 MAX_JSON_BYTES = 256 * 2**20  # results.json / hierarchy.json of 100k classes stay far below this
 MAX_NESTING = 64  # deeper lists or mappings than any ccn file holds; guards recursion
@@ -37,6 +37,30 @@ def checked(path, fix: str) -> Iterator[None]:
         raise CCNError(f"{path}: {err}: {fix}") from None
     except RecursionError:
         raise CCNError(f"{path}: its structure is nested too deeply: {fix}") from None
+
+
+# ---------------------------------------------------------------- names ccn prints
+
+# bidirectional overrides and isolates: they reorder what a terminal shows after them
+_REORDERING = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def printable(text) -> str:
+    """`text` with every character that could forge or hide output escaped as Python writes it: control
+    characters (a newline in a class folder's name printed a line of its own, an ESC sequence recolours
+    the terminal), line and paragraph separators, bidirectional overrides, and the lone surrogates that
+    stand for the bytes of a name that is not UTF-8 (printing them raised UnicodeEncodeError). Every
+    name and path ccn prints as text (predict, clusters, the error line) goes through here."""
+    text = str(text)
+    if text.isprintable() and not _REORDERING.intersection(text):
+        return text
+    return "".join(ch if ch.isprintable() and ch not in _REORDERING else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    if 0xDC80 <= ord(ch) <= 0xDCFF:  # os.fsdecode's stand-in for one byte that is not UTF-8
+        return f"\\x{ord(ch) - 0xDC00:02x}"
+    return repr(ch)[1:-1]  # \n, \x1b, \u202e: Python escapes every character it does not print
 
 
 # ---------------------------------------------------------------- paths
@@ -65,41 +89,32 @@ def check_path(path, what: str, error: type = CCNError) -> None:
 
 
 def file_problem(path: Path) -> Optional[str]:
-    """Why `path` cannot be read as a file ("does not exist", "is a folder", "is not a regular file
-    ..."), or None when it can. A FIFO or device would block a reader or never end, so it is named."""
+    """Why `path` cannot be read as a file ("does not exist", "is a folder", "is a FIFO, not a regular
+    file" ...), or None when it can. A FIFO or device would block a reader or never end, so it is named."""
     try:
         mode = Path(path).stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
         return "does not exist"
     except OSError as err:
         return f"cannot be read ({err.strerror or err})"
-    if stat.S_ISDIR(mode):
-        return "is a folder"
-    if not stat.S_ISREG(mode):
-        return "is not a regular file (a FIFO, socket or device)"
-    return None
+    return node_problem(mode) or None
 
 
 # ---------------------------------------------------------------- reading
 
+UTF8_BOM = "\ufeff"  # a byte-order mark some editors (Notepad, Excel's "CSV UTF-8") put first; not content
+
 
 def read_text(path: Path, what: str, fix: str, limit: int = MAX_JSON_BYTES) -> str:
-    """The file's text, refusing a missing, huge, binary or non-UTF-8 file with one line."""
+    """The file's text, refusing a missing, huge, binary or non-UTF-8 file, a folder, FIFO or device
+    (ccn.files.read_regular_bytes: never a hang or a read without end) with one line. A leading UTF-8
+    byte-order mark is dropped."""
     path = Path(path)
-    problem = file_problem(path)
-    if problem:
-        raise CCNError(f"{what} {path} {problem}: {fix}")
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise CCNError(f"{what} {path} is {size} bytes, more than the {limit} a {what} may have: {fix}")
-        data = path.read_bytes()
-    except OSError as err:
-        raise CCNError(f"cannot read {what} {path} ({err.strerror or err}): {fix}") from None
+    data = read_regular_bytes(path, limit, what, fix)
     if b"\0" in data:
         raise CCNError(f"{what} {path} is a binary file, not text: {fix}")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix(UTF8_BOM)
     except UnicodeDecodeError as err:
         raise CCNError(f"{what} {path} is not UTF-8 text (byte {err.start}): {fix}") from None
 

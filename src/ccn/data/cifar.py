@@ -20,7 +20,7 @@ import torch
 
 from ccn.data.base import ImageDataset
 from ccn.errors import DataError
-from ccn.files import atomic_write
+from ccn.files import atomic_write, open_regular, read_regular_bytes
 
 ARCHIVES = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
@@ -52,6 +52,9 @@ class RefusedGlobal(pickle.UnpicklingError):
     """The file asked for a global outside the allowed set: it may carry code."""
 
 
+MAX_PICKLE_BYTES = 512 * 2**20  # CIFAR-100's train file, the largest, is 155 MB
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Admits plain containers and numpy arrays; refuses every other global, so no code runs."""
 
@@ -65,10 +68,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(path: Path) -> dict:
-    """Load one CIFAR pickle through the restricted unpickler; DataError on anything else."""
+    """Load one CIFAR pickle through the restricted unpickler; DataError on anything else. The file is
+    read whole, and only a regular file of at most MAX_PICKLE_BYTES (a FIFO there would block for ever)."""
+    data = read_regular_bytes(path, MAX_PICKLE_BYTES, "CIFAR file", "replace it with the official file, or delete it "
+                              "and download again with --set data.download=true", error=DataError)
     try:
-        with open(path, "rb") as handle:
-            obj = _RestrictedUnpickler(io.BufferedReader(handle), encoding="latin1").load()
+        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except RefusedGlobal as err:
         raise DataError(f"{path} was refused by the safe CIFAR reader ({err}): replace it with the official file") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OSError) as err:
@@ -94,7 +99,7 @@ def _images(batch: dict, path: Path) -> np.ndarray:
 
 def md5sum(path: Path) -> str:
     digest = hashlib.md5()
-    with open(path, "rb") as handle:
+    with open_regular(path, None, "CIFAR archive", "delete it and download again", error=DataError) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

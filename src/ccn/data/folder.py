@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -28,7 +29,8 @@ from typing import Optional
 from ccn.data.base import ImageDataset
 from ccn.data.images import image_extensions
 from ccn.data.store import StoreOptions, cache_dir, stored_splits  # noqa: F401  (cache_dir: where stores live)
-from ccn.errors import DataError
+from ccn.errors import CCNError, DataError
+from ccn.validate import read_text
 
 DEFAULT_FOLDER_SIZE = 32
 CALTECH_BACKGROUND = "BACKGROUND_Google"
@@ -187,16 +189,21 @@ def _refuse_unknown_test_classes(root: Path, unknown: list[str], train: "SplitLi
                     "add them under train/ or remove them from test/")
 
 
+SPLIT_LISTS = ("train.txt", "test.txt")  # Caltech-101's fixed split, beside 101_ObjectCategories when a copy has one
+MAX_LIST_BYTES = 64 * 2**20  # 9,144 images take about 300 KB
+
+
 def caltech_split(base: Path, listing: dict[str, list[Path]], per_class: int = 30,
                   seed: int = 0) -> tuple[list[Path], list[Path]]:
     """train.txt/test.txt when both exist beside the images, else `per_class` random training images per class."""
-    lists = [base.parent / "train.txt", base.parent / "test.txt"]
-    if all(p.is_file() for p in lists):
-        train, test = ([base / line.strip() for line in p.read_text().splitlines() if line.strip()] for p in lists)
-        missing = [p for p in train + test if not p.exists()]
-        if missing:
-            raise DataError(f"{lists[0].parent}: {len(missing)} listed files are missing, e.g. {missing[0]}")
-        return train, test
+    lists = [base.parent / name for name in SPLIT_LISTS]
+    present = [p for p in lists if os.path.lexists(p)]
+    if present:
+        if len(present) == 1:
+            absent = next(p for p in lists if p not in present)
+            raise DataError(f"{present[0]} is there but {absent} is not: a fixed split needs both lists; restore "
+                            f"{absent.name}, or remove {present[0].name} to use the random split (30 per class)")
+        return _listed_split(base, lists)
     rng = random.Random(seed)
     train, test = [], []
     for files in listing.values():
@@ -204,6 +211,36 @@ def caltech_split(base: Path, listing: dict[str, list[Path]], per_class: int = 3
         rng.shuffle(shuffled)
         train += shuffled[:per_class]
         test += shuffled[per_class:]
+    return train, test
+
+
+def _read_list(path: Path) -> list[str]:
+    """The image paths a split list names, one per line (relative to 101_ObjectCategories)."""
+    fix = "each line must name one image as <class>/<file>; restore the list, or remove both lists"
+    try:
+        text = read_text(path, "split list", fix, limit=MAX_LIST_BYTES)
+    except CCNError as err:
+        raise DataError(str(err)) from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    outside = next((name for name in names if Path(name).is_absolute() or ".." in Path(name).parts), None)
+    if outside is not None:  # the list may only choose among the images beside it
+        raise DataError(f"split list {path} names {outside!r}, which is not inside {path.parent}: {fix}")
+    repeated = next((name for name, count in Counter(names).items() if count > 1), None)
+    if repeated is not None:
+        raise DataError(f"split list {path} names {repeated} twice, and it would count twice: {fix}")
+    return names
+
+
+def _listed_split(base: Path, lists: list[Path]) -> tuple[list[Path], list[Path]]:
+    train_names, test_names = (_read_list(p) for p in lists)
+    shared = sorted(set(train_names) & set(test_names))
+    if shared:
+        raise DataError(f"{lists[0]} and {lists[1]} both name {len(shared)} image(s) (e.g. {shared[0]}): a run would "
+                        "train on images it is scored on; restore the lists of the split you use")
+    train, test = [base / name for name in train_names], [base / name for name in test_names]
+    missing = [p for p in train + test if not p.exists()]
+    if missing:
+        raise DataError(f"{lists[0].parent}: {len(missing)} listed files are missing, e.g. {missing[0]}")
     return train, test
 
 
@@ -226,7 +263,7 @@ def load_caltech101(root: Path, size: Optional[int], options: StoreOptions, incl
     train_items = [(p, label(p)) for p in train_paths if label(p) is not None]
     test_items = [(p, label(p)) for p in test_paths if label(p) is not None]
     fields = stored_splits("caltech101", train_items, test_items, size, options)
-    fields["notes"]["split"] = "train.txt/test.txt" if (base.parent / "train.txt").is_file() else "30 per class, seed 0"
+    fields["notes"]["split"] = "train.txt/test.txt" if os.path.lexists(base.parent / "train.txt") else "30 per class, seed 0"
     return ImageDataset(name="caltech101", classes=classes, **fields)
 
 

@@ -118,20 +118,36 @@ def read_synsets(path: Path) -> dict[str, str]:
 
 def read_val_solution(path: Path) -> dict[str, str]:
     """{image id: wnid} from LOC_val_solution.csv: `ImageId,PredictionString`, where the string holds
-    `wnid x_min y_min x_max y_max` per box and every box of an image names the image's class."""
-    rows = csv.reader(io.StringIO(read_label_file(path, VAL_LABELS_FILE)))
+    `wnid x_min y_min x_max y_max` per box and every box of an image names the image's class.
+
+    Any line ending (LF, CR LF, or a classic Mac's CR alone) is read; a row that repeats an image id with
+    the same wnid is harmless and kept once, one that gives it another wnid is refused (which row
+    would be right?), and so is a field no ImageNet row has (csv's 131,072-character limit)."""
     fix = "replace it with the file from the ImageNet download"
+    rows = csv.reader(read_label_file(path, VAL_LABELS_FILE).splitlines())
+    try:
+        return _val_labels(rows, path, fix)
+    except csv.Error as err:  # a field over csv.field_size_limit(), a stray quote at the end ...
+        raise DataError(f"{path} line {rows.line_num} is not a CSV row ImageNet has ({err}): {fix}") from None
+
+
+def _val_labels(rows, path: Path, fix: str) -> dict[str, str]:
     header = next(rows, None)
     if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
         raise DataError(f"{path} does not start with the header 'ImageId,PredictionString': {fix}")
     labels = {}
-    for number, row in enumerate(rows, 2):
+    for row in rows:
         if not row:
             continue
+        number = rows.line_num
         tokens = row[1].split() if len(row) == 2 else []
         if len(row) != 2 or not row[0].strip() or not tokens:
             raise DataError(f"{path} line {number} is not 'ImageId,wnid x y x y ...': {fix}")
-        labels[row[0].strip()] = tokens[0]
+        image_id, wnid = row[0].strip(), tokens[0]
+        if labels.get(image_id, wnid) != wnid:
+            raise DataError(f"{path} line {number} labels {image_id} as {wnid}, but an earlier row labels it "
+                            f"{labels[image_id]}: {fix}")
+        labels[image_id] = wnid
     return labels
 
 
@@ -154,6 +170,12 @@ def _val_items(val_dir: Path, labels_dir: Path, index: dict[str, int], extension
     if not val_dir.is_dir():
         raise DataError(f"ImageNet validation folder {val_dir} does not exist: {LAYOUT_HELP}")
     folders = class_folders(val_dir)
+    loose = image_names(val_dir, extensions)
+    if folders and loose:  # valprep.sh moves images into wnid folders one by one: it was stopped half-way
+        raise DataError(f"ImageNet validation folder {val_dir} holds both class folders ({len(folders)}, e.g. "
+                        f"{folders[0]}) and {len(loose)} images outside them (e.g. {loose[0]}): an interrupted "
+                        "sorting into val/<wnid>/ (valprep.sh)? finish it, or put every image back in val/ with "
+                        f"{VAL_LABELS_FILE} beside it")
     if folders:
         unknown = [w for w in folders if w not in index]
         if unknown:
@@ -161,20 +183,36 @@ def _val_items(val_dir: Path, labels_dir: Path, index: dict[str, int], extension
                             "the copy is incomplete or mixes two data sets")
         return [item for w in folders for item in _files(val_dir / w, image_names(val_dir / w, extensions), index[w])]
     solution = labels_dir / VAL_LABELS_FILE
-    if not solution.is_file():
+    if not os.path.lexists(solution):  # a FIFO or folder there is named as what it is by read_text
         raise DataError(f"{val_dir} holds no class folders and {solution} does not exist: put "
                         f"{VAL_LABELS_FILE} there, or sort the validation images into val/<wnid>/")
     labels = read_val_solution(solution)
-    items = []
-    for name in image_names(val_dir, extensions):
+    return _labelled_flat_val(val_dir, loose, solution, labels, index)
+
+
+def _labelled_flat_val(val_dir: Path, names: list[str], solution: Path, labels: dict[str, str],
+                       index: dict[str, int]) -> list[tuple[str, int]]:
+    """A flat val/ labelled by the csv: every image has its row, each image id is one file, and every
+    row has its image (a copy missing some would score a silent subset)."""
+    items, seen = [], {}
+    for name in names:
         image_id = os.path.splitext(name)[0]
         if image_id not in labels:
             raise DataError(f"validation image {val_dir / name} has no row in {solution}: replace the csv with the "
                             "one from the ImageNet download, or remove the image")
+        if image_id in seen:
+            raise DataError(f"validation image {image_id} is in {val_dir} twice ({seen[image_id]} and {name}), and "
+                            "would be scored twice: keep one of them")
         if labels[image_id] not in index:
             raise DataError(f"{solution} labels {image_id} as {labels[image_id]}, which has no training folder: "
                             "the copy is incomplete or mixes two data sets")
+        seen[image_id] = name
         items.append((os.path.join(val_dir, name), index[labels[image_id]]))
+    missing = [image_id for image_id in labels if image_id not in seen]
+    if missing:
+        raise DataError(f"{val_dir} lacks {len(missing)} of the {len(labels)} validation images {solution} lists "
+                        f"(e.g. {sorted(missing)[0]}), and would score the rest as the whole set: restore them, or "
+                        "remove their rows from the csv to score a subset on purpose")
     return items
 
 
@@ -187,7 +225,7 @@ def list_imagenet(root: Path) -> ImageNetListing:
         raise DataError(f"{train_dir} has {len(wnids)} class folder(s): expected one per wnid, "
                         f"{train_dir}/<wnid>/*.JPEG")
     synsets_path = labels_dir / SYNSETS_FILE
-    synsets = read_synsets(synsets_path) if synsets_path.is_file() else None
+    synsets = read_synsets(synsets_path) if os.path.lexists(synsets_path) else None  # a FIFO there is refused
     if synsets is not None:
         found = set(wnids)
         missing = [w for w in synsets if w not in found]

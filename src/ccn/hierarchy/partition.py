@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ccn.config import MethodConfig
+from ccn.errors import ConfigError
 from ccn.hierarchy.affinity import SPARSE_ABOVE, condensed_distances, default_top_k, prior_corrected
 from ccn.hierarchy.clustering import default_group_count, learned_partition, oracle_partition, random_partition
 from ccn.hierarchy.files import read_groups_file
@@ -38,9 +39,35 @@ def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], met
     D, computed = condensed_distances(S, metric, top_k=(top_k or default_top_k(C, k, max_size)) if sparse else None)
     del S
     parts, Z = learned_partition(D, k, threshold, linkage, min_size, max_size, balanced=clustering == "balanced")
+    if sparse and top_k is not None:  # the user's top_k: the groups formed must not outgrow it
+        _refuse_small_top_k(top_k, max(len(p) for p in parts), C, "the largest group formed has", computed)
     how = {"partition": "learned", "metric": metric, "linkage": linkage, "clustering": clustering,
            "profile": profile, "num_groups": len(parts), **computed}
     return Hierarchy(classes, parts, how, distances=D.astype(np.float32), merges=Z)
+
+
+def check_top_k(meth: MethodConfig, num_classes: int) -> None:
+    """Before training: a method.top_k set by hand must keep twice the groups the run expects whole
+    (the mean size C / method.groups; method.max_group_size is checked at load), where the
+    sparse profiles apply (L1 above method.sparse_above classes). top_k=2 with 401-class groups dropped
+    0.986 of each profile's mass and was only logged. build_hierarchy checks the groups formed again."""
+    if meth.name != "ccn" or meth.top_k is None or meth.metric != "l1" or num_classes <= meth.sparse_above:
+        return
+    if meth.max_group_size is not None or meth.threshold is not None:
+        return  # checked at load against max_group_size; with a threshold the groups are known once formed
+    k = meth.groups if meth.groups is not None else default_group_count(num_classes)
+    _refuse_small_top_k(meth.top_k, -(-num_classes // k), num_classes,
+                        f"the mean group of {num_classes} classes in {k} groups has")
+
+
+def _refuse_small_top_k(top_k: int, largest: int, num_classes: int, what: str, computed: Optional[dict] = None) -> None:
+    needed = min(num_classes, 2 * largest)
+    if top_k < needed:
+        dropped = f" ({computed['dropped_mass']['mean']:.3f} of each profile's mass dropped)" if computed and \
+            "dropped_mass" in computed else ""
+        raise ConfigError(f"method.top_k={top_k} keeps fewer profile entries than twice the {largest} classes {what}"
+                          f"{dropped}: sparse profiles that cannot hold a group split it; set method.top_k to "
+                          f"{needed} or more, or leave it unset (twice the largest group expected, at least 256)")
 
 
 def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[str], seed: int,

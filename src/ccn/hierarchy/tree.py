@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -14,7 +15,7 @@ from scipy.spatial.distance import squareform
 from torch.nn import functional as F
 
 from ccn.errors import CCNError, ConfigError
-from ccn.files import atomic_write
+from ccn.files import atomic_write, open_regular
 from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list, require_list_of_str,
                           require_mapping, require_matrix, require_number, require_numbers, require_str)
 
@@ -151,21 +152,49 @@ def _save_npy(tmp: Path, D: np.ndarray) -> None:
 
 def read_distances(path: Path, num_classes: int) -> np.ndarray:
     """The condensed distances of `num_classes` classes in `path`; CCNError naming the file unless it
-    is a readable .npy of C(C-1)/2 finite, non-negative numbers."""
-    if not path.is_file():
+    is a regular file holding a plain .npy of C(C-1)/2 finite, non-negative numbers.
+
+    The header is read and checked before any data (numpy's own reader raised AttributeError on an
+    .npz, TypeError on a shape of (True, True, True) and OverflowError on one of (10**20,)), then
+    exactly the bytes it declares."""
+    if not os.path.lexists(path):
         raise CCNError(f"{path} is missing: the class distances are needed for this; {DISTANCES_FIX}")
     expected = num_classes * (num_classes - 1) // 2
-    try:
-        D = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as err:
-        raise CCNError(f"{path} is not a readable .npy array ({err}): {DISTANCES_FIX}") from None
-    if D.shape != (expected,) or D.dtype.kind != "f":
-        raise CCNError(f"{path} holds a {D.dtype} array of shape {D.shape}, not the {expected} distances of "
-                       f"{num_classes} classes: {DISTANCES_FIX}")
-    D = np.asarray(D, dtype=np.float32)
+    with open_regular(path, None, "distances file", DISTANCES_FIX) as handle:
+        shape, dtype = _npy_header(handle, path)
+        if shape != (expected,) or dtype.kind != "f" or dtype.itemsize > 8:
+            raise CCNError(f"{path} holds a {dtype} array of shape {shape}, not the {expected} distances of "
+                           f"{num_classes} classes: {DISTANCES_FIX}")
+        data = handle.read(expected * dtype.itemsize)
+    if len(data) != expected * dtype.itemsize:
+        raise CCNError(f"{path} is cut short ({len(data)} of {expected * dtype.itemsize} data bytes): {DISTANCES_FIX}")
+    D = np.frombuffer(data, dtype=dtype).astype(np.float32)
     if not np.isfinite(D).all() or (D < 0).any():
         raise CCNError(f"{path} holds negative or non-finite distances: {DISTANCES_FIX}")
     return D
+
+
+def _npy_header(handle, path: Path) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from an open .npy file's header; CCNError unless it is a C-ordered array of plain
+    numbers (never objects) whose shape is a tuple of whole numbers."""
+    from numpy.lib import format as npy
+
+    try:
+        readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+        version = npy.read_magic(handle)
+        if version not in readers:
+            raise ValueError(f"format version {version[0]}.{version[1]}, not 1.0 or 2.0")
+        shape, fortran, dtype = readers[version](handle)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, OverflowError) as err:
+        raise CCNError(f"{path} is not a readable .npy array ({err}): {DISTANCES_FIX}") from None
+    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+        raise CCNError(f"{path} declares the shape {shape!r}, which is not a list of sizes: {DISTANCES_FIX}")
+    if dtype.hasobject:  # pickled: never loaded, whatever it holds
+        raise CCNError(f"{path} is not a readable .npy array (it holds pickled Python objects, which ccn never "
+                       f"loads): {DISTANCES_FIX}")
+    if fortran:
+        raise CCNError(f"{path} holds a Fortran-ordered array, not the plain distances ccn writes: {DISTANCES_FIX}")
+    return shape, dtype
 
 
 # ---------------------------------------------------------------- reading hierarchy.json back
