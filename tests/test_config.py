@@ -174,7 +174,7 @@ def test_sizes_that_the_classes_cannot_meet():
     cfgmod.check_against_classes(cfgmod.load(None, ["method.min_group_size=10"]), 10)  # one group: allowed
 
 
-# docs/bad-input.md "Config and grid files": the YAML reader itself.
+# docs/bad-input.md "Config files": the YAML reader itself.
 BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
 FILE_CASES = [

@@ -1,6 +1,6 @@
 """Run folders under stress: one process per folder, --force that keeps the old run until the new one
 has started, and full or read-only disks (real tmpfs mounts) that end in one line with the last good
-checkpoint intact. docs/bad-input.md, "Images, run folders and disks", lists each case."""
+checkpoint intact. docs/bad-input.md ("Command line and options", "Files ccn writes") lists each case."""
 
 import io
 import json
