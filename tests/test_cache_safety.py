@@ -58,7 +58,7 @@ def test_a_device_or_endless_file_is_refused(tmp_path):
     assert _problem(link, 100, follow_links=False) == "is a symbolic link"
     big = tmp_path / "big.json"
     big.write_bytes(b"x" * 101)
-    assert _problem(big, 100) == "is 101 bytes, more than the 100 a thing may have"
+    assert _problem(big, 100) == "is 101 bytes, more than the 100 bytes a thing may have"
     assert _problem(tmp_path, 100) == "is a folder"
     assert _problem(tmp_path / "missing", 100) == "does not exist"
     with pytest.raises(UnsafeFile, match=f"^thing {big} is 101 bytes.*: remove it$"):

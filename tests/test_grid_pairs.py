@@ -104,7 +104,7 @@ def test_a_variant_that_changes_the_images_is_refused(tmp_path, overrides):
 # Data keys a variant may set: they change how the same images are shown (size, crops, augmentation), or where
 # images live.
 TRAINING_ONLY_DATA_KEYS = {"download", "flip", "crop_padding", "crop_scale", "crop_ratio", "cutout", "flip_mode",
-                           "pad_mode", "augment", "randaugment_n", "randaugment_m", "cache", "store", "workers",
+                           "pad_mode", "augment", "randaugment_n", "randaugment_m", "cache", "store", "workers", "worker_timeout",
                            "image_size", "crop", "eval_crop"}
 
 

@@ -24,7 +24,7 @@ every file's name, size and modification time (ccn.data.store.cache_key).
 
 A broken copy stops with one line naming the file, the line and the fix: a malformed line, an id
 wnids.txt does not list (or a listed id with no training folder), an annotation naming a missing
-image, an image with no annotation, a file annotated twice, a byte-order mark.
+image, an image with no annotation, a file annotated twice.
 """
 
 from __future__ import annotations
@@ -77,15 +77,12 @@ def find_root(root: Path) -> Path:
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, line without its end) of every non-blank line of a label file: read with a size
-    limit (ccn.validate.read_text), and refused when it starts with a byte-order mark, which would
-    otherwise become part of the first id and be reported as an unknown class."""
+    limit by ccn.validate.read_text, which also drops a UTF-8 byte-order mark (a file saved by a Windows
+    editor), so the first id is read as written."""
     try:
         text = read_text(path, path.name, FIX, limit=MAX_LABEL_FILE_BYTES)
     except CCNError as err:
         raise DataError(str(err)) from None
-    if text.startswith("\ufeff"):
-        raise DataError(f"{path} line 1 starts with a byte-order mark (U+FEFF): save the file as UTF-8 without "
-                        f"one, or {FIX}")
     return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
