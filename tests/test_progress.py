@@ -3,6 +3,7 @@
 import io
 import re
 import sys
+import time
 
 import pytest
 import torch
@@ -37,6 +38,7 @@ def test_a_bar_shows_count_rate_and_time_left_on_a_terminal():
     stream = FakeTerminal()
     bar = progress.progress_bar(total=4, desc="epoch 1", unit="batch", stream=stream)
     for _ in range(3):
+        time.sleep(0.01)  # a rate needs time to pass: with none (a fast machine), tqdm draws "?batch/s"
         bar.update(1)
     bar.refresh()
     drawn = BAR.findall(stream.getvalue())
