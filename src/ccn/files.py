@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 from functools import lru_cache
@@ -83,15 +84,22 @@ def locked_temporary_file(path: Path, mode: Optional[int] = None) -> tuple[Path,
         os.close(fd)  # a cleaner took and removed it between its creation and our lock: make another
 
 
+# the name _temporary gives: `.NAME.<pid>.<mkstemp's random characters>.tmp`; nothing else is ever
+# removed as a temporary (a user's own `.notes.tmp` in a folder they named as the cache is left alone)
+TEMPORARY_NAME = re.compile(r"\..+\.\d+\.[a-z0-9_]+\.tmp")
+
+
 def remove_abandoned_temporaries(folder: Path, pattern: str = ".*.tmp") -> list[Path]:
-    """Remove the temporary files (`pattern`) in `folder` that are ours (a regular file of this user)
-    and whose writer is gone: nobody holds their lock (see locked_temporary_file). A writer's pid is
-    not used: it means nothing in another PID namespace (a container) or on another host sharing
-    the folder. Returns what was removed."""
+    """Remove the temporary files (`pattern`, and named as _temporary names them) in `folder` that are
+    ours (a regular file of this user) and whose writer is gone: nobody holds their lock (see
+    locked_temporary_file). A writer's pid is not used: it means nothing in another PID namespace (a
+    container) or on another host sharing the folder. Returns what was removed."""
     removed = []
     if fcntl is None:
         return removed  # no flock: a live writer cannot be told from a dead one
     for tmp in Path(folder).glob(pattern):
+        if not TEMPORARY_NAME.fullmatch(tmp.name):
+            continue
         try:
             fd = os.open(tmp, _READ_FLAGS | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
@@ -268,6 +276,8 @@ def read_regular_bytes(path, limit: int, what: str, fix: str = "", *, follow_lin
             data = handle.read(limit + 1)
         except OSError as err:
             raise refuse(f"cannot be read ({err.strerror or err})") from None
+    if data is None:  # a non-blocking read with nothing to give: a file that waits (/proc/kmsg), not data
+        raise refuse("cannot be read without waiting (it is not a file of data)")
     if len(data) > limit:
         raise refuse(f"is larger than its size said (it grows, or never ends), more than the {limit} bytes a "
                      f"{what} may have")

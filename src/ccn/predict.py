@@ -11,7 +11,6 @@ patterns (`"photos/**/*.jpg"`, expanded here, so no shell is needed).
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 from typing import Iterator, Optional
@@ -83,7 +82,7 @@ def image_paths(sources: list[str]) -> list[Path]:
                                "of images, or the image files themselves")
             paths += found
         elif not path.exists() and GLOB_CHARACTERS & set(source):
-            matches = sorted(glob.glob(source, recursive=True))
+            matches = pattern_matches(source)
             if not matches:
                 raise CCNError(f"image pattern {source!r} matches no file: check it (patterns are expanded by ccn; "
                                "** matches folders at any depth)")
@@ -92,6 +91,18 @@ def image_paths(sources: list[str]) -> list[Path]:
         else:
             paths.append(path)  # read_image names a missing or unreadable file
     return paths
+
+
+def pattern_matches(pattern: str) -> list[str]:
+    """The sorted paths matching a glob `pattern`, ** for folders at any depth, without entering folder
+    links (pathlib's ** does not follow them; glob.glob's does, and loops for ever on a link to a parent)."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if GLOB_CHARACTERS & set(part))
+    base = Path(*parts[:first]) if first else Path(".")
+    wanted_hidden = any(part.startswith(".") for part in parts[first:])
+    # as glob.glob and the shell: a wildcard matches no hidden file or folder unless the pattern names one
+    return sorted({str(p) for p in base.glob(str(Path(*parts[first:])))
+                   if wanted_hidden or not any(part.startswith(".") for part in p.relative_to(base).parts)})
 
 
 def folder_images(folder: Path) -> list[Path]:

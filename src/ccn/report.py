@@ -13,7 +13,7 @@ from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy, agreement
 from ccn.hierarchy.truth import partition_shape
 from ccn.plots import save_figure
-from ccn.files import atomic_write, write_json
+from ccn.files import atomic_write, check_replaceable, write_json
 from ccn.runs import read_results
 
 
@@ -328,6 +328,8 @@ def _date_range(finished: list) -> str:
 
 def write_report(grid, out: Path, seconds: float) -> dict:
     out = Path(out)
+    for name in ("summary.json", "report.md"):  # a FIFO or link there is not replaced by a file
+        check_replaceable(out / name, "experiment file", "remove it, or give ccn experiment another --out")
     summary = summarise(grid, out)
     write_json(out / "summary.json", summary)
     figures = write_figures(grid, out, summary)

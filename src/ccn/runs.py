@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +31,7 @@ import torch
 from ccn import config as cfgmod
 from ccn.checkpoint import (STATE_FILE, check_finite, check_weights_file, load_weights, save_weights,
                             state_difference)
-from ccn.files import atomic_write, check_replaceable, fault_point, regular_file_size, write_json
+from ccn.files import TEMPORARY_NAME, atomic_write, check_replaceable, fault_point, regular_file_size, write_json
 from ccn.config import Config
 from ccn.data import stored_size
 from ccn.data.prepare import eval_transform
@@ -168,14 +169,23 @@ def _refuse_experiment_folder(path: Path) -> None:
                        "continued with `ccn experiment`)")
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries a killed save of a run file left (`.NAME.<pid>.<random>.tmp` of a name in
+    RUN_FILES): only regular files of this user, never a link or folder, and nothing else named .*.tmp."""
+    for name in RUN_FILES:
+        for stale in path.glob(f".{name}.*.tmp"):
+            info = os.lstat(stale) if os.path.lexists(stale) else None
+            if (info is not None and stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+                    and TEMPORARY_NAME.fullmatch(stale.name)):
+                stale.unlink(missing_ok=True)  # under torchrun every rank cleans up: another may have been first
+
+
 def remove_run_outputs(path: Path) -> None:
     """--force: remove this tool's files of the old run; leave anything else the user put there."""
     try:
         for name in RUN_FILES + FIGURES:
             (path / name).unlink(missing_ok=True)
-        for name in RUN_FILES:
-            for stale in path.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)  # under torchrun every rank cleans up: another may have been first
+        remove_stale_temporaries(path)
         if (path / "tensorboard").is_dir():
             shutil.rmtree(path / "tensorboard")
     except OSError as err:
@@ -214,8 +224,7 @@ def resume_run_dir(path: Path, clean: bool = True) -> Optional[Config]:
     if not clean:
         return config
     try:
-        for stale in path.glob(".*.tmp"):  # a save that was killed half-way; the file it replaced is intact
-            stale.unlink(missing_ok=True)  # under torchrun every rank cleans up: another may have been first
+        remove_stale_temporaries(path)  # a save that was killed half-way; the file it replaced is intact
     except OSError as err:
         raise CCNError(f"cannot write to run folder {path} ({err.strerror or err}): make it writable to resume "
                        "the run") from None

@@ -18,6 +18,7 @@ tagged "rotate 90" upright), so training, evaluation and `ccn predict` all see t
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from struct import error as struct_error  # raised by some decoders on short files
@@ -26,11 +27,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ccn.errors import DataError
+from ccn.files import UnsafeFile, read_regular_bytes
 
 # Pillow's names; the JPEG decoder also reads MPO (multi-picture JPEG), PPM also PGM, PBM and PFM.
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 ALLOWED_NAMES = "JPEG, PNG, BMP, GIF, TIFF, WebP or PPM/PGM/PBM"
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # 8192 x 8192; Caltech-101's largest image has 14 M pixels
+MAX_IMAGE_FILE_BYTES = 512 * 2**20  # an image file is read whole before decoding; no photo is near this
 BACKGROUND = (255, 255, 255, 255)  # transparent pixels are shown over white
 _HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -56,9 +59,15 @@ def _too_large(path: Path, pixels: str) -> UnreadableImage:
 def open_image(path: Path) -> Image.Image:
     """The image at `path`, opened (header read, no pixels decoded) by an allowed decoder only."""
     try:
+        # read as a regular file within a limit (ccn.files): a FIFO swapped in, a device or a /proc file
+        # that blocks (/proc/kmsg) is one line, never a hang; Pillow then decodes the bytes
+        data = read_regular_bytes(path, MAX_IMAGE_FILE_BYTES, "image")
+    except UnsafeFile as err:
+        raise UnreadableImage(f"cannot read image {path} ({err.problem})") from None
+    try:
         with warnings.catch_warnings():  # Pillow's own bomb warning becomes our error below
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path, formats=ALLOWED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_large(path, f"more than {Image.MAX_IMAGE_PIXELS:,}") from None
     except UnidentifiedImageError:

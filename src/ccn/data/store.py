@@ -290,6 +290,11 @@ def private_cache_dir() -> Path:
     entries of theirs (decoded images with labels of their choosing). Temporaries of earlier
     writers that are gone are removed here, whatever killed them."""
     folder = cache_dir()
+    if os.path.islink(folder) and os.lstat(folder).st_uid != os.geteuid():
+        # another user's link decides where this user's cache (and its clean-up) would go
+        raise WriteError(f"the image cache folder {folder} is a symbolic link of another user (uid "
+                         f"{os.lstat(folder).st_uid}): ccn follows no one else's link; set CCN_CACHE_DIR to a "
+                         "folder of your own")
     make_cache_dir(folder)
     default = not os.environ.get("CCN_CACHE_DIR")
     problem = _not_private(folder, fix_default=default)
@@ -420,7 +425,7 @@ class StoreFile:
                         and meta.get("key") == self.key and meta.get("image_size") == self.size
                         and isinstance(labels, list) and len(labels) == n > 0
                         and all(type(v) is int for v in labels) and isinstance(meta.get("checksum"), str))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None
         except _Absent:
             return None

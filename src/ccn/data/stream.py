@@ -410,7 +410,7 @@ def _read_unreadable(path: Path, n: int) -> Optional[dict[int, str]]:
     """A saved scan, or None when absent or not a list of [position below n, reason] pairs."""
     try:
         found = {int(i): str(why) for i, why in json.loads(_entry_text(path))["unreadable"]}
-    except (OSError, ValueError, KeyError, TypeError, UnsafeFile):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, UnsafeFile):
         return None
     return found if all(0 <= i < n for i in found) else None
 
@@ -421,7 +421,7 @@ def _read_stats(path: Path) -> Optional[tuple[list[float], list[float]]]:
         saved = json.loads(_entry_text(path))
         mean, std = saved["mean"], saved["std"]
         numbers = [float(v) for v in mean + std]
-    except (OSError, ValueError, KeyError, TypeError, UnsafeFile):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, UnsafeFile):
         return None
     if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in numbers) or min(std) <= 0:
         return None
