@@ -131,3 +131,29 @@ def test_the_report_does_not_replace_a_fifo_at_summary_json(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "is a FIFO, not a regular file" in result.stderr, result.stderr
     assert Path(out / "summary.json").is_fifo()
+
+
+@pytest.mark.parametrize("value", ["x", 1e308, -1e308])
+def test_a_checkpoint_whose_optimizer_numbers_are_not_numbers_is_one_line(tiny_run, tmp_path, value):
+    """A string or 1e308 as a param group's momentum was a TypeError or overflow traceback at the first step."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "results.json").unlink()
+    checkpoint = run / "checkpoint.safetensors"
+    if not checkpoint.exists():
+        pytest.skip("the tiny run keeps no checkpoint")
+    with safe_open(str(checkpoint), "pt") as f:
+        meta = f.metadata()
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    state = json.loads(meta["ccn_state"])
+    state["optimizer"]["param_groups"][0]["momentum" if value != -1e308 else "weight_decay"] = value
+    meta["ccn_state"] = json.dumps(state)
+    save_file(tensors, str(checkpoint), metadata=meta)
+    result = run_cli("train", "--resume", str(run))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "param_groups[0]" in result.stderr and len(result.stderr.strip().splitlines()) == 1

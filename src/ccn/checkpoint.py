@@ -200,6 +200,9 @@ def read_training_state(path: Path) -> tuple[dict, dict]:
     return tensors, state
 
 
+OPTIMIZER_NUMBER_LIMIT = 1e30  # far above any rate that trains (and momentum and decay are at most 1), far below overflow
+
+
 def _check_restorable(tensors: dict, state) -> None:
     """Invalid unless the state holds what restore_training_state reads: optimizer and RNG state."""
     require_mapping(state, "its training state")
@@ -209,7 +212,14 @@ def _check_restorable(tensors: dict, state) -> None:
         where = f"'optimizer'.param_groups[{i}]"
         require_keys(require_mapping(group, where), ["params", "lr"], where)
         require_numbers(group["params"], f"{where}.params", low=0)
-        require_number(group["lr"], f"{where}.lr", 0)
+        # every hyperparameter the optimizer will compute with: a number where one is expected (a string or
+        # 1e308 there was a TypeError or an overflow traceback inside the first step)
+        for key in ("lr", "initial_lr", "momentum", "dampening", "weight_decay"):
+            if key in group:
+                require_number(group[key], f"{where}.{key}", 0, OPTIMIZER_NUMBER_LIMIT)
+        for key in ("nesterov", "maximize"):
+            if key in group and not isinstance(group[key], bool):
+                raise Invalid(f"{where}.{key} must be true or false, not {group[key]!r}")
     for index in require_mapping(optimizer["state"], "'optimizer'.state"):
         if not index.isdigit():
             raise Invalid(f"'optimizer'.state has key {index!r}, which is not a parameter number")
