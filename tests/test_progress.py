@@ -30,6 +30,7 @@ class FakeTerminal(io.StringIO):
 
 @pytest.fixture(autouse=True)
 def _switch_restored():
+    progress.set_enabled(True)  # an earlier test in this process may have run the CLI with train.progress=false
     yield
     progress.set_enabled(True)
 
@@ -38,7 +39,7 @@ def test_a_bar_shows_count_rate_and_time_left_on_a_terminal():
     stream = FakeTerminal()
     bar = progress.progress_bar(total=4, desc="epoch 1", unit="batch", stream=stream)
     for _ in range(3):
-        time.sleep(0.01)  # a rate needs time to pass: with none (a fast machine), tqdm draws "?batch/s"
+        time.sleep(0.01)  # a rate needs some time to pass
         bar.update(1)
     bar.refresh()
     drawn = BAR.findall(stream.getvalue())
