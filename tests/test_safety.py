@@ -13,7 +13,8 @@ from ccn.errors import CCNError
 from ccn.files import atomic_write
 from ccn.locks import LOCK_FILE, FolderLock
 from ccn.pipeline import run_training
-from ccn.runs import RUN_FILES, NewRun
+from ccn.runfiles import RUN_FILES
+from ccn.runs import NewRun
 from ccn.tracking import RunLog
 from conftest import TINY_RUN, run_cli
 

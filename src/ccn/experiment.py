@@ -38,7 +38,8 @@ from ccn.files import atomic_write
 from ccn.errors import CCNError, ConfigError
 from ccn.locks import FolderLock
 from ccn.progress import echo, progress_bar
-from ccn.runs import GRID_FILE, GRID_OUTPUTS, RUN_FILES, NewRun, read_results, resumed_run
+from ccn.runfiles import GRID_FILE, GRID_OUTPUTS, RUN_FILES, read_results
+from ccn.runs import NewRun, resumed_run
 
 METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
 NORM_SUFFIX, RANDOM_SUFFIX = "-norm", "-random"

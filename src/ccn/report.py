@@ -14,7 +14,7 @@ from ccn.hierarchy import Hierarchy, agreement
 from ccn.hierarchy.truth import partition_shape
 from ccn.plots import save_figure
 from ccn.files import atomic_write, check_replaceable, write_json
-from ccn.runs import read_results
+from ccn.runfiles import read_results
 
 
 def paired_difference(values: list[float], reference: list[float]) -> dict:

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from ccn.errors import CCNError, ConfigError
 from ccn.files import atomic_write, open_regular
+from ccn.runfiles import DISTANCES_FILE
 from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list, require_list_of_str,
                           require_mapping, require_matrix, require_number, require_numbers, require_str)
 
@@ -135,7 +136,6 @@ class Hierarchy:
 
 # ---------------------------------------------------------------- the distances file
 
-DISTANCES_FILE = "distances.npy"  # condensed float32 class distances, beside hierarchy.json
 DISTANCES_FIX = "restore the file the run wrote, or train the run again (step 2 writes it)"
 
 
