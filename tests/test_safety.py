@@ -379,7 +379,7 @@ def test_a_fifo_is_named_as_no_regular_file(tiny_run, tmp_path, capsys):
     from ccn.hierarchy import read_groups_file
     with pytest.raises(CCNError, match=f"method.groups_file={fifo} is a FIFO, not a regular file"):
         read_groups_file(fifo, CLASSES, whole_tree=False)
-    from ccn.runs import init_weights_file
+    from ccn.model_init import init_weights_file
     with pytest.raises(CCNError, match=f"model.init={fifo} is a FIFO, not a regular file"):
         init_weights_file(str(fifo))
 

@@ -38,10 +38,11 @@ from ccn.hierarchy import Hierarchy, read_groups_file
 from ccn.hierarchy.partition import check_top_k
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.hierarchy.truth import true_tree
+from ccn.model_init import load_initial_weights
 from ccn.models import count_parameters
 from ccn.provenance import code_version
 from ccn.runfiles import STATE_FILE
-from ccn.runs import config_digest, load_initial_weights, recorded_config, write_distances, write_run
+from ccn.runs import config_digest, recorded_config, write_distances, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
 from ccn.train import EpochProgress, Trainer, check_lookahead_budget
