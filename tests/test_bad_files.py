@@ -12,7 +12,7 @@ import torch
 
 from ccn.checkpoint import read_training_state
 from ccn.errors import CCNError, ConfigError
-from ccn.experiment import load_grid
+from ccn.grid import load_grid
 from ccn.hierarchy import Hierarchy
 from ccn.runfiles import read_results
 from ccn.runs import load_run

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from ccn.errors import ConfigError
-from ccn.experiment import load_grid
+from ccn.grid import load_grid
 from ccn.report import paired_difference
 from conftest import run_cli
 
@@ -51,7 +51,7 @@ def test_holm_adjustment_matches_the_step_down_rule():
 
 
 def test_builtin_partition_variants():
-    from ccn.experiment import builtin_variant
+    from ccn.grid import builtin_variant
     assert builtin_variant("k-7") == {"method": {"name": "ccn", "groups": 7}}
     assert builtin_variant("balanced-random")["method"] == {"name": "ccn", "clustering": "balanced",
                                                              "partition": "random"}

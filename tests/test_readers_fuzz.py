@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from ccn import config as cfgmod
 from ccn.checkpoint import read_training_state
 from ccn.errors import CCNError
-from ccn.experiment import load_grid
+from ccn.grid import load_grid
 from ccn.hierarchy import Hierarchy
 from ccn.runfiles import read_results
 from ccn.tracking import RunLog

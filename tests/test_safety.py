@@ -254,7 +254,8 @@ import shutil  # noqa: E402
 
 import yaml  # noqa: E402
 
-from ccn.experiment import load_grid, run_grid  # noqa: E402
+from ccn.experiment import run_grid  # noqa: E402
+from ccn.grid import load_grid  # noqa: E402
 
 TINY_GRID = {"base": {"data": {"name": "synthetic", "num_classes": 6, "num_groups": 2, "train_per_class": 6,
                                "test_per_class": 2},

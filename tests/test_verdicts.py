@@ -9,7 +9,8 @@ import pytest
 
 from ccn import config as cfgmod
 from ccn.errors import CCNError, ConfigError
-from ccn.experiment import _claim_folder, load_grid
+from ccn.experiment import _claim_folder
+from ccn.grid import load_grid
 from ccn.report import _code_lines, _primary_lines, _sentence, comparisons
 
 GRID = "base: {data: {name: digits}}\nvariants: [flat, ccn, random, k-1, k-5, k-5-random]\nseeds: [0, 1, 2, 3]\n"

@@ -172,7 +172,7 @@ def comparisons(variants: dict, reference: str, primary_records: list, unpaired=
 
 # What the two runs of one seed must agree on (results.json) for their difference to be paired: the
 # split scored and the images each split held. A variant may not set the keys that change them
-# (experiment.IMAGE_SET_KEYS); this is the report's own check, for what the grid file cannot show
+# (grid.IMAGE_SET_KEYS); this is the report's own check, for what the grid file cannot show
 # (a data folder that changed between two runs, a results.json from another grid).
 def scored_images(results: dict) -> dict:
     """The split a run scored and the images of its splits (eval_set is absent from runs that predate
