@@ -14,7 +14,7 @@ from ccn.grid import builtin_variant, load_grid
 from ccn.heads import FlatHead
 from ccn.hierarchy import choose_partition
 from ccn.hierarchy.truth import lca_heights, partition_agreement, partition_shape, true_tree
-from ccn.report import control_pairs
+from ccn.grid_statistics import control_pairs
 from conftest import run_cli
 
 
