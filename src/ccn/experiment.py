@@ -28,6 +28,7 @@ from ccn.progress import echo, progress_bar
 from ccn.runfiles import GRID_FILE, GRID_OUTPUTS, RUN_FILES, read_results
 from ccn.runs import NewRun, resumed_run
 
+
 def run_grid(grid: Grid, out: Path, log=echo) -> dict:
     """Train every (variant, seed) not yet finished, then write summary.json, report.md and figures.
 
