@@ -126,7 +126,6 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 # ---------------------------------------------------------------- full training state (resume)
 
-STATE_FILE = "checkpoint.safetensors"
 _STATE_KEY = "ccn_state"
 
 
