@@ -38,6 +38,7 @@ from ccn.files import atomic_write
 from ccn.errors import CCNError, ConfigError
 from ccn.locks import FolderLock
 from ccn.progress import echo, progress_bar
+from ccn.records import read_record, stamp
 from ccn.runs import GRID_FILE, GRID_OUTPUTS, RUN_FILES, NewRun, read_results, resumed_run
 
 METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
@@ -120,8 +121,12 @@ def deep_merge(base: dict, extra: dict) -> dict:
 MAX_SEEDS = 1000  # a grid trains variants x seeds runs; more seeds than this is a typo
 
 
+GRID_FIX = "remove its format: line (ccn writes it into an experiment folder's copy of the grid)"
+
+
 def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
-    raw = cfgmod.read_yaml(path)
+    """A grid file, or an experiment folder's grid.yaml (a grid record, ccn.records "grid")."""
+    raw = read_record("grid", cfgmod.read_yaml(path), GRID_FIX, f"grid file {path}")
     unknown = set(raw) - {"base", "variants", "seeds", "reference", "primary"}
     if unknown:
         raise ConfigError(f"grid file {path}: unknown section(s) {sorted(map(str, unknown))}; allowed: base, variants, "
@@ -424,6 +429,7 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
         except ConfigError as err:
             raise CCNError(f"{path} is damaged ({err}): restore it to continue the grid, or choose another --out") from None
         if isinstance(saved, dict):
+            saved = read_record("grid", saved, "restore it to continue the grid, or choose another --out", path)
             named = saved.get("variants")  # the folder's own variants: a narrower grid is refused below, not here
             records = _primary_records(saved.pop("primary", []), path, set(named) if isinstance(named, dict) else set())
         if saved != wanted:
@@ -437,7 +443,7 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
     _check_started_runs(grid, out)  # with grid.yaml lost, the runs themselves say which grid they belong to
     records = _declare_primary(records, grid.primary, _runs_started(out), out, log)
     grid.primary_records = records
-    text = yaml.safe_dump({**grid.raw, **({"primary": records} if records else {})}, sort_keys=False)
+    text = yaml.safe_dump(stamp("grid", {**grid.raw, **({"primary": records} if records else {})}), sort_keys=False)
     if widened:
         return text  # written by the caller once every run has finished
     if not path.exists() or path.read_text() != text:

@@ -14,6 +14,7 @@ from ccn.hierarchy import Hierarchy, agreement
 from ccn.hierarchy.truth import partition_shape
 from ccn.plots import save_figure
 from ccn.files import atomic_write, check_replaceable, write_json
+from ccn.records import stamp
 from ccn.runs import read_results
 
 
@@ -175,9 +176,8 @@ def comparisons(variants: dict, reference: str, primary_records: list, unpaired=
 # (experiment.IMAGE_SET_KEYS); this is the report's own check, for what the grid file cannot show
 # (a data folder that changed between two runs, a results.json from another grid).
 def scored_images(results: dict) -> dict:
-    """The split a run scored and the images of its splits (eval_set is absent from runs that predate
-    it: they scored the test set)."""
-    return {"eval_set": results.get("eval_set", "test"), "test_images": results["test_images"],
+    """The split a run scored and the images of its splits."""
+    return {"eval_set": results["eval_set"], "test_images": results["test_images"],
             "train_images": results["train_images"]}
 
 
@@ -305,7 +305,7 @@ def _facts(runs: dict) -> dict:
     return {"data": first["data"], "model": first["model"], "epochs": first["epochs"],
             "epochs_range": [min(epochs), max(epochs)],  # a budget grid's variants differ in epochs
             "train_images": first["train_images"], "test_images": first["test_images"],
-            "eval_set": first.get("eval_set", "test"),
+            "eval_set": first["eval_set"],
             "same_images": all(scored_images(r) == scored_images(first) for rs in runs.values() for r in rs),
             "num_classes": first["num_classes"], "machine": first["machine"], "device": first["device"],
             # the runs' own torch and dates, not the renderer's (a report may be rendered long after)
@@ -331,7 +331,7 @@ def write_report(grid, out: Path, seconds: float) -> dict:
     for name in ("summary.json", "report.md"):  # a FIFO or link there is not replaced by a file
         check_replaceable(out / name, "experiment file", "remove it, or give ccn experiment another --out")
     summary = summarise(grid, out)
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", stamp("summary", summary))
     figures = write_figures(grid, out, summary)
     report = render_report(grid, summary, figures, out)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(report))

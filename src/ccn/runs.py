@@ -41,7 +41,8 @@ from ccn.hierarchy.tree import DISTANCES_FILE, save_distances
 from ccn.locks import LOCK_FILE, FolderLock
 from ccn.models.base import configure_batchnorm
 from ccn.network import build_model, make_head
-from ccn.validate import (Invalid, checked, file_problem, read_json, require_int, require_keys, require_list_of_str,
+from ccn.records import header_record, read_record, stamp
+from ccn.validate import (Invalid, checked, file_problem, require_int, require_keys, require_list_of_str,
                           require_mapping, require_number, require_numbers, require_str)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", DISTANCES_FILE, "model.safetensors",
@@ -238,9 +239,9 @@ def write_run(out_dir: Path, config: Config, model: torch.nn.Module, results: di
     if hierarchy is not None:
         write_distances(out_dir, hierarchy, replace=False)
         atomic_write(out_dir / "hierarchy.json", lambda tmp: hierarchy.save(tmp))
-    save_weights(model, out_dir / "model.safetensors", {"format": "ccn-1", "model": config.model.name})
+    save_weights(model, out_dir / "model.safetensors", {"model": config.model.name})
     fault_point("before-results")  # results.json comes last: until it is there, --resume finishes the run again
-    write_json(out_dir / "results.json", results)
+    write_json(out_dir / "results.json", stamp("results", results))
 
 
 def write_distances(out_dir: Path, hierarchy: Hierarchy, replace: bool = True) -> None:
@@ -255,11 +256,12 @@ RESULTS_FIX = "restore the file the run wrote, or delete the run folder and trai
 
 
 def read_results(run_dir: Path) -> dict:
-    """results.json of a finished run, checked field by field (CCNError naming the file otherwise)."""
+    """results.json of a finished run in today's layout (ccn.records "results"), checked field by field
+    (CCNError naming the file otherwise)."""
     path = Path(run_dir) / "results.json"
     if not os.path.lexists(path):  # a FIFO or folder there is named as what it is by read_json
         raise CCNError(f"{run_dir} has no results.json: is it a finished ccn run folder?")
-    results = read_json(path, "results file", RESULTS_FIX)
+    results = read_record("results", path, RESULTS_FIX)
     with checked(path, RESULTS_FIX):
         check_results(results)
     return results
@@ -268,8 +270,9 @@ def read_results(run_dir: Path) -> dict:
 def check_results(results) -> None:
     """Invalid unless `results` holds every value ccn reads back from results.json, of the right kind."""
     require_mapping(results, "the file")
-    require_keys(results, ["top1", "top5", "rule", "rules", "per_class_top1", "num_classes", "data", "model",
-                           "epochs", "train_images", "test_images", "wall_time_s", "device", "machine", "preprocess"])
+    require_keys(results, ["top1", "top5", "rule", "rules", "per_class_top1", "num_classes", "classes", "data", "model",
+                           "epochs", "train_images", "test_images", "eval_set", "wall_time_s", "device", "machine",
+                           "preprocess", "config_sha256"])
     for key in ("top1", "top5", "group_acc", "within_acc"):
         if key in results:  # top1 and top5 are required above; the group accuracies only in ccn runs
             require_number(results[key], f"'{key}'", 0, 1)
@@ -282,7 +285,7 @@ def check_results(results) -> None:
         for key in ("top1", "top5"):
             require_number(scores[key], f"'rules'.{rule}.{key}", 0, 1)
     num_classes = require_int(results["num_classes"], "'num_classes'", 2, cfgmod.BIG)
-    if "classes" in results:
+    if results["classes"] is not None:  # None: a run from before the names were recorded
         require_list_of_str(results["classes"], "'classes'", num_classes)
     require_numbers(results["per_class_top1"], "'per_class_top1'", num_classes, 0, 1, allow_none=True)
     if "per_group_top1" in results:
@@ -295,10 +298,9 @@ def check_results(results) -> None:
     for key in ("wall_time_s", "clustering_seconds"):
         if key in results:
             require_number(results[key], f"'{key}'", 0)
-    if "config_sha256" in results:
+    if results["config_sha256"] is not None:  # None: a run from before the digest was recorded
         require_str(results["config_sha256"], "'config_sha256'")
-    if "eval_set" in results:
-        require_str(results["eval_set"], "'eval_set'", ["test", "validation"])
+    require_str(results["eval_set"], "'eval_set'", ["test", "validation"])
     prep = require_mapping(results["preprocess"], "'preprocess'")
     require_keys(prep, ["image_size", "mean", "std"], "'preprocess'")
     require_int(prep["image_size"], "'preprocess'.image_size", 1, 4096)
@@ -368,8 +370,8 @@ def recorded_config(config: Config) -> dict:
 def check_config_unchanged(run_dir: Path, results: dict) -> None:
     """config.yaml must hold the config that trained the run (results.json "config_sha256"): predict and
     export follow train.tta, train.bn_eps, method.inference ... silently. Runs saved before the digest
-    existed are not checked."""
-    saved = results.get("config_sha256")
+    existed (None) are not checked."""
+    saved = results["config_sha256"]
     if saved is not None and saved != config_digest(cfgmod.read_yaml(run_dir / "config.yaml")):
         raise CCNError(f"{run_dir / 'config.yaml'} is not the config that trained the run (its digest differs from "
                        f"results.json's config_sha256): restore the config the run wrote; only "
@@ -389,6 +391,8 @@ def check_weights_hold_the_hierarchy(run_dir: Path, head: torch.nn.Module) -> No
     expected = {f"head.{k}": v for k, v in head.state_dict().items() if not v.is_floating_point()}
     try:
         with safe_open(str(weights), framework="pt") as stored:
+            # a newer format is refused here, before its tensors are taken for today's
+            read_record("weights", header_record(stored.metadata(), {}), RESULTS_FIX, f"weights {weights}")
             held = set(stored.keys())
             differ = next((key for key, mine in expected.items() if key in held
                            and not _same_tensor(stored.get_tensor(key), mine)), None)
@@ -413,8 +417,8 @@ def check_hierarchy_file_matches_weights(run_dir: Path, hierarchy: Hierarchy) ->
 def check_same_classes(results: dict, classes: list[str], data_name: str) -> None:
     """CCNError unless data set `data_name` has the classes the run learned, by name and in order (a
     run's output k means its k-th class; the same count of other classes would be scored as nonsense).
-    Runs whose results.json names no classes can only be checked by count."""
-    saved = results.get("classes")
+    Runs whose results.json names no classes (None: saved before they were) can only be checked by count."""
+    saved = results["classes"]
     if saved is None:
         if len(classes) != results["num_classes"]:
             raise CCNError(f"the run has {results['num_classes']} classes but data {data_name} has {len(classes)}: "
@@ -433,8 +437,8 @@ def check_same_eval_set(run_dir: Path, results: dict, eval_set: str) -> None:
     """`ccn evaluate` scores the set the run was scored on (results.json "eval_set"): a config.yaml of a
     run saved before "config_sha256" existed could be edited to hold out a validation split, and its
     training images would be scored as a test set."""
-    saved = results.get("eval_set")
-    if saved is not None and saved != eval_set:
+    saved = results["eval_set"]
+    if saved != eval_set:
         raise CCNError(f"the run was scored on its {saved} images but its config.yaml now selects the {eval_set} "
                        f"images (data.val_fraction): restore the config the run wrote ({run_dir / 'config.yaml'})")
 
@@ -449,7 +453,7 @@ def check_run_files_agree(run_dir: Path, config: Config, results: dict, hierarch
                        "remove it, or restore the config the run wrote")
     if hierarchy is None:
         return
-    if hierarchy.num_classes != results["num_classes"] or hierarchy.classes != results.get("classes", hierarchy.classes):
+    if hierarchy.num_classes != results["num_classes"] or hierarchy.classes != (results["classes"] or hierarchy.classes):
         raise CCNError(f"{run_dir / 'hierarchy.json'} and results.json name different classes "
                        f"({hierarchy.num_classes} and {results['num_classes']}): restore the files the run wrote")
 
@@ -487,7 +491,7 @@ def init_weights_file(source: str) -> tuple[Path, Optional[list[str]]]:
             raise CCNError(f"model.init={source} holds no model.safetensors: pass a finished run folder or a "
                            ".safetensors file")
         results = path / "results.json"  # checked like any results.json ccn reads back
-        return weights, read_results(path).get("classes") if os.path.lexists(results) else None
+        return weights, read_results(path)["classes"] if os.path.lexists(results) else None
     problem = file_problem(path)
     if problem:
         raise CCNError(f"model.init={source} {problem}: pass a run folder or a .safetensors file")
