@@ -5,14 +5,16 @@
     hierarchy   hierarchy.json (and the groups a       1       "format" key
                 checkpoint holds, `ccn wordnet --out`)
     summary     an experiment's summary.json           1       "format" key (ccn never reads it back)
-    grid        an experiment folder's grid.yaml       1       "format" key
+    grid        an experiment folder's grid.yaml       1       "format" key (a grid file you write needs none)
     weights     model.safetensors                      1       "format" in the safetensors metadata (text)
     checkpoint  checkpoint.safetensors                 1       "format" in the safetensors metadata (text)
 
 Every writer stamps its record (`stamp`); every reader reads it through `read_record`, which refuses
 a file of a newer format in one line (upgrade ccn) and turns an older one into today's layout, one
-step per format (`STEPS`), so the code that uses a record knows one layout only. A file without a
-number is format 0: written by ccn before records had formats (before 2026-12-06), or by hand.
+step per format (each kind's `steps`), so the code that uses a record knows one layout only. A file
+without a number is format 0: written by ccn before records had formats (before 2026-12-06), or by
+hand. To change a layout, write the new one and append the step from the old format to it: the
+kind's current format is the number of its steps.
 
 A safetensors file's record is its header: `{"__metadata__": {...}, name: tensor, ...}`, so that a
 step may drop tensors an older layout held. Torch-free: the tensors pass through untouched.
@@ -50,14 +52,13 @@ def _results_0_to_1(results: dict) -> dict:
     """Format 1 always records the scored set, the config's digest and the class names. Runs from before
     'eval_set' were scored on their test images (data.val_fraction came with it); a digest or class
     names they did not record are None: not recorded, so not checked."""
-    require_mapping(results, "the file")
     return {"eval_set": "test", "config_sha256": None, "classes": None, **results}
 
 
 def _hierarchy_0_to_1(hierarchy: dict) -> dict:
     """'how'.groups was the group count's name before issue 21 (now num_groups); 'distances' was the
     C x C matrix before distances.npy, now kept as the condensed distances (scipy's layout)."""
-    hierarchy = dict(require_mapping(hierarchy, "the file"))
+    hierarchy = dict(hierarchy)
     how = hierarchy.get("how")
     if isinstance(how, dict) and isinstance(how.get("groups"), int) and "num_groups" not in how:
         hierarchy["how"] = {("num_groups" if k == "groups" else k): v for k, v in how.items()}
