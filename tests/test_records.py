@@ -238,6 +238,27 @@ def test_weights_of_a_newer_format_are_refused(run):
     _one_line(err, f"weights {run / 'flat.safetensors'}", *NEWER)
 
 
+def test_model_init_refuses_newer_weights_and_takes_other_tools_files(run):
+    """model.init takes any safetensors file ("format": "pt" is another tool's word, not a ccn format),
+    but a ccn weights file of a newer format is refused like any other reader's."""
+    from ccn import config as cfgmod
+    from ccn.network import build_model
+    from ccn.runs import load_initial_weights
+    from conftest import TINY_RUN
+
+    classes = read_results(run)["classes"]
+    config = cfgmod.load(None, [*TINY_RUN, "method.name=flat", f"model.init={run}"])
+    assert load_initial_weights(build_model(config, 6), config, classes)["layout"] == "ccn"
+    _rewrite_header(run / "model.safetensors", lambda m: {**m, "format": "99"})
+    with pytest.raises(CCNError) as err:
+        load_initial_weights(build_model(config, 6), config, classes)
+    _one_line(err, f"model.init={run / 'model.safetensors'}", *NEWER)
+    bare = {k: v.contiguous() for k, v in build_model(config, 6).backbone.state_dict().items()}
+    save_file(bare, str(run / "timm.safetensors"), metadata={"format": "pt"})
+    config = cfgmod.load(None, [*TINY_RUN, "method.name=flat", f"model.init={run / 'timm.safetensors'}"])
+    assert load_initial_weights(build_model(config, 6), config, classes)["layout"] == "bare backbone"
+
+
 def test_a_checkpoint_of_a_newer_format_is_refused(run):
     _rewrite_header(run / STATE_FILE, lambda m: {**m, "format": "99"})
     with pytest.raises(CCNError) as err:

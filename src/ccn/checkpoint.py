@@ -104,16 +104,23 @@ def check_finite(state: dict, path: Path, fix: str) -> None:
 WEIGHTS_FIX = "restore the file the run wrote, or train the run again"
 
 
+def read_weights(path: Path, source: str) -> dict:
+    """The tensors of a weights record in today's layout (ccn.records "weights"); CCNError naming
+    `source` for a newer format. A file that is no safetensors raises what safetensors raises
+    (SafetensorError, OSError, ValueError), for the caller to name in its own words."""
+    with safe_open(str(path), framework="pt") as handle:
+        record = header_record(handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()})
+    return split_header(read_record("weights", record, WEIGHTS_FIX, source))[1]
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load a weights record into `model`, refusing files of a newer format, made for another model or
     class count, and weights that are not finite (predictions, scores and exports from them are meaningless)."""
     check_weights_file(path, "weights", WEIGHTS_FIX)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            record = header_record(handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()})
+        state = read_weights(path, f"weights {path}")
     except (SafetensorError, OSError, ValueError) as err:
         raise CCNError(f"cannot read weights {path} ({err}): the file is missing or damaged") from None
-    _, state = split_header(read_record("weights", record, WEIGHTS_FIX, f"weights {path}"))
     check_state_fits(model, state, path)
     check_finite(state, path, "the run diverged or the file was damaged; retrain it (e.g. with a lower train.lr) "
                  "or restore the file")

@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 import torch
 
 from ccn import config as cfgmod
-from ccn.checkpoint import (STATE_FILE, check_finite, check_weights_file, load_weights, save_weights,
+from ccn.checkpoint import (STATE_FILE, check_finite, check_weights_file, load_weights, read_weights, save_weights,
                             state_difference)
 from ccn.files import TEMPORARY_NAME, atomic_write, check_replaceable, fault_point, regular_file_size, write_json
 from ccn.config import Config
@@ -556,12 +556,11 @@ def load_initial_weights(model: torch.nn.Module, config: Config, classes: list[s
     """Load `model.init` into `model`: the backbone always (or a one-line error naming the mismatch),
     the flat head when it has this run's classes. Returns the record results.json keeps."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     weights, saved_classes = init_weights_file(config.model.init)
     check_weights_file(weights, f"model.init={config.model.init}:", "pass a run folder or a .safetensors file")
-    try:
-        state = load_file(str(weights))
+    try:  # any safetensors file; a ccn weights file of a newer format is refused
+        state = read_weights(weights, f"model.init={weights}")
     except (SafetensorError, OSError, ValueError) as err:
         raise CCNError(f"model.init: cannot read {weights} ({err}): the file is damaged or not safetensors") from None
     timm = config.model.name.startswith("timm:")
