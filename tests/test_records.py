@@ -113,10 +113,15 @@ def test_a_run_written_before_formats_loads_as_it_did(run):
 def test_results_in_the_oldest_layout_read_with_what_they_did_not_record(run):
     """Before eval_set (and data.val_fraction, which came with it) every run scored its test images;
     a digest or class names a run did not record are None: not checked."""
-    _edit_json(run / "results.json", lambda d: [d.pop(k) for k in ("format", "eval_set", "config_sha256", "classes")])
+    from ccn.report import _facts
+
+    unrecorded = ("config_sha256", "classes", "code", "torch", "finished")
+    _edit_json(run / "results.json", lambda d: [d.pop(k) for k in ("format", "eval_set", *unrecorded)])
     results = read_results(run)
-    assert (results["eval_set"], results["config_sha256"], results["classes"]) == ("test", None, None)
+    assert results["eval_set"] == "test" and all(results[key] is None for key in unrecorded)
     load_run(run)  # the classes checked by count, the config not by digest
+    facts = _facts({"flat": [results]})  # a grid's report says what the run did not record
+    assert facts["torch"] == "unknown" and facts["date"] == "1 run(s) without a recorded date"
     _edit_json(run / "results.json", lambda d: d.__setitem__("format", 1))
     with pytest.raises(CCNError) as err:  # today's format always records them: one missing is damage
         read_results(run)

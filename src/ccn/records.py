@@ -49,10 +49,12 @@ class Kind:
 
 
 def _results_0_to_1(results: dict) -> dict:
-    """Format 1 always records the scored set, the config's digest and the class names. Runs from before
-    'eval_set' were scored on their test images (data.val_fraction came with it); a digest or class
-    names they did not record are None: not recorded, so not checked."""
-    return {"eval_set": "test", "config_sha256": None, "classes": None, **results}
+    """Format 1 always records the scored set, the config's digest, the class names, the code, torch
+    version and time that produced the run. Runs from before 'eval_set' were scored on their test
+    images (data.val_fraction came with it); what else they did not record is None: not recorded, so
+    not checked (and reported as such)."""
+    return {"eval_set": "test", "config_sha256": None, "classes": None, "code": None, "torch": None,
+            "finished": None, **results}
 
 
 def _hierarchy_0_to_1(hierarchy: dict) -> dict:

@@ -200,7 +200,7 @@ def code_versions(grid, runs: dict) -> list:
     versions: list = []
     for name, results in runs.items():
         for seed, r in zip(grid.seeds, results):
-            codes = [r.get("code")] + ([r["code_at_start"]] if "code_at_start" in r else [])
+            codes = [r["code"]] + ([r["code_at_start"]] if "code_at_start" in r else [])
             for code in codes:
                 entry = next((v for v in versions if v["code"] == code), None)
                 if entry is None:
@@ -309,8 +309,8 @@ def _facts(runs: dict) -> dict:
             "same_images": all(scored_images(r) == scored_images(first) for rs in runs.values() for r in rs),
             "num_classes": first["num_classes"], "machine": first["machine"], "device": first["device"],
             # the runs' own torch and dates, not the renderer's (a report may be rendered long after)
-            "torch": ", ".join(sorted({r.get("torch", "unknown") for rs in runs.values() for r in rs})),
-            "date": _date_range([r.get("finished") for rs in runs.values() for r in rs]),
+            "torch": ", ".join(sorted({r["torch"] or "unknown" for rs in runs.values() for r in rs})),
+            "date": _date_range([r["finished"] for rs in runs.values() for r in rs]),
             "total_wall_time_s": float(sum(r["wall_time_s"] for rs in runs.values() for r in rs))}
 
 

@@ -272,7 +272,7 @@ def check_results(results) -> None:
     require_mapping(results, "the file")
     require_keys(results, ["top1", "top5", "rule", "rules", "per_class_top1", "num_classes", "classes", "data", "model",
                            "epochs", "train_images", "test_images", "eval_set", "wall_time_s", "device", "machine",
-                           "preprocess", "config_sha256"])
+                           "preprocess", "config_sha256", "code", "torch", "finished"])
     for key in ("top1", "top5", "group_acc", "within_acc"):
         if key in results:  # top1 and top5 are required above; the group accuracies only in ccn runs
             require_number(results[key], f"'{key}'", 0, 1)
