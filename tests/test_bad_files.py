@@ -33,6 +33,11 @@ def _edit_json(path, change):
     path.write_text(json.dumps(data))
 
 
+def _before_the_digest(results):
+    """results.json as a run saved before the config digest wrote it: format 0, no config_sha256."""
+    del results["format"], results["config_sha256"]
+
+
 def _one_line(err, *words):
     message = str(err.value)
     assert "\n" not in message, message
@@ -92,8 +97,9 @@ HIERARCHY_CASES = [
     pytest.param(_groups(lambda g, c: g.append([])), "must not be empty", id="hierarchy-empty-group"),
     pytest.param(lambda d: d["tree"].reverse(), "'groups' and 'tree' do not hold the same", id="hierarchy-tree-disagrees"),
     pytest.param(lambda d: d.__setitem__("classes", ["only"]), "at least 2 classes", id="hierarchy-one-class"),
-    pytest.param(lambda d: d.__setitem__("distances", [[0.0] * 6] * 5), "'distances' must have 6 entries",
-                 id="hierarchy-distances-shape"),  # hierarchy.json held distances before distances.npy
+    pytest.param(lambda d: (d.pop("format"), d.__setitem__("distances", [[0.0] * 6] * 5)),
+                 "'distances' must have 6 entries",
+                 id="hierarchy-distances-shape"),  # a format-0 hierarchy.json held distances before distances.npy
     pytest.param(lambda d: d["merges"][0].__setitem__(0, -7.0), "'merges' is not a valid merge tree",
                  id="hierarchy-merges-invalid"),
     pytest.param(lambda d: d["how"].__setitem__("coarse_ari", "high"), "'how'.coarse_ari must be a finite number",
@@ -133,7 +139,7 @@ def _set_preprocess(run, **facts):
 def test_preprocess_that_disagrees_with_the_config(run):
     """results.json "preprocess" says how predict and export shape an image file; one that says another
     size or crop than config.yaml would score resized images silently."""
-    _edit_json(run / "results.json", lambda d: d.pop("config_sha256"))  # a run saved before the config digest
+    _edit_json(run / "results.json", _before_the_digest)  # a run saved before the config digest
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("image_size: null", "image_size: 16"))
     load_run(run)  # the tiny run's images are 16 px: config and results agree
@@ -245,7 +251,7 @@ def test_config_yaml_edited_after_training_is_refused(run):
             load_run(run)
         _one_line(err, f"{path} is not the config that trained the run", "config_sha256",
                   "restore the config the run wrote")
-    _edit_json(run / "results.json", lambda d: d.pop("config_sha256"))
+    _edit_json(run / "results.json", _before_the_digest)
     load_run(run)  # runs saved before the digest existed are not checked
 
 
@@ -289,7 +295,7 @@ def test_evaluate_names_the_set_it_scores(run, val_run, tmp_path, capsys):
         assert scored["top1"] == pytest.approx(saved["top1"], abs=1e-6)
     old = tmp_path / "old"  # saved before the config digest, its config.yaml then given a validation split
     shutil.copytree(run, old)
-    _edit_json(old / "results.json", lambda d: d.pop("config_sha256"))
+    _edit_json(old / "results.json", _before_the_digest)
     (old / "config.yaml").write_text((old / "config.yaml").read_text().replace("val_fraction: 0.0",
                                                                                  "val_fraction: 0.5"))
     assert main(["evaluate", str(old)]) == 2

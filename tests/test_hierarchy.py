@@ -100,7 +100,8 @@ def test_the_group_count_is_num_groups_and_old_files_still_read(tmp_path):
     assert h.how["num_groups"] == len(h.groups) == 2 and "groups" not in h.how
     h.save(tmp_path / "hierarchy.json")
     data = json.loads((tmp_path / "hierarchy.json").read_text())
-    data["how"]["groups"] = data["how"].pop("num_groups")  # as an older ccn wrote it
+    data["how"]["groups"] = data["how"].pop("num_groups")  # as an older ccn wrote it (format 0)
+    del data["format"]
     (tmp_path / "old.json").write_text(json.dumps(data))
     old = Hierarchy.load(tmp_path / "old.json")
     assert old.how["num_groups"] == 2 and "groups" not in old.how and old.groups == h.groups

@@ -16,7 +16,7 @@ README = PACKAGE.parents[1] / "README.md"
 # "Layout" table lists the files in the same order (test_readme_layout_follows_the_layers).
 LAYERS = [
     {"errors", "files", "validate", "config", "dist", "checkpoint", "tracking", "progress", "locks",
-     "provenance", "recipes", "runfiles"},
+     "provenance", "recipes", "runfiles", "records"},
     {"data"},
     {"models"},
     {"hierarchy"},

@@ -163,6 +163,7 @@ def test_bad_sparse_settings(overrides, words):
 def test_old_hierarchy_json_with_asymmetric_distances_is_refused():
     S, _ = planted(6, 2)
     data = build_hierarchy(S, names(6), num_groups=2).to_json()
+    del data["format"]  # format 0: the distances were in the JSON
     data["distances"] = (np.arange(36.0).reshape(6, 6) * (1 - np.eye(6))).tolist()
     with pytest.raises(CCNError, match="'distances' must be a symmetric matrix"):
         Hierarchy.from_json(data, "h.json")
@@ -171,6 +172,7 @@ def test_old_hierarchy_json_with_asymmetric_distances_is_refused():
 def _old_style(run_dir):
     """Make a run folder look like one written before distances.npy: the C x C lists in hierarchy.json."""
     data = json.loads((run_dir / "hierarchy.json").read_text())
+    del data["format"]  # a hierarchy.json of format 0
     D = squareform(np.load(run_dir / DISTANCES_FILE).astype(np.float64))
     data["distances"] = np.round(D, 6).tolist()
     (run_dir / "hierarchy.json").write_text(json.dumps(data))
@@ -205,6 +207,7 @@ def test_an_old_checkpoint_hierarchy_with_distances_is_read_back():
     S, _ = planted(8, 2)
     h = build_hierarchy(S, names(8), num_groups=2)
     old = {**h.to_json(), "distances": np.round(squareform(h.distances.astype(np.float64)), 6).tolist()}
+    del old["format"]  # format 0
     back = Hierarchy.from_json(old, "the hierarchy in checkpoint x")
     assert back.groups == h.groups and np.allclose(back.distances, h.distances, atol=1e-6)
     assert "distances" not in h.to_json()  # what checkpoints hold now

@@ -10,10 +10,11 @@ from typing import Optional
 import torch
 from safetensors import SafetensorError
 from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from ccn.errors import CCNError
 from ccn.files import atomic_write, fault_point, regular_file_size
+from ccn.records import STATE, header_record, read_record, split_header, stamp
 from ccn.validate import (Invalid, checked, parse_json, require_int, require_keys, require_list, require_mapping,
                           require_number, require_numbers, require_str)
 
@@ -46,8 +47,9 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
+    """A weights record (ccn.records "weights"): the model's tensors, `metadata` as text."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    meta = {k: str(v) for k, v in stamp("weights", metadata or {}).items()}
     atomic_write(path, lambda tmp: write_safetensors(tmp, state, meta))
 
 
@@ -84,16 +86,6 @@ def non_finite_tensor(state: dict) -> Optional[str]:
     return next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
 
 
-# buffers that earlier versions saved and this one rebuilds from the run's tree: TreeHead's dense
-# (edges, C) path matrix, about C x C floats (issue 18). Files that hold them still load.
-REBUILT_BUFFERS = ("head.paths",)
-
-
-def without_rebuilt_buffers(model: torch.nn.Module, state: dict) -> dict:
-    own = model.state_dict()
-    return {k: v for k, v in state.items() if not (k.endswith(REBUILT_BUFFERS) and k not in own)}
-
-
 def check_state_fits(model: torch.nn.Module, state: dict, path: Path) -> None:
     """CCNError unless `state` has exactly the model's keys, shapes and kinds of values."""
     problem = state_difference(model, state)
@@ -109,15 +101,26 @@ def check_finite(state: dict, path: Path, fix: str) -> None:
         raise CCNError(f"{path} holds NaN or infinite weights ({bad}): {fix}")
 
 
+WEIGHTS_FIX = "restore the file the run wrote, or train the run again"
+
+
+def read_weights(path: Path, source: str) -> dict:
+    """The tensors of a weights record in today's layout (ccn.records "weights"); CCNError naming
+    `source` for a newer format. A file that is no safetensors raises what safetensors raises
+    (SafetensorError, OSError, ValueError), for the caller to name in its own words."""
+    with safe_open(str(path), framework="pt") as handle:
+        record = header_record(handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()})
+    return split_header(read_record("weights", record, WEIGHTS_FIX, source))[1]
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load a safetensors file into `model`, refusing files made for another model or class count,
-    and weights that are not finite (predictions, scores and exports from them are meaningless)."""
-    check_weights_file(path, "weights", "restore the file the run wrote, or train the run again")
+    """Load a weights record into `model`, refusing files of a newer format, made for another model or
+    class count, and weights that are not finite (predictions, scores and exports from them are meaningless)."""
+    check_weights_file(path, "weights", WEIGHTS_FIX)
     try:
-        state = load_file(str(path))
+        state = read_weights(path, f"weights {path}")
     except (SafetensorError, OSError, ValueError) as err:
         raise CCNError(f"cannot read weights {path} ({err}): the file is missing or damaged") from None
-    state = without_rebuilt_buffers(model, state)
     check_state_fits(model, state, path)
     check_finite(state, path, "the run diverged or the file was damaged; retrain it (e.g. with a lower train.lr) "
                  "or restore the file")
@@ -126,7 +129,6 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 # ---------------------------------------------------------------- full training state (resume)
 
-_STATE_KEY = "ccn_state"
 
 
 def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -167,7 +169,7 @@ def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     if torch.cuda.is_available():
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = rng
-    meta = {_STATE_KEY: json.dumps({**state, "optimizer": optim_plain})}
+    meta = stamp("checkpoint", {STATE: json.dumps({**state, "optimizer": optim_plain})})
 
     def write(tmp: Path) -> None:
         write_safetensors(tmp, tensors, meta)
@@ -183,7 +185,8 @@ STAGES = ("flat", "probe", "ccn", "tree")
 
 
 def read_training_state(path: Path) -> tuple[dict, dict]:
-    """(tensors, state) of a checkpoint; CCNError when it is damaged, edited or not ours."""
+    """(tensors, state) of a checkpoint record in today's layout (ccn.records "checkpoint"); CCNError
+    when it is damaged, edited, not ours or of a newer format."""
     check_weights_file(path, "checkpoint", CHECKPOINT_FIX)
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -191,9 +194,13 @@ def read_training_state(path: Path) -> tuple[dict, dict]:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
         raise CCNError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}): {CHECKPOINT_FIX}") from None
-    if _STATE_KEY not in meta:
+    if STATE in meta:  # plain data from here on: the steps of older formats edit it
+        meta = {**meta, STATE: parse_json(meta[STATE], f"the training state in checkpoint {path}", CHECKPOINT_FIX)}
+    meta, tensors = split_header(read_record("checkpoint", header_record(meta, tensors), CHECKPOINT_FIX,
+                                             f"checkpoint {path}"))
+    if STATE not in meta:
         raise CCNError(f"checkpoint {path} has no ccn training state in its header: {CHECKPOINT_FIX}")
-    state = parse_json(meta[_STATE_KEY], f"the training state in checkpoint {path}", CHECKPOINT_FIX)
+    state = meta[STATE]
     with checked(f"checkpoint {path}", CHECKPOINT_FIX):
         _check_restorable(tensors, state)
     return tensors, state
@@ -232,10 +239,11 @@ def _check_restorable(tensors: dict, state) -> None:
 
 def check_run_state(state: dict, path: Path) -> None:
     """CCNError naming the checkpoint unless its state holds what a resumed run reads: the epoch,
-    step, stage, groups, timings and config it was saved with."""
+    step, batch, stage, groups, timings and config it was saved with, and what the run checks and
+    records (images, data_digest, code, init: None in a checkpoint from before they were recorded)."""
     with checked(f"checkpoint {path}", CHECKPOINT_FIX):
-        require_keys(state, ["epoch", "step", "stage", "hierarchy", "cluster_seconds", "seconds", "config"],
-                     "its training state")
+        require_keys(state, ["epoch", "step", "batch", "stage", "hierarchy", "cluster_seconds", "seconds", "config",
+                             "images", "data_digest", "code", "init"], "its training state")
         require_int(state["epoch"], "'epoch'", 1)
         require_int(state["step"], "'step'", 0)
         require_str(state["stage"], "'stage'", STAGES)
@@ -244,8 +252,8 @@ def check_run_state(state: dict, path: Path) -> None:
         require_mapping(state["config"], "'config'")
         if state["hierarchy"] is not None:
             require_mapping(state["hierarchy"], "'hierarchy'")
-        # a step checkpoint (train.checkpoint_every) stops inside its epoch; older checkpoints have no 'batch'
-        if require_int(state.get("batch", 0), "'batch'", 0) > 0:
+        # a step checkpoint (train.checkpoint_every) stops inside its epoch: after batch 1 or later
+        if require_int(state["batch"], "'batch'", 0) > 0:
             require_keys(state, ["epoch_seen", "epoch_seconds"], "its training state")
             require_int(state["epoch_seen"], "'epoch_seen'", 0)
             require_number(state["epoch_seconds"], "'epoch_seconds'", 0)
@@ -254,7 +262,7 @@ def check_run_state(state: dict, path: Path) -> None:
 def restore_training_state(tensors: dict, state: dict, model: torch.nn.Module,
                            optimizer: torch.optim.Optimizer, source: Path) -> None:
     """Load weights (checked against the model), optimizer state and RNG states."""
-    weights = without_rebuilt_buffers(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     check_state_fits(model, weights, source)
     model.load_state_dict(weights)
     try:  # the header was checked field by field; what is left is whether it fits this optimizer

@@ -19,8 +19,6 @@ from contextlib import contextmanager
 
 import torch
 
-from ccn.checkpoint import REBUILT_BUFFERS  # buffers older checkpoints hold and models now rebuild
-
 PREFIX = "ema."  # the shadow's keys in a checkpoint
 
 
@@ -104,7 +102,6 @@ class WeightAverage:
         """Restore the shadow from checkpoint tensors (the `ema.` entries); unknown names are refused.
         `updates`: how many updates the saved average had (the run's step: one update per step)."""
         saved = {k[len(self.prefix):]: v for k, v in tensors.items() if k.startswith(self.prefix)}
-        saved = {k: v for k, v in saved.items() if k in self.shadow or not k.endswith(REBUILT_BUFFERS)}
         if saved.keys() != self.shadow.keys():
             from ccn.errors import CCNError
             raise CCNError("the checkpoint's weight average does not fit this model: start a new run")

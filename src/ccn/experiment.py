@@ -25,6 +25,7 @@ from ccn.errors import CCNError, ConfigError
 from ccn.grid import Grid
 from ccn.locks import FolderLock
 from ccn.progress import echo, progress_bar
+from ccn.records import read_record, stamp
 from ccn.runfiles import GRID_FILE, GRID_OUTPUTS, RUN_FILES, read_results
 from ccn.runs import NewRun, resumed_run
 
@@ -134,6 +135,7 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
         except ConfigError as err:
             raise CCNError(f"{path} is damaged ({err}): restore it to continue the grid, or choose another --out") from None
         if isinstance(saved, dict):
+            saved = read_record("grid", saved, "restore it to continue the grid, or choose another --out", path)
             named = saved.get("variants")  # the folder's own variants: a narrower grid is refused below, not here
             records = _primary_records(saved.pop("primary", []), path, set(named) if isinstance(named, dict) else set())
         if saved != wanted:
@@ -147,7 +149,7 @@ def _claim_folder(out: Path, grid: Grid, log=echo) -> Optional[str]:
     _check_started_runs(grid, out)  # with grid.yaml lost, the runs themselves say which grid they belong to
     records = _declare_primary(records, grid.primary, _runs_started(out), out, log)
     grid.primary_records = records
-    text = yaml.safe_dump({**grid.raw, **({"primary": records} if records else {})}, sort_keys=False)
+    text = yaml.safe_dump(stamp("grid", {**grid.raw, **({"primary": records} if records else {})}), sort_keys=False)
     if widened:
         return text  # written by the caller once every run has finished
     if not path.exists() or path.read_text() != text:

@@ -25,6 +25,7 @@ from typing import Optional
 
 from ccn import config as cfgmod
 from ccn.errors import ConfigError
+from ccn.records import read_record
 
 METRIC_VARIANTS = ("l2", "cosine", "js", "confusion")
 NORM_SUFFIX, RANDOM_SUFFIX = "-norm", "-random"
@@ -106,8 +107,12 @@ def deep_merge(base: dict, extra: dict) -> dict:
 MAX_SEEDS = 1000  # a grid trains variants x seeds runs; more seeds than this is a typo
 
 
+GRID_FIX = "remove its format: line (ccn writes it into an experiment folder's copy of the grid)"
+
+
 def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> Grid:
-    raw = cfgmod.read_yaml(path)
+    """A grid file, or an experiment folder's grid.yaml (a grid record, ccn.records "grid")."""
+    raw = read_record("grid", cfgmod.read_yaml(path), GRID_FIX, f"grid file {path}")
     unknown = set(raw) - {"base", "variants", "seeds", "reference", "primary"}
     if unknown:
         raise ConfigError(f"grid file {path}: unknown section(s) {sorted(map(str, unknown))}; allowed: base, variants, "

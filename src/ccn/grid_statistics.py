@@ -103,9 +103,8 @@ def control_pairs(variants: list[str]) -> dict[str, tuple[str, str]]:
 # (grid.IMAGE_SET_KEYS); this is the report's own check, for what the grid file cannot show
 # (a data folder that changed between two runs, a results.json from another grid).
 def scored_images(results: dict) -> dict:
-    """The split a run scored and the images of its splits (eval_set is absent from runs that predate
-    it: they scored the test set)."""
-    return {"eval_set": results.get("eval_set", "test"), "test_images": results["test_images"],
+    """The split a run scored and the images of its splits."""
+    return {"eval_set": results["eval_set"], "test_images": results["test_images"],
             "train_images": results["train_images"]}
 
 

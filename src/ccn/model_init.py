@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from ccn.checkpoint import check_finite, check_weights_file, state_difference
+from ccn.checkpoint import check_finite, check_weights_file, read_weights, state_difference
 from ccn.config import Config
 from ccn.errors import CCNError
 from ccn.models.base import configure_batchnorm
@@ -26,7 +26,7 @@ def init_weights_file(source: str) -> tuple[Path, Optional[list[str]]]:
             raise CCNError(f"model.init={source} holds no model.safetensors: pass a finished run folder or a "
                            ".safetensors file")
         results = path / "results.json"  # checked like any results.json ccn reads back
-        return weights, read_results(path).get("classes") if os.path.lexists(results) else None
+        return weights, read_results(path)["classes"] if os.path.lexists(results) else None
     problem = file_problem(path)
     if problem:
         raise CCNError(f"model.init={source} {problem}: pass a run folder or a .safetensors file")
@@ -91,12 +91,11 @@ def load_initial_weights(model: torch.nn.Module, config: Config, classes: list[s
     """Load `model.init` into `model`: the backbone always (or a one-line error naming the mismatch),
     the flat head when it has this run's classes. Returns the record results.json keeps."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     weights, saved_classes = init_weights_file(config.model.init)
     check_weights_file(weights, f"model.init={config.model.init}:", "pass a run folder or a .safetensors file")
-    try:
-        state = load_file(str(weights))
+    try:  # any safetensors file; a ccn weights file of a newer format is refused
+        state = read_weights(weights, f"model.init={weights}")
     except (SafetensorError, OSError, ValueError) as err:
         raise CCNError(f"model.init: cannot read {weights} ({err}): the file is damaged or not safetensors") from None
     timm = config.model.name.startswith("timm:")

@@ -304,7 +304,8 @@ class MethodRun:
                  "hierarchy": self.hierarchy.to_json() if self.hierarchy is not None else None,
                  "cluster_seconds": self.cluster_seconds, "init": self.init_record, "code": self.code_at_start,
                  "seconds": self.earlier_seconds + time.perf_counter() - self.started,
-                 "config": self.config.to_dict(), "images": self._image_counts(), "data_digest": self.data_digest()}
+                 "config": self.config.to_dict(), "images": self._image_counts(), "data_digest": self.data_digest(),
+                 "batch": 0}  # after the whole epoch
         extra = {k: v for average in self.trainer.averages() for k, v in average.tensors().items()}
         if progress is not None:  # what the rest of the epoch needs to end as if never stopped
             state.update(batch=progress.batch, epoch_seen=progress.seen, epoch_seconds=epoch_seconds)
@@ -329,13 +330,13 @@ class MethodRun:
             raise CCNError(f"checkpoint {path} is at stage {state['stage']!r} but "
                            f"{'has no' if state['hierarchy'] is None else 'has'} groups: it is damaged; delete it "
                            "to restart the run from epoch 1")
-        saved, now = state.get("images"), self._image_counts()  # checkpoints from before 2026-11-27 have none
+        saved, now = state["images"], self._image_counts()  # None: a checkpoint from before they were recorded
         if saved is not None and saved != now:
             raise CCNError(f"{path.parent} started with {saved} images and now finds {now}: the data changed since "
                            "(files added or removed, or, with data.skip_bad_images, a file that became readable or "
                            "unreadable), so its epochs would continue on other images; restore the data as it was, "
                            "or start a new run")
-        if state.get("batch", 0) == 0:  # a step checkpoint's count is checked with its batch (_resume_inside_epoch)
+        if state["batch"] == 0:  # a step checkpoint's count is checked with its batch (_resume_inside_epoch)
             self._check_step_count(state, path)
         self._check_same_data(state, path)
 
@@ -348,7 +349,7 @@ class MethodRun:
     def _check_same_data(self, state: dict, path: Path) -> None:
         """The data must be what the checkpoint was trained on, by content: the image counts alone
         let two swapped class folders (or an image edited in place) continue on relabelled data."""
-        saved = state.get("data_digest")  # checkpoints from before issue 30 have none
+        saved = state["data_digest"]  # None: a checkpoint from before issue 30
         if saved is not None and saved != self.data_digest():
             raise CCNError(f"{path.parent} started on other data than {self.ds.name} holds now (the class names, labels "
                            "or image contents differ: class folders renamed or swapped, images replaced or edited), "
@@ -360,7 +361,7 @@ class MethodRun:
         checkpoint stops after `batch` of them, and train.max_steps may end the last epoch early. A header
         edited within range (batch 2 -> 1, step 8 -> 5) would resume other weights at another place."""
         per_epoch, every = len(self.data.train), self.config.train.checkpoint_every
-        epoch, step, batch, budget = state["epoch"], state["step"], state.get("batch", 0), self.config.train.max_steps
+        epoch, step, batch, budget = state["epoch"], state["step"], state["batch"], self.config.train.max_steps
         if batch > 0:
             agree = step == (epoch - 1) * per_epoch + batch and every > 0 and step % every == 0
         else:
@@ -403,10 +404,10 @@ class MethodRun:
             self.trainer.lookahead.load(tensors)
         self.trainer.step, self.stage = state["step"], state["stage"]
         self.cluster_seconds, self.earlier_seconds = state["cluster_seconds"], state["seconds"]
-        self.init_record = state.get("init")
-        code = state.get("code")  # checkpoints from before provenance have none
+        self.init_record = state["init"]
+        code = state["code"]  # None: a checkpoint from before provenance
         self.code_at_start = code if isinstance(code, dict) else "not recorded"
-        if state.get("batch", 0) > 0:
+        if state["batch"] > 0:
             self._resume_inside_epoch(tensors, state, path)
             return
         self.first_epoch = state["epoch"] + 1

@@ -16,6 +16,7 @@ from ccn.grid_statistics import (comparisons, control_pairs, mean_std, scored_im
 from ccn.hierarchy.tree import Hierarchy, agreement
 from ccn.hierarchy.truth import partition_shape
 from ccn.plots import save_figure
+from ccn.records import stamp
 from ccn.runfiles import read_results
 
 
@@ -55,7 +56,7 @@ def code_versions(grid, runs: dict) -> list:
     versions: list = []
     for name, results in runs.items():
         for seed, r in zip(grid.seeds, results):
-            codes = [r.get("code")] + ([r["code_at_start"]] if "code_at_start" in r else [])
+            codes = [r["code"]] + ([r["code_at_start"]] if "code_at_start" in r else [])
             for code in codes:
                 entry = next((v for v in versions if v["code"] == code), None)
                 if entry is None:
@@ -160,12 +161,12 @@ def _facts(runs: dict) -> dict:
     return {"data": first["data"], "model": first["model"], "epochs": first["epochs"],
             "epochs_range": [min(epochs), max(epochs)],  # a budget grid's variants differ in epochs
             "train_images": first["train_images"], "test_images": first["test_images"],
-            "eval_set": first.get("eval_set", "test"),
+            "eval_set": first["eval_set"],
             "same_images": all(scored_images(r) == scored_images(first) for rs in runs.values() for r in rs),
             "num_classes": first["num_classes"], "machine": first["machine"], "device": first["device"],
             # the runs' own torch and dates, not the renderer's (a report may be rendered long after)
-            "torch": ", ".join(sorted({r.get("torch", "unknown") for rs in runs.values() for r in rs})),
-            "date": _date_range([r.get("finished") for rs in runs.values() for r in rs]),
+            "torch": ", ".join(sorted({r["torch"] or "unknown" for rs in runs.values() for r in rs})),
+            "date": _date_range([r["finished"] for rs in runs.values() for r in rs]),
             "total_wall_time_s": float(sum(r["wall_time_s"] for rs in runs.values() for r in rs))}
 
 
@@ -186,7 +187,7 @@ def write_report(grid, out: Path, seconds: float) -> dict:
     for name in ("summary.json", "report.md"):  # a FIFO or link there is not replaced by a file
         check_replaceable(out / name, "experiment file", "remove it, or give ccn experiment another --out")
     summary = summarise(grid, out)
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", stamp("summary", summary))
     figures = write_figures(grid, out, summary)
     report = render_report(grid, summary, figures, out)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(report))

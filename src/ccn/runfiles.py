@@ -21,7 +21,8 @@ from pathlib import Path
 from ccn import config as cfgmod
 from ccn.errors import CCNError
 from ccn.locks import LOCK_FILE
-from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list_of_str, require_mapping,
+from ccn.records import read_record
+from ccn.validate import (Invalid, checked, require_int, require_keys, require_list_of_str, require_mapping,
                           require_number, require_numbers, require_str)
 
 DISTANCES_FILE = "distances.npy"  # condensed float32 class distances, beside hierarchy.json
@@ -39,11 +40,12 @@ RESULTS_FIX = "restore the file the run wrote, or delete the run folder and trai
 
 
 def read_results(run_dir: Path) -> dict:
-    """results.json of a finished run, checked field by field (CCNError naming the file otherwise)."""
+    """results.json of a finished run in today's layout (ccn.records "results"), checked field by field
+    (CCNError naming the file otherwise)."""
     path = Path(run_dir) / "results.json"
     if not os.path.lexists(path):  # a FIFO or folder there is named as what it is by read_json
         raise CCNError(f"{run_dir} has no results.json: is it a finished ccn run folder?")
-    results = read_json(path, "results file", RESULTS_FIX)
+    results = read_record("results", path, RESULTS_FIX)
     with checked(path, RESULTS_FIX):
         check_results(results)
     return results
@@ -52,8 +54,9 @@ def read_results(run_dir: Path) -> dict:
 def check_results(results) -> None:
     """Invalid unless `results` holds every value ccn reads back from results.json, of the right kind."""
     require_mapping(results, "the file")
-    require_keys(results, ["top1", "top5", "rule", "rules", "per_class_top1", "num_classes", "data", "model",
-                           "epochs", "train_images", "test_images", "wall_time_s", "device", "machine", "preprocess"])
+    require_keys(results, ["top1", "top5", "rule", "rules", "per_class_top1", "num_classes", "classes", "data", "model",
+                           "epochs", "train_images", "test_images", "eval_set", "wall_time_s", "device", "machine",
+                           "preprocess", "config_sha256", "code", "torch", "finished"])
     for key in ("top1", "top5", "group_acc", "within_acc"):
         if key in results:  # top1 and top5 are required above; the group accuracies only in ccn runs
             require_number(results[key], f"'{key}'", 0, 1)
@@ -66,7 +69,7 @@ def check_results(results) -> None:
         for key in ("top1", "top5"):
             require_number(scores[key], f"'rules'.{rule}.{key}", 0, 1)
     num_classes = require_int(results["num_classes"], "'num_classes'", 2, cfgmod.BIG)
-    if "classes" in results:
+    if results["classes"] is not None:  # None: a run from before the names were recorded
         require_list_of_str(results["classes"], "'classes'", num_classes)
     require_numbers(results["per_class_top1"], "'per_class_top1'", num_classes, 0, 1, allow_none=True)
     if "per_group_top1" in results:
@@ -79,10 +82,9 @@ def check_results(results) -> None:
     for key in ("wall_time_s", "clustering_seconds"):
         if key in results:
             require_number(results[key], f"'{key}'", 0)
-    if "config_sha256" in results:
+    if results["config_sha256"] is not None:  # None: a run from before the digest was recorded
         require_str(results["config_sha256"], "'config_sha256'")
-    if "eval_set" in results:
-        require_str(results["eval_set"], "'eval_set'", ["test", "validation"])
+    require_str(results["eval_set"], "'eval_set'", ["test", "validation"])
     prep = require_mapping(results["preprocess"], "'preprocess'")
     require_keys(prep, ["image_size", "mean", "std"], "'preprocess'")
     require_int(prep["image_size"], "'preprocess'.image_size", 1, 4096)

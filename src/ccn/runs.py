@@ -31,6 +31,7 @@ from ccn.hierarchy import Hierarchy
 from ccn.hierarchy.tree import save_distances
 from ccn.locks import LOCK_FILE, FolderLock
 from ccn.network import build_model, make_head
+from ccn.records import header_record, read_record, stamp
 from ccn.runfiles import (DISTANCES_FILE, FIGURES, GRID_FILE, GRID_OUTPUTS, OWN_FILES, RESULTS_FIX, RUN_FILES,
                           read_results)
 
@@ -220,9 +221,9 @@ def write_run(out_dir: Path, config: Config, model: torch.nn.Module, results: di
     if hierarchy is not None:
         write_distances(out_dir, hierarchy, replace=False)
         atomic_write(out_dir / "hierarchy.json", lambda tmp: hierarchy.save(tmp))
-    save_weights(model, out_dir / "model.safetensors", {"format": "ccn-1", "model": config.model.name})
+    save_weights(model, out_dir / "model.safetensors", {"model": config.model.name})
     fault_point("before-results")  # results.json comes last: until it is there, --resume finishes the run again
-    write_json(out_dir / "results.json", results)
+    write_json(out_dir / "results.json", stamp("results", results))
 
 
 def write_distances(out_dir: Path, hierarchy: Hierarchy, replace: bool = True) -> None:
@@ -285,8 +286,8 @@ def recorded_config(config: Config) -> dict:
 def check_config_unchanged(run_dir: Path, results: dict) -> None:
     """config.yaml must hold the config that trained the run (results.json "config_sha256"): predict and
     export follow train.tta, train.bn_eps, method.inference ... silently. Runs saved before the digest
-    existed are not checked."""
-    saved = results.get("config_sha256")
+    existed (None) are not checked."""
+    saved = results["config_sha256"]
     if saved is not None and saved != config_digest(cfgmod.read_yaml(run_dir / "config.yaml")):
         raise CCNError(f"{run_dir / 'config.yaml'} is not the config that trained the run (its digest differs from "
                        f"results.json's config_sha256): restore the config the run wrote; only "
@@ -306,6 +307,8 @@ def check_weights_hold_the_hierarchy(run_dir: Path, head: torch.nn.Module) -> No
     expected = {f"head.{k}": v for k, v in head.state_dict().items() if not v.is_floating_point()}
     try:
         with safe_open(str(weights), framework="pt") as stored:
+            # a newer format is refused here, before its tensors are taken for today's
+            read_record("weights", header_record(stored.metadata(), {}), RESULTS_FIX, f"weights {weights}")
             held = set(stored.keys())
             differ = next((key for key, mine in expected.items() if key in held
                            and not _same_tensor(stored.get_tensor(key), mine)), None)
@@ -330,8 +333,8 @@ def check_hierarchy_file_matches_weights(run_dir: Path, hierarchy: Hierarchy) ->
 def check_same_classes(results: dict, classes: list[str], data_name: str) -> None:
     """CCNError unless data set `data_name` has the classes the run learned, by name and in order (a
     run's output k means its k-th class; the same count of other classes would be scored as nonsense).
-    Runs whose results.json names no classes can only be checked by count."""
-    saved = results.get("classes")
+    Runs whose results.json names no classes (None: saved before they were) can only be checked by count."""
+    saved = results["classes"]
     if saved is None:
         if len(classes) != results["num_classes"]:
             raise CCNError(f"the run has {results['num_classes']} classes but data {data_name} has {len(classes)}: "
@@ -350,8 +353,8 @@ def check_same_eval_set(run_dir: Path, results: dict, eval_set: str) -> None:
     """`ccn evaluate` scores the set the run was scored on (results.json "eval_set"): a config.yaml of a
     run saved before "config_sha256" existed could be edited to hold out a validation split, and its
     training images would be scored as a test set."""
-    saved = results.get("eval_set")
-    if saved is not None and saved != eval_set:
+    saved = results["eval_set"]
+    if saved != eval_set:
         raise CCNError(f"the run was scored on its {saved} images but its config.yaml now selects the {eval_set} "
                        f"images (data.val_fraction): restore the config the run wrote ({run_dir / 'config.yaml'})")
 
@@ -366,7 +369,7 @@ def check_run_files_agree(run_dir: Path, config: Config, results: dict, hierarch
                        "remove it, or restore the config the run wrote")
     if hierarchy is None:
         return
-    if hierarchy.num_classes != results["num_classes"] or hierarchy.classes != results.get("classes", hierarchy.classes):
+    if hierarchy.num_classes != results["num_classes"] or hierarchy.classes != (results["classes"] or hierarchy.classes):
         raise CCNError(f"{run_dir / 'hierarchy.json'} and results.json name different classes "
                        f"({hierarchy.num_classes} and {results['num_classes']}): restore the files the run wrote")
 

@@ -25,6 +25,7 @@ from typing import Optional
 
 from ccn.errors import CCNError, ConfigError
 from ccn.hierarchy.tree import _has_empty_node
+from ccn.records import read_record
 from ccn.validate import checked, file_problem, read_text, refuse_constant
 
 
@@ -54,6 +55,9 @@ def _groups_from(data, path: Path, classes: list[str], whole_tree: bool, class_i
     if isinstance(data, dict) and "nodes" in data and "links" in data:
         named = _node_link_tree(data, path, classes, class_ids)
     elif isinstance(data, dict) and ("tree" in data or "groups" in data):
+        # a ccn hierarchy record: one of a newer format is refused (its groups may mean something else)
+        data = read_record("hierarchy", data, "give a hierarchy.json or an NBDT graph JSON file",
+                           f"method.groups_file={path}")
         key = "tree" if "tree" in data else "groups"
         named = data[key]
         if not isinstance(named, list) or not named:

@@ -10,10 +10,10 @@ from typing import Optional
 
 import numpy as np
 from scipy.cluster.hierarchy import is_valid_linkage
-from scipy.spatial.distance import squareform
 
 from ccn.errors import CCNError, ConfigError
 from ccn.files import atomic_write, open_regular
+from ccn.records import read_record, stamp
 from ccn.runfiles import DISTANCES_FILE
 from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list, require_list_of_str,
                           require_mapping, require_matrix, require_number, require_numbers, require_str)
@@ -111,26 +111,29 @@ class Hierarchy:
         return [[self.classes[c] for c in g] for g in self.groups]
 
     def to_json(self) -> dict:
-        return {
+        """The hierarchy record (ccn.records "hierarchy"): hierarchy.json, and the groups a checkpoint holds."""
+        return stamp("hierarchy", {
             "classes": self.classes,
             "groups": self.named_groups(),
             "tree": _map_tree(self.tree, lambda c: self.classes[c]),
             "depth": self.depth,
             "how": self.how,
             "merges": None if self.merges is None else self.merges.tolist(),
-        }
+        })
 
     @classmethod
     def from_json(cls, data, source: str = "hierarchy.json") -> "Hierarchy":
-        """A Hierarchy from its JSON form; CCNError naming `source` unless every field holds what it must."""
-        with checked(source, "restore the file the run wrote, or train the run again"):
-            return cls(*parse_hierarchy(data))
+        """A Hierarchy from its record (of any format this ccn reads); CCNError naming `source` unless
+        every field holds what it must."""
+        fix = "restore the file the run wrote, or train the run again"
+        with checked(source, fix):
+            return cls(*parse_hierarchy(read_record("hierarchy", data, fix, source)))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
 
     def with_distances(self, run_dir: str | Path) -> "Hierarchy":
-        """This hierarchy with its class distances: those it holds (an old hierarchy.json kept them in
+        """This hierarchy with its class distances: those it holds (a format-0 hierarchy.json kept them in
         the JSON), else the run folder's distances.npy (CCNError, one line, if missing or damaged)."""
         if self.distances is None:
             self.distances = read_distances(Path(run_dir) / DISTANCES_FILE, self.num_classes)
@@ -212,9 +215,9 @@ KNOWN_HOW = {"partition": str, "metric": str, "linkage": str, "probe_set": str, 
 
 
 def parse_hierarchy(data) -> tuple:
-    """(classes, tree of indices, how, distances, merges) from hierarchy.json's content; Invalid
-    unless the class names are unique, every group names known classes, and every class is in
-    exactly one group."""
+    """(classes, tree of indices, how, distances, merges) from a hierarchy record in today's layout
+    (ccn.records); Invalid unless the class names are unique, every group names known classes, and
+    every class is in exactly one group."""
     require_mapping(data, "the file")
     classes = require_list_of_str(require_keys(data, ["classes"])["classes"], "'classes'")
     if len(classes) < 2:
@@ -232,8 +235,6 @@ def parse_hierarchy(data) -> tuple:
         tree = tree or groups
     _require_partition(tree, classes)
     how = require_mapping(data.get("how") or {}, "'how'")
-    if isinstance(how.get("groups"), int) and "num_groups" not in how:  # the count's name before issue 21
-        how = {("num_groups" if k == "groups" else k): v for k, v in how.items()}
     for key, kind in KNOWN_HOW.items():
         if key in how:
             check = {str: require_str, int: require_int, float: require_number}[kind]
@@ -243,20 +244,14 @@ def parse_hierarchy(data) -> tuple:
     if "coarse" in how:
         require_numbers(how["coarse"], "'how'.coarse", len(classes))
     C = len(classes)
-    distances = None if data.get("distances") is None else _old_distances(data["distances"], C)
+    # today's files keep them in distances.npy; a format-0 file's, condensed by its upgrade step
+    distances = None if data.get("distances") is None else np.asarray(
+        require_numbers(data["distances"], "'distances'", C * (C - 1) // 2, 0), dtype=np.float32)
     merges = None if data.get("merges") is None else np.asarray(
         require_matrix(data["merges"], "'merges'", C - 1, 4), dtype=np.float64)
     if merges is not None and not is_valid_linkage(merges):
         raise Invalid("'merges' is not a valid merge tree (scipy linkage matrix)")
     return classes, tree, how, distances, merges
-
-
-def _old_distances(value, C: int) -> np.ndarray:
-    """Condensed float32 distances from the C x C lists that hierarchy.json held before distances.npy."""
-    D = np.asarray(require_matrix(value, "'distances'", C, C), dtype=np.float64)
-    if not np.allclose(D, D.T) or (D < 0).any():
-        raise Invalid("'distances' must be a symmetric matrix of non-negative numbers")
-    return squareform(D * (1 - np.eye(C)), checks=False).astype(np.float32)
 
 
 def _parse_group(node, index: dict, where: str, depth: int = 2) -> list:
