@@ -13,12 +13,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ccn import records
-from ccn.checkpoint import STATE_FILE, read_training_state
+from ccn.checkpoint import read_training_state
 from ccn.errors import CCNError
 from ccn.experiment import _claim_folder
 from ccn.grid import load_grid
 from ccn.hierarchy import Hierarchy
-from ccn.runfiles import read_results
+from ccn.runfiles import STATE_FILE, read_results
 from ccn.runs import load_run
 from conftest import run_cli
 
