@@ -21,6 +21,7 @@ LAYERS = [
     {"heads"},
     {"network"},
     {"ema", "train"},
+    {"plan"},
     {"evaluate"},
     {"runs", "predict", "plots", "export", "predictor"},
     {"pipeline"},

@@ -675,13 +675,26 @@ def _check_fast_keys(config: Config) -> None:
             if get_key(config, key) != _default_of(key):
                 raise ConfigError(f"{key} acts on BatchNorm layers, and model.norm=none has none: remove {key}, or "
                                   "set model.norm=batch")
-    if d.flip_mode == "alternate" and d.flip is False:
-        raise ConfigError("data.flip_mode=alternate with data.flip=false: the images are never flipped; "
-                          "remove data.flip_mode, or set data.flip=true")
-    if t.tta != "none" and d.flip is False:  # data that flips only by its own choice is checked with the data
-        raise ConfigError(f"train.tta={t.tta} scores mirror images, but data.flip=false: the training images are "
-                          "never flipped; set train.tta=none, or data.flip=true if mirror images keep their labels' "
-                          "meaning")
+    if d.flip is False:  # data that is not flipped by its own choice is checked with the data (ccn.plan)
+        check_mirror_keys(config)
+
+
+def check_mirror_keys(config: Config, unflipped_data: Optional[str] = None) -> None:
+    """The keys that mirror images, refused on images that are never flipped: the alternate flip, and
+    train.tta's mirror views, which would score images whose meaning changed and lower the score
+    silently. `unflipped_data`: the data set whose own choice is not to flip (ccn.plan.resolve);
+    None: data.flip=false said so (checked when the config is read)."""
+    d, tta = config.data, config.train.tta
+    why = (f"data {unflipped_data} is not flipped (a flip would change its labels' meaning)" if unflipped_data
+           else None)
+    if d.flip_mode == "alternate":
+        raise ConfigError(f"data.flip_mode=alternate, but {why}: remove data.flip_mode, or set data.flip=true" if why
+                          else "data.flip_mode=alternate with data.flip=false: the images are never flipped; "
+                               "remove data.flip_mode, or set data.flip=true")
+    if tta != "none":
+        why = why or "data.flip=false: the training images are never flipped"
+        raise ConfigError(f"train.tta={tta} scores mirror images, but {why}: set train.tta=none, or data.flip=true "
+                          "if mirror images keep their labels' meaning")
 
 
 def _validate_method_schedule(config: Config) -> None:
@@ -737,18 +750,6 @@ def _validate_partition(meth: MethodConfig) -> None:
             if value is not None:
                 raise ConfigError(f"{key} cannot be used with method.clustering=balanced, which makes K groups of "
                                   "equal size: remove it, or use method.clustering=agglomerative")
-
-
-def check_against_classes(config: Config, num_classes: int, source: str = "the data") -> None:
-    """Checks that need the class count, made once the data is loaded and before training starts."""
-    meth = config.method
-    if meth.name != "ccn":
-        return
-    for key in ("method.groups", "method.min_group_size"):
-        value = get_key(config, key)
-        if value is not None and value > num_classes:
-            raise ConfigError(f"{key}={value} is impossible with {num_classes} classes in {source}: "
-                              f"choose between 1 and {num_classes}")
 
 
 def clustering_epoch(meth: MethodConfig) -> int:

@@ -167,9 +167,6 @@ def evaluate_outputs(head: torch.nn.Module, out: dict, labels: torch.Tensor, def
     return tally.result(over_ranks=False)
 
 
-TTA_MODES = ("none", "mirror", "mirror_translate")
-
-
 def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
     """(weight, images) of each view `train.tta` scores: the image; with its mirror image 1/2 each;
     mirror_translate adds, at 1/4 each, both views shifted one pixel up-left and down-right with
@@ -179,9 +176,7 @@ def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
     mirrored = [(0.5, x), (0.5, x.flip(-1))]
     if tta == "mirror":
         return mirrored
-    if tta != "mirror_translate":
-        raise ValueError(f"unknown train.tta {tta!r}; choose one of: {', '.join(TTA_MODES)}")
-    h, w = x.shape[-2:]
+    h, w = x.shape[-2:]  # mirror_translate: the config allows no other value (TrainConfig.tta)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
     shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
     return [(wt / 2, v) for wt, v in mirrored] + [(wt / 4, v.flip(-1) if flip else v)

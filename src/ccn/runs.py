@@ -44,8 +44,8 @@ from ccn.network import build_model, make_head
 from ccn.validate import (Invalid, checked, file_problem, read_json, require_int, require_keys, require_list_of_str,
                           require_mapping, require_number, require_numbers, require_str)
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", DISTANCES_FILE, "model.safetensors",
-             STATE_FILE)
+RUN_FILES = ("config.yaml", "plan.json", "metrics.jsonl", "results.json", "hierarchy.json", DISTANCES_FILE,
+             "model.safetensors", STATE_FILE)
 FIGURES = ("dendrogram.png", "distances.png")  # written by `ccn clusters --plot`; replaced with the run
 GRID_FILE = "grid.yaml"  # what makes a folder an experiment folder (ccn.experiment): no run is written beside it
 # What a grid writes beside runs/ (ccn.report.write_figures); a `ccn train` run folder holds RUN_FILES.

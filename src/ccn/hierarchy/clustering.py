@@ -55,9 +55,9 @@ def cut(Z: np.ndarray, num_groups: Optional[int] = None, threshold: Optional[flo
     num_classes = Z.shape[0] + 1
     if threshold is not None:
         return _labels_to_groups(fcluster(Z, t=threshold, criterion="distance"))
-    if num_groups is None or not 1 <= num_groups <= num_classes:
-        raise ConfigError(f"method.groups={num_groups} is impossible with {num_classes} classes: "
-                          f"choose between 1 and {num_classes}")
+    if num_groups is None or not 1 <= num_groups <= num_classes:  # a run's count is checked by ccn.plan
+        raise ValueError(f"num_groups={num_groups} is impossible with {num_classes} classes: "
+                         f"choose between 1 and {num_classes}")
     return _labels_to_groups(cut_tree(Z, n_clusters=num_groups).flatten())
 
 
