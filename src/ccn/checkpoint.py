@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save
 
 from ccn.errors import CCNError
 from ccn.files import atomic_write, fault_point, regular_file_size
-from ccn.validate import (Invalid, checked, parse_json, require_int, require_keys, require_list, require_mapping,
+from ccn.file_checks import (Invalid, checked, parse_json, require_int, require_keys, require_list, require_mapping,
                           require_number, require_numbers, require_str)
 
 

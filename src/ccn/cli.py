@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ccn.errors import CCNError, WriteError
-from ccn.validate import printable  # every name and path printed as text (no torch: the import stays light)
+from ccn.file_checks import printable  # every name and path printed as text (no torch: the import stays light)
 
 EXIT_USAGE = 2
 
@@ -333,7 +333,7 @@ PATH_ARGUMENTS = {"config": "--config", "out": "--out", "resume": "--resume", "r
 
 def _check_paths(args) -> None:
     """Every path on the command line could name a file (config values are checked in ccn.config)."""
-    from ccn.validate import check_path
+    from ccn.file_checks import check_path
 
     for name, what in PATH_ARGUMENTS.items():
         value = getattr(args, name, None)

@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from ccn.errors import CCNError, ConfigError
-from ccn.validate import check_path, file_problem, read_text
+from ccn.file_checks import check_path, file_problem, read_text
 
 
 @dataclass
@@ -207,7 +207,7 @@ def from_dict(raw: dict | None, base: Config | None = None) -> Config:
     """Overlay a nested dict (from YAML) on `base` (default: defaults); check keys and types."""
     config = base if base is not None else Config()
     config = _overlay(config, raw or {}, prefix="")
-    validate(config)
+    check_rules(config)
     return config
 
 
@@ -219,13 +219,13 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> C
     try:  # name the file in what is wrong with its values (an edited config.yaml of a run, say)
         config = _overlay(Config(), raw, prefix="")
         if not overrides:
-            validate(config)
+            check_rules(config)
     except ConfigError as err:
         raise ConfigError(f"config file {path}: {err}" if path is not None else str(err)) from None
     for item in overrides:
         key, value = parse_override(item)
         config = _overlay(config, nest({key: value}), prefix="")
-    validate(config)
+    check_rules(config)
     return config
 
 
@@ -488,7 +488,7 @@ LIMITS: dict[str, Bounds] = {
     "method.max_group_size": Bounds(1, BIG),
     "method.flat_weight": Bounds(0, 1000),
     "method.blend_weight": Bounds(0, 1),
-    "method.depth": Bounds(1, None),  # above 2: see validate
+    "method.depth": Bounds(1, None),  # above 2: see check_rules
     "method.split_min_size": Bounds(2, BIG),
     "method.sparse_above": Bounds(2, BIG),
     "method.top_k": Bounds(2, BIG),
@@ -529,11 +529,11 @@ def _default_of(key: str):
     return get_key(Config(), key)
 
 
-# checked as paths (ccn.validate.check_path)
+# checked as paths (ccn.file_checks.check_path)
 PATH_KEYS = ("data.root", "data.wordnet", "model.init", "method.groups_file")
 
 
-def validate(config: Config) -> None:
+def check_rules(config: Config) -> None:
     """Reject values no run could use, and combinations where one key would silently override
     another, naming the keys and what is allowed."""
     _check_finite(config)
@@ -552,7 +552,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"method.depth={meth.depth}: only depth 1 (groups) and 2 (groups split once more) are "
                           "implemented; use method.depth=2")
     if meth.name == "ccn":
-        _validate_method_schedule(config)
+        _check_method_schedule(config)
     if t.warmup_epochs >= t.epochs:
         raise ConfigError(f"train.warmup_epochs ({t.warmup_epochs}) must be smaller than train.epochs ({t.epochs})")
     _check_milestones(t.milestones)
@@ -697,7 +697,7 @@ def check_mirror_keys(config: Config, unflipped_data: Optional[str] = None) -> N
                           "if mirror images keep their labels' meaning")
 
 
-def _validate_method_schedule(config: Config) -> None:
+def _check_method_schedule(config: Config) -> None:
     """Refuse settings that would make a ccn run mean something other than its name."""
     meth, epochs = config.method, config.train.epochs
     cluster_epoch = clustering_epoch(meth)
@@ -723,11 +723,11 @@ def _validate_method_schedule(config: Config) -> None:
     if meth.min_group_size and meth.max_group_size and meth.min_group_size > meth.max_group_size:
         raise ConfigError(f"method.min_group_size ({meth.min_group_size}) must not exceed method.max_group_size "
                           f"({meth.max_group_size})")
-    _validate_partition(meth)
-    _validate_sparse(meth)
+    _check_partition(meth)
+    _check_sparse(meth)
 
 
-def _validate_sparse(meth: MethodConfig) -> None:
+def _check_sparse(meth: MethodConfig) -> None:
     """top_k is L1's and must keep the largest group whole (twice its size: the issue-18 measurement
     that k = 16 collapsed the groups)."""
     if meth.top_k is not None and meth.metric != "l1":
@@ -738,7 +738,7 @@ def _validate_sparse(meth: MethodConfig) -> None:
                           f"set method.top_k to {2 * meth.max_group_size} or more")
 
 
-def _validate_partition(meth: MethodConfig) -> None:
+def _check_partition(meth: MethodConfig) -> None:
     if (meth.partition == "file") != (meth.groups_file is not None):
         raise ConfigError("method.partition=file and method.groups_file=PATH go together: set both, or neither")
     if meth.random_sizes != "learned" and meth.partition != "random":

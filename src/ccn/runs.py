@@ -41,7 +41,7 @@ from ccn.hierarchy.tree import DISTANCES_FILE, save_distances
 from ccn.locks import LOCK_FILE, FolderLock
 from ccn.models.base import configure_batchnorm
 from ccn.network import build_model, make_head
-from ccn.validate import (Invalid, checked, file_problem, read_json, require_int, require_keys, require_list_of_str,
+from ccn.file_checks import (Invalid, checked, file_problem, read_json, require_int, require_keys, require_list_of_str,
                           require_mapping, require_number, require_numbers, require_str)
 
 RUN_FILES = ("config.yaml", "plan.json", "metrics.jsonl", "results.json", "hierarchy.json", DISTANCES_FILE,

@@ -11,7 +11,7 @@ from ccn.hierarchy.affinity import (METRICS, class_distances, class_profiles, pr
                                     profiles_from_logits)
 from ccn.hierarchy.clustering import (balanced_partition, default_group_count, learned_partition, oracle_partition,
                                       random_partition)
-from ccn.hierarchy.files import read_groups_file
+from ccn.hierarchy.groups_file import read_groups_file
 from ccn.hierarchy.partition import build_hierarchy, choose_partition, partition_sizes
 from ccn.hierarchy.tree import Hierarchy, agreement, leaves, partition_labels
 

@@ -13,7 +13,7 @@ from ccn.config import MethodConfig
 from ccn.errors import ConfigError
 from ccn.hierarchy.affinity import SPARSE_ABOVE, condensed_distances, default_top_k, prior_corrected
 from ccn.hierarchy.clustering import default_group_count, learned_partition, oracle_partition, random_partition
-from ccn.hierarchy.files import read_groups_file
+from ccn.hierarchy.groups_file import read_groups_file
 from ccn.hierarchy.tree import Hierarchy
 from ccn.hierarchy.truth import partition_agreement, partition_shape
 

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from ccn.errors import CCNError, ConfigError
 from ccn.files import atomic_write, open_regular
-from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list, require_list_of_str,
+from ccn.file_checks import (Invalid, checked, read_json, require_int, require_keys, require_list, require_list_of_str,
                           require_mapping, require_matrix, require_number, require_numbers, require_str)
 
 
