@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
@@ -494,20 +494,92 @@ LIMITS: dict[str, Bounds] = {
     "method.top_k": Bounds(2, BIG),
 }
 
-# (key, default): keys that only matter when another key has a given value. Setting one to anything
-# but its default while it does not matter would be silently ignored, so it is refused instead.
-ONLY_WHEN = {
-    "train.gamma": ("train.schedule", "step"),
-    "train.milestones": ("train.schedule", "step"),
-    "data.num_classes": ("data.name", "synthetic"),
-    "data.num_groups": ("data.name", "synthetic"),
-    "data.randaugment_n": ("data.augment", "randaugment"),
-    "data.randaugment_m": ("data.augment", "randaugment"),
-    "model.whiten_bias_epochs": ("model.name", "airbench"),
-    "data.workers": ("data.store", "stream"),
-    "data.alphabets": ("data.name", "omniglot"),
-    "data.train_drawers": ("data.name", "omniglot"),
-    "data.worker_timeout": ("data.store", "stream"),
+@dataclass(frozen=True)
+class When:
+    """When a key means something. Set to anything but its default while `holds(config)` is false,
+    the key would be silently ignored (or silently override another), so `refusal` is said instead:
+    one line, with {key}, {value} and {here} (what the deciding setting is now) filled in."""
+
+    holds: Callable[["Config"], bool]
+    refusal: str
+    here: Callable[["Config"], object] = lambda config: ""
+
+    def problem(self, config: "Config", key: str) -> Optional[str]:
+        if get_key(config, key) == _default_of(key) or self.holds(config):
+            return None
+        return self.refusal.format(key=key, value=get_key(config, key), here=self.here(config))
+
+
+def equals(other: str, needed) -> When:
+    """Only when the key `other` is `needed`."""
+    return When(lambda config: get_key(config, other) == needed,
+                f"{{key}} only applies when {other}={needed} (here {other}={{here}}): remove {{key}}, or set "
+                f"{other}={needed}", lambda config: get_key(config, other))
+
+
+def for_ccn(holds: Callable[["Config"], bool]) -> Callable[["Config"], bool]:
+    """A method key's condition, which flat runs (the baselines of a grid that sets it) meet anyway."""
+    return lambda config: config.method.name != "ccn" or holds(config)
+
+
+_LOOKAHEAD_ON = When(lambda c: c.train.lookahead_every > 0,
+                     "{key} only applies when train.lookahead_every is above 0 (the lookahead is off): remove {key}, "
+                     "or set train.lookahead_every (airbench: 5)")
+_BATCHNORM = When(lambda c: c.model.norm != "none",
+                  "{key} acts on BatchNorm layers, and model.norm=none has none: remove {key}, or set model.norm=batch")
+_RESIZED_CROP = When(lambda c: training_crop(c.data) == "random_resized",
+                     "{key} only applies when data.crop=random_resized (here data.crop=pad): remove {key}, or set "
+                     "data.crop=random_resized")
+_PAD_CROP = When(lambda c: training_crop(c.data) == "pad",
+                 "{key} only applies when data.crop=pad (here data.crop=random_resized): remove it, or set data.crop=pad")
+_NOT_BALANCED = When(for_ccn(lambda c: c.method.clustering != "balanced"),
+                     "{key} cannot be used with method.clustering=balanced, which makes K groups of equal size: "
+                     "remove it, or use method.clustering=agglomerative")
+
+# Keys that only mean something under a condition on other keys (set to anything but their default
+# otherwise, each is refused: it would be silently ignored). The one table of such rules; rules that
+# need the data set are ccn.plan's.
+ONLY_WHEN: dict[str, When] = {
+    "train.gamma": equals("train.schedule", "step"),
+    "train.milestones": equals("train.schedule", "step"),
+    "data.num_classes": equals("data.name", "synthetic"),
+    "data.num_groups": equals("data.name", "synthetic"),
+    "data.randaugment_n": equals("data.augment", "randaugment"),
+    "data.randaugment_m": equals("data.augment", "randaugment"),
+    "model.whiten_bias_epochs": equals("model.name", "airbench"),
+    "data.workers": equals("data.store", "stream"),
+    "data.alphabets": equals("data.name", "omniglot"),
+    "data.train_drawers": equals("data.name", "omniglot"),
+    "data.worker_timeout": equals("data.store", "stream"),
+    "train.lookahead_decay": _LOOKAHEAD_ON,
+    "train.lookahead_start": _LOOKAHEAD_ON,
+    "train.bn_eps": _BATCHNORM,
+    "train.bn_momentum": _BATCHNORM,
+    "train.bn_weight": _BATCHNORM,
+    "train.bn_bias_lr": _BATCHNORM,
+    "data.crop_scale": _RESIZED_CROP,
+    "data.crop_ratio": _RESIZED_CROP,
+    "data.eval_crop": _RESIZED_CROP,
+    "data.crop_padding": _PAD_CROP,
+    "data.pad_mode": _PAD_CROP,
+    "data.wordnet_groups": When(lambda c: c.data.wordnet is not None,
+                                "data.wordnet_groups={value} cuts the WordNet tree, which data.wordnet=FOLDER (WordNet "
+                                "3.0's data.noun) gives: set data.wordnet, or remove data.wordnet_groups"),
+    "method.probe_epochs": When(lambda c: c.method.cluster_epoch is None,
+                                "method.cluster_epoch and method.probe_epochs cannot both be set (cluster_epoch would "
+                                "silently replace probe_epochs): keep one"),
+    "method.random_sizes": When(for_ccn(lambda c: c.method.partition == "random"),
+                                "method.random_sizes={value} only applies when method.partition=random (here {here}): "
+                                "remove it, or set method.partition=random", lambda c: c.method.partition),
+    "method.recurse_epoch": When(for_ccn(lambda c: recurses(c.method)),
+                                 "method.recurse_epoch is set but nothing is split again: set method.depth=2 (and a "
+                                 "learned or random partition), or remove method.recurse_epoch"),
+    "method.top_k": When(for_ccn(lambda c: c.method.metric == "l1"),
+                         "method.top_k is for method.metric=l1 only (metric is {here}): remove it",
+                         lambda c: c.method.metric),
+    "method.threshold": _NOT_BALANCED,
+    "method.min_group_size": _NOT_BALANCED,
+    "method.max_group_size": _NOT_BALANCED,
 }
 
 # Pairs where setting both would let one silently win over the other.
@@ -606,17 +678,8 @@ RATIO_RANGE = (0.01, 100.0)  # aspect ratios a crop box may be drawn with
 
 
 def _check_crop(d: DataConfig) -> None:
-    crop = training_crop(d)
-    if crop == "pad":
-        for key in ("data.crop_scale", "data.crop_ratio", "data.eval_crop"):
-            if get_key(Config(data=d), key) != _default_of(key):
-                raise ConfigError(f"{key} only applies when data.crop=random_resized (here data.crop=pad): remove "
-                                  f"{key}, or set data.crop=random_resized")
+    if training_crop(d) == "pad":  # the keys of the other crop: ONLY_WHEN
         return
-    for key in ("data.crop_padding", "data.pad_mode"):
-        if get_key(Config(data=d), key) != _default_of(key):
-            raise ConfigError(f"{key} only applies when data.crop=pad (here data.crop=random_resized): remove "
-                              "it, or set data.crop=pad")
     if d.image_size is None and d.name != "imagenet":
         raise ConfigError("data.crop=random_resized needs data.image_size, the side the model sees (e.g. 224): set it")
     _check_range_pair("data.crop_scale", d.crop_scale, 0.0, 1.0, "e.g. [0.08, 1.0]")
@@ -640,41 +703,23 @@ def _check_milestones(milestones: list) -> None:
 
 
 def _check_combinations(config: Config) -> None:
-    for key, (other, needed) in ONLY_WHEN.items():
-        if get_key(config, key) != _default_of(key) and get_key(config, other) != needed:
-            raise ConfigError(f"{key} only applies when {other}={needed} (here {other}={get_key(config, other)}): "
-                              f"remove {key}, or set {other}={needed}")
+    for key, when in ONLY_WHEN.items():
+        problem = when.problem(config, key)
+        if problem:
+            raise ConfigError(problem)
     for a, b, why in EXCLUSIVE:
         if get_key(config, a) is not None and get_key(config, b) is not None:
             raise ConfigError(f"{a} and {b} cannot both be set ({why}, so one would silently override the "
                               "other): keep one")
     _check_fast_keys(config)
-    if config.data.wordnet_groups is not None and config.data.wordnet is None:
-        raise ConfigError(f"data.wordnet_groups={config.data.wordnet_groups} cuts the WordNet tree, which "
-                          "data.wordnet=FOLDER (WordNet 3.0's data.noun) gives: set data.wordnet, or remove "
-                          "data.wordnet_groups")
-    meth = config.method
-    if meth.cluster_epoch is not None and meth.probe_epochs != _default_of("method.probe_epochs"):
-        raise ConfigError("method.cluster_epoch and method.probe_epochs cannot both be set (cluster_epoch would "
-                          "silently replace probe_epochs): keep one")
 
 
 def _check_fast_keys(config: Config) -> None:
     """The airbench keys that only mean something beside another setting (README "fast recipe")."""
     t, d = config.train, config.data
-    if t.lookahead_every == 0:
-        for key in ("train.lookahead_decay", "train.lookahead_start"):
-            if get_key(config, key) != _default_of(key):
-                raise ConfigError(f"{key} only applies when train.lookahead_every is above 0 (the lookahead is off): "
-                                  f"remove {key}, or set train.lookahead_every (airbench: 5)")
-    elif t.lookahead_start >= t.epochs:
+    if t.lookahead_every > 0 and t.lookahead_start >= t.epochs:
         raise ConfigError(f"train.lookahead_start={t.lookahead_start} leaves no epoch of train.epochs={t.epochs} for the "
                           "lookahead average: set it below train.epochs")
-    if config.model.norm == "none":
-        for key in ("train.bn_eps", "train.bn_momentum", "train.bn_weight", "train.bn_bias_lr"):
-            if get_key(config, key) != _default_of(key):
-                raise ConfigError(f"{key} acts on BatchNorm layers, and model.norm=none has none: remove {key}, or "
-                                  "set model.norm=batch")
     if d.flip is False:  # data that is not flipped by its own choice is checked with the data (ccn.plan)
         check_mirror_keys(config)
 
@@ -717,9 +762,6 @@ def _check_method_schedule(config: Config) -> None:
             raise ConfigError(
                 f"method.depth={meth.depth} splits groups after epoch {recursion_epoch(meth)} but train.epochs is "
                 f"{epochs}: raise train.epochs or set method.recurse_epoch lower")
-    if meth.recurse_epoch is not None and (meth.depth == 1 or meth.partition == "file"):
-        raise ConfigError("method.recurse_epoch is set but nothing is split again: set method.depth=2 (and a learned "
-                          "or random partition), or remove method.recurse_epoch")
     if meth.min_group_size and meth.max_group_size and meth.min_group_size > meth.max_group_size:
         raise ConfigError(f"method.min_group_size ({meth.min_group_size}) must not exceed method.max_group_size "
                           f"({meth.max_group_size})")
@@ -728,10 +770,8 @@ def _check_method_schedule(config: Config) -> None:
 
 
 def _check_sparse(meth: MethodConfig) -> None:
-    """top_k is L1's and must keep the largest group whole (twice its size: the issue-18 measurement
+    """top_k (L1 only: ONLY_WHEN) must keep the largest group whole (twice its size: the issue-18 measurement
     that k = 16 collapsed the groups)."""
-    if meth.top_k is not None and meth.metric != "l1":
-        raise ConfigError(f"method.top_k is for method.metric=l1 only (metric is {meth.metric}): remove it")
     if meth.top_k is not None and meth.max_group_size is not None and meth.top_k < 2 * meth.max_group_size:
         raise ConfigError(f"method.top_k={meth.top_k} is below twice method.max_group_size={meth.max_group_size}: "
                           "sparse profiles that keep fewer entries than a group has split it; "
@@ -741,15 +781,6 @@ def _check_sparse(meth: MethodConfig) -> None:
 def _check_partition(meth: MethodConfig) -> None:
     if (meth.partition == "file") != (meth.groups_file is not None):
         raise ConfigError("method.partition=file and method.groups_file=PATH go together: set both, or neither")
-    if meth.random_sizes != "learned" and meth.partition != "random":
-        raise ConfigError(f"method.random_sizes={meth.random_sizes} only applies when method.partition=random (here "
-                          f"{meth.partition}): remove it, or set method.partition=random")
-    if meth.clustering == "balanced":
-        for key, value in [("method.threshold", meth.threshold), ("method.min_group_size", meth.min_group_size),
-                           ("method.max_group_size", meth.max_group_size)]:
-            if value is not None:
-                raise ConfigError(f"{key} cannot be used with method.clustering=balanced, which makes K groups of "
-                                  "equal size: remove it, or use method.clustering=agglomerative")
 
 
 def clustering_epoch(meth: MethodConfig) -> int:

@@ -37,7 +37,8 @@ def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], met
     if S.device.type != "cpu" and C <= sparse_above:  # small problems: the CPU's float64, as without a GPU
         S = S.cpu()
     sparse = metric == "l1" and S.device.type == "cpu" and C > sparse_above
-    D, computed = condensed_distances(S, metric, top_k=(top_k or default_top_k(C, num_groups, max_size)) if sparse else None)
+    kept = (top_k or default_top_k(C, num_groups, max_size)) if sparse else None
+    D, computed = condensed_distances(S, metric, top_k=kept)
     del S
     parts, Z = learned_partition(D, num_groups, threshold, linkage, min_size, max_size, balanced=clustering == "balanced")
     if sparse and top_k is not None:  # the user's top_k: the groups formed must not outgrow it
