@@ -2,7 +2,7 @@
 
     affinity.py    class profiles (mean softmax per class), prior correction, distances
     clustering.py  agglomerative cut, balanced groups, size bounds, random and oracle partitions
-    files.py       partitions a user brings (hierarchy.json, NBDT node-link graphs)
+    groups_file.py partitions a user brings (hierarchy.json, NBDT node-link graphs)
     partition.py   the partition `method.*` asks for
     tree.py        the Hierarchy (saved as hierarchy.json), masks, agreement between partitions
 """
