@@ -78,6 +78,11 @@ def test_rules_that_need_the_data_are_refused_by_the_plan():
         _plan(["method.groups=11"])
     with pytest.raises(ConfigError, match="train.tta=mirror scores mirror images, but data digits is not flipped"):
         _plan(["train.tta=mirror"])
+    with pytest.raises(ConfigError, match="method.partition=oracle needs coarse labels, which data set 'digits'"):
+        _plan(["method.partition=oracle"])  # was said at step 2, after the probe epochs
+    with pytest.raises(ConfigError, match="method.random_sizes=oracle needs coarse labels.*random_sizes=learned"):
+        _plan(["method.partition=random", "method.random_sizes=oracle"])
+    assert _plan(["data.name=synthetic", "method.partition=oracle"])[0].num_groups == 4  # planted coarse labels
     images = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
     single = ImageDataset("tiny", ["a", "b"], images, torch.tensor([0, 1, 1]), images[:2], torch.tensor([0, 1]))
     with pytest.raises(DataError, match=r"holds out no image of 1 class\(es\) \(a\)"):

@@ -23,7 +23,7 @@ from ccn import config as cfgmod
 from ccn.config import Config
 from ccn.data.base import held_out_count
 from ccn.errors import CCNError, ConfigError, DataError
-from ccn.hierarchy.clustering import default_group_count
+from ccn.hierarchy.clustering import default_group_count, oracle_refusal
 from ccn.hierarchy.partition import check_top_k
 from ccn.train import check_lookahead_budget, planned_steps
 
@@ -41,12 +41,13 @@ class DataFacts:
     image_size: int  # the stored side
     flips: bool  # the data set's own choice (digits: no, a mirrored glyph is another glyph)
     store: str  # where its images live: memory, disk or stream (tensor data sets: memory)
+    coarse_labels: bool = False  # whether it has its own coarse labels (CIFAR-100's superclasses, data.wordnet)
 
     @classmethod
     def of(cls, ds) -> "DataFacts":
         counts = torch.bincount(ds.train_labels.cpu(), minlength=ds.num_classes).tolist()
         store = ds.notes.get("store", "memory").split(":")[0]
-        return cls(ds.name, tuple(ds.classes), tuple(counts), ds.image_size, ds.flip, store)
+        return cls(ds.name, tuple(ds.classes), tuple(counts), ds.image_size, ds.flip, store, ds.coarse is not None)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def resolve(config: Config, facts: DataFacts, world_size: int = 1) -> RunPlan:
     ccn = meth.name == "ccn"
     num_groups = _group_count(config, num_classes, facts.name) if ccn else None
     if ccn:
+        _check_oracle(config, facts)
         check_top_k(meth, num_classes, num_groups)  # before the probe epochs, not after them
         cfgmod.check_step_budget(config, steps_per_epoch)
     check_lookahead_budget(t, steps_per_epoch)
@@ -117,6 +119,17 @@ def _group_count(config: Config, num_classes: int, name: str) -> Optional[int]:
     if meth.threshold is not None:
         return None
     return meth.groups if meth.groups is not None else default_group_count(num_classes)
+
+
+def _check_oracle(config: Config, facts: DataFacts) -> None:
+    """The oracle partition and the random one with the oracle's sizes need the data set's coarse
+    labels: refused before the probe epochs rather than at step 2."""
+    meth = config.method
+    if meth.partition == "random" and meth.random_sizes == "oracle" and not facts.coarse_labels:
+        raise ConfigError(f"method.random_sizes=oracle needs coarse labels, which data set {facts.name!r} does not "
+                          "have: use method.random_sizes=learned")
+    if meth.partition == "oracle" and not facts.coarse_labels:
+        raise ConfigError(oracle_refusal(facts.name))
 
 
 def _check_cutout(config: Config, facts: DataFacts, crop: str) -> None:

@@ -178,7 +178,11 @@ def random_partition(num_classes: int, sizes: list[int], seed: int) -> list[list
 
 def oracle_partition(coarse: Optional[list[int]], dataset: str = "") -> list[list[int]]:
     """The data set's own coarse labels as groups (CIFAR-100's 20 superclasses)."""
-    if coarse is None:
-        raise ConfigError(f"method.partition=oracle needs coarse labels, which data set {dataset!r} does not have: "
-                          "use learned or random")
+    if coarse is None:  # a run's plan refused this before training (ccn.plan)
+        raise ConfigError(oracle_refusal(dataset))
     return _labels_to_groups(np.asarray(coarse))
+
+
+def oracle_refusal(dataset: str) -> str:
+    return (f"method.partition=oracle needs coarse labels, which data set {dataset!r} does not have: "
+            "use learned or random")
