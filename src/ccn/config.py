@@ -1,7 +1,12 @@
 """Typed configuration: dataclasses, YAML files and `--set key=value` overrides.
 
 Every run writes its fully resolved config to `config.yaml`, so a run folder says exactly what was
-done. Defaults marked "ours" are choices the paper leaves open (see docs/method.md).
+asked, and beside it `plan.json`: the defaults that depend on the data set, resolved (ccn.plan).
+Defaults marked "ours" are choices the paper leaves open (see docs/method.md).
+
+The rules checked here (`check_rules`, whenever a config is read) need no data: ranges (LIMITS),
+keys that mean something only beside another setting (ONLY_WHEN), pairs that would override each
+other (EXCLUSIVE), and the method's schedule. Rules that need the data set are ccn.plan.resolve's.
 
 Names, everywhere in the package, tests and benchmarks: `config` is a `Config` (one run's settings);
 this module, where its functions are needed, is imported as `from ccn import config as cfgmod`
