@@ -177,10 +177,10 @@ def _evaluate(args) -> None:
     config, model, hierarchy, saved = load_run(Path(args.run_dir), args.set)
     device = resolve_device(config.device)
     ds = load_dataset(config.data)
+    check_same_classes(saved, ds.classes, ds.name)  # other data (--set data.root) is named as such first
+    check_saved_image_side(ds, saved["preprocess"])
     plan = resolve(config, DataFacts.of(ds))  # --set train.tta=mirror on data never flipped stops here
     data = prepare_data(plan, device, ds=ds, preprocess=saved["preprocess"])
-    check_same_classes(saved, data.ds.classes, data.ds.name)
-    check_saved_image_side(data.ds, saved["preprocess"])
     check_same_eval_set(Path(args.run_dir), saved, data.eval_set)
     model.to(device)
     result = score(model, data.test, hierarchy.mask() if hierarchy is not None else None, plan.inference,
