@@ -18,7 +18,8 @@ from types import SimpleNamespace
 
 from ccn.files import atomic_write, write_json
 from ccn.plots import _pyplot
-from ccn.report import comparisons, forest_png, render_report
+from ccn.grid_statistics import comparisons
+from ccn.report import forest_png, render_report
 
 KEPT_FIGURES = {"dendrogram of the learned groups": "dendrogram.png", "class distances": "distances.png",
                 "accuracy per learned group": "per_group.png"}

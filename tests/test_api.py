@@ -11,7 +11,7 @@ from PIL import Image
 import ccn
 from ccn import config as cfgmod
 from ccn.errors import CCNError
-from ccn.predict import predict_images
+from ccn.predict import iter_predictions
 from ccn.runs import load_run
 from conftest import REPO, TINY_RUN
 
@@ -71,8 +71,8 @@ def test_load_gives_the_probabilities_ccn_predict_prints(which, request, tmp_pat
     paths = _photos(tmp_path)
     model = ccn.load(run)
     config, network, hierarchy, saved = load_run(run)
-    expected = predict_images(network, hierarchy, saved, config.method.inference, paths, top=len(model.classes),
-                              tta=config.train.tta)
+    expected = list(iter_predictions(network, hierarchy, saved, config.method.inference, paths,
+                                     top=len(model.classes), tta=config.train.tta))
     with torch.no_grad():
         probs = model(paths)
     for row, entry in zip(probs, expected):

@@ -12,9 +12,10 @@ import torch
 
 from ccn.checkpoint import read_training_state
 from ccn.errors import CCNError, ConfigError
-from ccn.experiment import load_grid
+from ccn.grid import load_grid
 from ccn.hierarchy import Hierarchy
-from ccn.runs import load_run, read_results
+from ccn.runfiles import read_results
+from ccn.runs import load_run
 from ccn.tracking import RunLog
 from conftest import run_cli
 

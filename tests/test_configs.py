@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from ccn import config as cfgmod
-from ccn.experiment import load_grid
+from ccn.grid import load_grid
 from ccn.models import backbone_from_config
 from ccn.recipes import PACKAGED
 

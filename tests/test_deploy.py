@@ -13,11 +13,11 @@ from ccn import config as cfgmod
 from ccn.dist import World
 from ccn.errors import CCNError, ConfigError
 from ccn.heads import FlatHead
+from ccn.model_init import load_initial_weights
 from ccn.models import Classifier
 from ccn.models.fastnet import FastNet
 from ccn.models.timm_adapter import TimmBackbone
 from ccn.network import build_model
-from ccn.runs import load_initial_weights
 from conftest import run_cli
 
 QUICK = ["model.width=8", "train.progress=false", "data.train_per_class=20", "data.test_per_class=5",

@@ -17,7 +17,7 @@ def _helpers_worker(rank: int, world: int, init_file: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         from ccn.dist import all_reduce_sum, broadcast_buffers
-        from ccn.hierarchy.profiles import reduced_profiles
+        from ccn.hierarchy.profiles import ProfileSums
 
         total = all_reduce_sum(torch.tensor([float(rank + 1)]))
         assert total.item() == 3.0
@@ -29,7 +29,9 @@ def _helpers_worker(rank: int, world: int, init_file: str) -> None:
         probs = torch.softmax(torch.randn(12, 4, generator=g), 1)
         labels = torch.arange(12) % 4
         mine = slice(rank, None, world)  # each rank holds half of the probe set
-        shared = reduced_profiles(probs[mine], labels[mine], 4)
+        tally = ProfileSums()
+        tally.add(probs[mine], labels[mine], 4)
+        shared = tally.profiles()  # summed over the ranks
         from ccn.hierarchy import class_profiles
         assert torch.allclose(shared, class_profiles(probs, labels, 4))
     finally:

@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 from ccn.errors import ConfigError
-from ccn.experiment import load_grid
-from ccn.report import paired_difference
+from ccn.grid import load_grid
+from ccn.grid_statistics import paired_difference
 from conftest import run_cli
 
 GRID = """
@@ -39,7 +39,7 @@ def test_paired_difference_is_a_t_interval():
 
 
 def test_holm_adjustment_matches_the_step_down_rule():
-    from ccn.report import add_holm_verdicts, holm_adjust
+    from ccn.grid_statistics import add_holm_verdicts, holm_adjust
     raw = [0.01, 0.04, 0.03, 0.20]
     # sorted 0.01, 0.03, 0.04, 0.20 -> x4, x3, x2, x1, then running maximum
     assert holm_adjust(raw) == pytest.approx([0.04, 0.09, 0.09, 0.20])
@@ -51,7 +51,7 @@ def test_holm_adjustment_matches_the_step_down_rule():
 
 
 def test_builtin_partition_variants():
-    from ccn.experiment import builtin_variant
+    from ccn.grid import builtin_variant
     assert builtin_variant("k-7") == {"method": {"name": "ccn", "groups": 7}}
     assert builtin_variant("balanced-random")["method"] == {"name": "ccn", "clustering": "balanced",
                                                              "partition": "random"}
@@ -127,6 +127,22 @@ def test_summary_and_report(grid_run):
     assert all(version["code"]["torch"] for version in summary["code"])
     assert ("Code: every run was produced by" in report) == (len(summary["code"]) == 1)
     assert "ccn vs flat" in stdout
+
+
+def test_a_finished_grid_is_reported_again_without_torch(grid_run, tmp_path):
+    """Reading a finished grid (its grid.yaml, the runs' results.json and hierarchy.json) and writing
+    its summary, report and figures imports no torch, and gives the summary the grid wrote."""
+    folder, _ = grid_run
+    out = tmp_path / "out"
+    shutil.copytree(folder / "out", out)
+    (out / "summary.json").unlink()
+    code = ("import sys; from pathlib import Path; from ccn.grid import load_grid; from ccn.report import write_report; "
+            f"out = Path({str(out)!r}); write_report(load_grid(out / 'grid.yaml'), out, 0.0); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text()) == json.loads((folder / "out" / "summary.json").read_text())
+    assert (out / "report.md").read_text().count("(per_group.png)") == 1
 
 
 def test_report_of_a_flat_one_seed_grid_claims_no_test_and_shows_no_group_tables(tmp_path):

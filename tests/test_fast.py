@@ -218,10 +218,17 @@ def test_a_whitening_bias_epoch_count_beyond_the_run_trains_it_for_the_whole_run
 # ---------------------------------------------------------------- test-time augmentation
 
 
+def _whole_set_outputs(model, batches) -> tuple[dict, torch.Tensor]:
+    """The head outputs and labels of every batch, joined: a small set's outputs at once."""
+    from ccn.evaluate import batch_outputs
+    parts = list(batch_outputs(model, batches))
+    return {k: torch.cat([out[k] for out, _ in parts]) for k in parts[0][0]}, torch.cat([y for _, y in parts])
+
+
 def test_tta_averages_the_outputs_that_every_rule_of_every_head_scores():
     """One model, a flat head and a three-level head: with tta=mirror each rule's top-1 is that of the
     outputs averaged over the image and its mirror (computed here by hand), and differs from none."""
-    from ccn.evaluate import model_outputs, score
+    from ccn.evaluate import score
     from ccn.hierarchy import Hierarchy
     from ccn.network import build_model, make_head
     config = cfgmod.load(None, ["model.width=4", "data.image_size=16"])
@@ -236,8 +243,8 @@ def test_tta_averages_the_outputs_that_every_rule_of_every_head_scores():
     three = make_head(cfgmod.load(None, []), model.backbone.num_features, 6, hierarchy, flat=flat_head.flat)
     for head, mask in ((flat_head, None), (three, hierarchy.mask())):
         model.head = head
-        plain, labels = model_outputs(model, batches)
-        mirror, _ = model_outputs(model, TensorBatches(x.flip(-1), y, 16, batches.normalize, shuffle=False,
+        plain, labels = _whole_set_outputs(model, batches)
+        mirror, _ = _whole_set_outputs(model, TensorBatches(x.flip(-1), y, 16, batches.normalize, shuffle=False,
                                                        drop_last=False))
         averaged = {k: 0.5 * plain[k] + 0.5 * mirror[k] for k in plain}
         result = score(model, batches, mask, "soft", tta="mirror")

@@ -24,7 +24,7 @@ def test_the_cuda_process_group_gets_gloo_beside_nccl(monkeypatch):
 
 def test_profile_sums_stay_on_the_device_until_reduced(monkeypatch):
     """NCCL reduces only CUDA tensors: the sums must not be moved to the CPU before the all-reduce."""
-    from ccn.hierarchy import profiles
+    from ccn.hierarchy import class_profiles, profiles
     reduced = []
     monkeypatch.setattr(profiles, "all_reduce_sum", lambda t: reduced.append(t) or t)
 
@@ -40,7 +40,7 @@ def test_profile_sums_stay_on_the_device_until_reduced(monkeypatch):
     monkeypatch.setattr(profiles, "all_reduce_sum", lambda t: reduced.append(t) or t)
     summed = tally.profiles()
     assert [t.dtype for t in reduced] == [torch.float64, torch.float64]
-    assert torch.allclose(summed, profiles.reduced_profiles(probs, torch.arange(12) % 4, 4))
+    assert torch.allclose(summed, class_profiles(probs, torch.arange(12) % 4, 4))
 
 
 def test_deterministic_mode_sets_the_cublas_workspace(monkeypatch):
@@ -187,18 +187,19 @@ def _scoring_setup(rank: int = 0, world: int = 1, batch: int = 7):
 
 
 def _whole_set_scores(model, batches, mask) -> dict:
-    """The scores computed at once over the whole set's outputs: what the batched tally must equal."""
-    from ccn.evaluate import group_metrics, model_outputs, per_class_accuracy, topk_accuracy
-    out, labels = model_outputs(model, batches)
-    soft = model.head.scores(out, "soft")
-    return {"top1": topk_accuracy(soft, labels, 1), "top5": topk_accuracy(soft, labels, 5),
-            "hard": topk_accuracy(model.head.scores(out, "hard"), labels, 1),
-            "per_class_top1": per_class_accuracy(soft, labels), **group_metrics(soft, labels, mask)}
+    """The scores of the whole set tallied at once, in this process alone (a batch of every image and
+    no sum over ranks): what the tally batch by batch, and over ranks, must equal."""
+    from ccn.evaluate import ScoreTally, batch_outputs
+    tally = ScoreTally(model.head, "soft", mask, batches.labels.device)
+    for out, y in batch_outputs(model, batches):
+        tally.add(out, y)
+    return tally.result(over_ranks=False)
 
 
 def _same_scores(tallied: dict, whole: dict) -> None:
     assert tallied["top1"] == pytest.approx(whole["top1"]) and tallied["top5"] == pytest.approx(whole["top5"])
-    assert tallied["rules"]["hard"]["top1"] == pytest.approx(whole["hard"])
+    for rule in ("soft", "hard"):
+        assert tallied["rules"][rule] == pytest.approx(whole["rules"][rule])
     for key in ("per_class_top1", "per_group_top1", "group_acc", "within_acc"):
         assert tallied[key] == pytest.approx(whole[key])
 

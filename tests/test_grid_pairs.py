@@ -10,7 +10,8 @@ import yaml
 
 from ccn import config as cfgmod
 from ccn.errors import ConfigError
-from ccn.experiment import IMAGE_SET_KEYS, load_grid, run_grid
+from ccn.experiment import run_grid
+from ccn.grid import IMAGE_SET_KEYS, load_grid
 from ccn.recipes import PACKAGED
 from conftest import REPO, TINY_RUN, run_cli
 
@@ -109,7 +110,7 @@ TRAINING_ONLY_DATA_KEYS = {"download", "flip", "crop_padding", "crop_scale", "cr
 
 
 def test_every_data_key_is_either_refused_in_a_variant_or_training_only():
-    """A new data key must choose: allowed in a variant, or in experiment.IMAGE_SET_KEYS."""
+    """A new data key must choose: allowed in a variant, or in grid.IMAGE_SET_KEYS."""
     keys = {f.name for f in dataclasses.fields(cfgmod.DataConfig)}
     assert keys == set(IMAGE_SET_KEYS["data"]) | TRAINING_ONLY_DATA_KEYS
     assert not set(IMAGE_SET_KEYS["data"]) & TRAINING_ONLY_DATA_KEYS

@@ -3,6 +3,8 @@ the ones after it: nothing imports a later stage, and there are no import circle
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import ccn
@@ -14,18 +16,18 @@ README = PACKAGE.parents[1] / "README.md"
 # "Layout" table lists the files in the same order (test_readme_layout_follows_the_layers).
 LAYERS = [
     {"errors", "files", "file_checks", "config", "dist", "checkpoint", "tracking", "progress", "locks",
-     "provenance", "recipes"},
+     "provenance", "recipes", "runfiles"},
     {"data"},
     {"models"},
     {"hierarchy"},
     {"heads"},
-    {"network"},
+    {"network", "model_init"},
     {"ema", "train"},
     {"plan"},
     {"evaluate"},
     {"runs", "predict", "plots", "export", "predictor"},
     {"pipeline"},
-    {"experiment", "report"},
+    {"grid", "grid_statistics", "experiment", "report"},
     {"cli", "__main__"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -178,3 +180,16 @@ def test_the_config_module_is_always_cfgmod():
                     names = [a for a in node.names if a.name == "ccn.config"]
                 wrong += [f"{path.name}:{node.lineno}" for a in names if a.asname != "cfgmod"]
     assert not wrong, f"import the config module as cfgmod: {wrong}"
+
+
+# What reads a finished run's or grid's files for a report: none of it may load torch and the model stack.
+WITHOUT_TORCH = ("ccn.report", "ccn.grid", "ccn.grid_statistics", "ccn.runfiles", "ccn.hierarchy.tree",
+                 "ccn.hierarchy.truth")
+
+
+def test_reading_a_finished_grid_imports_no_torch():
+    """`import ccn.report` imported ccn.runs, and with it torch and every network, only to read
+    results.json; a report of a finished grid needs the numbers alone."""
+    code = f"import sys; import {', '.join(WITHOUT_TORCH)}; assert 'torch' not in sys.modules, 'torch was imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -10,7 +10,7 @@ import torch
 
 from ccn import config as cfgmod
 from ccn.dist import World, seed_stream
-from ccn.experiment import builtin_variant, load_grid
+from ccn.grid import builtin_variant, load_grid
 from ccn.heads import FlatHead
 from ccn.network import make_head
 from ccn.pipeline import MethodRun

@@ -87,6 +87,7 @@ def test_decoding_a_folder_draws_a_bar(monkeypatch, tmp_path):
 
 def test_experiment_counts_runs_done_out_of_total(monkeypatch, tmp_path):
     from ccn import experiment, report
+    from ccn.grid import load_grid
     grid_file = tmp_path / "g.yaml"
     grid_file.write_text("base: {data: {name: synthetic}}\nvariants: [flat, ccn, random]\nseeds: [0, 1]\n")
     done = []
@@ -94,5 +95,5 @@ def test_experiment_counts_runs_done_out_of_total(monkeypatch, tmp_path):
     monkeypatch.setattr(report, "write_report", lambda grid, out, seconds: {})  # training is tested elsewhere
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    experiment.run_grid(experiment.load_grid(grid_file), tmp_path / "out")
+    experiment.run_grid(load_grid(grid_file), tmp_path / "out")
     assert len(done) == 6 and "experiment runs" in terminal.getvalue() and "/6 [" in terminal.getvalue()

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from ccn import config as cfgmod
 from ccn.checkpoint import read_training_state
 from ccn.errors import CCNError
-from ccn.experiment import load_grid
+from ccn.grid import load_grid
 from ccn.hierarchy import Hierarchy
-from ccn.runs import read_results
+from ccn.runfiles import read_results
 from ccn.tracking import RunLog
 
 FUZZ = settings(max_examples=40, deadline=2000, derandomize=True, database=None,

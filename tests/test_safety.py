@@ -13,7 +13,8 @@ from ccn.errors import CCNError
 from ccn.files import atomic_write
 from ccn.locks import LOCK_FILE, FolderLock
 from ccn.pipeline import run_training
-from ccn.runs import RUN_FILES, NewRun
+from ccn.runfiles import RUN_FILES
+from ccn.runs import NewRun
 from ccn.tracking import RunLog
 from conftest import TINY_RUN, run_cli
 
@@ -253,7 +254,8 @@ import shutil  # noqa: E402
 
 import yaml  # noqa: E402
 
-from ccn.experiment import load_grid, run_grid  # noqa: E402
+from ccn.experiment import run_grid  # noqa: E402
+from ccn.grid import load_grid  # noqa: E402
 
 TINY_GRID = {"base": {"data": {"name": "synthetic", "num_classes": 6, "num_groups": 2, "train_per_class": 6,
                                "test_per_class": 2},
@@ -378,7 +380,7 @@ def test_a_fifo_is_named_as_no_regular_file(tiny_run, tmp_path, capsys):
     from ccn.hierarchy import read_groups_file
     with pytest.raises(CCNError, match=f"method.groups_file={fifo} is a FIFO, not a regular file"):
         read_groups_file(fifo, CLASSES, whole_tree=False)
-    from ccn.runs import init_weights_file
+    from ccn.model_init import init_weights_file
     with pytest.raises(CCNError, match=f"model.init={fifo} is a FIFO, not a regular file"):
         init_weights_file(str(fifo))
 

@@ -15,7 +15,8 @@ from ccn.heads import ThreeLevelHead, within_group_log_probs
 from ccn.hierarchy import Hierarchy, agreement, build_hierarchy
 from ccn.hierarchy.affinity import METRICS, condensed_distances, sparse_l1_condensed, tiled_condensed
 from ccn.hierarchy.clustering import distance_block, learned_partition
-from ccn.hierarchy.tree import DISTANCES_FILE, read_distances, save_distances
+from ccn.hierarchy.tree import read_distances, save_distances
+from ccn.runfiles import DISTANCES_FILE
 
 from conftest import run_cli
 

@@ -165,7 +165,7 @@ def test_a_dangling_checkpoint_link_is_refused_not_taken_for_no_checkpoint(tiny_
 
 def test_a_fifo_as_model_init_weights_of_a_run_folder_is_named(tiny_run, tmp_path):
     from ccn import config as cfgmod
-    from ccn.runs import load_initial_weights
+    from ccn.model_init import load_initial_weights
     from ccn.network import build_model
     run = copy_run(tiny_run, tmp_path)
     plant(run / "model.safetensors", "fifo")

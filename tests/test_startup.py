@@ -37,6 +37,16 @@ def test_the_command_line_answers_without_torch(argv, status):
     assert answer == f"{status} []", (answer, result.stderr)
 
 
+def test_a_bad_grid_file_is_refused_without_torch(tmp_path):
+    """`ccn experiment` reads and checks its grid (ccn.grid) before it imports what trains the runs."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text("variants: [no-such-variant]\n")
+    result = subprocess.run([sys.executable, "-c", PROBE, "experiment", "--config", str(grid)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "2 []", result.stderr
+    assert "variant 'no-such-variant' is not built in" in result.stderr
+
+
 def test_import_ccn_errors_is_light():
     code = "import sys, ccn.errors, ccn.config; print(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))" % (HEAVY,)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

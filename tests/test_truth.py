@@ -10,11 +10,11 @@ import torch
 from ccn import config as cfgmod
 from ccn.errors import ConfigError
 from ccn.evaluate import ScoreTally
-from ccn.experiment import builtin_variant, load_grid
+from ccn.grid import builtin_variant, load_grid
 from ccn.heads import FlatHead
 from ccn.hierarchy import choose_partition
 from ccn.hierarchy.truth import lca_heights, partition_agreement, partition_shape, true_tree
-from ccn.report import control_pairs
+from ccn.grid_statistics import control_pairs
 from conftest import run_cli
 
 

@@ -9,8 +9,10 @@ import pytest
 
 from ccn import config as cfgmod
 from ccn.errors import CCNError, ConfigError
-from ccn.experiment import _claim_folder, load_grid
-from ccn.report import _code_lines, _primary_lines, _sentence, comparisons
+from ccn.experiment import _claim_folder
+from ccn.grid import load_grid
+from ccn.grid_statistics import comparisons
+from ccn.report import _code_lines, _primary_lines, _sentence
 
 GRID = "base: {data: {name: digits}}\nvariants: [flat, ccn, random, k-1, k-5, k-5-random]\nseeds: [0, 1, 2, 3]\n"
 FLAT = [0.600, 0.610, 0.620, 0.630, 0.640, 0.650, 0.660, 0.670]

@@ -416,7 +416,7 @@ def test_a_grid_variant_with_its_own_wordnet_cut_is_refused(tmp_path, key, value
     agreement with the truth (and an oracle variant's groups) incomparable with the others'."""
     import yaml
 
-    from ccn.experiment import load_grid
+    from ccn.grid import load_grid
 
     base = {"data": {"name": "digits", "wordnet": str(tmp_path)}, "train": {"epochs": 2}}
     path = tmp_path / "g.yaml"

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save
 from ccn.errors import CCNError
 from ccn.files import atomic_write, fault_point, regular_file_size
 from ccn.file_checks import (Invalid, checked, parse_json, require_int, require_keys, require_list, require_mapping,
-                          require_number, require_numbers, require_str)
+                             require_number, require_numbers, require_str)
 
 
 def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -126,7 +126,6 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 # ---------------------------------------------------------------- full training state (resume)
 
-STATE_FILE = "checkpoint.safetensors"
 _STATE_KEY = "ccn_state"
 
 

@@ -212,11 +212,12 @@ def _export(args) -> None:
 
 
 def _experiment(args) -> None:
-    from ccn.experiment import load_grid, run_grid
+    from ccn.grid import load_grid
     from ccn.progress import set_enabled
     from ccn.recipes import resolve
 
-    grid = load_grid(resolve(args.config, "grid"), args.set)
+    grid = load_grid(resolve(args.config, "grid"), args.set)  # a bad grid is refused before torch is imported
+    from ccn.experiment import run_grid
     set_enabled(grid.config_for(grid.reference, grid.seeds[0]).train.progress)
     out = Path(args.out) if args.out else Path("experiments") / grid.name
     try:

@@ -20,10 +20,6 @@ from ccn.dist import all_reduce_sum, broadcast_buffers
 from ccn.hierarchy.truth import TrueTree
 
 
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    return topk_hits(scores, labels, k).float().mean().item()
-
-
 def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """(B,) bool: the label is among the `k` best scores (k is capped at the class count)."""
     k = min(k, scores.shape[1])
@@ -53,7 +49,7 @@ class TreeScores:
 
 
 class ScoreTally:
-    """Running counts for `evaluate_outputs`' result: hits per rule, per class and per group, and with
+    """Running counts for `score`'s result: hits per rule, per class and per group, and with
     the data set's true tree, coarse hits and the severity of the mistakes (of the default rule)."""
 
     def __init__(self, head: torch.nn.Module, default_rule: str, mask: Optional[torch.Tensor],
@@ -135,36 +131,6 @@ def group_counts(log_p: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) 
     }
 
 
-def group_metrics(log_p: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Group accuracy, within-group accuracy and top-1 per true group of one set of outputs.
-
-    Both depend on the partition and are not comparable across partitions: a one-class group has
-    within-group accuracy 1 by construction, and fewer, larger groups make group accuracy easier.
-    Compare variants with top-1, top-5 and balanced_top1 instead."""
-    counts = {k: v.tolist() for k, v in group_counts(log_p, labels.to(log_p.device), mask.to(log_p.device)).items()}
-    n = max(1, len(labels))
-    return {"group_acc": counts["group.hits"][0] / n, "within_acc": counts["within.hits"][0] / n,
-            "per_group_top1": ratios(counts["group.correct"], counts["group.count"])}
-
-
-def per_class_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> list:
-    """Top-1 per true class (None for a class with no test image)."""
-    correct = (scores.argmax(dim=1) == labels).float()
-    num_classes = scores.shape[1]
-    hits = torch.zeros(num_classes, device=scores.device).index_add_(0, labels, correct)
-    return ratios(hits.tolist(), torch.bincount(labels, minlength=num_classes).tolist())
-
-
-def head_device(head: torch.nn.Module) -> torch.device:
-    return next(head.buffers(), next(head.parameters())).device
-
-
-def evaluate_outputs(head: torch.nn.Module, out: dict, labels: torch.Tensor, default_rule: str = "soft",
-                     mask: Optional[torch.Tensor] = None) -> dict:
-    """Top-1/top-5 for every rule the head supports; the default rule's also as `top1`/`top5`."""
-    tally = ScoreTally(head, default_rule, mask, head_device(head))
-    tally.add(out, labels)
-    return tally.result(over_ranks=False)
 
 
 def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
@@ -207,19 +173,6 @@ def batch_outputs(model: torch.nn.Module, batches: TensorBatches,
         with precision():
             out = tta_outputs(model, x, tta)
         yield {k: v.float() for k, v in out.items()}, y
-
-
-def model_outputs(model: torch.nn.Module, batches: TensorBatches,
-                  precision: Callable[[], ContextManager] = nullcontext) -> tuple[dict, torch.Tensor]:
-    """Head outputs (on the CPU, float32) and labels for every item of `batches`, in order: for small
-    sets only (the whole (N, C) outputs are held; `score` does not need this)."""
-    outputs: dict[str, list] = {}
-    labels = []
-    for out, y in batch_outputs(model, batches, precision):
-        for key, value in out.items():
-            outputs.setdefault(key, []).append(value)
-        labels.append(y)
-    return {k: torch.cat(v).cpu() for k, v in outputs.items()}, torch.cat(labels).cpu()
 
 
 def score(model: torch.nn.Module, batches: TensorBatches, mask: Optional[torch.Tensor], rule: str,

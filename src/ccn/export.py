@@ -30,7 +30,8 @@ from torch import nn
 from ccn.files import atomic_write, check_replaceable, write_json
 from ccn.errors import CCNError
 from ccn.predict import class_probabilities, inference_rule
-from ccn.runs import OWN_FILES, load_run, owner_of
+from ccn.runfiles import OWN_FILES
+from ccn.runs import load_run, owner_of
 
 FORMATS = ("onnx",)
 OPSET = {"dynamo": 18, "torchscript": 17}  # the dynamo exporter writes opset 18 or later

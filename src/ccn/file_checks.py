@@ -19,7 +19,6 @@ from ccn.errors import CCNError
 from ccn.files import node_problem, read_regular_bytes
 
 MAX_JSON_BYTES = 256 * 2**20  # results.json / hierarchy.json of 100k classes stay far below this
-MAX_NESTING = 64  # deeper lists or mappings than any ccn file holds; guards recursion
 NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS, Windows)
 PATH_MAX = 4095  # bytes in a whole path (Linux)
 

@@ -24,8 +24,7 @@ import torch
 
 from ccn import config as cfgmod
 from ccn.config import Config
-from ccn.checkpoint import (STATE_FILE, check_run_state, read_training_state, restore_training_state,
-                            save_training_state)
+from ccn.checkpoint import check_run_state, read_training_state, restore_training_state, save_training_state
 from ccn.files import fault_point, write_json
 from ccn.data import ImageDataset, load_dataset
 from ccn.data.digest import data_digest
@@ -38,9 +37,11 @@ from ccn.evaluate import batch_outputs, score
 from ccn.hierarchy import Hierarchy, read_groups_file
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.hierarchy.truth import true_tree
+from ccn.model_init import load_initial_weights
 from ccn.models import count_parameters
 from ccn.provenance import code_version
-from ccn.runs import config_digest, load_initial_weights, recorded_config, write_distances, write_run
+from ccn.runfiles import STATE_FILE
+from ccn.runs import config_digest, recorded_config, write_distances, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
 from ccn.plan import PLAN_FILE, DataFacts, RunPlan, resolve

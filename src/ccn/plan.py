@@ -25,9 +25,9 @@ from ccn.data.base import held_out_count
 from ccn.errors import CCNError, ConfigError, DataError
 from ccn.hierarchy.clustering import default_group_count, oracle_refusal
 from ccn.hierarchy.partition import check_top_k
+from ccn.runfiles import PLAN_FILE  # noqa: F401  (plan.json: where a run folder keeps the plan)
 from ccn.train import check_lookahead_budget, planned_steps
 
-PLAN_FILE = "plan.json"  # in the run folder, beside config.yaml
 PLAN_FORMAT = 1  # plan.json's "format": raise it when a field changes meaning
 
 
@@ -101,7 +101,8 @@ def resolve(config: Config, facts: DataFacts, world_size: int = 1) -> RunPlan:
     check_lookahead_budget(t, steps_per_epoch)
     return RunPlan(config=config, data=facts.name, num_classes=num_classes, crop=crop, crop_padding=padding,
                    flips=flips, store=facts.store, train_images=train_images, batch_size=batch_size,
-                   steps_per_epoch=steps_per_epoch, planned_steps=planned_steps(t, steps_per_epoch), num_groups=num_groups,
+                   steps_per_epoch=steps_per_epoch, planned_steps=planned_steps(t, steps_per_epoch),
+                   num_groups=num_groups,
                    clustering_epoch=cfgmod.clustering_epoch(meth) if ccn else None,
                    recursion_epoch=cfgmod.recursion_epoch(meth) if ccn and cfgmod.recurses(meth) else None,
                    tta=t.tta, inference=meth.inference if ccn else "flat")

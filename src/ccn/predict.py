@@ -142,12 +142,6 @@ def iter_predictions(model: torch.nn.Module, hierarchy: Optional[Hierarchy], sav
                 for v, c in zip(values.tolist(), idx.tolist())]}
 
 
-def predict_images(model: torch.nn.Module, hierarchy: Optional[Hierarchy], saved: dict, rule: str,
-                   paths: list, top: int = 3, tta: str = "none") -> list[dict]:
-    """iter_predictions as a list (for a few images; `ccn predict` streams)."""
-    return list(iter_predictions(model, hierarchy, saved, rule, paths, top, tta))
-
-
 def format_prediction(entry: dict) -> str:
     """`path: class 97.1% (group 2), ...` (no group for flat runs). Paths and class names are printed
     escaped (ccn.file_checks.printable): a class folder named "c1 99.0%\\nevil.png: cat" must not print a
@@ -155,8 +149,3 @@ def format_prediction(entry: dict) -> str:
     guesses = [f"{printable(g['class'])} {100 * g['probability']:.1f}%" + (f" (group {g['group']})" if g["group"]
                                                                          else "") for g in entry["top"]]
     return f"{printable(entry['path'])}: " + ", ".join(guesses)
-
-
-def format_predictions(predictions: list[dict]) -> list[str]:
-    """One line per image (format_prediction)."""
-    return [format_prediction(entry) for entry in predictions]

@@ -12,8 +12,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # src/ccn/provenance.py -> the checkout's root
 UNKNOWN = "unknown"
 
@@ -47,6 +45,8 @@ def code_version() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _code_of_this_process() -> dict:
+    import torch  # here: describing a recorded version (a report) needs no torch
+
     commit, dirty = UNKNOWN, UNKNOWN
     if _is_checkout():
         commit = _git("rev-parse", "HEAD") or UNKNOWN

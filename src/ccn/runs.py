@@ -1,13 +1,5 @@
-"""Run folders: what a run writes, and how a saved run is read back.
-
-    config.yaml        the fully resolved configuration
-    metrics.jsonl      one row per epoch
-    results.json       final top-1/top-5 (fractions) per inference rule, group accuracies, facts
-    hierarchy.json     ccn runs: class names, the groups (names), the tree, the merge tree
-    distances.npy      ccn runs: the class distances step 2 clustered (condensed float32), written once
-    model.safetensors  the weights of the whole network (backbone and head)
-    checkpoint.safetensors  the full training state after the last finished epoch (for --resume)
-    .ccn-lock          present while a process writes the folder (see ccn.locks)
+"""Run folders: what a run writes, and how a saved run is read back (the files, by name, and
+results.json's reader are in ccn.runfiles, which needs no torch).
 
 One process writes a run folder at a time; `ccn train` holds its lock from the first check to the
 end, and with --force removes the old run only once the new one has loaded its data and model.
@@ -29,28 +21,18 @@ from typing import Iterator, Optional
 import torch
 
 from ccn import config as cfgmod
-from ccn.checkpoint import (STATE_FILE, check_finite, check_weights_file, load_weights, save_weights,
-                            state_difference)
+from ccn.checkpoint import check_weights_file, load_weights, save_weights
 from ccn.files import TEMPORARY_NAME, atomic_write, check_replaceable, fault_point, regular_file_size, write_json
 from ccn.config import Config
 from ccn.data import stored_size
 from ccn.data.prepare import eval_transform
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
-from ccn.hierarchy.tree import DISTANCES_FILE, save_distances
+from ccn.hierarchy.tree import save_distances
 from ccn.locks import LOCK_FILE, FolderLock
-from ccn.models.base import configure_batchnorm
 from ccn.network import build_model, make_head
-from ccn.file_checks import (Invalid, checked, file_problem, read_json, require_int, require_keys, require_list_of_str,
-                          require_mapping, require_number, require_numbers, require_str)
-
-RUN_FILES = ("config.yaml", "plan.json", "metrics.jsonl", "results.json", "hierarchy.json", DISTANCES_FILE,
-             "model.safetensors", STATE_FILE)
-FIGURES = ("dendrogram.png", "distances.png")  # written by `ccn clusters --plot`; replaced with the run
-GRID_FILE = "grid.yaml"  # what makes a folder an experiment folder (ccn.experiment): no run is written beside it
-# What a grid writes beside runs/ (ccn.report.write_figures); a `ccn train` run folder holds RUN_FILES.
-GRID_OUTPUTS = ("summary.json", "report.md", "differences.png", "per_group.png", "dendrogram.png", "distances.png")
-OWN_FILES = RUN_FILES + FIGURES + (LOCK_FILE,)  # what no other command may write over (ccn export --out)
+from ccn.runfiles import (DISTANCES_FILE, FIGURES, GRID_FILE, GRID_OUTPUTS, OWN_FILES, RESULTS_FIX, RUN_FILES,
+                          read_results)
 
 # `--set` on a saved run (ccn evaluate) may say where its data are and how fast to score them, and choose
 # the evaluation options evaluate prints with its scores; any other key would change what the weights
@@ -251,71 +233,6 @@ def write_distances(out_dir: Path, hierarchy: Hierarchy, replace: bool = True) -
         save_distances(path, hierarchy.distances)
 
 
-RESULTS_FIX = "restore the file the run wrote, or delete the run folder and train it again"
-
-
-def read_results(run_dir: Path) -> dict:
-    """results.json of a finished run, checked field by field (CCNError naming the file otherwise)."""
-    path = Path(run_dir) / "results.json"
-    if not os.path.lexists(path):  # a FIFO or folder there is named as what it is by read_json
-        raise CCNError(f"{run_dir} has no results.json: is it a finished ccn run folder?")
-    results = read_json(path, "results file", RESULTS_FIX)
-    with checked(path, RESULTS_FIX):
-        check_results(results)
-    return results
-
-
-def check_results(results) -> None:
-    """Invalid unless `results` holds every value ccn reads back from results.json, of the right kind."""
-    require_mapping(results, "the file")
-    require_keys(results, ["top1", "top5", "rule", "rules", "per_class_top1", "num_classes", "data", "model",
-                           "epochs", "train_images", "test_images", "wall_time_s", "device", "machine", "preprocess"])
-    for key in ("top1", "top5", "group_acc", "within_acc"):
-        if key in results:  # top1 and top5 are required above; the group accuracies only in ccn runs
-            require_number(results[key], f"'{key}'", 0, 1)
-    require_str(results["rule"], "'rule'")
-    rules = require_mapping(results["rules"], "'rules'")
-    if results["rule"] not in rules:
-        raise Invalid(f"'rule' is {results['rule']!r}, which is not in 'rules'")
-    for rule, scores in rules.items():
-        require_keys(require_mapping(scores, f"'rules'.{rule}"), ["top1", "top5"], f"'rules'.{rule}")
-        for key in ("top1", "top5"):
-            require_number(scores[key], f"'rules'.{rule}.{key}", 0, 1)
-    num_classes = require_int(results["num_classes"], "'num_classes'", 2, cfgmod.BIG)
-    if "classes" in results:
-        require_list_of_str(results["classes"], "'classes'", num_classes)
-    require_numbers(results["per_class_top1"], "'per_class_top1'", num_classes, 0, 1, allow_none=True)
-    if "per_group_top1" in results:
-        require_numbers(results["per_group_top1"], "'per_group_top1'", None, 0, 1, allow_none=True)
-    for key in ("data", "model", "device", "machine"):
-        require_str(results[key], f"'{key}'")
-    require_int(results["epochs"], "'epochs'", 1)
-    for key in ("train_images", "test_images"):
-        require_int(results[key], f"'{key}'", 0)
-    for key in ("wall_time_s", "clustering_seconds"):
-        if key in results:
-            require_number(results[key], f"'{key}'", 0)
-    if "config_sha256" in results:
-        require_str(results["config_sha256"], "'config_sha256'")
-    if "eval_set" in results:
-        require_str(results["eval_set"], "'eval_set'", ["test", "validation"])
-    prep = require_mapping(results["preprocess"], "'preprocess'")
-    require_keys(prep, ["image_size", "mean", "std"], "'preprocess'")
-    require_int(prep["image_size"], "'preprocess'.image_size", 1, 4096)
-    channels = len(require_numbers(prep["mean"], "'preprocess'.mean", None, 0, 1))
-    if channels not in (1, 3):
-        raise Invalid(f"'preprocess'.mean must have 1 or 3 entries (one per colour channel), has {channels}")
-    require_numbers(prep["std"], "'preprocess'.std", channels, 1e-6, 1)
-    if "fit" in prep:
-        require_str(prep["fit"], "'preprocess'.fit", ["stretch", "centre_crop"])
-    if "eval_crop" in prep or "input_size" in prep:
-        require_keys(prep, ["input_size", "eval_crop"], "'preprocess'")
-        require_int(prep["input_size"], "'preprocess'.input_size", 1, 4096)
-        require_number(prep["eval_crop"], "'preprocess'.eval_crop", 0.25, 1)
-    if "class_ids" in results:
-        require_list_of_str(results["class_ids"], "'class_ids'", num_classes)
-
-
 def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, torch.nn.Module, Optional[Hierarchy], dict]:
     """(config, model with its weights, hierarchy or None, results) of a finished run folder; `overrides`
     (ccn evaluate --set) may change only SAVED_RUN_SET_KEYS."""
@@ -473,124 +390,3 @@ def check_preprocess_agrees(run_dir: Path, config: Config, prep: dict) -> None:
 
 def _recorded_crop(prep: dict) -> Optional[tuple]:
     return (prep["input_size"], prep["eval_crop"]) if "input_size" in prep else None
-
-
-# ---------------------------------------------------------------- starting from trained weights (model.init)
-
-
-def init_weights_file(source: str) -> tuple[Path, Optional[list[str]]]:
-    """(safetensors file, class names or None) of `model.init`: a run folder or a .safetensors file."""
-    path = Path(source)
-    if path.is_dir():
-        weights = path / "model.safetensors"
-        if not os.path.lexists(weights):
-            raise CCNError(f"model.init={source} holds no model.safetensors: pass a finished run folder or a "
-                           ".safetensors file")
-        results = path / "results.json"  # checked like any results.json ccn reads back
-        return weights, read_results(path).get("classes") if os.path.lexists(results) else None
-    problem = file_problem(path)
-    if problem:
-        raise CCNError(f"model.init={source} {problem}: pass a run folder or a .safetensors file")
-    if path.suffix != ".safetensors":
-        raise CCNError(f"model.init={source} is not a .safetensors file: save the weights with "
-                       "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')")
-    return path, None
-
-
-def split_init_state(state: dict, backbone_keys: set[str], timm: bool) -> tuple[dict, dict, str]:
-    """(backbone state, flat-head state, layout) of a weights file.
-
-    Our files name tensors `backbone.*` and `head.flat.*` (the other heads are not carried over). A
-    bare backbone's file (e.g. `save_file(timm_model.state_dict())`) names them as the backbone does;
-    a timm model sits under `model.` in our adapter. A bare file's one tensor pair that is not part
-    of the backbone and looks like a classifier (weight (C, F), bias (C,)) is taken as its flat head."""
-    if any(k.startswith("backbone.") for k in state):
-        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        flat = {k[len("head.flat."):]: v for k, v in state.items() if k.startswith("head.flat.")}
-        return backbone, flat, "ccn"
-    prefix = "model." if timm else ""
-    backbone = {prefix + k: v for k, v in state.items() if prefix + k in backbone_keys}
-    rest = {k: v for k, v in state.items() if prefix + k not in backbone_keys}
-    flat = {}
-    weights = [k for k, v in rest.items() if k.endswith(".weight") and v.ndim == 2]
-    if len(weights) == 1 and weights[0][:-len("weight")] + "bias" in rest and len(rest) == 2:
-        name = weights[0][:-len(".weight")]
-        flat = {"weight": rest.pop(f"{name}.weight"), "bias": rest.pop(f"{name}.bias")}
-    backbone.update({prefix + k: v for k, v in rest.items()})  # left over: reported as not fitting
-    return backbone, flat, "bare backbone"
-
-
-def damaged_flat_head(flat: dict) -> Optional[str]:
-    """What makes a weights file's flat head unusable as any classifier (None when it is one)."""
-    weight, bias = flat.get("weight"), flat.get("bias")
-    if weight is None or bias is None:
-        return f"its flat head has no {'weight' if weight is None else 'bias'}"
-    if weight.ndim != 2 or bias.shape != weight.shape[:1]:
-        return (f"its flat head weight is {tuple(weight.shape)} and bias {tuple(bias.shape)}, "
-                "not (classes, features) and (classes,)")
-    if not (weight.is_floating_point() and bias.is_floating_point()):
-        return f"its flat head holds {str(weight.dtype).removeprefix('torch.')} values, not floating-point weights"
-    return None
-
-
-def fresh_head_reason(head: torch.nn.Linear, flat: dict, classes: list[str],
-                      saved_classes: Optional[list[str]]) -> Optional[str]:
-    """Why a well-formed flat head from a weights file is not carried over (None when it is)."""
-    if not flat:
-        return "the file has no flat head"
-    rows, width = flat["weight"].shape
-    if rows != len(classes):
-        return f"its flat head has {rows} classes, this data set {len(classes)}"
-    if width != head.in_features:
-        return f"its flat head reads {width} features, this backbone gives {head.in_features}"
-    if saved_classes is not None and list(saved_classes) != list(classes):
-        return "its classes are not this data set's classes (names or order differ)"
-    return None
-
-
-def load_initial_weights(model: torch.nn.Module, config: Config, classes: list[str]) -> dict:
-    """Load `model.init` into `model`: the backbone always (or a one-line error naming the mismatch),
-    the flat head when it has this run's classes. Returns the record results.json keeps."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    weights, saved_classes = init_weights_file(config.model.init)
-    check_weights_file(weights, f"model.init={config.model.init}:", "pass a run folder or a .safetensors file")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CCNError(f"model.init: cannot read {weights} ({err}): the file is damaged or not safetensors") from None
-    timm = config.model.name.startswith("timm:")
-    backbone, flat, layout = split_init_state(state, set(model.backbone.state_dict()), timm)
-    problem = state_difference(model.backbone, backbone)
-    if problem:
-        raise CCNError(f"model.init={weights} does not fit model.name={config.model.name} ({problem}): start "
-                       "from weights of the same backbone with the same model.* options")
-    damage = damaged_flat_head(flat) if flat else None
-    if damage:
-        raise CCNError(f"model.init={weights} is damaged ({damage}): save the weights again from the model "
-                       "(safetensors.torch.save_file(model.state_dict(), ...))")
-    check_finite({**backbone, **{f"head.flat.{k}": v for k, v in flat.items()}}, weights,
-                 "model.init must hold finite weights (a diverged run's are not); choose another file")
-    model.backbone.load_state_dict(backbone)
-    scales_reset = not config.train.bn_weight and _reset_norm_scales(model.backbone)
-    why = fresh_head_reason(model.head.flat, flat, classes, saved_classes)
-    if why is None:
-        model.head.flat.load_state_dict(flat)
-    record = {"from": str(weights), "layout": layout, "backbone": True, "flat_head": why is None}
-    if why is not None:
-        record["flat_head_fresh_because"] = why
-    elif saved_classes is None:
-        record["note"] = "the file names no classes: its classifier is taken to follow this data set's class order"
-    if scales_reset:
-        record["bn_scales"] = "the file's BatchNorm scales were set to 1 (train.bn_weight=false)"
-    return record
-
-
-def _reset_norm_scales(backbone: torch.nn.Module) -> bool:
-    """train.bn_weight=false means BatchNorm scales fixed at 1 with model.init too (the file's trained
-    scales would otherwise stay frozen at their values); True when the file held others."""
-    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    differed = any(m.weight is not None and not torch.all(m.weight == 1) for m in norms)
-    configure_batchnorm(backbone, train_weight=False)
-    return differed

@@ -157,11 +157,6 @@ def apply_caps(ds: ImageDataset, train_cap: Optional[int], test_cap: Optional[in
     return ds
 
 
-def to_tensor_images(array: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 numpy -> (N, 3, H, W) contiguous uint8 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
-
-
 def resize_batch(images: torch.Tensor, size: Optional[int]) -> torch.Tensor:
     """Resize uint8 (N, 3, H, W) images to size x size with antialiased bilinear filtering."""
     if size is None or images.shape[-1] == size and images.shape[-2] == size:

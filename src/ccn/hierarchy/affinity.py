@@ -14,6 +14,7 @@ from scipy.spatial.distance import pdist, squareform
 from torch.nn import functional as F
 
 from ccn.errors import DataError
+from ccn.hierarchy.clustering import condensed_index
 
 def class_profile_sums(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, C) sums of `probs` (N, C) per label, and (C,) counts: the parts that ranks add up. They stay
@@ -111,11 +112,6 @@ METRICS: dict[str, tuple[Callable, Optional[str], bool]] = {
     "js": (_js_tile, None, True),
     "confusion": (None, None, False),  # 1 - symmetric confusion, from S itself (HD-CNN's idea, ours)
 }
-
-
-def condensed_index(C: int, i: np.ndarray | torch.Tensor, j: np.ndarray | torch.Tensor):
-    """Position of the pair (i, j), i < j, in a condensed vector of C classes."""
-    return C * i - i * (i + 1) // 2 + (j - i - 1)
 
 
 def row_offsets(C: int) -> np.ndarray:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from scipy.cluster.hierarchy import cut_tree, fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from ccn.errors import ConfigError
-from ccn.hierarchy.affinity import condensed_index
+
+if TYPE_CHECKING:
+    import torch
 
 
 def default_group_count(num_classes: int) -> int:
@@ -26,6 +28,11 @@ def class_count(D: np.ndarray) -> int:
 def condensed(D: np.ndarray) -> np.ndarray:
     """Condensed float64 distances (what scipy's linkage works on) from either form."""
     return np.asarray(squareform(D, checks=False) if D.ndim == 2 else D, dtype=np.float64)
+
+
+def condensed_index(C: int, i: np.ndarray | torch.Tensor, j: np.ndarray | torch.Tensor):
+    """Position of the pair (i, j), i < j, in a condensed vector of C classes (numpy or torch indices)."""
+    return C * i - i * (i + 1) // 2 + (j - i - 1)
 
 
 def distance_block(D: np.ndarray, rows, cols) -> np.ndarray:

@@ -40,7 +40,8 @@ def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], met
     kept = (top_k or default_top_k(C, num_groups, max_size)) if sparse else None
     D, computed = condensed_distances(S, metric, top_k=kept)
     del S
-    parts, Z = learned_partition(D, num_groups, threshold, linkage, min_size, max_size, balanced=clustering == "balanced")
+    parts, Z = learned_partition(D, num_groups, threshold, linkage, min_size, max_size,
+                                 balanced=clustering == "balanced")
     if sparse and top_k is not None:  # the user's top_k: the groups formed must not outgrow it
         _refuse_small_top_k(top_k, max(len(p) for p in parts), C, "the largest group formed has", computed)
     how = {"partition": "learned", "metric": metric, "linkage": linkage, "clustering": clustering,

@@ -35,14 +35,6 @@ class ProfileSums:
         return profiles_from_sums(all_reduce_sum(self.sums), all_reduce_sum(self.counts))
 
 
-def reduced_profiles(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class profiles from this rank's share of the probe set, summed over all ranks: every rank
-    gets the same profiles, hence the same groups."""
-    tally = ProfileSums()
-    tally.add(probs, labels, num_classes)
-    return tally.profiles()
-
-
 @torch.no_grad()
 def flat_profiles(outputs: Iterable[tuple[dict, torch.Tensor]], num_classes: int) -> torch.Tensor:
     """Mean softmax of the level-1 (flat) head per class, from (head outputs, labels) batches taken

@@ -9,33 +9,42 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 from scipy.cluster.hierarchy import is_valid_linkage
 from scipy.spatial.distance import squareform
-from torch.nn import functional as F
 
 from ccn.errors import CCNError, ConfigError
 from ccn.files import atomic_write, open_regular
+from ccn.runfiles import DISTANCES_FILE
 from ccn.file_checks import (Invalid, checked, read_json, require_int, require_keys, require_list, require_list_of_str,
-                          require_mapping, require_matrix, require_number, require_numbers, require_str)
+                             require_mapping, require_matrix, require_number, require_numbers, require_str)
 
 
-def group_index(groups: list[list[int]], num_classes: int) -> torch.Tensor:
-    """(C,) long tensor: the group of each class; every class must be in exactly one group."""
-    group_of = torch.full((num_classes,), -1, dtype=torch.long)
+def group_labels(groups: list[list[int]], num_classes: int) -> list[int]:
+    """The group of each class; ConfigError unless every class is in exactly one group. Plain Python:
+    a hierarchy.json is read and checked without torch (a report of a finished grid)."""
+    group_of = [-1] * num_classes
     for k, members in enumerate(groups):
         for c in members:
             if group_of[c] != -1:
-                raise ConfigError(f"class {c} is in groups {int(group_of[c])} and {k}: a partition needs disjoint groups")
+                raise ConfigError(f"class {c} is in groups {group_of[c]} and {k}: a partition needs disjoint groups")
             group_of[c] = k
-    if (group_of < 0).any():
-        missing = (group_of < 0).nonzero().flatten().tolist()
+    missing = [c for c, k in enumerate(group_of) if k < 0]
+    if missing:
         raise ConfigError(f"classes {missing[:10]} are in no group: a partition must cover every class")
     return group_of
 
 
+def group_index(groups: list[list[int]], num_classes: int) -> torch.Tensor:
+    """(C,) long tensor: the group of each class; every class must be in exactly one group."""
+    import torch  # here, not above: see group_labels
+
+    return torch.tensor(group_labels(groups, num_classes), dtype=torch.long)
+
+
 def mask_matrix(group_of: torch.Tensor, num_groups: int) -> torch.Tensor:
     """(K, C) bool: M[k, c] is True where class c belongs to group k."""
+    from torch.nn import functional as F
+
     return F.one_hot(group_of, num_groups).T.bool()
 
 
@@ -77,7 +86,7 @@ class Hierarchy:
     def __post_init__(self):
         if _has_empty_node(self.tree):  # a group (or sub-group) of no class would get a softmax over nothing
             raise ConfigError("a group of the partition holds no class: every group needs at least one")
-        group_index(self.groups, len(self.classes))  # raises unless every class is in exactly one group
+        group_labels(self.groups, len(self.classes))  # raises unless every class is in exactly one group
 
     @property
     def groups(self) -> list[list[int]]:
@@ -135,7 +144,6 @@ class Hierarchy:
 
 # ---------------------------------------------------------------- the distances file
 
-DISTANCES_FILE = "distances.npy"  # condensed float32 class distances, beside hierarchy.json
 DISTANCES_FIX = "restore the file the run wrote, or train the run again (step 2 writes it)"
 
 
