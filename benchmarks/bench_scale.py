@@ -31,13 +31,14 @@ import json, sys, time, torch
 from ccn import config as cfgmod
 from ccn.data import load_dataset
 from ccn.data.prepare import prepare_data
+from ccn.plan import DataFacts, resolve
 root, store, pixels = sys.argv[1], sys.argv[2], int(sys.argv[3])
 config = cfgmod.load(None, ["data.name=folder", f"data.root={root}", f"data.image_size={pixels}",
                             f"data.store={store}", "data.val_fraction=0.1", "train.batch_size=128",
                             "train.eval_batch_size=128"])
 start = time.perf_counter()
 ds = load_dataset(config.data)
-data = prepare_data(config, torch.device("cpu"), ds=ds)
+data = prepare_data(resolve(config, DataFacts.of(ds)), torch.device("cpu"), ds=ds)
 loaded = time.perf_counter() - start
 checksum = 0
 for x, y in data.train.epoch(1):

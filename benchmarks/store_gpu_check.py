@@ -12,6 +12,7 @@ from ccn.pipeline import run_training
 from ccn.tracking import RunLog
 from ccn.data import load_dataset
 from ccn.data.prepare import prepare_data
+from ccn.plan import DataFacts, resolve
 
 device = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 scratch = Path(tempfile.mkdtemp())
@@ -29,7 +30,8 @@ for store in ("memory", "disk"):
             "data.val_fraction=0.2", "train.epochs=3", "method.probe_epochs=1", "method.groups=2",
             "train.batch_size=16", "train.progress=false", "train.deterministic=true", f"device={device}"]
     config = cfgmod.load(None, sets)
-    data = prepare_data(config, torch.device(device), ds=load_dataset(config.data))
+    ds = load_dataset(config.data)
+    data = prepare_data(resolve(config, DataFacts.of(ds)), torch.device(device), ds=ds)
     print(store, "train images held as", type(data.train.images).__name__,
           getattr(data.train.images, "device", "per-batch gather"), "| test", type(data.test.images).__name__)
     xb, yb = next(iter(data.train.epoch(1)))

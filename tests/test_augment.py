@@ -114,8 +114,9 @@ def test_cutout_as_large_as_the_image_is_refused_with_the_limit():
     from ccn.data.base import ImageDataset
     from ccn.data.prepare import default_augment
     from ccn.errors import CCNError
+    from ccn.plan import DataFacts, resolve
     images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
     ds = ImageDataset("tiny", ["a", "b"], images, torch.tensor([0, 1]), images, torch.tensor([0, 1]))
     with pytest.raises(CCNError, match="data.cutout=8 is not smaller than the 8 px images of tiny.*at most 7"):
-        default_augment(cfgmod.load(None, ["data.cutout=8"]), ds)
-    assert default_augment(cfgmod.load(None, ["data.cutout=7"]), ds).cutout == 7
+        resolve(cfgmod.load(None, ["data.cutout=8"]), DataFacts.of(ds))
+    assert default_augment(resolve(cfgmod.load(None, ["data.cutout=7"]), DataFacts.of(ds))).cutout == 7

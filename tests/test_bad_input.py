@@ -84,10 +84,11 @@ def test_missing_run_folder_and_image(tmp_path):
 
 def test_torchrun_without_out_and_uneven_batch(tmp_path, monkeypatch):
     from ccn import config as cfgmod
-    from ccn.dist import World
-    from ccn.data.prepare import prepare_data
+    from ccn.data import load_dataset
+    from ccn.plan import DataFacts, resolve
+    config = cfgmod.load(None, ["train.batch_size=33"])
     with pytest.raises(CCNError, match="choose a multiple of 2"):
-        prepare_data(cfgmod.load(None, ["train.batch_size=33"]), torch.device("cpu"), World(0, 2, 0))
+        resolve(config, DataFacts.of(load_dataset(config.data)), world_size=2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     _one_clean_line(run_cli("train", *QUICK), "pass --out")
 
@@ -95,24 +96,25 @@ def test_torchrun_without_out_and_uneven_batch(tmp_path, monkeypatch):
 def test_batches_of_one_image_are_refused_before_training():
     """T7 (issue 21): batch normalisation cannot train on one image per step; PyTorch raised deep
     inside the first step. batch_size=1 is out of range; one training image, or a batch that gives
-    one image per torchrun process, is refused when the data is prepared."""
+    one image per torchrun process, is refused when the run is planned."""
     from ccn import config as cfgmod
     from ccn.data.base import ImageDataset
     from ccn.data.prepare import prepare_data
-    from ccn.dist import World
+    from ccn.plan import DataFacts, resolve
     with pytest.raises(ConfigError, match="train.batch_size must be between 2 and .*batch normalisation"):
         cfgmod.load(None, ["train.batch_size=1"])
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
     one = ImageDataset("tiny", ["a", "b"], images[:1], torch.tensor([0]), images[:2], torch.tensor([0, 1]))
     config = cfgmod.load(None, ["train.batch_size=2", "method.name=flat"])
     with pytest.raises(CCNError, match=r"the training split holds 1 image\(s\), too few to train"):
-        prepare_data(config, torch.device("cpu"), ds=one)
+        resolve(config, DataFacts.of(one))
     two = ImageDataset("tiny", ["a", "b"], images[:2], torch.tensor([0, 1]), images[:2], torch.tensor([0, 1]))
-    assert len(prepare_data(config, torch.device("cpu"), ds=two).train) == 1  # two images: one batch of two
+    plan = resolve(config, DataFacts.of(two))
+    assert plan.steps_per_epoch == len(prepare_data(plan, torch.device("cpu"), ds=two).train) == 1  # one batch of two
     with pytest.raises(CCNError, match=r"train.batch_size=2 gives batches of one image per process \(2 processes\)"
                                        r".*choose at least 4"):
-        prepare_data(config, torch.device("cpu"), World(0, 2, 0), ds=two.__class__(
-            "tiny", ["a", "b"], images, torch.tensor([0, 1, 0, 1]), images[:2], torch.tensor([0, 1])))
+        resolve(config, DataFacts.of(two.__class__(
+            "tiny", ["a", "b"], images, torch.tensor([0, 1, 0, 1]), images[:2], torch.tensor([0, 1]))), world_size=2)
 
 
 def test_resume_after_an_upgrade_that_added_a_config_key(tmp_path):

@@ -91,10 +91,14 @@ def test_evaluate_uses_the_runs_saved_normalisation(folder_run, tmp_path):
     from ccn import config as cfgmod
     import torch
 
+    from ccn.data import load_dataset
     from ccn.data.prepare import prepare_data
+    from ccn.plan import DataFacts, resolve
     config = cfgmod.load(out / "config.yaml", [f"data.root={other}"])
-    data = prepare_data(config, torch.device("cpu"), preprocess=saved["preprocess"])
-    own = prepare_data(config, torch.device("cpu"))  # the other folder's statistics differ: the test can fail
+    ds = load_dataset(config.data)
+    plan = resolve(config, DataFacts.of(ds))
+    data = prepare_data(plan, torch.device("cpu"), ds=ds, preprocess=saved["preprocess"])
+    own = prepare_data(plan, torch.device("cpu"), ds=ds)  # the other folder's statistics differ: the test can fail
     assert (data.normalize.mean.flatten() / 255).tolist() == pytest.approx(saved["preprocess"]["mean"], abs=1e-6)
     assert (own.normalize.mean.flatten() / 255).tolist() != pytest.approx(saved["preprocess"]["mean"], abs=1e-2)
 

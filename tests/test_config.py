@@ -168,10 +168,12 @@ def test_bad_config_values(overrides, words):
 
 
 def test_sizes_that_the_classes_cannot_meet():
+    from ccn.plan import DataFacts, resolve
+    digits = DataFacts("digits", tuple(map(str, range(10))), (20,) * 10, image_size=8, flips=False, store="memory")
     config = cfgmod.load(None, ["method.min_group_size=11"])
     with pytest.raises(ConfigError, match="method.min_group_size=11 is impossible with 10 classes in data digits"):
-        cfgmod.check_against_classes(config, 10, "data digits")
-    cfgmod.check_against_classes(cfgmod.load(None, ["method.min_group_size=10"]), 10)  # one group: allowed
+        resolve(config, digits)
+    resolve(cfgmod.load(None, ["method.min_group_size=10"]), digits)  # one group: allowed
 
 
 # docs/bad-input.md "Config files": the YAML reader itself.

@@ -145,11 +145,16 @@ def test_every_head_and_rule_is_scored_on_the_same_centre_crops():
     """The evaluation transform lives in the data, not in a head: flat and ccn runs get the same
     training crops and the same centred evaluation squares, and every rule is scored from one
     forward pass over them."""
+    from ccn.data import load_dataset
     from ccn.data.prepare import prepare_data
     from ccn.evaluate import score
+    from ccn.plan import DataFacts, resolve
     from ccn.hierarchy import Hierarchy
     from ccn.network import build_model
-    runs = {m: prepare_data(_resized_config(m), torch.device("cpu")) for m in ("flat", "ccn")}
+    configs = {m: _resized_config(m) for m in ("flat", "ccn")}
+    datasets = {m: load_dataset(c.data) for m, c in configs.items()}
+    runs = {m: prepare_data(resolve(c, DataFacts.of(datasets[m])), torch.device("cpu"), ds=datasets[m])
+            for m, c in configs.items()}
     flat, ccn = runs["flat"], runs["ccn"]
     assert flat.ds.image_size == 16  # round(14 / 0.875)
     for a, b in [(flat.train, ccn.train), (flat.test, ccn.test), (flat.probe, ccn.probe)]:

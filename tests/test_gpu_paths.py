@@ -142,9 +142,12 @@ def test_logged_loss_equals_the_true_one_over_a_long_bf16_epoch():
 
 
 def test_probe_set_train_puts_the_training_images_on_the_device_once():
+    from ccn.data import load_dataset
     from ccn.data.prepare import prepare_data
+    from ccn.plan import DataFacts, resolve
     config = cfgmod.load(None, ["data.train_per_class=5", "data.test_per_class=2"])
-    data = prepare_data(config, torch.device("meta"))  # each .to("meta") would make a new tensor
+    ds = load_dataset(config.data)
+    data = prepare_data(resolve(config, DataFacts.of(ds)), torch.device("meta"), ds=ds)  # each .to("meta") would make a new tensor
     assert data.probe.images is data.train.images and data.probe.labels is data.train.labels
 
 

@@ -53,8 +53,8 @@ def test_cut_gives_exactly_k_groups_and_threshold_works():
         assert len(parts) == k and sorted(c for g in parts for c in g) == list(range(8))
     parts, _ = learned_partition(class_distances(S), threshold=0.5)
     assert sorted(parts) == [[0, 1], [2, 3], [4, 5], [6, 7]]
-    with pytest.raises(ConfigError, match="method.groups=9 is impossible"):
-        learned_partition(class_distances(S), num_groups=9)
+    with pytest.raises(ValueError, match="num_groups=9 is impossible with 8 classes"):
+        learned_partition(class_distances(S), num_groups=9)  # a run is refused before (ccn.plan)
 
 
 def test_size_bounds():

@@ -107,12 +107,13 @@ def test_probe_holdout_removes_the_same_images_from_flat_and_ccn(planted):
     """probe_set=holdout takes images out of training for every method, so a flat baseline of the
     same grid trains on exactly the images its ccn runs train on (pairing)."""
     from ccn.data.prepare import prepare_data
+    from ccn.plan import DataFacts, resolve
     import torch
     datas = {}
     for method in ("flat", "ccn"):
         config = cfgmod.load(None, ["data.name=synthetic", f"method.name={method}", "method.probe_set=holdout",
                                     "method.holdout_fraction=0.2"])
-        datas[method] = prepare_data(config, torch.device("cpu"), ds=planted)
+        datas[method] = prepare_data(resolve(config, DataFacts.of(planted)), torch.device("cpu"), ds=planted)
     assert len(datas["flat"].train.labels) == len(datas["ccn"].train.labels) == 16 * 48
     assert torch.equal(datas["flat"].train.images, datas["ccn"].train.images)
 

@@ -1,7 +1,6 @@
 """Strong augmentation (data.augment): every operation against PIL on real images, per-image draws,
 seeding, identities at magnitude 0, the config keys and a short training run."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from ccn.data.policies import (OPERATIONS, STANDARD, WIDE, AutoAugment, RandAugm
                                make_policy, op_values)
 from ccn.errors import ConfigError
 from ccn.data.prepare import default_augment
+from ccn.plan import DataFacts, resolve
 from conftest import run_cli
 
 # Tolerance against PIL, per operation and value, over 8 real images: mean |ours - PIL| below 0.1
@@ -201,7 +201,8 @@ def test_config_keys_build_the_policy_and_reject_bad_values():
     config = cfgmod.load(None, ["data.augment=randaugment", "data.randaugment_n=3", "data.randaugment_m=5"])
     assert make_policy(config.data.augment, config.data.randaugment_n, config.data.randaugment_m) == RandAugment(3, 5)
     assert make_policy("none") is None
-    augment = default_augment(config, SimpleNamespace(image_size=32, flip=True))
+    facts = DataFacts("tiny", ("a", "b"), (4, 4), image_size=32, flips=True, store="memory")
+    augment = default_augment(resolve(config, facts))
     assert augment.policy == RandAugment(3, 5) and augment.crop_padding == 4
     for override, key in [("data.augment=autoaug", "data.augment"), ("data.randaugment_m=31", "data.randaugment_m"),
                           ("data.randaugment_n=-1", "data.randaugment_n")]:

@@ -21,6 +21,7 @@ from ccn.config import DataConfig
 from ccn.data import load_dataset, store
 from ccn.data.base import channel_stats, split_per_class
 from ccn.data.prepare import prepare_data
+from ccn.plan import DataFacts, resolve
 from ccn.data.store import ImageRows
 from ccn.errors import ConfigError, DataError, WriteError
 from conftest import REPO, run_cli
@@ -83,7 +84,7 @@ def test_splits_and_caps_are_views_of_one_store(tmp_path):
     root = make_folder(tmp_path / "d")
     ds = load_dataset(folder_config(root, store="disk", train_per_class=5))
     config = cfgmod.load(None, ["data.val_fraction=0.2", "method.probe_set=holdout", "method.holdout_fraction=0.25"])
-    data = prepare_data(config, torch.device("cpu"), ds=ds)
+    data = prepare_data(resolve(config, DataFacts.of(ds)), torch.device("cpu"), ds=ds)
     for images in (data.train.images, data.test.images, data.probe.images):
         assert isinstance(images, ImageRows) and images.base is ds.train_images.base  # no pixel copied
     assert len(data.train.images) + len(data.test.images) + len(data.probe.images) == 15
@@ -291,7 +292,7 @@ def test_split_keeps_a_training_image_of_every_class_and_the_old_selection_elsew
 def test_validation_statistics_exclude_the_validation_images():
     config = cfgmod.load(None, ["data.val_fraction=0.5"])
     ds = load_dataset(config.data)
-    data = prepare_data(config, torch.device("cpu"), ds=ds)
+    data = prepare_data(resolve(config, DataFacts.of(ds)), torch.device("cpu"), ds=ds)
     keep, _ = split_per_class(ds.train_labels, 0.5, 54321)
     expected = channel_stats(ds.train_images[keep])
     assert np.allclose((data.normalize.mean.flatten() / 255).tolist(), expected[0])

@@ -173,7 +173,7 @@ BROKEN = [
 
 
 def test_label_files_saved_with_a_byte_order_mark_are_read(tmp_path):
-    """A UTF-8 byte-order mark (as Windows editors save files) is dropped by ccn.validate.read_text, as
+    """A UTF-8 byte-order mark (as Windows editors save files) is dropped by ccn.file_checks.read_text, as
     for every label file ccn reads, so the first id is not taken for an unknown class."""
     root = write_tiny(tmp_path / "tiny-imagenet-200", train_per_class=1)
     for name in ("wnids.txt", "val/val_annotations.txt"):

@@ -14,9 +14,9 @@ from safetensors.torch import save
 
 from ccn.errors import CCNError
 from ccn.files import atomic_write, fault_point, regular_file_size
+from ccn.file_checks import (Invalid, checked, parse_json, require_int, require_keys, require_list, require_mapping,
+                             require_number, require_numbers, require_str)
 from ccn.records import STATE, header_record, read_record, split_header, stamp
-from ccn.validate import (Invalid, checked, parse_json, require_int, require_keys, require_list, require_mapping,
-                          require_number, require_numbers, require_str)
 
 
 def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:

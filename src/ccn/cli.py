@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ccn.errors import CCNError, WriteError
-from ccn.validate import printable  # every name and path printed as text (no torch: the import stays light)
+from ccn.file_checks import printable  # every name and path printed as text (no torch: the import stays light)
 
 EXIT_USAGE = 2
 
@@ -167,24 +167,28 @@ def _wordnet(args) -> None:
 
 
 def _evaluate(args) -> None:
+    from ccn.data import load_dataset
     from ccn.dist import autocast, resolve_device
     from ccn.evaluate import score
     from ccn.data.prepare import check_saved_image_side, prepare_data
+    from ccn.plan import DataFacts, resolve
     from ccn.runs import check_same_classes, check_same_eval_set, load_run
 
     config, model, hierarchy, saved = load_run(Path(args.run_dir), args.set)
     device = resolve_device(config.device)
-    data = prepare_data(config, device, preprocess=saved["preprocess"])
-    check_same_classes(saved, data.ds.classes, data.ds.name)
-    check_saved_image_side(data.ds, saved["preprocess"])
+    ds = load_dataset(config.data)
+    check_same_classes(saved, ds.classes, ds.name)  # other data (--set data.root) is named as such first
+    check_saved_image_side(ds, saved["preprocess"])
+    plan = resolve(config, DataFacts.of(ds))  # --set train.tta=mirror on data never flipped stops here
+    data = prepare_data(plan, device, ds=ds, preprocess=saved["preprocess"])
     check_same_eval_set(Path(args.run_dir), saved, data.eval_set)
     model.to(device)
-    result = score(model, data.test, hierarchy.mask() if hierarchy is not None else None, config.method.inference,
-                   lambda: autocast(device, config.train.bf16), config.train.tta)
+    result = score(model, data.test, hierarchy.mask() if hierarchy is not None else None, plan.inference,
+                   lambda: autocast(device, config.train.bf16), plan.tta)
     result.pop("per_group_top1", None)
     # which images were scored (the test set, or the run's validation split) and over which test-time views
     print(json.dumps({"data": data.ds.name, "eval_set": data.eval_set, "test_images": len(data.test.labels),
-                      "tta": config.train.tta, **result}, indent=2))
+                      "tta": plan.tta, **result}, indent=2))
 
 
 def _predict(args) -> None:
@@ -330,7 +334,7 @@ PATH_ARGUMENTS = {"config": "--config", "out": "--out", "resume": "--resume", "r
 
 def _check_paths(args) -> None:
     """Every path on the command line could name a file (config values are checked in ccn.config)."""
-    from ccn.validate import check_path
+    from ccn.file_checks import check_path
 
     for name, what in PATH_ARGUMENTS.items():
         value = getattr(args, name, None)

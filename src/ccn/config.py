@@ -1,7 +1,12 @@
 """Typed configuration: dataclasses, YAML files and `--set key=value` overrides.
 
 Every run writes its fully resolved config to `config.yaml`, so a run folder says exactly what was
-done. Defaults marked "ours" are choices the paper leaves open (see docs/method.md).
+asked, and beside it `plan.json`: the defaults that depend on the data set, resolved (ccn.plan).
+Defaults marked "ours" are choices the paper leaves open (see docs/method.md).
+
+The rules checked here (`check_rules`, whenever a config is read) need no data: ranges (LIMITS),
+keys that mean something only beside another setting (ONLY_WHEN), pairs that would override each
+other (EXCLUSIVE), and the method's schedule. Rules that need the data set are ccn.plan.resolve's.
 
 Names, everywhere in the package, tests and benchmarks: `config` is a `Config` (one run's settings);
 this module, where its functions are needed, is imported as `from ccn import config as cfgmod`
@@ -19,12 +24,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
 from ccn.errors import CCNError, ConfigError
-from ccn.validate import check_path, file_problem, read_text
+from ccn.file_checks import check_path, file_problem, read_text
 
 
 @dataclass
@@ -207,7 +212,7 @@ def from_dict(raw: dict | None, base: Config | None = None) -> Config:
     """Overlay a nested dict (from YAML) on `base` (default: defaults); check keys and types."""
     config = base if base is not None else Config()
     config = _overlay(config, raw or {}, prefix="")
-    validate(config)
+    check_rules(config)
     return config
 
 
@@ -219,13 +224,13 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> C
     try:  # name the file in what is wrong with its values (an edited config.yaml of a run, say)
         config = _overlay(Config(), raw, prefix="")
         if not overrides:
-            validate(config)
+            check_rules(config)
     except ConfigError as err:
         raise ConfigError(f"config file {path}: {err}" if path is not None else str(err)) from None
     for item in overrides:
         key, value = parse_override(item)
         config = _overlay(config, nest({key: value}), prefix="")
-    validate(config)
+    check_rules(config)
     return config
 
 
@@ -488,26 +493,98 @@ LIMITS: dict[str, Bounds] = {
     "method.max_group_size": Bounds(1, BIG),
     "method.flat_weight": Bounds(0, 1000),
     "method.blend_weight": Bounds(0, 1),
-    "method.depth": Bounds(1, None),  # above 2: see validate
+    "method.depth": Bounds(1, None),  # above 2: see check_rules
     "method.split_min_size": Bounds(2, BIG),
     "method.sparse_above": Bounds(2, BIG),
     "method.top_k": Bounds(2, BIG),
 }
 
-# (key, default): keys that only matter when another key has a given value. Setting one to anything
-# but its default while it does not matter would be silently ignored, so it is refused instead.
-ONLY_WHEN = {
-    "train.gamma": ("train.schedule", "step"),
-    "train.milestones": ("train.schedule", "step"),
-    "data.num_classes": ("data.name", "synthetic"),
-    "data.num_groups": ("data.name", "synthetic"),
-    "data.randaugment_n": ("data.augment", "randaugment"),
-    "data.randaugment_m": ("data.augment", "randaugment"),
-    "model.whiten_bias_epochs": ("model.name", "airbench"),
-    "data.workers": ("data.store", "stream"),
-    "data.alphabets": ("data.name", "omniglot"),
-    "data.train_drawers": ("data.name", "omniglot"),
-    "data.worker_timeout": ("data.store", "stream"),
+@dataclass(frozen=True)
+class When:
+    """When a key means something. Set to anything but its default while `holds(config)` is false,
+    the key would be silently ignored (or silently override another), so `refusal` is said instead:
+    one line, with {key}, {value} and {here} (what the deciding setting is now) filled in."""
+
+    holds: Callable[["Config"], bool]
+    refusal: str
+    here: Callable[["Config"], object] = lambda config: ""
+
+    def problem(self, config: "Config", key: str) -> Optional[str]:
+        if get_key(config, key) == _default_of(key) or self.holds(config):
+            return None
+        return self.refusal.format(key=key, value=get_key(config, key), here=self.here(config))
+
+
+def equals(other: str, needed) -> When:
+    """Only when the key `other` is `needed`."""
+    return When(lambda config: get_key(config, other) == needed,
+                f"{{key}} only applies when {other}={needed} (here {other}={{here}}): remove {{key}}, or set "
+                f"{other}={needed}", lambda config: get_key(config, other))
+
+
+def for_ccn(holds: Callable[["Config"], bool]) -> Callable[["Config"], bool]:
+    """A method key's condition, which flat runs (the baselines of a grid that sets it) meet anyway."""
+    return lambda config: config.method.name != "ccn" or holds(config)
+
+
+_LOOKAHEAD_ON = When(lambda c: c.train.lookahead_every > 0,
+                     "{key} only applies when train.lookahead_every is above 0 (the lookahead is off): remove {key}, "
+                     "or set train.lookahead_every (airbench: 5)")
+_BATCHNORM = When(lambda c: c.model.norm != "none",
+                  "{key} acts on BatchNorm layers, and model.norm=none has none: remove {key}, or set model.norm=batch")
+_RESIZED_CROP = When(lambda c: training_crop(c.data) == "random_resized",
+                     "{key} only applies when data.crop=random_resized (here data.crop=pad): remove {key}, or set "
+                     "data.crop=random_resized")
+_PAD_CROP = When(lambda c: training_crop(c.data) == "pad",
+                 "{key} only applies when data.crop=pad (here data.crop=random_resized): remove it, or set data.crop=pad")
+_NOT_BALANCED = When(for_ccn(lambda c: c.method.clustering != "balanced"),
+                     "{key} cannot be used with method.clustering=balanced, which makes K groups of equal size: "
+                     "remove it, or use method.clustering=agglomerative")
+
+# Keys that only mean something under a condition on other keys (set to anything but their default
+# otherwise, each is refused: it would be silently ignored). The one table of such rules; rules that
+# need the data set are ccn.plan's.
+ONLY_WHEN: dict[str, When] = {
+    "train.gamma": equals("train.schedule", "step"),
+    "train.milestones": equals("train.schedule", "step"),
+    "data.num_classes": equals("data.name", "synthetic"),
+    "data.num_groups": equals("data.name", "synthetic"),
+    "data.randaugment_n": equals("data.augment", "randaugment"),
+    "data.randaugment_m": equals("data.augment", "randaugment"),
+    "model.whiten_bias_epochs": equals("model.name", "airbench"),
+    "data.workers": equals("data.store", "stream"),
+    "data.alphabets": equals("data.name", "omniglot"),
+    "data.train_drawers": equals("data.name", "omniglot"),
+    "data.worker_timeout": equals("data.store", "stream"),
+    "train.lookahead_decay": _LOOKAHEAD_ON,
+    "train.lookahead_start": _LOOKAHEAD_ON,
+    "train.bn_eps": _BATCHNORM,
+    "train.bn_momentum": _BATCHNORM,
+    "train.bn_weight": _BATCHNORM,
+    "train.bn_bias_lr": _BATCHNORM,
+    "data.crop_scale": _RESIZED_CROP,
+    "data.crop_ratio": _RESIZED_CROP,
+    "data.eval_crop": _RESIZED_CROP,
+    "data.crop_padding": _PAD_CROP,
+    "data.pad_mode": _PAD_CROP,
+    "data.wordnet_groups": When(lambda c: c.data.wordnet is not None,
+                                "data.wordnet_groups={value} cuts the WordNet tree, which data.wordnet=FOLDER (WordNet "
+                                "3.0's data.noun) gives: set data.wordnet, or remove data.wordnet_groups"),
+    "method.probe_epochs": When(lambda c: c.method.cluster_epoch is None,
+                                "method.cluster_epoch and method.probe_epochs cannot both be set (cluster_epoch would "
+                                "silently replace probe_epochs): keep one"),
+    "method.random_sizes": When(for_ccn(lambda c: c.method.partition == "random"),
+                                "method.random_sizes={value} only applies when method.partition=random (here {here}): "
+                                "remove it, or set method.partition=random", lambda c: c.method.partition),
+    "method.recurse_epoch": When(for_ccn(lambda c: recurses(c.method)),
+                                 "method.recurse_epoch is set but nothing is split again: set method.depth=2 (and a "
+                                 "learned or random partition), or remove method.recurse_epoch"),
+    "method.top_k": When(for_ccn(lambda c: c.method.metric == "l1"),
+                         "method.top_k is for method.metric=l1 only (metric is {here}): remove it",
+                         lambda c: c.method.metric),
+    "method.threshold": _NOT_BALANCED,
+    "method.min_group_size": _NOT_BALANCED,
+    "method.max_group_size": _NOT_BALANCED,
 }
 
 # Pairs where setting both would let one silently win over the other.
@@ -529,11 +606,11 @@ def _default_of(key: str):
     return get_key(Config(), key)
 
 
-# checked as paths (ccn.validate.check_path)
+# checked as paths (ccn.file_checks.check_path)
 PATH_KEYS = ("data.root", "data.wordnet", "model.init", "method.groups_file")
 
 
-def validate(config: Config) -> None:
+def check_rules(config: Config) -> None:
     """Reject values no run could use, and combinations where one key would silently override
     another, naming the keys and what is allowed."""
     _check_finite(config)
@@ -552,7 +629,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"method.depth={meth.depth}: only depth 1 (groups) and 2 (groups split once more) are "
                           "implemented; use method.depth=2")
     if meth.name == "ccn":
-        _validate_method_schedule(config)
+        _check_method_schedule(config)
     if t.warmup_epochs >= t.epochs:
         raise ConfigError(f"train.warmup_epochs ({t.warmup_epochs}) must be smaller than train.epochs ({t.epochs})")
     _check_milestones(t.milestones)
@@ -606,17 +683,8 @@ RATIO_RANGE = (0.01, 100.0)  # aspect ratios a crop box may be drawn with
 
 
 def _check_crop(d: DataConfig) -> None:
-    crop = training_crop(d)
-    if crop == "pad":
-        for key in ("data.crop_scale", "data.crop_ratio", "data.eval_crop"):
-            if get_key(Config(data=d), key) != _default_of(key):
-                raise ConfigError(f"{key} only applies when data.crop=random_resized (here data.crop=pad): remove "
-                                  f"{key}, or set data.crop=random_resized")
+    if training_crop(d) == "pad":  # the keys of the other crop: ONLY_WHEN
         return
-    for key in ("data.crop_padding", "data.pad_mode"):
-        if get_key(Config(data=d), key) != _default_of(key):
-            raise ConfigError(f"{key} only applies when data.crop=pad (here data.crop=random_resized): remove "
-                              "it, or set data.crop=pad")
     if d.image_size is None and d.name != "imagenet":
         raise ConfigError("data.crop=random_resized needs data.image_size, the side the model sees (e.g. 224): set it")
     _check_range_pair("data.crop_scale", d.crop_scale, 0.0, 1.0, "e.g. [0.08, 1.0]")
@@ -640,51 +708,46 @@ def _check_milestones(milestones: list) -> None:
 
 
 def _check_combinations(config: Config) -> None:
-    for key, (other, needed) in ONLY_WHEN.items():
-        if get_key(config, key) != _default_of(key) and get_key(config, other) != needed:
-            raise ConfigError(f"{key} only applies when {other}={needed} (here {other}={get_key(config, other)}): "
-                              f"remove {key}, or set {other}={needed}")
+    for key, when in ONLY_WHEN.items():
+        problem = when.problem(config, key)
+        if problem:
+            raise ConfigError(problem)
     for a, b, why in EXCLUSIVE:
         if get_key(config, a) is not None and get_key(config, b) is not None:
             raise ConfigError(f"{a} and {b} cannot both be set ({why}, so one would silently override the "
                               "other): keep one")
     _check_fast_keys(config)
-    if config.data.wordnet_groups is not None and config.data.wordnet is None:
-        raise ConfigError(f"data.wordnet_groups={config.data.wordnet_groups} cuts the WordNet tree, which "
-                          "data.wordnet=FOLDER (WordNet 3.0's data.noun) gives: set data.wordnet, or remove "
-                          "data.wordnet_groups")
-    meth = config.method
-    if meth.cluster_epoch is not None and meth.probe_epochs != _default_of("method.probe_epochs"):
-        raise ConfigError("method.cluster_epoch and method.probe_epochs cannot both be set (cluster_epoch would "
-                          "silently replace probe_epochs): keep one")
 
 
 def _check_fast_keys(config: Config) -> None:
     """The airbench keys that only mean something beside another setting (README "fast recipe")."""
     t, d = config.train, config.data
-    if t.lookahead_every == 0:
-        for key in ("train.lookahead_decay", "train.lookahead_start"):
-            if get_key(config, key) != _default_of(key):
-                raise ConfigError(f"{key} only applies when train.lookahead_every is above 0 (the lookahead is off): "
-                                  f"remove {key}, or set train.lookahead_every (airbench: 5)")
-    elif t.lookahead_start >= t.epochs:
+    if t.lookahead_every > 0 and t.lookahead_start >= t.epochs:
         raise ConfigError(f"train.lookahead_start={t.lookahead_start} leaves no epoch of train.epochs={t.epochs} for the "
                           "lookahead average: set it below train.epochs")
-    if config.model.norm == "none":
-        for key in ("train.bn_eps", "train.bn_momentum", "train.bn_weight", "train.bn_bias_lr"):
-            if get_key(config, key) != _default_of(key):
-                raise ConfigError(f"{key} acts on BatchNorm layers, and model.norm=none has none: remove {key}, or "
-                                  "set model.norm=batch")
-    if d.flip_mode == "alternate" and d.flip is False:
-        raise ConfigError("data.flip_mode=alternate with data.flip=false: the images are never flipped; "
-                          "remove data.flip_mode, or set data.flip=true")
-    if t.tta != "none" and d.flip is False:  # data that flips only by its own choice is checked with the data
-        raise ConfigError(f"train.tta={t.tta} scores mirror images, but data.flip=false: the training images are "
-                          "never flipped; set train.tta=none, or data.flip=true if mirror images keep their labels' "
-                          "meaning")
+    if d.flip is False:  # data that is not flipped by its own choice is checked with the data (ccn.plan)
+        check_mirror_keys(config)
 
 
-def _validate_method_schedule(config: Config) -> None:
+def check_mirror_keys(config: Config, unflipped_data: Optional[str] = None) -> None:
+    """The keys that mirror images, refused on images that are never flipped: the alternate flip, and
+    train.tta's mirror views, which would score images whose meaning changed and lower the score
+    silently. `unflipped_data`: the data set whose own choice is not to flip (ccn.plan.resolve);
+    None: data.flip=false said so (checked when the config is read)."""
+    d, tta = config.data, config.train.tta
+    why = (f"data {unflipped_data} is not flipped (a flip would change its labels' meaning)" if unflipped_data
+           else None)
+    if d.flip_mode == "alternate":
+        raise ConfigError(f"data.flip_mode=alternate, but {why}: remove data.flip_mode, or set data.flip=true" if why
+                          else "data.flip_mode=alternate with data.flip=false: the images are never flipped; "
+                               "remove data.flip_mode, or set data.flip=true")
+    if tta != "none":
+        why = why or "data.flip=false: the training images are never flipped"
+        raise ConfigError(f"train.tta={tta} scores mirror images, but {why}: set train.tta=none, or data.flip=true "
+                          "if mirror images keep their labels' meaning")
+
+
+def _check_method_schedule(config: Config) -> None:
     """Refuse settings that would make a ccn run mean something other than its name."""
     meth, epochs = config.method, config.train.epochs
     cluster_epoch = clustering_epoch(meth)
@@ -704,51 +767,25 @@ def _validate_method_schedule(config: Config) -> None:
             raise ConfigError(
                 f"method.depth={meth.depth} splits groups after epoch {recursion_epoch(meth)} but train.epochs is "
                 f"{epochs}: raise train.epochs or set method.recurse_epoch lower")
-    if meth.recurse_epoch is not None and (meth.depth == 1 or meth.partition == "file"):
-        raise ConfigError("method.recurse_epoch is set but nothing is split again: set method.depth=2 (and a learned "
-                          "or random partition), or remove method.recurse_epoch")
     if meth.min_group_size and meth.max_group_size and meth.min_group_size > meth.max_group_size:
         raise ConfigError(f"method.min_group_size ({meth.min_group_size}) must not exceed method.max_group_size "
                           f"({meth.max_group_size})")
-    _validate_partition(meth)
-    _validate_sparse(meth)
+    _check_partition(meth)
+    _check_sparse(meth)
 
 
-def _validate_sparse(meth: MethodConfig) -> None:
-    """top_k is L1's and must keep the largest group whole (twice its size: the issue-18 measurement
+def _check_sparse(meth: MethodConfig) -> None:
+    """top_k (L1 only: ONLY_WHEN) must keep the largest group whole (twice its size: the issue-18 measurement
     that k = 16 collapsed the groups)."""
-    if meth.top_k is not None and meth.metric != "l1":
-        raise ConfigError(f"method.top_k is for method.metric=l1 only (metric is {meth.metric}): remove it")
     if meth.top_k is not None and meth.max_group_size is not None and meth.top_k < 2 * meth.max_group_size:
         raise ConfigError(f"method.top_k={meth.top_k} is below twice method.max_group_size={meth.max_group_size}: "
                           "sparse profiles that keep fewer entries than a group has split it; "
                           f"set method.top_k to {2 * meth.max_group_size} or more")
 
 
-def _validate_partition(meth: MethodConfig) -> None:
+def _check_partition(meth: MethodConfig) -> None:
     if (meth.partition == "file") != (meth.groups_file is not None):
         raise ConfigError("method.partition=file and method.groups_file=PATH go together: set both, or neither")
-    if meth.random_sizes != "learned" and meth.partition != "random":
-        raise ConfigError(f"method.random_sizes={meth.random_sizes} only applies when method.partition=random (here "
-                          f"{meth.partition}): remove it, or set method.partition=random")
-    if meth.clustering == "balanced":
-        for key, value in [("method.threshold", meth.threshold), ("method.min_group_size", meth.min_group_size),
-                           ("method.max_group_size", meth.max_group_size)]:
-            if value is not None:
-                raise ConfigError(f"{key} cannot be used with method.clustering=balanced, which makes K groups of "
-                                  "equal size: remove it, or use method.clustering=agglomerative")
-
-
-def check_against_classes(config: Config, num_classes: int, source: str = "the data") -> None:
-    """Checks that need the class count, made once the data is loaded and before training starts."""
-    meth = config.method
-    if meth.name != "ccn":
-        return
-    for key in ("method.groups", "method.min_group_size"):
-        value = get_key(config, key)
-        if value is not None and value > num_classes:
-            raise ConfigError(f"{key}={value} is impossible with {num_classes} classes in {source}: "
-                              f"choose between 1 and {num_classes}")
 
 
 def clustering_epoch(meth: MethodConfig) -> int:

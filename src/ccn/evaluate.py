@@ -131,7 +131,6 @@ def group_counts(log_p: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) 
     }
 
 
-TTA_MODES = ("none", "mirror", "mirror_translate")
 
 
 def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
@@ -143,9 +142,7 @@ def _views(x: torch.Tensor, tta: str) -> list[tuple[float, torch.Tensor]]:
     mirrored = [(0.5, x), (0.5, x.flip(-1))]
     if tta == "mirror":
         return mirrored
-    if tta != "mirror_translate":
-        raise ValueError(f"unknown train.tta {tta!r}; choose one of: {', '.join(TTA_MODES)}")
-    h, w = x.shape[-2:]
+    h, w = x.shape[-2:]  # mirror_translate: the config allows no other value (TrainConfig.tta)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
     shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
     return [(wt / 2, v) for wt, v in mirrored] + [(wt / 4, v.flip(-1) if flip else v)

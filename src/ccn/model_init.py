@@ -14,7 +14,7 @@ from ccn.config import Config
 from ccn.errors import CCNError
 from ccn.models.base import configure_batchnorm
 from ccn.runfiles import read_results
-from ccn.validate import file_problem
+from ccn.file_checks import file_problem
 
 
 def init_weights_file(source: str) -> tuple[Path, Optional[list[str]]]:

@@ -25,8 +25,8 @@ import torch
 from ccn import config as cfgmod
 from ccn.config import Config
 from ccn.checkpoint import check_run_state, read_training_state, restore_training_state, save_training_state
-from ccn.files import fault_point
-from ccn.data import ImageDataset
+from ccn.files import fault_point, write_json
+from ccn.data import ImageDataset, load_dataset
 from ccn.data.digest import data_digest
 from ccn.data.prepare import RunData, fit_sample, prepare_data, preprocess_facts, uses_channels_last
 from ccn.dist import (World, autocast, check_ranks_agree, configure_backends, init_distributed,
@@ -35,17 +35,17 @@ from ccn.ema import WeightAverage
 from ccn.errors import CCNError
 from ccn.evaluate import batch_outputs, score
 from ccn.hierarchy import Hierarchy, read_groups_file
-from ccn.hierarchy.partition import check_top_k
 from ccn.hierarchy.profiles import flat_profiles, form_groups, split_large_groups
 from ccn.hierarchy.truth import true_tree
 from ccn.model_init import load_initial_weights
 from ccn.models import count_parameters
 from ccn.provenance import code_version
-from ccn.runfiles import STATE_FILE
+from ccn.runfiles import PLAN_FILE, STATE_FILE
 from ccn.runs import config_digest, recorded_config, write_distances, write_run
 from ccn.network import build_model, make_head, tree_head_from
 from ccn.tracking import RunLog
-from ccn.train import EpochProgress, Trainer, check_lookahead_budget
+from ccn.plan import DataFacts, RunPlan, resolve
+from ccn.train import EpochProgress, Trainer
 
 def seed_everything(seed: int, deterministic: bool, device: torch.device = torch.device("cpu")) -> None:
     torch.manual_seed(seed)
@@ -66,6 +66,7 @@ def run_training(config: Config, out_dir: Optional[Path], log: Optional[RunLog] 
         on_start()
     if resume:
         run.resume()
+    run.write_plan()
     return run.train()
 
 
@@ -92,13 +93,14 @@ class MethodRun:
         init_distributed(world, self.device)
         seed_everything(config.seed, config.train.deterministic, self.device)
         with main_rank_first(world, self.device):  # one process downloads, extracts and caches
-            self.data = prepare_data(config, self.device, world, ds)
+            ds = ds if ds is not None else load_dataset(config.data)
+        # every default fixed and every rule that needs the data checked, once: what follows trusts it
+        self.plan = resolve(config, DataFacts.of(ds), world.world_size)
+        self.data = prepare_data(self.plan, self.device, world, ds)
         check_ranks_agree(self._image_counts(), self.device)
         self.ds = self.data.ds
         # the data set's own hierarchy, where it has one: the final scores add coarse top-1 and mistake severity
         self.true_tree = true_tree(self.ds.coarse, self.ds.tree_paths)
-        cfgmod.check_against_classes(config, self.ds.num_classes, f"data {self.ds.name}")
-        check_top_k(config.method, self.ds.num_classes)  # before the probe epochs, not after them
         # a resumed run takes its weights and groups from its checkpoint: the files named by
         # model.init and method.groups_file are not needed again
         resuming = resume and self._checkpoint_path() is not None and os.path.lexists(self._checkpoint_path())
@@ -117,9 +119,7 @@ class MethodRun:
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.train.sync_bn and world.world_size > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.trainer = Trainer(self.model, config.train, self.device, len(self.data.train))
-        cfgmod.check_step_budget(config, len(self.data.train))
-        check_lookahead_budget(config.train, len(self.data.train))
+        self.trainer = Trainer(self.model, config.train, self.device, self.plan.steps_per_epoch)
         self.hierarchy: Optional[Hierarchy] = None
         self.stage = "flat" if config.method.name == "flat" else "probe"
         self._wrap()
@@ -139,11 +139,16 @@ class MethodRun:
         self.log.info(f"model.init: backbone from {record['from']} ({record['layout']} layout); {head}")
         return record
 
+    def write_plan(self) -> None:
+        """plan.json beside config.yaml: the resolved plan the run trains by (ccn.plan)."""
+        if self.out_dir is not None and self.world.is_main:
+            write_json(Path(self.out_dir) / PLAN_FILE, self.plan.to_json())
+
     # -- the loop
 
     def train(self) -> dict:
-        config, meth = self.config, self.config.method
-        self.log.info(describe_run(config, self.ds, self.model, self.device, len(self.data.train)))
+        config = self.config
+        self.log.info(describe_run(self.plan, self.ds, self.model, self.device))
         if "store" in self.ds.notes:  # which store data.store=auto picked, and why
             self.log.info(f"data store: {self.ds.notes['store']}")
         for epoch in range(self.first_epoch, config.train.epochs + 1):
@@ -164,11 +169,11 @@ class MethodRun:
                                "(or add train.warmup_epochs) and run again")
             row_stage = self.stage
             scores = self.score_saved_weights()  # the head this epoch trained
-            if meth.name == "ccn" and epoch == cfgmod.clustering_epoch(meth):
+            if epoch == self.plan.clustering_epoch:  # None for a flat run
                 fault_point("after-probe")
                 self.cluster_classes(epoch)
                 fault_point("after-clustering")
-            elif meth.name == "ccn" and cfgmod.recurses(meth) and epoch == cfgmod.recursion_epoch(meth):
+            elif epoch == self.plan.recursion_epoch:  # None when nothing is split again
                 self.recurse(epoch)
             self.log.epoch({"epoch": epoch, "epochs": config.train.epochs, "stage": row_stage, **stats,
                             "top1": scores["top1"], "top5": scores["top5"], "weights": self.saved_weights(),
@@ -184,7 +189,7 @@ class MethodRun:
         if not bool(torch.isfinite(profiles).all()):  # the loss can stay finite while the outputs overflow
             raise CCNError(f"the network's outputs are not finite after epoch {epoch}, so classes cannot be grouped: "
                            "lower train.lr (or add train.warmup_epochs) and run again")
-        self.hierarchy = form_groups(self.config, profiles, self.ds, epoch)
+        self.hierarchy = form_groups(self.config, profiles, self.ds, epoch, self.plan.num_groups)
         # the probe's floating point depends on the thread count, and so may the groups: the report
         # compares it between variants that should learn the same partition
         self.hierarchy.how["probe_cpu_threads"] = torch.get_num_threads()
@@ -239,8 +244,8 @@ class MethodRun:
         """The scored set under the run's rule; the final scores (results.json) with train.tta's views,
         the per-epoch rows without (as airbench: test-time augmentation multiplies the cost of a score)."""
         mask = self.hierarchy.mask() if self.hierarchy is not None else None
-        return score(self.model, self.data.test, mask, self.config.method.inference, self.precision,
-                     self.config.train.tta if final else "none", self.true_tree if final else None)
+        return score(self.model, self.data.test, mask, self.plan.inference, self.precision,
+                     self.plan.tta if final else "none", self.true_tree if final else None)
 
     def saved_weights(self) -> str:
         """Which weights model.safetensors will hold: the average when train.ema is on."""
@@ -437,11 +442,11 @@ class MethodRun:
 SUMS = "epoch_sums."  # a step checkpoint's loss sums of the unfinished epoch
 
 
-def describe_run(config: Config, ds: ImageDataset, model: torch.nn.Module, device, steps: int) -> str:
-    meth = config.method
+def describe_run(plan: RunPlan, ds: ImageDataset, model: torch.nn.Module, device) -> str:
+    config, meth, steps = plan.config, plan.config.method, plan.steps_per_epoch
     budget = f" (stops after train.max_steps={config.train.max_steps})" if config.train.max_steps else ""
     method = "flat baseline" if meth.name == "flat" else (
-        f"ccn: {meth.probe_epochs} probe epoch(s), groups after epoch {cfgmod.clustering_epoch(meth)}, "
+        f"ccn: {meth.probe_epochs} probe epoch(s), groups after epoch {plan.clustering_epoch}, "
         f"metric {meth.metric}, partition {meth.partition}, depth {meth.depth}")
     return (f"ccn train | data {ds.name}: {len(ds.train_labels)} train / {len(ds.test_labels)} test images, "
             f"{ds.num_classes} classes, {ds.image_size}px | model {config.model.name} "

@@ -24,7 +24,7 @@ from ccn.data.images import ALLOWED_NAMES, UnreadableImage, decode_image, image_
 from ccn.errors import CCNError
 from ccn.evaluate import tta_outputs
 from ccn.hierarchy import Hierarchy
-from ccn.validate import file_problem, printable
+from ccn.file_checks import file_problem, printable
 
 
 def inference_rule(head: torch.nn.Module, rule: str) -> str:
@@ -144,7 +144,7 @@ def iter_predictions(model: torch.nn.Module, hierarchy: Optional[Hierarchy], sav
 
 def format_prediction(entry: dict) -> str:
     """`path: class 97.1% (group 2), ...` (no group for flat runs). Paths and class names are printed
-    escaped (ccn.validate.printable): a class folder named "c1 99.0%\\nevil.png: cat" must not print a
+    escaped (ccn.file_checks.printable): a class folder named "c1 99.0%\\nevil.png: cat" must not print a
     line of its own."""
     guesses = [f"{printable(g['class'])} {100 * g['probability']:.1f}%" + (f" (group {g['group']})" if g["group"]
                                                                          else "") for g in entry["top"]]

@@ -16,7 +16,7 @@ probabilities of the run's inference rule over its test-time views (train.tta): 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import torch

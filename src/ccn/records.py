@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from ccn.errors import CCNError
-from ccn.validate import Invalid, checked, read_json, require_int, require_mapping, require_matrix
+from ccn.file_checks import Invalid, checked, read_json, require_int, require_mapping, require_matrix
 
 FORMAT = "format"
 METADATA = "__metadata__"  # a safetensors header's map of text values
@@ -88,6 +88,11 @@ def _summary_0_to_1(summary: dict) -> dict:
     return summary
 
 
+def _plan_0_to_1(plan: dict) -> dict:
+    """Nothing to upgrade: plan.json is new in format 1 (ccn writes it, never reads it back)."""
+    return plan
+
+
 # a tree head's dense (edges, C) path matrix, saved before issue 18; the head now rebuilds its paths
 # from the tree, and a weight average (ema., lookahead.) kept its own copy
 OLD_PATH_MATRIX = "head.paths"
@@ -116,6 +121,7 @@ KINDS = {
     "hierarchy": Kind("hierarchy file", (_hierarchy_0_to_1,)),
     "summary": Kind("experiment summary", (_summary_0_to_1,)),
     "grid": Kind("grid file", (_grid_0_to_1,)),
+    "plan": Kind("run plan", (_plan_0_to_1,)),
     "weights": Kind("weights file", (_weights_0_to_1,), in_metadata=True),
     "checkpoint": Kind("checkpoint", (_checkpoint_0_to_1,), in_metadata=True),
 }

@@ -1,6 +1,8 @@
 """The files of a run folder and of an experiment folder, by name, and results.json read back.
 
-    config.yaml        the fully resolved configuration
+    config.yaml        the fully resolved configuration: what the user asked
+    plan.json          the run plan: the defaults that depend on the data, resolved (ccn.plan; runs
+                       written before it have none, and are planned again from config.yaml and the data)
     metrics.jsonl      one row per epoch
     results.json       final top-1/top-5 (fractions) per inference rule, group accuracies, facts
     hierarchy.json     ccn runs: class names, the groups (names), the tree, the merge tree
@@ -20,15 +22,16 @@ from pathlib import Path
 
 from ccn import config as cfgmod
 from ccn.errors import CCNError
+from ccn.file_checks import (Invalid, checked, require_int, require_keys, require_list_of_str, require_mapping,
+                             require_number, require_numbers, require_str)
 from ccn.locks import LOCK_FILE
 from ccn.records import read_record
-from ccn.validate import (Invalid, checked, require_int, require_keys, require_list_of_str, require_mapping,
-                          require_number, require_numbers, require_str)
 
 DISTANCES_FILE = "distances.npy"  # condensed float32 class distances, beside hierarchy.json
 STATE_FILE = "checkpoint.safetensors"  # the training state of the last finished epoch (ccn.checkpoint)
-RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "hierarchy.json", DISTANCES_FILE, "model.safetensors",
-             STATE_FILE)
+PLAN_FILE = "plan.json"  # the run plan beside config.yaml (ccn.plan.RunPlan.to_json)
+RUN_FILES = ("config.yaml", PLAN_FILE, "metrics.jsonl", "results.json", "hierarchy.json", DISTANCES_FILE,
+             "model.safetensors", STATE_FILE)
 FIGURES = ("dendrogram.png", "distances.png")  # written by `ccn clusters --plot`; replaced with the run
 GRID_FILE = "grid.yaml"  # what makes a folder an experiment folder (ccn.experiment): no run is written beside it
 # What a grid writes beside runs/ (ccn.report.write_figures); a `ccn train` run folder holds RUN_FILES.

@@ -124,6 +124,12 @@ def cap_per_class(labels: torch.Tensor, cap: Optional[int], seed: int = 0) -> to
     return torch.cat(keep).sort().values
 
 
+def held_out_count(class_size: int, fraction: float) -> int:
+    """Images split_per_class holds out of a class of `class_size`: `fraction` of them, at least one,
+    never the last one (the run plan counts the training images with it, before any is drawn)."""
+    return min(max(1, round(fraction * class_size)), class_size - 1)
+
+
 def split_per_class(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept indices, held-out indices): `fraction` of each class held out (at least one image, and
     never the last one: a one-image class gives none, and every class keeps at least one), chosen
@@ -134,7 +140,7 @@ def split_per_class(labels: torch.Tensor, fraction: float, seed: int) -> tuple[t
     held = []
     for c in labels.unique():
         idx = (labels == c).nonzero().flatten()
-        take = min(max(1, round(fraction * len(idx))), len(idx) - 1)
+        take = held_out_count(len(idx), fraction)
         held.append(idx[torch.randperm(len(idx), generator=generator)[:take]])
     held_idx = torch.cat(held).sort().values
     keep = torch.ones(len(labels), dtype=torch.bool)

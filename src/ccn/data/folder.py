@@ -30,7 +30,7 @@ from ccn.data.base import ImageDataset
 from ccn.data.images import image_extensions
 from ccn.data.store import StoreOptions, cache_dir, stored_splits  # noqa: F401  (cache_dir: where stores live)
 from ccn.errors import CCNError, DataError
-from ccn.validate import read_text
+from ccn.file_checks import read_text
 
 DEFAULT_FOLDER_SIZE = 32
 CALTECH_BACKGROUND = "BACKGROUND_Google"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from ccn.data.base import ImageDataset, cap_per_class
 from ccn.data.store import StoreOptions, stored_splits
 from ccn.data.images import image_extensions
 from ccn.errors import CCNError, DataError
-from ccn.validate import read_text
+from ccn.file_checks import read_text
 
 KAGGLE_DIR = Path("ILSVRC") / "Data" / "CLS-LOC"
 SYNSETS_FILE = "LOC_synset_mapping.txt"

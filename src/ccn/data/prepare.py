@@ -1,5 +1,6 @@
 """The run's data on the training device: splits (validation, probe hold-out), normalisation, and
-the batch iterators every stage of a run draws from."""
+the batch iterators every stage of a run draws from, as the run plan says (ccn.plan.RunPlan: made
+above this stage, from the data set's facts, and handed down, so nothing here checks it again)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ccn.data.store import select
 from ccn.data.loader import TensorBatches
 from ccn.data.policies import make_policy
 from ccn.dist import World
-from ccn.errors import CCNError, ConfigError, DataError
+from ccn.errors import DataError
 
 PROBE_HOLDOUT_SEED = 12345  # fixed, not the run seed: every variant and seed holds out the same images
 VALIDATION_SEED = 54321  # likewise for data.val_fraction
@@ -35,47 +36,16 @@ class RunData:
     eval_set: str = "test"  # which images `test` holds: "test" or "validation"
 
 
-def default_augment(config: Config, ds: ImageDataset) -> Augment:
-    d = config.data
-    # the side cutout works on: after ImageNet's crop the input side, else the stored images'
-    side = input_size(d) if training_crop(d) == "random_resized" else ds.image_size
-    if config.data.cutout >= side:  # a square as large as the image blanks (nearly) every training image
-        raise CCNError(f"data.cutout={config.data.cutout} is not smaller than the {side} px images of {ds.name}: "
-                       f"it would blank the training images; choose at most {side - 1} (about half the image "
-                       "side is usual: 16 for 32 px CIFAR), or 0 for none")
-    flip = training_flips(config, ds)
+def default_augment(plan: "RunPlan") -> Augment:
+    """The training augmentation the plan (ccn.plan.RunPlan) resolved: crop, flips, policy, cutout."""
+    d = plan.config.data
     policy = make_policy(d.augment, d.randaugment_n, d.randaugment_m)
-    flips = dict(flip=flip, alternate_flip=d.flip_mode == "alternate", seed=config.seed)
-    if training_crop(d) == "random_resized":
+    flips = dict(flip=plan.flips, alternate_flip=d.flip_mode == "alternate", seed=plan.config.seed)
+    if plan.crop == "random_resized":
         crop = RandomResizedCrop(input_size(d), tuple(d.crop_scale), tuple(d.crop_ratio))
         return Augment(crop_padding=0, cutout=d.cutout, policy=policy, resized_crop=crop, **flips)
-    padding = d.crop_padding if d.crop_padding is not None else max(1, ds.image_size // 8)
-    reflect = d.pad_mode == "reflect"
-    if reflect and padding >= ds.image_size:
-        raise ConfigError(f"data.pad_mode=reflect mirrors at most {ds.image_size - 1} pixels of these "
-                          f"{ds.image_size}px images, but data.crop_padding is {padding}: lower data.crop_padding "
-                          "or use data.pad_mode=zeros")
-    return Augment(crop_padding=padding, cutout=d.cutout, policy=policy, reflect=reflect, **flips)
-
-
-def training_flips(config: Config, ds: ImageDataset) -> bool:
-    """Whether training flips the images: data.flip, else the data set's own choice (digits: no, a
-    mirrored glyph is another glyph). Refuses the keys that mirror images of data that is never
-    flipped: the alternate flip, and test-time mirror views (train.tta), which would score images
-    whose meaning changed and lower the score silently. prepare_data calls it for every run, and
-    for `ccn evaluate`, whose --set may change train.tta."""
-    d = config.data
-    flip = d.flip if d.flip is not None else ds.flip
-    if flip:
-        return flip
-    why = (f"data {ds.name} is not flipped (a flip would change its labels' meaning)" if d.flip is None
-           else "data.flip=false: the training images are never flipped")
-    if d.flip_mode == "alternate":
-        raise ConfigError(f"data.flip_mode=alternate, but {why}: remove data.flip_mode, or set data.flip=true")
-    if config.train.tta != "none":
-        raise ConfigError(f"train.tta={config.train.tta} scores mirror images, but {why}: set train.tta=none, "
-                          "or data.flip=true if mirror images keep their labels' meaning")
-    return flip
+    return Augment(crop_padding=plan.crop_padding, cutout=d.cutout, policy=policy, reflect=d.pad_mode == "reflect",
+                   **flips)
 
 
 def preprocess_facts(config: Config, ds: ImageDataset, normalize: Normalize) -> dict:
@@ -120,39 +90,23 @@ def fit_sample(data: "RunData") -> torch.Tensor:
     return data.normalize(data.train.take(pick))
 
 
-def check_training_batch(batch_size: int, train_images: int, world: World) -> None:
-    """One line, before any training, when a process would train on batches of one image: batch
-    normalisation cannot (PyTorch raises deep inside the first step). The last, partial batch of an
-    epoch is dropped, so only the batch size and the number of training images matter."""
-    if batch_size // world.world_size >= 2:
-        return
-    per_process = f" ({world.world_size} processes)" if world.world_size > 1 else ""
-    if train_images < 2 * world.world_size:
-        raise CCNError(f"the training split holds {train_images} image(s){per_process}, too few to train "
-                       "(batch normalisation needs at least 2 per step): use more training images per class, "
-                       "or a smaller data.val_fraction / method.holdout_fraction")
-    raise CCNError(f"train.batch_size={batch_size} gives batches of one image per process{per_process}, which "
-                   f"batch normalisation cannot train on: choose at least {2 * world.world_size}")
-
-
 def uses_channels_last(config: Config, device: torch.device) -> bool:
     """NHWC images and weights: faster on CUDA and also on CPU, where oneDNN's convolutions ran
     ResNet-20 and ResNet-9 training 15-25 % faster and evaluation 1.2-1.8x faster (benchmarks/RESULTS.md)."""
     return config.train.channels_last and device.type in ("cpu", "cuda")
 
 
-def prepare_data(config: Config, device: torch.device, world: World = World(),
+def prepare_data(plan: "RunPlan", device: torch.device, world: World = World(),
                  ds: Optional[ImageDataset] = None, preprocess: Optional[dict] = None) -> RunData:
-    """The run's data on `device`. `preprocess` (a saved run's mean and std, 0-1 scale) replaces the
-    statistics of these training images, so a saved run is scored with the normalisation it learned."""
+    """The run's data on `device`, as the run plan (ccn.plan.RunPlan, resolved on `ds`, which is
+    read again when not given) says. `preprocess` (a saved run's mean and std, 0-1 scale) replaces
+    the statistics of these training images, so a saved run is scored with the normalisation it learned."""
+    config = plan.config
     ds = ds if ds is not None else load_dataset(config.data)
     x, y = ds.train_images, ds.train_labels
     test_x, test_y, eval_set = ds.test_images, ds.test_labels, "test"
     if config.data.val_fraction > 0:  # choose settings on training images; the test set stays untouched
         keep, held = split_per_class(y, config.data.val_fraction, VALIDATION_SEED)
-        if len(held) == 0:
-            raise DataError(f"data.val_fraction={config.data.val_fraction} holds out no image: every class has a "
-                            "single training image; set data.val_fraction=0 or add training images")
         test_x, test_y, eval_set, x, y = select(x, held), y[held], "validation", select(x, keep), y[keep]
     # statistics of the images the run trains on (the probe hold-out included), never of the validation images
     mean, std = (preprocess["mean"], preprocess["std"]) if preprocess is not None else channel_stats(x)
@@ -160,7 +114,6 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
     probe_x, probe_y = x, y
     if config.method.probe_set == "holdout":  # for every method, so a flat baseline trains on the same images
         keep, held = split_per_class(y, config.method.holdout_fraction, PROBE_HOLDOUT_SEED)
-        _check_probe_holdout(config, y, held, ds.classes)
         probe_x, probe_y, x, y = select(x, held), y[held], select(x, keep), y[keep]
     channels_last = uses_channels_last(config, device)
     t, seed = config.train, config.seed
@@ -169,27 +122,13 @@ def prepare_data(config: Config, device: torch.device, world: World = World(),
     train_x, train_y = on_device(x, device), y.to(device)
     # probe_set=train profiles the training images themselves: one copy on the device, not two
     probe_x, probe_y = (train_x, train_y) if probe_x is x else (on_device(probe_x, device), probe_y.to(device))
-    if t.batch_size % world.world_size:
-        raise CCNError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly among "
-                       f"{world.world_size} processes: choose a multiple of {world.world_size}")
-    check_training_batch(min(t.batch_size, len(y)), len(y), world)
-    train = TensorBatches(train_x, train_y, min(t.batch_size, len(y)), normalize, default_augment(config, ds),
+    train = TensorBatches(train_x, train_y, plan.batch_size, normalize, default_augment(plan),
                           seed=seed, rank=world.rank, world_size=world.world_size, channels_last=channels_last)
     # every rank scores and profiles its share of the test and probe sets; the counts are added across ranks
     shares = dict(rank=world.rank, world_size=world.world_size)
     test = TensorBatches(on_device(test_x, device), test_y.to(device), t.eval_batch_size, **shares, **eval_kwargs)
     probe = TensorBatches(probe_x, probe_y, t.eval_batch_size, **shares, **eval_kwargs)
     return RunData(ds, normalize, train, test, probe, eval_set)
-
-
-def _check_probe_holdout(config: Config, labels: torch.Tensor, held: torch.Tensor, classes: list[str]) -> None:
-    """method.probe_set=holdout must hold out an image of every class: class profiles need them all."""
-    missing = sorted(set(labels.unique().tolist()) - set(labels[held].unique().tolist()))
-    if missing:
-        names = ", ".join(classes[c] for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise DataError(f"method.probe_set=holdout holds out no image of {len(missing)} class(es) ({names}): each "
-                        "has a single training image; use method.probe_set=train or give every class at least 2 "
-                        "training images")
 
 
 ON_DEVICE_SHARE = 0.25  # a memory store goes to a GPU whole when it takes at most this share of its free memory (ours)

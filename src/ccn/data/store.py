@@ -53,7 +53,7 @@ from ccn.data import heap
 from ccn.data.images import BAD_IMAGE_FIX, UnreadableImage, decode_image
 from ccn.data.processes import die_with_parent
 from ccn.data.stream import WORKER_TIMEOUT, default_workers, streamed_splits
-from ccn.errors import CCNError, DataError, WriteError
+from ccn.errors import DataError, WriteError
 from ccn.files import (UnsafeFile, atomic_write, fault_point, file_stamp, locked_temporary_file, open_regular,
                        read_regular_bytes, remove_abandoned_temporaries, write_json)
 from ccn.progress import progress_bar

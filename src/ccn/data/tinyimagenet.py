@@ -40,7 +40,7 @@ from ccn.data.imagenet import capped, class_folders, display_names, image_names
 from ccn.data.images import image_extensions
 from ccn.data.store import StoreOptions, stored_splits
 from ccn.errors import CCNError, DataError
-from ccn.validate import read_text
+from ccn.file_checks import read_text
 
 RELEASE_FOLDER = "tiny-imagenet-200"
 DEFAULT_TINY_IMAGENET_SIZE = 64  # the release's own size
@@ -77,7 +77,7 @@ def find_root(root: Path) -> Path:
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, line without its end) of every non-blank line of a label file: read with a size
-    limit by ccn.validate.read_text, which also drops a UTF-8 byte-order mark (a file saved by a Windows
+    limit by ccn.file_checks.read_text, which also drops a UTF-8 byte-order mark (a file saved by a Windows
     editor), so the first id is read as written."""
     try:
         text = read_text(path, path.name, FIX, limit=MAX_LABEL_FILE_BYTES)

@@ -2,7 +2,7 @@
 
     affinity.py    class profiles (mean softmax per class), prior correction, distances
     clustering.py  agglomerative cut, balanced groups, size bounds, random and oracle partitions
-    files.py       partitions a user brings (hierarchy.json, NBDT node-link graphs)
+    groups_file.py partitions a user brings (hierarchy.json, NBDT node-link graphs)
     partition.py   the partition `method.*` asks for
     tree.py        the Hierarchy (saved as hierarchy.json), masks, agreement between partitions
 
@@ -21,7 +21,7 @@ _PUBLIC = {
     "prior_corrected": "affinity", "profiles_from_logits": "affinity",
     "balanced_partition": "clustering", "default_group_count": "clustering", "learned_partition": "clustering",
     "oracle_partition": "clustering", "random_partition": "clustering",
-    "read_groups_file": "files",
+    "read_groups_file": "groups_file",
     "build_hierarchy": "partition", "choose_partition": "partition", "partition_sizes": "partition",
     "Hierarchy": "tree", "agreement": "tree", "leaves": "tree", "partition_labels": "tree",
 }
@@ -47,6 +47,6 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
                                         profiles_from_logits)
     from ccn.hierarchy.clustering import (balanced_partition, default_group_count, learned_partition,
                                           oracle_partition, random_partition)
-    from ccn.hierarchy.files import read_groups_file
+    from ccn.hierarchy.groups_file import read_groups_file
     from ccn.hierarchy.partition import build_hierarchy, choose_partition, partition_sizes
     from ccn.hierarchy.tree import Hierarchy, agreement, leaves, partition_labels

@@ -220,9 +220,9 @@ def _bucket_widths(lengths: torch.Tensor) -> torch.Tensor:
     return ladder[torch.searchsorted(ladder, lengths)]
 
 
-def default_top_k(num_classes: int, groups: int, max_size: Optional[int] = None) -> int:
+def default_top_k(num_classes: int, num_groups: Optional[int], max_size: Optional[int] = None) -> int:
     """Ours: twice the largest group expected (max_group_size, else twice the mean size C/K), at least 256."""
-    largest = max_size if max_size is not None else 2 * -(-num_classes // max(1, groups))
+    largest = max_size if max_size is not None else 2 * -(-num_classes // max(1, num_groups or 1))
     return min(num_classes, max(256, 2 * largest))
 
 

@@ -62,9 +62,9 @@ def cut(Z: np.ndarray, num_groups: Optional[int] = None, threshold: Optional[flo
     num_classes = Z.shape[0] + 1
     if threshold is not None:
         return _labels_to_groups(fcluster(Z, t=threshold, criterion="distance"))
-    if num_groups is None or not 1 <= num_groups <= num_classes:
-        raise ConfigError(f"method.groups={num_groups} is impossible with {num_classes} classes: "
-                          f"choose between 1 and {num_classes}")
+    if num_groups is None or not 1 <= num_groups <= num_classes:  # a run's count is checked by ccn.plan
+        raise ValueError(f"num_groups={num_groups} is impossible with {num_classes} classes: "
+                         f"choose between 1 and {num_classes}")
     return _labels_to_groups(cut_tree(Z, n_clusters=num_groups).flatten())
 
 
@@ -185,7 +185,11 @@ def random_partition(num_classes: int, sizes: list[int], seed: int) -> list[list
 
 def oracle_partition(coarse: Optional[list[int]], dataset: str = "") -> list[list[int]]:
     """The data set's own coarse labels as groups (CIFAR-100's 20 superclasses)."""
-    if coarse is None:
-        raise ConfigError(f"method.partition=oracle needs coarse labels, which data set {dataset!r} does not have: "
-                          "use learned or random")
+    if coarse is None:  # a run's plan refused this before training (ccn.plan)
+        raise ConfigError(oracle_refusal(dataset))
     return _labels_to_groups(np.asarray(coarse))
+
+
+def oracle_refusal(dataset: str) -> str:
+    return (f"method.partition=oracle needs coarse labels, which data set {dataset!r} does not have: "
+            "use learned or random")

@@ -13,7 +13,7 @@ from ccn.config import MethodConfig
 from ccn.errors import ConfigError
 from ccn.hierarchy.affinity import SPARSE_ABOVE, condensed_distances, default_top_k, prior_corrected
 from ccn.hierarchy.clustering import default_group_count, learned_partition, oracle_partition, random_partition
-from ccn.hierarchy.files import read_groups_file
+from ccn.hierarchy.groups_file import read_groups_file
 from ccn.hierarchy.tree import Hierarchy
 from ccn.hierarchy.truth import partition_agreement, partition_shape
 
@@ -32,13 +32,16 @@ def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], met
     if profile == "prior":
         S = prior_corrected(S)
     C = len(classes)
-    k = num_groups if num_groups is not None or threshold is not None else default_group_count(C)
+    if num_groups is None and threshold is None:  # a caller of the library without a run plan
+        num_groups = default_group_count(C)
     if S.device.type != "cpu" and C <= sparse_above:  # small problems: the CPU's float64, as without a GPU
         S = S.cpu()
     sparse = metric == "l1" and S.device.type == "cpu" and C > sparse_above
-    D, computed = condensed_distances(S, metric, top_k=(top_k or default_top_k(C, k, max_size)) if sparse else None)
+    kept = (top_k or default_top_k(C, num_groups, max_size)) if sparse else None
+    D, computed = condensed_distances(S, metric, top_k=kept)
     del S
-    parts, Z = learned_partition(D, k, threshold, linkage, min_size, max_size, balanced=clustering == "balanced")
+    parts, Z = learned_partition(D, num_groups, threshold, linkage, min_size, max_size,
+                                 balanced=clustering == "balanced")
     if sparse and top_k is not None:  # the user's top_k: the groups formed must not outgrow it
         _refuse_small_top_k(top_k, max(len(p) for p in parts), C, "the largest group formed has", computed)
     how = {"partition": "learned", "metric": metric, "linkage": linkage, "clustering": clustering,
@@ -46,18 +49,17 @@ def build_hierarchy(profiles: torch.Tensor | np.ndarray, classes: list[str], met
     return Hierarchy(classes, parts, how, distances=D.astype(np.float32), merges=Z)
 
 
-def check_top_k(meth: MethodConfig, num_classes: int) -> None:
-    """Before training: a method.top_k set by hand must keep twice the groups the run expects whole
-    (the mean size C / method.groups; method.max_group_size is checked at load), where the
+def check_top_k(meth: MethodConfig, num_classes: int, num_groups: Optional[int]) -> None:
+    """Before training (ccn.plan): a method.top_k set by hand must keep twice the groups the run expects
+    whole (the mean size C / `num_groups`, the plan's count; method.max_group_size is checked at load), where the
     sparse profiles apply (L1 above method.sparse_above classes). top_k=2 with 401-class groups dropped
     0.986 of each profile's mass and was only logged. build_hierarchy checks the groups formed again."""
     if meth.name != "ccn" or meth.top_k is None or meth.metric != "l1" or num_classes <= meth.sparse_above:
         return
     if meth.max_group_size is not None or meth.threshold is not None:
         return  # checked at load against max_group_size; with a threshold the groups are known once formed
-    k = meth.groups if meth.groups is not None else default_group_count(num_classes)
-    _refuse_small_top_k(meth.top_k, -(-num_classes // k), num_classes,
-                        f"the mean group of {num_classes} classes in {k} groups has")
+    _refuse_small_top_k(meth.top_k, -(-num_classes // num_groups), num_classes,
+                        f"the mean group of {num_classes} classes in {num_groups} groups has")
 
 
 def _refuse_small_top_k(top_k: int, largest: int, num_classes: int, what: str, computed: Optional[dict] = None) -> None:
@@ -72,10 +74,12 @@ def _refuse_small_top_k(top_k: int, largest: int, num_classes: int, what: str, c
 
 def choose_partition(meth: MethodConfig, profiles: torch.Tensor, classes: list[str], seed: int,
                      coarse: Optional[list[int]] = None, dataset: str = "",
-                     class_ids: Optional[list[str]] = None) -> Hierarchy:
+                     class_ids: Optional[list[str]] = None, num_groups: Optional[int] = None) -> Hierarchy:
     """The hierarchy of step 2. The learned partition is always computed (its distances and merge
-    tree are kept for plots, and `random` takes its sizes); the controls replace its groups."""
-    learned = build_hierarchy(profiles, classes, meth.metric, meth.groups, meth.threshold, meth.linkage,
+    tree are kept for plots, and `random` takes its sizes); the controls replace its groups.
+    `num_groups`: the run plan's count (default: method.groups, else round(sqrt(C)))."""
+    num_groups = num_groups if num_groups is not None else meth.groups
+    learned = build_hierarchy(profiles, classes, meth.metric, num_groups, meth.threshold, meth.linkage,
                               meth.min_group_size, meth.max_group_size, meth.clustering, meth.profile,
                               meth.sparse_above, meth.top_k)
     chosen = learned

@@ -6,7 +6,7 @@ so this stage of the method does not depend on the later ones."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -45,10 +45,12 @@ def flat_profiles(outputs: Iterable[tuple[dict, torch.Tensor]], num_classes: int
     return tally.profiles()
 
 
-def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch: int) -> Hierarchy:
-    """The partition of step 2 (learned, or a control), with when and from what it was made."""
+def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch: int,
+                num_groups: Optional[int] = None) -> Hierarchy:
+    """The partition of step 2 (learned, or a control), with when and from what it was made;
+    `num_groups` is the run plan's count (None: a threshold decides)."""
     hierarchy = choose_partition(config.method, profiles, ds.classes, config.seed, ds.coarse, ds.name,
-                                 ds.class_ids)
+                                 ds.class_ids, num_groups)
     hierarchy.how.update(epoch=epoch, probe_set=config.method.probe_set)
     return hierarchy
 

@@ -15,8 +15,8 @@ from ccn.errors import CCNError, ConfigError
 from ccn.files import atomic_write, open_regular
 from ccn.records import read_record, stamp
 from ccn.runfiles import DISTANCES_FILE
-from ccn.validate import (Invalid, checked, read_json, require_int, require_keys, require_list, require_list_of_str,
-                          require_mapping, require_matrix, require_number, require_numbers, require_str)
+from ccn.file_checks import (Invalid, checked, read_json, require_int, require_keys, require_list, require_list_of_str,
+                             require_mapping, require_matrix, require_number, require_numbers, require_str)
 
 
 def group_labels(groups: list[list[int]], num_classes: int) -> list[int]:

@@ -25,8 +25,8 @@ from typing import Optional
 
 from ccn.errors import CCNError, ConfigError
 from ccn.hierarchy.tree import _has_empty_node
+from ccn.file_checks import checked, file_problem, read_text, refuse_constant
 from ccn.records import read_record
-from ccn.validate import checked, file_problem, read_text, refuse_constant
 
 
 def read_groups_file(path: str | Path, classes: list[str], whole_tree: bool,
