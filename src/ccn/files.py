@@ -128,9 +128,10 @@ def _temporary(path: Path, mode: Optional[int]) -> tuple[Path, int]:
     return Path(name), fd
 
 
-def _try_lock(fd: int) -> Optional[bool]:
-    """True: locked; False: another process holds the lock; None: this file system (or system) has no
-    locks (ENOLCK, EOPNOTSUPP: some network file systems), so its temporaries are never judged abandoned."""
+def try_lock(fd: int) -> Optional[bool]:
+    """An exclusive flock on `fd`, taken without waiting. True: locked; False: another process holds it;
+    None: this system has no flock (Windows). A file system without locks (ENOLCK, EOPNOTSUPP: some
+    network file systems) raises its OSError: the caller decides what that means (ccn.locks.FolderLock)."""
     if fcntl is None:
         return None
     try:
@@ -138,6 +139,13 @@ def _try_lock(fd: int) -> Optional[bool]:
         return True
     except BlockingIOError:
         return False
+
+
+def _try_lock(fd: int) -> Optional[bool]:
+    """try_lock, with None also where this file system has no locks: its temporaries are then never
+    judged abandoned."""
+    try:
+        return try_lock(fd)
     except OSError:
         return None
 
