@@ -23,7 +23,7 @@ from ccn.data.prepare import prepare_data
 from ccn.plan import DataFacts, resolve
 from ccn.data.store import ImageRows
 from ccn.errors import ConfigError, DataError, WriteError
-from conftest import (REPO, assert_auto_finishes_on_disk_and_memory_is_killed, memory_cgroup_unavailable, run_cli,
+from conftest import (assert_auto_finishes_on_disk_and_memory_is_killed, memory_cgroup_unavailable, run_cli,
                       train_auto_and_memory_stores_under)
 
 
