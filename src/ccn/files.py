@@ -242,8 +242,7 @@ def open_regular(path, limit: Optional[int], what: str, fix: str = "", *, follow
     path = Path(path)
 
     def refuse(problem: str) -> CCNError:
-        message = f"{what} {path} {problem}" + (f": {fix}" if fix else "")
-        return error(message) if error is not None else UnsafeFile(message, problem)
+        return _refusal(path, what, fix, error, problem)
 
     flags = _READ_FLAGS | (getattr(os, "O_NOFOLLOW", 0) if not follow_links else 0)
     try:
@@ -316,8 +315,7 @@ def read_regular_bytes(path, limit: int, what: str, fix: str = "", *, follow_lin
     """The bytes of `path`, opened as open_regular does; never more than `limit` (a file that grows
     while read, or whose file system reports no size, is refused, not followed to its end)."""
     def refuse(problem: str) -> CCNError:
-        message = f"{what} {path} {problem}" + (f": {fix}" if fix else "")
-        return error(message) if error is not None else UnsafeFile(message, problem)
+        return _refusal(path, what, fix, error, problem)
 
     with open_regular(path, limit, what, fix, follow_links=follow_links, private=private, error=error) as handle:
         try:
@@ -328,6 +326,12 @@ def read_regular_bytes(path, limit: int, what: str, fix: str = "", *, follow_lin
         raise refuse(f"is larger than its size said (it grows, or never ends), more than the {limit} bytes a "
                      f"{what} may have")
     return data
+
+
+def _refusal(path, what: str, fix: str, error: Optional[type], problem: str) -> CCNError:
+    """The one line "<what> <path> <problem>[: <fix>]", as `error` (such as DataError) or UnsafeFile."""
+    message = f"{what} {path} {problem}" + (f": {fix}" if fix else "")
+    return error(message) if error is not None else UnsafeFile(message, problem)
 
 
 def _not_readable(info: os.stat_result, limit: Optional[int], what: str, private: bool) -> Optional[str]:
