@@ -59,3 +59,59 @@ def tiny_run(tmp_path_factory) -> Path:
     with NewRun(out) as run:
         run_training(config, out, RunLog(out, stream=io.StringIO()), on_start=lambda: run.start(config))
     return out
+
+
+# ---------------------------------------------------------------- runs under a real memory limit (cgroup v1)
+
+MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
+
+
+def memory_cgroup_unavailable() -> str:
+    """Why a test cannot put a run under a memory limit of its own here ("" when it can)."""
+    if not (MEMORY_CGROUP / "memory.limit_in_bytes").is_file():
+        return "no cgroup v1 memory controller at /sys/fs/cgroup/memory"
+    if os.geteuid() != 0:
+        return "creating a memory cgroup needs root"
+    return ""
+
+
+def train_auto_and_memory_stores_under(limit: int, keys: list, out: Path, timeout: int) -> dict:
+    """`ccn train --set KEY ...` with data.store=auto, then data.store=memory (each --out OUT/auto, OUT/memory),
+    each in a child process that first joins a new memory cgroup limited to `limit` bytes; {store kind:
+    CompletedProcess}. Whatever is left in the group is killed and the group removed afterwards."""
+    import signal
+    import textwrap
+    import time
+
+    group = MEMORY_CGROUP / f"ccn-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+        script = textwrap.dedent(f"""
+            import os, sys
+            open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))
+            from ccn.cli import main
+            sys.exit(main(sys.argv[1:]))
+        """)
+        runs = {}
+        for store_kind in ("auto", "memory"):
+            args = [a for key in [*keys, f"data.store={store_kind}"] for a in ("--set", key)]
+            runs[store_kind] = subprocess.run(
+                [sys.executable, "-c", script, "train", *args, "--out", str(out / store_kind)], capture_output=True,
+                text=True, timeout=timeout, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+        return runs
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.5)
+        group.rmdir()
+
+
+def assert_auto_finishes_on_disk_and_memory_is_killed(runs: dict) -> None:
+    """What train_auto_and_memory_stores_under should show: auto picks the disk store and finishes; the
+    memory store is killed by the limit, so the limit is real."""
+    import signal
+
+    assert runs["auto"].returncode == 0, runs["auto"].stderr[-2000:]
+    assert "data store: disk: auto" in runs["auto"].stdout + runs["auto"].stderr
+    assert runs["memory"].returncode == -signal.SIGKILL, runs["memory"].stderr[-2000:]  # killed by the limit

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,8 @@ from ccn.data import load_dataset, store
 from ccn import config as cfgmod
 from ccn.errors import ConfigError, WriteError
 from ccn.files import UnsafeFile, open_regular, read_regular_bytes
-from conftest import REPO
+from conftest import (REPO, assert_auto_finishes_on_disk_and_memory_is_killed, memory_cgroup_unavailable,
+                      train_auto_and_memory_stores_under)
 from test_store import folder_config, make_folder
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
@@ -382,16 +382,7 @@ def test_a_worker_timeout_out_of_range_or_without_a_stream_is_refused(overrides,
 # ---------------------------------------------------------------- a run under a real memory limit
 
 
-CGROUP = Path("/sys/fs/cgroup/memory")
 LIMIT = 512 * 2**20  # a small `ccn train` alone (python, torch, decoding workers) takes ~290 MB
-
-
-def _cgroup_unavailable() -> str:
-    if not (CGROUP / "memory.limit_in_bytes").is_file():
-        return "no cgroup v1 memory controller at /sys/fs/cgroup/memory"
-    if os.geteuid() != 0:
-        return "creating a memory cgroup needs root"
-    return ""
 
 
 def _jpeg_folder(root: Path, images: int, pixels: int) -> Path:
@@ -406,7 +397,7 @@ def _jpeg_folder(root: Path, images: int, pixels: int) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(_cgroup_unavailable()), reason=_cgroup_unavailable() or "ok")
+@pytest.mark.skipif(bool(memory_cgroup_unavailable()), reason=memory_cgroup_unavailable() or "ok")
 def test_a_run_finishes_under_a_cgroup_limit_below_its_decoded_images(tmp_path):
     """13,107 images at 128 px decode to 1.2x a 512 MiB limit: auto picks the disk store, and its build and
     training keep the process's own memory flat (the freed decode buffers handed back, unwritten pages
@@ -416,29 +407,6 @@ def test_a_run_finishes_under_a_cgroup_limit_below_its_decoded_images(tmp_path):
     (the code before this change passes here too; benchmarks/RESULTS.md)."""
     images = int(1.2 * LIMIT / (3 * 128 * 128))
     root = _jpeg_folder(tmp_path / "d", images, 128)
-    group = CGROUP / f"ccn-test-{os.getpid()}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(LIMIT))
-        script = textwrap.dedent(f"""
-            import os, sys
-            open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))
-            from ccn.cli import main
-            sys.exit(main(sys.argv[1:]))
-        """)
-        keys = ["data.name=folder", f"data.root={root}", "data.image_size=128", "method.name=flat", "model.width=4",
-                "train.max_steps=5", "train.batch_size=16", "train.eval_batch_size=16", "train.progress=false"]
-        runs = {}
-        for store_kind in ("auto", "memory"):
-            args = [a for key in [*keys, f"data.store={store_kind}"] for a in ("--set", key)]
-            runs[store_kind] = subprocess.run([sys.executable, "-c", script, "train", *args, "--out",
-                                               str(tmp_path / store_kind)], capture_output=True, text=True, timeout=900,
-                                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-        assert runs["auto"].returncode == 0, runs["auto"].stderr[-2000:]
-        assert "data store: disk: auto" in runs["auto"].stdout + runs["auto"].stderr
-        assert runs["memory"].returncode == -signal.SIGKILL, runs["memory"].stderr[-2000:]  # killed by the limit
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            os.kill(int(pid), signal.SIGKILL)
-        time.sleep(0.5)
-        group.rmdir()
+    keys = ["data.name=folder", f"data.root={root}", "data.image_size=128", "method.name=flat", "model.width=4",
+            "train.max_steps=5", "train.batch_size=16", "train.eval_batch_size=16", "train.progress=false"]
+    assert_auto_finishes_on_disk_and_memory_is_killed(train_auto_and_memory_stores_under(LIMIT, keys, tmp_path, 900))

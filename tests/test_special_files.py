@@ -673,3 +673,106 @@ def test_a_cifar_batch_that_is_not_a_file_is_named(tmp_path, kind):
     plant(folder / "data_batch_3", kind)
     with pytest.raises(DataError, match=f"CIFAR file .*data_batch_3 is a {'FIFO, not a regular file' if kind == 'fifo' else 'folder'}"):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+
+
+# ---------------------------------------------------------------- block readers: a read that would wait
+
+def _within_hang_limit(call):
+    """call()'s result or what it raised; TimeoutError (by SIGALRM) if it waits past HANG_LIMIT_S."""
+    import signal
+
+    def blocked(signum, frame):
+        raise TimeoutError(f"still reading after {HANG_LIMIT_S} s: it waits")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(HANG_LIMIT_S)
+    try:
+        return call()
+    except Exception as err:  # noqa: BLE001 - the test inspects what was raised
+        return err
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def waiting_file(tmp_path, monkeypatch):
+    """A file the kernel calls regular but whose read waits for data, as /proc/kmsg's does (which a test
+    cannot rely on: as root it has messages to give): a FIFO with a writer that writes nothing, which
+    ccn.files is told is a regular file, so that the stat checks let it through to the read."""
+    from ccn import files
+    fifo = tmp_path / "waits.png"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that the writer's open does not wait
+    writer = os.open(fifo, os.O_WRONLY)
+    monkeypatch.setattr(files, "node_problem", lambda mode: "")
+    yield fifo
+    os.close(writer)
+    os.close(reader)
+
+
+def _stream_dataset(path):
+    """The parts of an ImageDataset that ccn.data.digest reads, its training image a streamed file."""
+    from types import SimpleNamespace
+
+    import torch
+    return SimpleNamespace(classes=["a"], class_ids=["a"], train_images=SimpleNamespace(paths=[str(path)]),
+                           train_labels=torch.zeros(1, dtype=torch.int64),
+                           test_images=torch.zeros((0, 3, 8, 8), dtype=torch.uint8), test_labels=torch.zeros(0))
+
+
+@pytest.mark.parametrize("reading", ["read(n)", "read()", "readinto", "lines"])
+def test_every_read_of_a_regular_file_handle_refuses_a_read_that_would_wait(waiting_file, reading):
+    """open_regular's handle itself refuses (not only read_regular_bytes), so readers in blocks are covered."""
+    from ccn.files import UnsafeFile, open_regular
+    reads = {"read(n)": lambda handle: handle.read(1 << 20), "read()": lambda handle: handle.read(),
+             "readinto": lambda handle: handle.readinto(bytearray(16)), "lines": lambda handle: list(handle)}
+
+    def read():
+        with open_regular(waiting_file, None, "image") as handle:
+            return reads[reading](handle)
+    err = _within_hang_limit(read)
+    assert isinstance(err, UnsafeFile), err
+    assert str(err) == f"image {waiting_file} cannot be read without waiting (it is not a file of data)"
+
+
+def test_the_cifar_md5_check_refuses_a_file_that_would_wait(waiting_file):
+    from ccn.data.cifar import md5sum
+    from ccn.errors import DataError
+    err = _within_hang_limit(lambda: md5sum(waiting_file))
+    assert isinstance(err, DataError), err  # was TypeError from hashlib, given the None a waiting read returns
+    assert str(err) == (f"CIFAR archive {waiting_file} cannot be read without waiting (it is not a file of data): "
+                        "delete it and download again")
+
+
+def test_the_data_digest_refuses_a_streamed_file_that_would_wait(waiting_file):
+    from ccn.data.digest import data_digest
+    err = _within_hang_limit(lambda: data_digest(_stream_dataset(waiting_file)))
+    assert isinstance(err, CCNError), err  # was TypeError from hashlib
+    assert str(err) == f"image {waiting_file} cannot be read without waiting (it is not a file of data)"
+
+
+def test_the_block_readers_name_a_fifo_without_a_writer(tmp_path):
+    from ccn.data.cifar import md5sum
+    from ccn.data.digest import data_digest
+    from ccn.errors import DataError
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    err = _within_hang_limit(lambda: md5sum(fifo))
+    assert isinstance(err, DataError) and "is a FIFO, not a regular file: delete it and download again" in str(err)
+    err = _within_hang_limit(lambda: data_digest(_stream_dataset(fifo)))
+    assert isinstance(err, CCNError) and str(err) == f"image {fifo} is a FIFO, not a regular file"
+
+
+def test_the_block_readers_still_read_a_regular_file(tmp_path):
+    import hashlib
+
+    from ccn.data.cifar import md5sum
+    from ccn.data.digest import data_digest
+    data = tmp_path / "x.png"
+    data.write_bytes(bytes(range(256)) * 9000)  # more than one block of the buffered reader
+    assert md5sum(data) == hashlib.md5(data.read_bytes()).hexdigest()
+    other = tmp_path / "other" / "x.png"
+    other.parent.mkdir()
+    other.write_bytes(data.read_bytes()[:-1] + b"!")
+    assert data_digest(_stream_dataset(data)) != data_digest(_stream_dataset(other))

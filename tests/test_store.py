@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from ccn.data.prepare import prepare_data
 from ccn.plan import DataFacts, resolve
 from ccn.data.store import ImageRows
 from ccn.errors import ConfigError, DataError, WriteError
-from conftest import REPO, run_cli
+from conftest import (assert_auto_finishes_on_disk_and_memory_is_killed, memory_cgroup_unavailable, run_cli,
+                      train_auto_and_memory_stores_under)
 
 
 def make_folder(root: Path, classes: int = 3, train: int = 6, test: int = 2, size: int = 12) -> Path:
@@ -323,50 +323,16 @@ def test_val_fraction_near_one_keeps_one_training_image_per_class(tmp_path):
 # ---------------------------------------------------------------- a run under a real memory limit
 
 
-CGROUP = Path("/sys/fs/cgroup/memory")
-
-
-def _cgroup_unavailable() -> str:
-    if not (CGROUP / "memory.limit_in_bytes").is_file():
-        return "no cgroup v1 memory controller at /sys/fs/cgroup/memory"
-    if os.geteuid() != 0:
-        return "creating a memory cgroup needs root"
-    return ""
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(bool(_cgroup_unavailable()), reason=_cgroup_unavailable() or "ok")
+@pytest.mark.skipif(bool(memory_cgroup_unavailable()), reason=memory_cgroup_unavailable() or "ok")
 def test_a_run_finishes_on_data_larger_than_its_memory_limit(tmp_path):
     """1,104 images decoded at 512 px (868 MB) under a 700 MiB limit (a small run alone peaks near
     500 MB): auto picks disk and the run finishes; the same run with data.store=memory is killed, so
     the limit is real."""
     root = make_folder(tmp_path / "d", classes=2, train=550, test=2, size=16)
-    group = CGROUP / f"ccn-test-{os.getpid()}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(700 * 2**20))
-        script = textwrap.dedent(f"""
-            import os, sys
-            open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))
-            from ccn.cli import main
-            sys.exit(main(sys.argv[1:]))
-        """)
-        common = ["train", "--set", "data.name=folder", "--set", f"data.root={root}", "--set", "data.image_size=512",
-                  "--set", "method.name=flat", "--set", "model.width=4", "--set", "train.epochs=1",
-                  "--set", "data.train_per_class=4", "--set", "train.progress=false"]
-        runs = {}
-        for store_kind in ("auto", "memory"):
-            runs[store_kind] = subprocess.run(
-                [sys.executable, "-c", script, *common, "--set", f"data.store={store_kind}",
-                 "--out", str(tmp_path / store_kind)], capture_output=True, text=True, timeout=600, cwd=REPO)
-        assert runs["auto"].returncode == 0, runs["auto"].stderr[-2000:]
-        assert "data store: disk: auto" in runs["auto"].stdout + runs["auto"].stderr
-        assert runs["memory"].returncode == -signal.SIGKILL, runs["memory"].stderr[-2000:]  # killed by the limit
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            os.kill(int(pid), signal.SIGKILL)
-        time.sleep(0.5)
-        group.rmdir()
+    keys = ["data.name=folder", f"data.root={root}", "data.image_size=512", "method.name=flat", "model.width=4",
+            "train.epochs=1", "data.train_per_class=4", "train.progress=false"]
+    assert_auto_finishes_on_disk_and_memory_is_killed(train_auto_and_memory_stores_under(700 * 2**20, keys, tmp_path, 600))
 
 
 # ---------------------------------------------------------------- unreadable images and the cache (session 8)

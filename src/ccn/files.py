@@ -5,6 +5,7 @@ it needs only ccn.errors, so any module can write a file without importing torch
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -127,9 +128,10 @@ def _temporary(path: Path, mode: Optional[int]) -> tuple[Path, int]:
     return Path(name), fd
 
 
-def _try_lock(fd: int) -> Optional[bool]:
-    """True: locked; False: another process holds the lock; None: this file system (or system) has no
-    locks (ENOLCK, EOPNOTSUPP: some network file systems), so its temporaries are never judged abandoned."""
+def try_lock(fd: int) -> Optional[bool]:
+    """An exclusive flock on `fd`, taken without waiting. True: locked; False: another process holds it;
+    None: this system has no flock (Windows). A file system without locks (ENOLCK, EOPNOTSUPP: some
+    network file systems) raises its OSError: the caller decides what that means (ccn.locks.FolderLock)."""
     if fcntl is None:
         return None
     try:
@@ -137,6 +139,13 @@ def _try_lock(fd: int) -> Optional[bool]:
         return True
     except BlockingIOError:
         return False
+
+
+def _try_lock(fd: int) -> Optional[bool]:
+    """try_lock, with None also where this file system has no locks: its temporaries are then never
+    judged abandoned."""
+    try:
+        return try_lock(fd)
     except OSError:
         return None
 
@@ -233,8 +242,7 @@ def open_regular(path, limit: Optional[int], what: str, fix: str = "", *, follow
     path = Path(path)
 
     def refuse(problem: str) -> CCNError:
-        message = f"{what} {path} {problem}" + (f": {fix}" if fix else "")
-        return error(message) if error is not None else UnsafeFile(message, problem)
+        return _refusal(path, what, fix, error, problem)
 
     flags = _READ_FLAGS | (getattr(os, "O_NOFOLLOW", 0) if not follow_links else 0)
     try:
@@ -252,7 +260,46 @@ def open_regular(path, limit: Optional[int], what: str, fix: str = "", *, follow
     if problem:  # replaced between the stat and the open
         os.close(fd)
         raise refuse(problem)
-    return os.fdopen(fd, "rb")
+    return io.BufferedReader(_NonWaitingFile(fd, lambda: refuse(WOULD_WAIT)))
+
+
+# what open_regular's file says of a file the kernel calls regular but whose read would wait for data
+# (/proc/kmsg, a tracing pipe): it is not a file of data, and O_NONBLOCK turns the wait into this line
+WOULD_WAIT = "cannot be read without waiting (it is not a file of data)"
+
+
+class _NonWaitingFile(io.FileIO):
+    """The raw file under open_regular's reader: a read that would wait (EAGAIN under O_NONBLOCK, which
+    FileIO reports as None and a buffered reader passes on as None or a short read) raises the refusal
+    instead, so every reader of the handle (a loop of read(n), readinto, numpy) gets one line, never a
+    None it cannot use."""
+
+    def __init__(self, fd: int, refusal):
+        super().__init__(fd, "rb")
+        self._refusal = refusal
+
+    def readinto(self, buffer) -> int:
+        got = super().readinto(buffer)
+        if got is None:
+            raise self._refusal()
+        return got
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        data = super().read(size)
+        if data is None:
+            raise self._refusal()
+        return data
+
+    def readall(self) -> bytes:
+        """FileIO's own readall stops at a would-wait read and returns what it had: read in blocks instead."""
+        chunks = []
+        while True:
+            block = self.read(1 << 20)
+            if not block:
+                return b"".join(chunks)
+            chunks.append(block)
 
 
 def regular_file_size(path, what: str, fix: str = "", limit: Optional[int] = None,
@@ -268,20 +315,23 @@ def read_regular_bytes(path, limit: int, what: str, fix: str = "", *, follow_lin
     """The bytes of `path`, opened as open_regular does; never more than `limit` (a file that grows
     while read, or whose file system reports no size, is refused, not followed to its end)."""
     def refuse(problem: str) -> CCNError:
-        message = f"{what} {path} {problem}" + (f": {fix}" if fix else "")
-        return error(message) if error is not None else UnsafeFile(message, problem)
+        return _refusal(path, what, fix, error, problem)
 
     with open_regular(path, limit, what, fix, follow_links=follow_links, private=private, error=error) as handle:
         try:
-            data = handle.read(limit + 1)
+            data = handle.read(limit + 1)  # a read that would wait is refused by the handle (_NonWaitingFile)
         except OSError as err:
             raise refuse(f"cannot be read ({err.strerror or err})") from None
-    if data is None:  # a non-blocking read with nothing to give: a file that waits (/proc/kmsg), not data
-        raise refuse("cannot be read without waiting (it is not a file of data)")
     if len(data) > limit:
         raise refuse(f"is larger than its size said (it grows, or never ends), more than the {limit} bytes a "
                      f"{what} may have")
     return data
+
+
+def _refusal(path, what: str, fix: str, error: Optional[type], problem: str) -> CCNError:
+    """The one line "<what> <path> <problem>[: <fix>]", as `error` (such as DataError) or UnsafeFile."""
+    message = f"{what} {path} {problem}" + (f": {fix}" if fix else "")
+    return error(message) if error is not None else UnsafeFile(message, problem)
 
 
 def _not_readable(info: os.stat_result, limit: Optional[int], what: str, private: bool) -> Optional[str]:

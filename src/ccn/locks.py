@@ -22,11 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from ccn.errors import CCNError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; folders are not locked there
-    fcntl = None
+from ccn.files import try_lock
 
 LOCK_FILE = ".ccn-lock"
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -95,13 +91,9 @@ class FolderLock:
 
     @staticmethod
     def _lock(fd: int) -> bool:
-        if fcntl is None:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
+        """False only while another process holds the folder. Without flock (Windows) folders are not
+        locked; a file system without locks (ENOLCK) raises, and acquire says the folder cannot be written."""
+        return try_lock(fd) is not False
 
     def release(self) -> None:
         """Remove the lock file, then unlock (in this order, so nobody locks a file about to vanish)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -85,6 +86,15 @@ class ImageDataset:
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of all training images, in [0, 1] units."""
         return channel_stats(self.train_images)
+
+
+def require_data_root(root: Path, fix: str) -> None:
+    """DataError unless data.root is an existing folder: one line saying whether it is a file or missing,
+    and `fix` (the loader's layout help)."""
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data.root {root} is a file, not a folder: {fix}")
+    if not root.is_dir():
+        raise DataError(f"data.root {root} does not exist: {fix}")
 
 
 def channel_stats(images: torch.Tensor | ImageSource) -> tuple[list[float], list[float]]:

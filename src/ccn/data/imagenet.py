@@ -34,7 +34,7 @@ from typing import Optional
 
 import torch
 
-from ccn.data.base import ImageDataset, cap_per_class
+from ccn.data.base import ImageDataset, cap_per_class, require_data_root
 from ccn.data.store import StoreOptions, stored_splits
 from ccn.data.images import image_extensions
 from ccn.errors import CCNError, DataError
@@ -81,10 +81,7 @@ def class_folders(folder: Path) -> list[str]:
 
 def find_layout(root: Path) -> tuple[str, Path, Path, Path]:
     """(layout, train folder, val folder, folder holding the LOC_*.{txt,csv} files)."""
-    if root.exists() and not root.is_dir():
-        raise DataError(f"data.root {root} is a file, not a folder: {LAYOUT_HELP}")
-    if not root.is_dir():
-        raise DataError(f"data.root {root} does not exist: {LAYOUT_HELP}")
+    require_data_root(root, LAYOUT_HELP)
     kaggle = root / KAGGLE_DIR
     if (kaggle / "train").is_dir():
         return "kaggle", kaggle / "train", kaggle / "val", root

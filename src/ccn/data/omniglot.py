@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ccn.data.base import ImageDataset
+from ccn.data.base import ImageDataset, require_data_root
 from ccn.data.imagenet import capped
 from ccn.data.store import StoreOptions, stored_splits
 from ccn.errors import DataError
@@ -83,10 +83,7 @@ def drawer_of(folder: Path, name: str) -> int:
 
 def _alphabet_folders(root: Path, alphabets: str) -> list[Path]:
     """Every alphabet folder of the selected sets, background first, sorted within a set."""
-    if root.exists() and not root.is_dir():
-        raise DataError(f"data.root {root} is a file, not a folder: {LAYOUT_HELP}")
-    if not root.is_dir():
-        raise DataError(f"data.root {root} does not exist: {LAYOUT_HELP}")
+    require_data_root(root, LAYOUT_HELP)
     found, seen = [], {}
     for set_name in sets_of(alphabets):
         folder = root / set_name

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ccn.data.base import ImageDataset
+from ccn.data.base import ImageDataset, require_data_root
 from ccn.data.imagenet import capped, class_folders, display_names, image_names
 from ccn.data.images import image_extensions
 from ccn.data.store import StoreOptions, stored_splits
@@ -64,10 +64,7 @@ class TinyImageNetListing:
 
 def find_root(root: Path) -> Path:
     """The folder holding wnids.txt: data.root, or its tiny-imagenet-200/ (where the zip unpacks)."""
-    if root.exists() and not root.is_dir():
-        raise DataError(f"data.root {root} is a file, not a folder: {LAYOUT_HELP}")
-    if not root.is_dir():
-        raise DataError(f"data.root {root} does not exist: {LAYOUT_HELP}")
+    require_data_root(root, LAYOUT_HELP)
     if not (root / "wnids.txt").exists() and (root / RELEASE_FOLDER / "wnids.txt").exists():
         return root / RELEASE_FOLDER
     if not (root / "wnids.txt").exists():
