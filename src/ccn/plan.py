@@ -169,8 +169,7 @@ def _group_count(config: Config, num_classes: int, name: str) -> Optional[int]:
     """method.groups, else round(sqrt(C)) (ours); None where a threshold or a groups file decides.
     A count or minimum group size above the class count is refused."""
     meth = config.method
-    for key in ("method.groups", "method.min_group_size"):
-        value = cfgmod.get_key(config, key)
+    for key, value in (("method.groups", meth.groups), ("method.min_group_size", meth.min_group_size)):
         if value is not None and value > num_classes:
             raise ConfigError(f"{key}={value} is impossible with {num_classes} classes in data {name}: "
                               f"choose between 1 and {num_classes}")
@@ -213,26 +212,25 @@ def _training_images(config: Config, facts: DataFacts) -> int:
     """Images the run trains on: each class's training images less the validation hold-out
     (data.val_fraction) and the probe hold-out (method.probe_set=holdout), counted as
     ccn.data.base.split_per_class draws them."""
-    counts = [n for n in facts.train_counts if n > 0]
-    if config.data.val_fraction > 0:
-        held = [held_out_count(n, config.data.val_fraction) for n in counts]
+    counts = list(facts.train_counts)  # per class, in class order (a class capped to none keeps its 0)
+    val_fraction = config.data.val_fraction
+    if val_fraction > 0:
+        held = [held_out_count(n, val_fraction) if n > 0 else 0 for n in counts]
         if sum(held) == 0:
-            raise DataError(f"data.val_fraction={config.data.val_fraction} holds out no image: every class has a "
+            raise DataError(f"data.val_fraction={val_fraction} holds out no image: every class has a "
                             "single training image; set data.val_fraction=0 or add training images")
         counts = [n - h for n, h in zip(counts, held)]
     if config.method.probe_set == "holdout":  # for every method, so a flat baseline trains on the same images
-        fraction = config.method.holdout_fraction
-        _check_probe_holdout(facts, config, fraction)
-        counts = [n - held_out_count(n, fraction) for n in counts]
+        probe = [held_out_count(n, config.method.holdout_fraction) if n > 0 else 0 for n in counts]
+        _check_probe_holdout(facts, counts, probe)
+        counts = [n - h for n, h in zip(counts, probe)]
     return sum(counts)
 
 
-def _check_probe_holdout(facts: DataFacts, config: Config, fraction: float) -> None:
-    """method.probe_set=holdout must hold out an image of every class: class profiles need them all."""
-    kept = list(facts.train_counts)
-    if config.data.val_fraction > 0:
-        kept = [n - held_out_count(n, config.data.val_fraction) if n > 0 else 0 for n in kept]
-    missing = [c for c, n in enumerate(kept) if n > 0 and held_out_count(n, fraction) == 0]
+def _check_probe_holdout(facts: DataFacts, counts: list[int], probe: list[int]) -> None:
+    """method.probe_set=holdout must hold out an image of every class (`probe` of its `counts`): class
+    profiles need them all."""
+    missing = [c for c, (n, held) in enumerate(zip(counts, probe)) if n > 0 and held == 0]
     if missing:
         names = ", ".join(facts.classes[c] for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DataError(f"method.probe_set=holdout holds out no image of {len(missing)} class(es) ({names}): each "
