@@ -96,7 +96,7 @@ class MethodRun:
             ds = ds if ds is not None else load_dataset(config.data)
         # every default fixed and every rule that needs the data checked, once: what follows trusts it
         self.plan = resolve(config, DataFacts.of(ds), world.world_size)
-        self.data = prepare_data(self.plan, self.device, world, ds)
+        self.data = prepare_data(self.plan, self.device, world, ds=ds)
         check_ranks_agree(self._image_counts(), self.device)
         self.ds = self.data.ds
         # the data set's own hierarchy, where it has one: the final scores add coarse top-1 and mistake severity

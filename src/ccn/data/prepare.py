@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from ccn.data import ImageDataset, load_dataset
+from ccn.data import ImageDataset
 from ccn.data.augment import Augment, Normalize
 from ccn.data.base import channel_stats, split_per_class
 from ccn.data.crops import CentreCrop, RandomResizedCrop
@@ -98,13 +98,12 @@ def uses_channels_last(asked: bool, device: torch.device) -> bool:
     return asked and device.type in ("cpu", "cuda")
 
 
-def prepare_data(plan: "RunPlan", device: torch.device, world: World = World(),
-                 ds: Optional[ImageDataset] = None, preprocess: Optional[dict] = None) -> RunData:
-    """The run's data on `device`, as the run plan (ccn.plan.RunPlan, resolved on `ds`, which is
-    read again when not given) says. `preprocess` (a saved run's mean and std, 0-1 scale) replaces
-    the statistics of these training images, so a saved run is scored with the normalisation it learned."""
+def prepare_data(plan: "RunPlan", device: torch.device, world: World = World(), *, ds: ImageDataset,
+                 preprocess: Optional[dict] = None) -> RunData:
+    """The run's data on `device`, as the run plan (ccn.plan.RunPlan, resolved on `ds`) says.
+    `preprocess` (a saved run's mean and std, 0-1 scale) replaces the statistics of these training
+    images, so a saved run is scored with the normalisation it learned."""
     config = plan.config
-    ds = ds if ds is not None else load_dataset(config.data)
     x, y = ds.train_images, ds.train_labels
     test_x, test_y, eval_set = ds.test_images, ds.test_labels, "test"
     if config.data.val_fraction > 0:  # choose settings on training images; the test set stays untouched
