@@ -28,7 +28,7 @@ from ccn.checkpoint import check_run_state, read_training_state, restore_trainin
 from ccn.files import fault_point, write_json
 from ccn.data import ImageDataset, load_dataset
 from ccn.data.digest import data_digest
-from ccn.data.prepare import RunData, fit_sample, prepare_data
+from ccn.data.prepare import RunData, fit_sample, prepare_data, preprocess_facts
 from ccn.dist import (World, autocast, check_ranks_agree, configure_backends, init_distributed,
                       main_rank_first, resolve_device, seed_stream, wrap_for_training)
 from ccn.ema import WeightAverage
@@ -469,7 +469,7 @@ def run_facts(plan: RunPlan, ds: ImageDataset, model, device, seconds: float, da
         "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "parameters": count_parameters(model), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)",
-        "preprocess": data.preprocess,
+        "preprocess": preprocess_facts(ds, data.normalize, data.eval_crop),
         "config_sha256": config_digest(recorded_config(config)),  # load_run refuses a config.yaml edited after training
         **({"class_ids": ds.class_ids} if ds.class_ids is not None else {}),
     }

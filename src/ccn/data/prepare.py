@@ -33,8 +33,8 @@ class RunData:
     test: TensorBatches  # the images scored: the test set, or the validation hold-out (data.val_fraction)
     probe: TensorBatches  # images whose softmax defines the class profiles (no augmentation)
     eval_set: str = "test"  # which images `test` holds: "test" or "validation"
+    eval_crop: Optional[CentreCrop] = None  # what every scored or profiled image goes through (eval_transform)
     channels_last: bool = False  # NHWC images, so the model goes NHWC too (uses_channels_last)
-    preprocess: Optional[dict] = None  # results.json "preprocess": how an image file becomes what scoring saw
 
 
 def default_augment(plan: "RunPlan") -> Augment:
@@ -51,8 +51,8 @@ def default_augment(plan: "RunPlan") -> Augment:
 
 def preprocess_facts(ds: ImageDataset, normalize: Normalize, crop: Optional[CentreCrop]) -> dict:
     """What `ccn predict` and `ccn export` must do to an image file to give the model what scoring gave
-    it (results.json "preprocess"): decode it to the stored square, crop as evaluation did (`crop`),
-    normalise."""
+    it (results.json "preprocess"): decode it to the stored square, crop as evaluation did (`crop`:
+    RunData.eval_crop), normalise."""
     facts = {"image_size": ds.image_size, "mean": normalize.mean.flatten().div(255).tolist(),
              "std": (1 / normalize.inv_std.flatten()).div(255).tolist()}
     if ds.fit != "stretch":
@@ -130,8 +130,7 @@ def prepare_data(plan: "RunPlan", device: torch.device, world: World = World(), 
     shares = dict(rank=world.rank, world_size=world.world_size)
     test = TensorBatches(on_device(test_x, device), test_y.to(device), t.eval_batch_size, **shares, **eval_kwargs)
     probe = TensorBatches(probe_x, probe_y, t.eval_batch_size, **shares, **eval_kwargs)
-    return RunData(ds, normalize, train, test, probe, eval_set, channels_last,
-                   preprocess_facts(ds, normalize, eval_crop))
+    return RunData(ds, normalize, train, test, probe, eval_set, eval_crop, channels_last)
 
 
 ON_DEVICE_SHARE = 0.25  # a memory store goes to a GPU whole when it takes at most this share of its free memory (ours)
