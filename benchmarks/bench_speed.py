@@ -52,7 +52,7 @@ def ours_images_per_s(model, images, labels, batch, steps, device=torch.device("
     model = model.to(device, memory_format=torch.channels_last)  # as the pipeline does, on CPU and CUDA
     norm = Normalize([0.49, 0.48, 0.45], [0.25, 0.24, 0.26]).to(device)
     images, labels = images.to(device), labels.to(device)
-    trainer = Trainer(model, cfg, device, steps)
+    trainer = Trainer(model, cfg, device, steps, steps)  # one epoch
     layout = dict(channels_last=True)
     warm_up = TensorBatches(images[:batch], labels[:batch], batch, norm, Augment(4, True, 0), **layout)
     trainer.train_epoch(warm_up, epoch=0)

@@ -321,7 +321,7 @@ def speed_recipe(check: Check) -> dict:
     top-1 and training seconds (the epochs' own clock, as bench_time_to_accuracy counts them), beside
     airbench94's published time. Issue 20, item 4. Quick: 4 epochs (the recipes' warm-up and lookahead need
     more than 3) on the check's small subset, the lookahead started after 1 epoch so that it averages
-    within the 12 steps (ccn.train.check_lookahead_budget refuses one that never would)."""
+    within the 12 steps (ccn.plan.check_lookahead_budget refuses one that never would)."""
     recipes = {}
     for name in ("cifar10_cpu_10min", "cifar10_cpu_30min"):
         out = check.work / name

@@ -163,7 +163,8 @@ def test_every_head_and_rule_is_scored_on_the_same_centre_crops():
     expected = flat.normalize(flat.ds.test_images[:][:, :, 1:15, 1:15])  # the centred 14 of 16
     seen = []
     hierarchy = Hierarchy(flat.ds.classes, [[0, 1], [2, 3]], {})
-    model = build_model(_resized_config("ccn"), flat.ds.num_classes, hierarchy)
+    config = _resized_config("ccn")
+    model = build_model(config.model, config.train, flat.ds.num_classes, hierarchy, config.method)
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     result = score(model, flat.test, model.head.mask, "soft")
     assert torch.equal(torch.cat(seen), expected)

@@ -354,12 +354,12 @@ def test_a_bare_timm_style_file_maps_onto_the_adapter(tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "mine.safetensors"))
     config = cfgmod.from_dict({"model": {"name": "timm:standin", "init": str(tmp_path / "mine.safetensors")}})
     model = Classifier(TimmBackbone(FastNet(width=4)), FlatHead(trained.num_features, 3))
-    record = load_initial_weights(model, config, ["a", "b", "c"])
+    record = load_initial_weights(model, config.model, config.train.bn_weight, ["a", "b", "c"])
     assert record["layout"] == "bare backbone" and record["flat_head"] and "note" in record
     assert all(torch.equal(model.backbone.model.state_dict()[k], v) for k, v in trained.state_dict().items())
     assert torch.equal(model.head.flat.weight, fc.weight)
     five = Classifier(TimmBackbone(FastNet(width=4)), FlatHead(trained.num_features, 5))
-    record = load_initial_weights(five, config, list("abcde"))
+    record = load_initial_weights(five, config.model, config.train.bn_weight, list("abcde"))
     assert not record["flat_head"] and "3 classes" in record["flat_head_fresh_because"]
 
 
@@ -368,14 +368,15 @@ def test_a_bare_native_backbone_and_bad_sources(tmp_path):
     trained = FastNet(width=4)
     save_file(trained.state_dict(), str(tmp_path / "backbone.safetensors"))
     config = cfgmod.from_dict({"model": {"name": "fastnet", "width": 4, "init": str(tmp_path / "backbone.safetensors")}})
-    model = build_model(config, 3)
-    record = load_initial_weights(model, config, ["a", "b", "c"])
+    model = build_model(config.model, config.train, 3)
+    record = load_initial_weights(model, config.model, config.train.bn_weight, ["a", "b", "c"])
     assert torch.equal(model.backbone.body[0].weight, trained.body[0].weight) and not record["flat_head"]
     with pytest.raises(ConfigError, match="safetensors only"):
         cfgmod.from_dict({"model": {"init": "weights.pth"}})
     missing = cfgmod.from_dict({"model": {"init": str(tmp_path / "none.safetensors")}})
     with pytest.raises(CCNError, match="does not exist"):
-        load_initial_weights(build_model(missing, 3), missing, ["a", "b", "c"])
+        load_initial_weights(build_model(missing.model, missing.train, 3), missing.model, missing.train.bn_weight,
+                             ["a", "b", "c"])
 
 
 def test_bn_weight_false_fixes_the_scales_at_one_with_model_init_too(tmp_path):
@@ -391,8 +392,8 @@ def test_bn_weight_false_fixes_the_scales_at_one_with_model_init_too(tmp_path):
     init = {"name": "fastnet", "width": 4, "init": str(tmp_path / "backbone.safetensors")}
     for bn_weight in (True, False):
         config = cfgmod.from_dict({"model": init, "train": {"bn_weight": bn_weight}})
-        model = build_model(config, 3)
-        record = load_initial_weights(model, config, ["a", "b", "c"])
+        model = build_model(config.model, config.train, 3)
+        record = load_initial_weights(model, config.model, config.train.bn_weight, ["a", "b", "c"])
         loaded = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         assert len(loaded) == len(norms) > 0
         assert torch.equal(model.backbone.body[0].weight, trained.body[0].weight)
@@ -412,7 +413,7 @@ def _init_file(tmp_path, state):
     path = tmp_path / "init.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     config = cfgmod.from_dict({"model": {"name": "fastnet", "width": 4, "init": str(path)}})
-    return config, build_model(config, 3)
+    return config, build_model(config.model, config.train, 3)
 
 
 def _ccn_layout(head: dict) -> dict:
@@ -433,7 +434,7 @@ W, B = torch.randn(3, FastNet(width=4).num_features), torch.randn(3)
 def test_a_damaged_flat_head_in_model_init_is_one_line(tmp_path, head, message):
     config, model = _init_file(tmp_path, _ccn_layout(head))
     with pytest.raises(CCNError, match=message) as err:
-        load_initial_weights(model, config, ["a", "b", "c"])
+        load_initial_weights(model, config.model, config.train.bn_weight, ["a", "b", "c"])
     assert "is damaged" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -443,7 +444,7 @@ def test_model_init_backbone_of_integer_or_complex_values_is_refused(tmp_path, d
     state["backbone.body.0.weight"] = state["backbone.body.0.weight"].to(dtype)
     config, model = _init_file(tmp_path, state)
     with pytest.raises(CCNError, match=f"body.0.weight holds {str(dtype)[6:]} values, not floating-point"):
-        load_initial_weights(model, config, ["a", "b", "c"])
+        load_initial_weights(model, config.model, config.train.bn_weight, ["a", "b", "c"])
 
 
 def test_model_init_with_nan_weights_is_refused_naming_the_tensor(tmp_path):
@@ -452,7 +453,7 @@ def test_model_init_with_nan_weights_is_refused_naming_the_tensor(tmp_path):
     config, model = _init_file(tmp_path, state)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CCNError, match=r"NaN or infinite weights \(head.flat.bias\).*finite weights"):
-        load_initial_weights(model, config, ["a", "b", "c"])
+        load_initial_weights(model, config.model, config.train.bn_weight, ["a", "b", "c"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing half-loaded
 
 
@@ -462,7 +463,7 @@ def test_a_bare_file_whose_classifier_reads_other_features_says_so(tmp_path):
     wide = torch.nn.Linear(trained.num_features + 5, 3)
     config, model = _init_file(tmp_path, {**trained.state_dict(), "fc.weight": wide.weight.detach(),
                                           "fc.bias": wide.bias.detach()})
-    record = load_initial_weights(model, config, ["a", "b", "c"])
+    record = load_initial_weights(model, config.model, config.train.bn_weight, ["a", "b", "c"])
     assert not record["flat_head"]
     assert record["flat_head_fresh_because"] == (f"its flat head reads {trained.num_features + 5} features, "
                                                  f"this backbone gives {trained.num_features}")

@@ -110,7 +110,7 @@ def test_batchnorm_keys_reach_every_norm_and_the_bias_rate_is_the_same_for_flat_
     from ccn.network import build_model, make_head
     from ccn.train import parameter_groups
     config = cfgmod.load(None, FAST)
-    model = build_model(config, 10)
+    model = build_model(config.model, config.train, 10)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(m.eps == 1e-12 and m.momentum == 0.4 and not m.weight.requires_grad for m in norms)
 
@@ -124,7 +124,7 @@ def test_batchnorm_keys_reach_every_norm_and_the_bias_rate_is_the_same_for_flat_
                                    if n.endswith(("norm1.bias", "norm2.bias")))) in flat_groups
     assert (1.0, 7, 0.0, ["backbone.whiten.bias"]) in flat_groups  # one epoch of 7 steps
     hierarchy = Hierarchy([str(c) for c in range(10)], [[1, 2, 3], [4, 5], [6, 7, 8, 9, 0]])
-    model.head = make_head(config, model.backbone.num_features, 10, hierarchy, flat=model.head.flat)
+    model.head = make_head(config.method, model.backbone.num_features, 10, hierarchy, flat=model.head.flat)
     assert backbone_groups(model) == flat_groups
 
 
@@ -184,7 +184,7 @@ def test_a_lookahead_that_would_never_average_is_refused(settings, steps_per_epo
     """train.lookahead_start < train.epochs passes at config load; with the steps per epoch known, a
     run that ends (train.max_steps) before the first average must not train without its lookahead."""
     from ccn.config import TrainConfig
-    from ccn.train import check_lookahead_budget
+    from ccn.plan import check_lookahead_budget
     cfg = TrainConfig(**{"lookahead_every": 1, **settings})
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_lookahead_budget(cfg, steps_per_epoch)
@@ -237,10 +237,10 @@ def test_tta_averages_the_outputs_that_every_rule_of_every_head_scores():
     y = torch.randint(0, 6, (64,), generator=g)
     batches = TensorBatches(x, y, 16, Normalize([0.5] * 3, [0.25] * 3), shuffle=False, drop_last=False)
     torch.manual_seed(0)
-    model = build_model(config, 6).eval()
+    model = build_model(config.model, config.train, 6).eval()
     hierarchy = Hierarchy(list("abcdef"), [[0, 1], [2, 3, 4], [5]])
     flat_head = model.head
-    three = make_head(cfgmod.load(None, []), model.backbone.num_features, 6, hierarchy, flat=flat_head.flat)
+    three = make_head(cfgmod.load(None, []).method, model.backbone.num_features, 6, hierarchy, flat=flat_head.flat)
     for head, mask in ((flat_head, None), (three, hierarchy.mask())):
         model.head = head
         plain, labels = _whole_set_outputs(model, batches)

@@ -136,7 +136,7 @@ def test_logged_loss_equals_the_true_one_over_a_long_bf16_epoch():
     batches = TensorBatches(images, torch.zeros(steps * batch, dtype=torch.long), batch, Normalize([0.5], [0.5]))
     model = _Tiny()
     cfg = TrainConfig(epochs=1, lr=0.0, momentum=0.0, weight_decay=0.0, bf16=True, progress=False)
-    stats = Trainer(model, cfg, torch.device("cpu"), steps).train_epoch(batches, epoch=1)
+    stats = Trainer(model, cfg, torch.device("cpu"), steps, steps).train_epoch(batches, epoch=1)
     assert abs(stats["loss"] - 0.05) < 2e-4  # 0.05 in bf16 is 0.0500488
     assert model.head.seen == {torch.float32}  # the loss always sees float32 outputs
 

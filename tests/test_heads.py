@@ -104,7 +104,7 @@ def test_partition_errors():
 def _tree_like(head3: ThreeLevelHead, groups) -> TreeHead:
     from ccn.config import Config
     from ccn.network import tree_head_from
-    return tree_head_from(head3, groups, Config())
+    return tree_head_from(head3, groups, Config().method)
 
 
 def test_tree_head_of_depth_one_equals_three_level_head():

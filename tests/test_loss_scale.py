@@ -71,7 +71,7 @@ def test_the_control_brings_grouped_heads_to_the_flat_gradient_scale(overrides):
 def test_the_flat_head_is_untouched_by_the_key():
     """One loss part of weight 1: the flat baseline (and the probe epochs) mean the same with the key on."""
     config = cfgmod.load(None, ["method.normalize_loss=true", "method.name=flat"])
-    assert isinstance(make_head(config, 8, 6, None), FlatHead)
+    assert isinstance(make_head(config.method, 8, 6, None), FlatHead)
 
 
 def test_norm_and_k1_variants_are_built_in(tmp_path):

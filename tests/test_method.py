@@ -50,9 +50,9 @@ def test_flat_baseline_and_ccn_share_initial_weights(planted):
     from ccn.network import build_model
     config = cfgmod.load(None, ["data.name=synthetic", "model.width=8"])
     torch.manual_seed(config.seed)
-    a = build_model(config, 16).backbone.state_dict()
+    a = build_model(config.model, config.train, 16).backbone.state_dict()
     torch.manual_seed(config.seed)
-    b = build_model(config, 16).backbone.state_dict()
+    b = build_model(config.model, config.train, 16).backbone.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -90,6 +90,23 @@ def test_rules_that_need_the_data_are_refused_by_the_plan():
         _plan(["method.probe_set=holdout", "train.batch_size=2"], single)
 
 
+
+def test_the_plan_refuses_images_smaller_than_the_model_takes():
+    """airbench pools 9 px down to 1: the plan refuses smaller images with the data's side in hand,
+    before the network is built; the backbone itself keeps a plain guard for a library caller."""
+    from ccn.models.airbench import AirbenchNet
+
+    facts = DataFacts("digits", tuple(map(str, range(10))), (20,) * 10, image_size=8, flips=False, store="memory")
+    airbench = cfgmod.load(None, ["model.name=airbench"])
+    with pytest.raises(ConfigError, match=r"model.name=airbench needs images of at least 9px \(a 2x2 whitening conv, "
+                                          r"then three 2x2 poolings\), got 8px: set data.image_size=9 or more"):
+        resolve(airbench, facts)
+    assert resolve(airbench, dataclasses.replace(facts, image_size=9)).input_side == 9
+    assert resolve(cfgmod.load(None, []), facts).input_side == 8  # resnet9 takes any side
+    with pytest.raises(ValueError, match=r"airbench needs images of at least 9px .*got \(8, 8\)"):
+        AirbenchNet(width=4).forward_features(torch.zeros(1, 3, 8, 8))
+
+
 RUN = ["--set", "data.train_per_class=40", "--set", "data.test_per_class=10", "--set", "model.width=8",
        "--set", "train.epochs=3", "--set", "train.deterministic=true", "--set", "train.progress=false"]
 

@@ -61,7 +61,7 @@ def _tiny_trainer(show: bool):
     model = Classifier(FastNet(width=4), FlatHead(FastNet(width=4).num_features, 3))
     images, labels = torch.randint(0, 255, (24, 3, 8, 8), dtype=torch.uint8), torch.arange(24) % 3
     batches = TensorBatches(images, labels, 8, Normalize([0.5] * 3, [0.25] * 3))
-    return Trainer(model, TrainConfig(epochs=1, progress=show), torch.device("cpu"), len(batches)), batches
+    return Trainer(model, TrainConfig(epochs=1, progress=show), torch.device("cpu"), len(batches), len(batches)), batches
 
 
 @pytest.mark.parametrize("show", [True, False])

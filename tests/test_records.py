@@ -255,15 +255,16 @@ def test_model_init_refuses_newer_weights_and_takes_other_tools_files(run):
 
     classes = read_results(run)["classes"]
     config = cfgmod.load(None, [*TINY_RUN, "method.name=flat", f"model.init={run}"])
-    assert load_initial_weights(build_model(config, 6), config, classes)["layout"] == "ccn"
+    initial = lambda c: load_initial_weights(build_model(c.model, c.train, 6), c.model, c.train.bn_weight, classes)  # noqa: E731
+    assert initial(config)["layout"] == "ccn"
     _rewrite_header(run / "model.safetensors", lambda m: {**m, "format": "99"})
     with pytest.raises(CCNError) as err:
-        load_initial_weights(build_model(config, 6), config, classes)
+        initial(config)
     _one_line(err, f"model.init={run / 'model.safetensors'}", *NEWER)
-    bare = {k: v.contiguous() for k, v in build_model(config, 6).backbone.state_dict().items()}
+    bare = {k: v.contiguous() for k, v in build_model(config.model, config.train, 6).backbone.state_dict().items()}
     save_file(bare, str(run / "timm.safetensors"), metadata={"format": "pt"})
     config = cfgmod.load(None, [*TINY_RUN, "method.name=flat", f"model.init={run / 'timm.safetensors'}"])
-    assert load_initial_weights(build_model(config, 6), config, classes)["layout"] == "bare backbone"
+    assert initial(config)["layout"] == "bare backbone"
 
 
 def test_a_checkpoint_of_a_newer_format_is_refused(run):

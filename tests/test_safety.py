@@ -223,7 +223,7 @@ def test_every_groups_file_train_accepts_reads_back_from_the_run_folder(shape, f
     assert back.tree == read and back.groups == saved.groups
     assert sorted(c for g in back.groups for c in g) == list(range(len(classes)))
     config = cfgmod.load(None, ["method.name=ccn"])
-    head = make_head(config, 4, len(classes), back)
+    head = make_head(config.method, 4, len(classes), back)
     assert head is not None
 
 

@@ -171,7 +171,8 @@ def test_a_fifo_as_model_init_weights_of_a_run_folder_is_named(tiny_run, tmp_pat
     plant(run / "model.safetensors", "fifo")
     config = cfgmod.load(run / "config.yaml", [f"model.init={run}"])
     with pytest.raises(CCNError, match="is a FIFO, not a regular file"):
-        load_initial_weights(build_model(config, 6), config, [f"c{i}" for i in range(6)])
+        load_initial_weights(build_model(config.model, config.train, 6), config.model, config.train.bn_weight,
+                             [f"c{i}" for i in range(6)])
 
 
 # ---------------------------------------------------------------- distances.npy

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from ccn import config as cfgmod
 from ccn.errors import CCNError, ConfigError
+from ccn.plan import check_step_budget
 from conftest import run_cli
 
 # digits, 10 images per class: 100 training images, 3 steps of 32 per epoch
@@ -72,8 +73,8 @@ def test_max_steps_that_ends_before_the_groups_is_refused_in_one_line(tmp_path):
         "raise train.max_steps above 3, or use method.name=flat for a smoke test"]
     assert not out.exists()
     with pytest.raises(ConfigError, match="ends before large groups are split after epoch 2"):
-        cfgmod.check_step_budget(cfgmod.load(None, ["train.epochs=4", "method.depth=2", "train.max_steps=20"]), 10)
-    cfgmod.check_step_budget(cfgmod.load(None, ["train.epochs=4", "method.depth=2", "train.max_steps=21"]), 10)
+        check_step_budget(20, 10, clustering_epoch=1, recursion_epoch=2)  # method.depth=2, 10 steps per epoch
+    check_step_budget(21, 10, clustering_epoch=1, recursion_epoch=2)
 
 
 @pytest.mark.parametrize("key,value,message", [

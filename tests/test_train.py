@@ -63,7 +63,7 @@ def test_weight_decay_goes_to_weight_matrices_and_kernels_only():
 def test_the_trainer_sets_the_scheduled_rate_per_step_and_decays_only_the_decay_group():
     model = Tiny()
     cfg = TrainConfig(epochs=4, warmup_epochs=1, lr=0.2, momentum=0.0, weight_decay=0.5, schedule="cosine")
-    trainer = Trainer(model, cfg, torch.device("cpu"), steps_per_epoch=5)  # 20 steps, 5 of warm-up
+    trainer = Trainer(model, cfg, torch.device("cpu"), steps_per_epoch=5, total_steps=20)  # 5 of warm-up
     for step, expected in {0: 0.1, 5: 1.0, 10: 0.5 * (1 + math.cos(math.pi / 3)), 20: 0.0}.items():
         trainer.step = step
         trainer._set_lr()

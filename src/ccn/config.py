@@ -793,20 +793,6 @@ def clustering_epoch(meth: MethodConfig) -> int:
     return meth.cluster_epoch if meth.cluster_epoch is not None else meth.probe_epochs
 
 
-def check_step_budget(config: Config, steps_per_epoch: int) -> None:
-    """train.max_steps must leave the method's epoch boundaries inside the run: a ccn run whose
-    budget ends before its groups are formed (or split) would train a flat model and call it ccn."""
-    meth, budget = config.method, config.train.max_steps
-    if budget == 0 or meth.name != "ccn":
-        return
-    last = recursion_epoch(meth) if recurses(meth) else clustering_epoch(meth)
-    needed = last * steps_per_epoch
-    if budget <= needed:
-        what = "large groups are split" if recurses(meth) else "classes are grouped"
-        raise ConfigError(f"train.max_steps={budget} ends before {what} after epoch {last} ({steps_per_epoch} steps "
-                          f"per epoch): raise train.max_steps above {needed}, or use method.name=flat for a smoke test")
-
-
 def recurses(meth: MethodConfig) -> bool:
     """Whether large groups are split again after clustering (a file's tree comes whole instead)."""
     return meth.depth > 1 and meth.partition != "file"

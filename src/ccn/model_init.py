@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from ccn.checkpoint import check_finite, check_weights_file, read_weights, state_difference
-from ccn.config import Config
+from ccn.config import ModelConfig
 from ccn.errors import CCNError
 from ccn.models.base import configure_batchnorm
 from ccn.runfiles import read_results
@@ -87,22 +87,24 @@ def fresh_head_reason(head: torch.nn.Linear, flat: dict, classes: list[str],
     return None
 
 
-def load_initial_weights(model: torch.nn.Module, config: Config, classes: list[str]) -> dict:
-    """Load `model.init` into `model`: the backbone always (or a one-line error naming the mismatch),
-    the flat head when it has this run's classes. Returns the record results.json keeps."""
+def load_initial_weights(model: torch.nn.Module, model_cfg: ModelConfig, bn_weight: bool,
+                         classes: list[str]) -> dict:
+    """Load `model_cfg.init` (model.init) into `model`: the backbone always (or a one-line error naming
+    the mismatch), the flat head when it has this run's classes; without `bn_weight` (train.bn_weight)
+    the norm scales the backbone does not train are reset. Returns the record results.json keeps."""
     from safetensors import SafetensorError
 
-    weights, saved_classes = init_weights_file(config.model.init)
-    check_weights_file(weights, f"model.init={config.model.init}:", "pass a run folder or a .safetensors file")
+    weights, saved_classes = init_weights_file(model_cfg.init)
+    check_weights_file(weights, f"model.init={model_cfg.init}:", "pass a run folder or a .safetensors file")
     try:  # any safetensors file; a ccn weights file of a newer format is refused
         state = read_weights(weights, f"model.init={weights}")
     except (SafetensorError, OSError, ValueError) as err:
         raise CCNError(f"model.init: cannot read {weights} ({err}): the file is damaged or not safetensors") from None
-    timm = config.model.name.startswith("timm:")
+    timm = model_cfg.name.startswith("timm:")
     backbone, flat, layout = split_init_state(state, set(model.backbone.state_dict()), timm)
     problem = state_difference(model.backbone, backbone)
     if problem:
-        raise CCNError(f"model.init={weights} does not fit model.name={config.model.name} ({problem}): start "
+        raise CCNError(f"model.init={weights} does not fit model.name={model_cfg.name} ({problem}): start "
                        "from weights of the same backbone with the same model.* options")
     damage = damaged_flat_head(flat) if flat else None
     if damage:
@@ -111,7 +113,7 @@ def load_initial_weights(model: torch.nn.Module, config: Config, classes: list[s
     check_finite({**backbone, **{f"head.flat.{k}": v for k, v in flat.items()}}, weights,
                  "model.init must hold finite weights (a diverged run's are not); choose another file")
     model.backbone.load_state_dict(backbone)
-    scales_reset = not config.train.bn_weight and _reset_norm_scales(model.backbone)
+    scales_reset = not bn_weight and _reset_norm_scales(model.backbone)
     why = fresh_head_reason(model.head.flat, flat, classes, saved_classes)
     if why is None:
         model.head.flat.load_state_dict(flat)

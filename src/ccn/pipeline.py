@@ -28,7 +28,7 @@ from ccn.checkpoint import check_run_state, read_training_state, restore_trainin
 from ccn.files import fault_point, write_json
 from ccn.data import ImageDataset, load_dataset
 from ccn.data.digest import data_digest
-from ccn.data.prepare import RunData, fit_sample, prepare_data, preprocess_facts, uses_channels_last
+from ccn.data.prepare import RunData, fit_sample, prepare_data, preprocess_facts
 from ccn.dist import (World, autocast, check_ranks_agree, configure_backends, init_distributed,
                       main_rank_first, resolve_device, seed_stream, wrap_for_training)
 from ccn.ema import WeightAverage
@@ -96,7 +96,7 @@ class MethodRun:
             ds = ds if ds is not None else load_dataset(config.data)
         # every default fixed and every rule that needs the data checked, once: what follows trusts it
         self.plan = resolve(config, DataFacts.of(ds), world.world_size)
-        self.data = prepare_data(self.plan, self.device, world, ds)
+        self.data = prepare_data(self.plan, self.device, world, ds=ds)
         check_ranks_agree(self._image_counts(), self.device)
         self.ds = self.data.ds
         # the data set's own hierarchy, where it has one: the final scores add coarse top-1 and mistake severity
@@ -109,17 +109,18 @@ class MethodRun:
             read_groups_file(config.method.groups_file, self.ds.classes, whole_tree=config.method.depth > 1,
                              class_ids=self.ds.class_ids)
         torch.manual_seed(config.seed)  # identical initial weights for every variant of a seed
-        self.model = build_model(config, self.ds.num_classes)
+        self.model = build_model(config.model, config.train, self.ds.num_classes)
         # e.g. airbench's whitening filters; a resumed run has them in its checkpoint
         if self.model.backbone.fits_to_data and not resuming:
             self.model.backbone.fit_to_data(fit_sample(self.data))
         self.init_record = None if resuming else self._start_from_trained_weights()
         self.model = self.model.to(self.device)
-        if uses_channels_last(config, self.device):
+        if self.data.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.train.sync_bn and world.world_size > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.trainer = Trainer(self.model, config.train, self.device, self.plan.steps_per_epoch)
+        self.trainer = Trainer(self.model, config.train, self.device, self.plan.steps_per_epoch,
+                               self.plan.planned_steps)
         self.hierarchy: Optional[Hierarchy] = None
         self.stage = "flat" if config.method.name == "flat" else "probe"
         self._wrap()
@@ -134,7 +135,7 @@ class MethodRun:
         so the method can be applied post hoc; the record goes to results.json."""
         if self.config.model.init is None:
             return None
-        record = load_initial_weights(self.model, self.config, self.ds.classes)
+        record = load_initial_weights(self.model, self.config.model, self.config.train.bn_weight, self.ds.classes)
         head = "flat head too" if record["flat_head"] else f"flat head starts fresh: {record['flat_head_fresh_because']}"
         self.log.info(f"model.init: backbone from {record['from']} ({record['layout']} layout); {head}")
         return record
@@ -189,7 +190,8 @@ class MethodRun:
         if not bool(torch.isfinite(profiles).all()):  # the loss can stay finite while the outputs overflow
             raise CCNError(f"the network's outputs are not finite after epoch {epoch}, so classes cannot be grouped: "
                            "lower train.lr (or add train.warmup_epochs) and run again")
-        self.hierarchy = form_groups(self.config, profiles, self.ds, epoch, self.plan.num_groups)
+        self.hierarchy = form_groups(self.config.method, self.config.seed, profiles, self.ds, epoch,
+                                     self.plan.num_groups)
         # the probe's floating point depends on the thread count, and so may the groups: the report
         # compares it between variants that should learn the same partition
         self.hierarchy.how["probe_cpu_threads"] = torch.get_num_threads()
@@ -197,7 +199,7 @@ class MethodRun:
         if self.out_dir is not None and self.world.is_main:  # once per run: checkpoints keep the groups only
             write_distances(Path(self.out_dir), self.hierarchy)
         torch.manual_seed(self.config.seed + 1)  # new heads start the same for every partition of a seed
-        self._install_head(make_head(self.config, self.model.backbone.num_features, self.ds.num_classes,
+        self._install_head(make_head(self.config.method, self.model.backbone.num_features, self.ds.num_classes,
                                      self.hierarchy, flat=self.model.head.flat), "ccn")
         sizes = sorted((len(g) for g in self.hierarchy.groups), reverse=True)
         how = self.hierarchy.how
@@ -209,9 +211,10 @@ class MethodRun:
     def recurse(self, epoch: int) -> None:
         """The recursion: split large groups and continue with a tree head (or, when no group is
         large enough, keep the three-level head and say so)."""
-        self.hierarchy = split_large_groups(self.config, self._probe_within, self.hierarchy, epoch)
+        self.hierarchy = split_large_groups(self.config.method, self.config.seed, self._probe_within, self.hierarchy,
+                                            epoch)
         if self.hierarchy.depth > 1:
-            self._install_head(tree_head_from(self.model.head, self.hierarchy.tree, self.config), "tree")
+            self._install_head(tree_head_from(self.model.head, self.hierarchy.tree, self.config.method), "tree")
         self.log.info(f"  recursion after epoch {epoch}: tree of depth {self.hierarchy.depth} "
                       f"(split: {self.hierarchy.how['split']})")
 
@@ -265,7 +268,7 @@ class MethodRun:
         results.setdefault("model_weights", "live")  # which weights model.safetensors holds
         results["steps"] = self.trainer.step  # optimizer steps trained (fewer than planned under train.max_steps)
         seconds = self.earlier_seconds + time.perf_counter() - self.started
-        results.update(run_facts(self.config, self.ds, self.model, self.device, seconds, self.data))
+        results.update(run_facts(self.plan, self.ds, self.model, self.device, seconds, self.data))
         results["clustering_seconds"] = self.cluster_seconds
         results["code"] = self.code
         if self.code_at_start != self.code:  # resumed with other code: say so rather than mix silently
@@ -399,7 +402,7 @@ class MethodRun:
             if self.hierarchy.classes != self.ds.classes:
                 raise CCNError(f"checkpoint {path} groups other classes than data {self.ds.name} has: "
                                "resume with the data the run started on")
-            head = make_head(self.config, self.model.backbone.num_features, self.ds.num_classes, self.hierarchy,
+            head = make_head(self.config.method, self.model.backbone.num_features, self.ds.num_classes, self.hierarchy,
                              flat=self.model.head.flat)
             self._install_head(head, state["stage"])
         restore_training_state(tensors, state, self.model, self.trainer.optimizer, path)
@@ -454,7 +457,9 @@ def describe_run(plan: RunPlan, ds: ImageDataset, model: torch.nn.Module, device
             f"{steps} steps{budget}, batch {config.train.batch_size}, lr {config.train.lr} | seed {config.seed} | {device}")
 
 
-def run_facts(config: Config, ds: ImageDataset, model, device, seconds: float, data: RunData) -> dict:
+def run_facts(plan: RunPlan, ds: ImageDataset, model, device, seconds: float, data: RunData) -> dict:
+    """results.json's description of the run: what it trained on, how, where and for how long."""
+    config = plan.config
     return {
         "data": ds.name, "num_classes": ds.num_classes, "classes": ds.classes, "train_images": len(data.train.labels),
         "test_images": len(data.test.labels), "eval_set": data.eval_set, "model": config.model.name,
@@ -464,7 +469,7 @@ def run_facts(config: Config, ds: ImageDataset, model, device, seconds: float, d
         "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "parameters": count_parameters(model), "device": str(device), "torch": torch.__version__,
         "machine": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)",
-        "preprocess": preprocess_facts(config, ds, data.normalize),
+        "preprocess": preprocess_facts(ds, data.normalize, data.eval_crop),
         "config_sha256": config_digest(recorded_config(config)),  # load_run refuses a config.yaml edited after training
         **({"class_ids": ds.class_ids} if ds.class_ids is not None else {}),
     }

@@ -24,7 +24,7 @@ from ccn import config as cfgmod
 from ccn.checkpoint import check_weights_file, load_weights, save_weights
 from ccn.files import TEMPORARY_NAME, atomic_write, check_replaceable, fault_point, regular_file_size, write_json
 from ccn.config import Config
-from ccn.data import stored_size
+from ccn.data import input_size, stored_size
 from ccn.data.prepare import eval_transform
 from ccn.errors import CCNError
 from ccn.hierarchy import Hierarchy
@@ -249,7 +249,7 @@ def load_run(run_dir: Path, overrides: list[str] | tuple = ()) -> tuple[Config, 
     hierarchy = Hierarchy.load(run_dir / "hierarchy.json") if os.path.lexists(run_dir / "hierarchy.json") else None
     check_run_files_agree(run_dir, config, results, hierarchy)
     check_preprocess_agrees(run_dir, config, results["preprocess"])
-    model = build_model(config, results["num_classes"], hierarchy)
+    model = build_model(config.model, config.train, results["num_classes"], hierarchy, config.method)
     if hierarchy is not None:
         check_weights_hold_the_hierarchy(run_dir, model.head)
     load_weights(model, run_dir / "model.safetensors")
@@ -326,7 +326,7 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
 def check_hierarchy_file_matches_weights(run_dir: Path, hierarchy: Hierarchy) -> None:
     """`ccn clusters`: the groups it prints are the ones the run's weights use (when the weights are there)."""
     if os.path.lexists(Path(run_dir) / "model.safetensors"):
-        head = make_head(cfgmod.Config(), 1, hierarchy.num_classes, hierarchy)  # the groups' buffers only
+        head = make_head(cfgmod.MethodConfig(), 1, hierarchy.num_classes, hierarchy)  # the groups' buffers only
         check_weights_hold_the_hierarchy(run_dir, head)
 
 
@@ -380,7 +380,8 @@ def check_preprocess_agrees(run_dir: Path, config: Config, prep: dict) -> None:
     any size, so a hand-edited size would score other images silently. (--set cannot change these keys.)"""
     recorded = {"stored side": prep["image_size"], "evaluation crop": _recorded_crop(prep),
                 "fit": prep.get("fit", "stretch")}
-    crop = eval_transform(config)
+    d = config.data  # a saved run's record: no data set is read here, so config.yaml says the crop
+    crop = eval_transform(cfgmod.training_crop(d), input_size(d), d.eval_crop)
     expected = {"stored side": stored_size(config.data), "evaluation crop": crop and (crop.size, crop.fraction),
                 "fit": "centre_crop" if config.data.name == "imagenet" else "stretch"}
     if expected["stored side"] is None:  # the data set's native size: config.yaml does not say it

@@ -20,7 +20,6 @@ from ccn.config import TrainConfig
 from ccn.data.loader import TensorBatches
 from ccn.dist import all_reduce_sum, autocast, is_distributed
 from ccn.ema import WeightAverage
-from ccn.errors import ConfigError
 from ccn.progress import progress_bar
 
 
@@ -94,12 +93,6 @@ class EpochProgress:
         self.seen = int(totals[-1].item())
 
 
-def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """Optimizer steps of the whole run: train.epochs epochs, or train.max_steps when that is fewer."""
-    steps = cfg.epochs * steps_per_epoch
-    return max(1, min(steps, cfg.max_steps) if cfg.max_steps > 0 else steps)
-
-
 def lookahead_first_step(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """The step at which airbench's lookahead starts its average (a copy of the weights): the first
     multiple of train.lookahead_every after the train.lookahead_start epochs."""
@@ -107,38 +100,16 @@ def lookahead_first_step(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return (cfg.lookahead_start * steps_per_epoch // every + 1) * every
 
 
-def check_lookahead_budget(cfg: TrainConfig, steps_per_epoch: int) -> None:
-    """The lookahead must average at least once (`lookahead_every` steps after it starts) before the
-    run's last step, or it is silently off: train.max_steps ending the run before train.lookahead_start
-    epochs, or too few steps after them. Checked once the steps per epoch are known, before training."""
-    every = cfg.lookahead_every
-    if every == 0:
-        return
-    first_average = lookahead_first_step(cfg, steps_per_epoch) + every
-    last = planned_steps(cfg, steps_per_epoch)
-    if first_average <= last:
-        return
-    cut = 0 < cfg.max_steps < cfg.epochs * steps_per_epoch
-    ends = f"train.max_steps={cfg.max_steps}" if cut else f"train.epochs={cfg.epochs}"
-    raises = ([f"train.max_steps to {first_average}"] if 0 < cfg.max_steps < first_average else []) + (
-        [f"train.epochs to {-(-first_average // steps_per_epoch)}"] if cfg.epochs * steps_per_epoch < first_average
-        else [])
-    per_epoch = f"{steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch"
-    raise ConfigError(f"train.lookahead_start={cfg.lookahead_start} with train.lookahead_every={every}: the lookahead "
-                      f"would first average at step {first_average}, but {ends} ends the run at step {last} "
-                      f"({per_epoch}), so it would never average: lower train.lookahead_start or "
-                      f"train.lookahead_every, or raise {' and '.join(raises)}")
-
-
 class Trainer:
     """Owns the optimizer and the step counter for one model; knows nothing of the method."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, steps_per_epoch: int,
-                 train_module: nn.Module | None = None):
+                 total_steps: int, train_module: nn.Module | None = None):
+        """`cfg`: the config's train section; `steps_per_epoch` and `total_steps` (the run's planned
+        optimizer steps, to which the schedule is fitted): the run plan's (ccn.plan.RunPlan)."""
         self.model, self.cfg, self.device = model, cfg, device
         self.train_module = train_module or model  # e.g. a DDP or compiled wrapper of `model`
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = planned_steps(cfg, steps_per_epoch)  # the schedule is fitted to these
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.warmup = cfg.warmup_epochs / cfg.epochs
         self.step = 0
         self.optimizer = self._new_optimizer()

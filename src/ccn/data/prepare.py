@@ -9,8 +9,7 @@ from typing import Optional
 
 import torch
 
-from ccn.config import Config, training_crop
-from ccn.data import ImageDataset, input_size, load_dataset
+from ccn.data import ImageDataset
 from ccn.data.augment import Augment, Normalize
 from ccn.data.base import channel_stats, split_per_class
 from ccn.data.crops import CentreCrop, RandomResizedCrop
@@ -34,6 +33,8 @@ class RunData:
     test: TensorBatches  # the images scored: the test set, or the validation hold-out (data.val_fraction)
     probe: TensorBatches  # images whose softmax defines the class profiles (no augmentation)
     eval_set: str = "test"  # which images `test` holds: "test" or "validation"
+    eval_crop: Optional[CentreCrop] = None  # what every scored or profiled image goes through (eval_transform)
+    channels_last: bool = False  # NHWC images, so the model goes NHWC too (uses_channels_last)
 
 
 def default_augment(plan: "RunPlan") -> Augment:
@@ -42,20 +43,20 @@ def default_augment(plan: "RunPlan") -> Augment:
     policy = make_policy(d.augment, d.randaugment_n, d.randaugment_m)
     flips = dict(flip=plan.flips, alternate_flip=d.flip_mode == "alternate", seed=plan.config.seed)
     if plan.crop == "random_resized":
-        crop = RandomResizedCrop(input_size(d), tuple(d.crop_scale), tuple(d.crop_ratio))
+        crop = RandomResizedCrop(plan.input_side, tuple(d.crop_scale), tuple(d.crop_ratio))
         return Augment(crop_padding=0, cutout=d.cutout, policy=policy, resized_crop=crop, **flips)
     return Augment(crop_padding=plan.crop_padding, cutout=d.cutout, policy=policy, reflect=d.pad_mode == "reflect",
                    **flips)
 
 
-def preprocess_facts(config: Config, ds: ImageDataset, normalize: Normalize) -> dict:
+def preprocess_facts(ds: ImageDataset, normalize: Normalize, crop: Optional[CentreCrop]) -> dict:
     """What `ccn predict` and `ccn export` must do to an image file to give the model what scoring gave
-    it (results.json "preprocess"): decode it to the stored square, crop as evaluation did, normalise."""
+    it (results.json "preprocess"): decode it to the stored square, crop as evaluation did (`crop`:
+    RunData.eval_crop), normalise."""
     facts = {"image_size": ds.image_size, "mean": normalize.mean.flatten().div(255).tolist(),
              "std": (1 / normalize.inv_std.flatten()).div(255).tolist()}
     if ds.fit != "stretch":
         facts["fit"] = ds.fit
-    crop = eval_transform(config)
     if crop is not None:
         facts.update(input_size=crop.size, eval_crop=crop.fraction)
     return facts
@@ -70,11 +71,11 @@ def check_saved_image_side(ds: ImageDataset, preprocess: dict) -> None:
                         "run trained on, or restore the results.json it wrote")
 
 
-def eval_transform(config: Config) -> Optional[CentreCrop]:
+def eval_transform(crop: str, input_side: Optional[int], eval_crop: float) -> Optional[CentreCrop]:
     """What every scored or profiled image goes through, for every head and inference rule alike:
-    with data.crop=random_resized the centred data.eval_crop of the stored square at the input size."""
-    d = config.data
-    return CentreCrop(input_size(d), d.eval_crop) if training_crop(d) == "random_resized" else None
+    after training with `crop`=random_resized the centred `eval_crop` share of the stored square at
+    `input_side`; nothing after the pad crop."""
+    return CentreCrop(input_side, eval_crop) if crop == "random_resized" else None
 
 
 
@@ -90,19 +91,19 @@ def fit_sample(data: "RunData") -> torch.Tensor:
     return data.normalize(data.train.take(pick))
 
 
-def uses_channels_last(config: Config, device: torch.device) -> bool:
-    """NHWC images and weights: faster on CUDA and also on CPU, where oneDNN's convolutions ran
-    ResNet-20 and ResNet-9 training 15-25 % faster and evaluation 1.2-1.8x faster (benchmarks/RESULTS.md)."""
-    return config.train.channels_last and device.type in ("cpu", "cuda")
+def uses_channels_last(asked: bool, device: torch.device) -> bool:
+    """NHWC images and weights where train.channels_last `asked` for them: faster on CUDA and also on CPU,
+    where oneDNN's convolutions ran ResNet-20 and ResNet-9 training 15-25 % faster and evaluation 1.2-1.8x
+    faster (benchmarks/RESULTS.md)."""
+    return asked and device.type in ("cpu", "cuda")
 
 
-def prepare_data(plan: "RunPlan", device: torch.device, world: World = World(),
-                 ds: Optional[ImageDataset] = None, preprocess: Optional[dict] = None) -> RunData:
-    """The run's data on `device`, as the run plan (ccn.plan.RunPlan, resolved on `ds`, which is
-    read again when not given) says. `preprocess` (a saved run's mean and std, 0-1 scale) replaces
-    the statistics of these training images, so a saved run is scored with the normalisation it learned."""
+def prepare_data(plan: "RunPlan", device: torch.device, world: World = World(), *, ds: ImageDataset,
+                 preprocess: Optional[dict] = None) -> RunData:
+    """The run's data on `device`, as the run plan (ccn.plan.RunPlan, resolved on `ds`) says.
+    `preprocess` (a saved run's mean and std, 0-1 scale) replaces the statistics of these training
+    images, so a saved run is scored with the normalisation it learned."""
     config = plan.config
-    ds = ds if ds is not None else load_dataset(config.data)
     x, y = ds.train_images, ds.train_labels
     test_x, test_y, eval_set = ds.test_images, ds.test_labels, "test"
     if config.data.val_fraction > 0:  # choose settings on training images; the test set stays untouched
@@ -115,10 +116,11 @@ def prepare_data(plan: "RunPlan", device: torch.device, world: World = World(),
     if config.method.probe_set == "holdout":  # for every method, so a flat baseline trains on the same images
         keep, held = split_per_class(y, config.method.holdout_fraction, PROBE_HOLDOUT_SEED)
         probe_x, probe_y, x, y = select(x, held), y[held], select(x, keep), y[keep]
-    channels_last = uses_channels_last(config, device)
     t, seed = config.train, config.seed
+    channels_last = uses_channels_last(t.channels_last, device)
+    eval_crop = eval_transform(plan.crop, plan.input_side, config.data.eval_crop)
     eval_kwargs = dict(normalize=normalize, shuffle=False, drop_last=False, channels_last=channels_last,
-                       transform=eval_transform(config))
+                       transform=eval_crop)
     train_x, train_y = on_device(x, device), y.to(device)
     # probe_set=train profiles the training images themselves: one copy on the device, not two
     probe_x, probe_y = (train_x, train_y) if probe_x is x else (on_device(probe_x, device), probe_y.to(device))
@@ -128,7 +130,7 @@ def prepare_data(plan: "RunPlan", device: torch.device, world: World = World(),
     shares = dict(rank=world.rank, world_size=world.world_size)
     test = TensorBatches(on_device(test_x, device), test_y.to(device), t.eval_batch_size, **shares, **eval_kwargs)
     probe = TensorBatches(probe_x, probe_y, t.eval_batch_size, **shares, **eval_kwargs)
-    return RunData(ds, normalize, train, test, probe, eval_set)
+    return RunData(ds, normalize, train, test, probe, eval_set, eval_crop, channels_last)
 
 
 ON_DEVICE_SHARE = 0.25  # a memory store goes to a GPU whole when it takes at most this share of its free memory (ours)

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from ccn.config import Config
+from ccn.config import MethodConfig
 from ccn.data import ImageDataset
 from ccn.dist import all_reduce_sum
 from ccn.hierarchy.affinity import class_profile_sums, profiles_from_sums
@@ -45,13 +45,12 @@ def flat_profiles(outputs: Iterable[tuple[dict, torch.Tensor]], num_classes: int
     return tally.profiles()
 
 
-def form_groups(config: Config, profiles: torch.Tensor, ds: ImageDataset, epoch: int,
+def form_groups(meth: MethodConfig, seed: int, profiles: torch.Tensor, ds: ImageDataset, epoch: int,
                 num_groups: Optional[int] = None) -> Hierarchy:
-    """The partition of step 2 (learned, or a control), with when and from what it was made;
-    `num_groups` is the run plan's count (None: a threshold decides)."""
-    hierarchy = choose_partition(config.method, profiles, ds.classes, config.seed, ds.coarse, ds.name,
-                                 ds.class_ids, num_groups)
-    hierarchy.how.update(epoch=epoch, probe_set=config.method.probe_set)
+    """The partition of step 2 (learned, or a control, as the method section `meth` says), with when
+    and from what it was made; `num_groups` is the run plan's count (None: a threshold decides)."""
+    hierarchy = choose_partition(meth, profiles, ds.classes, seed, ds.coarse, ds.name, ds.class_ids, num_groups)
+    hierarchy.how.update(epoch=epoch, probe_set=meth.probe_set)
     return hierarchy
 
 
@@ -80,7 +79,7 @@ def _positions(members: list, num_classes: int, device: torch.device) -> torch.T
 
 
 @torch.no_grad()
-def split_large_groups(config: Config, within: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+def split_large_groups(meth: MethodConfig, seed: int, within: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
                        hierarchy: Hierarchy, epoch: int) -> Hierarchy:
     """Recursion: inside each group of >= split_min_size classes, profile the classes with the masked
     (level-3) softmax restricted to the group and cluster them again into round(sqrt(size)) parts.
@@ -90,7 +89,6 @@ def split_large_groups(config: Config, within: Callable[[], Iterable[tuple[torch
     hierarchy stays at depth 1 and says so (`how["split"]`). The profiles are summed batch by batch
     on the device (never the whole probe set's (N, C) outputs) and over ranks. `within()` yields the
     probe set's (log p(class | group, x), labels) batches; it is called only when a group is large."""
-    meth = config.method
     large = [members for members in hierarchy.groups if len(members) >= meth.split_min_size]
     profiles = large_group_profiles(within() if large else (), hierarchy.num_classes, large)
     tree, split = [], 0
@@ -103,7 +101,7 @@ def split_large_groups(config: Config, within: Callable[[], Iterable[tuple[torch
                                 linkage=meth.linkage, clustering=meth.clustering, profile=meth.profile,
                                 sparse_above=meth.sparse_above, top_k=meth.top_k).groups
         if meth.partition == "random":
-            parts = random_partition(len(members), sorted(map(len, parts), reverse=True), seed=config.seed + 1 + k)
+            parts = random_partition(len(members), sorted(map(len, parts), reverse=True), seed=seed + 1 + k)
         tree.append([[members[i] for i in part] for part in parts])
         split += 1
     if split == 0:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ccn.errors import ConfigError
 from ccn.models.base import Backbone
 from ccn.models.registry import register_backbone
 
@@ -80,6 +79,8 @@ class Whitening(nn.Module):
 class AirbenchNet(Backbone):
     fits_to_data = True
     dirac_default = True  # airbench initialises every convolution as an identity on its first c_in filters
+    min_input_side = MIN_SIZE  # the run plan (ccn.plan) refuses smaller images before anything is trained
+    min_input_reason = "a 2x2 whitening conv, then three 2x2 poolings"
 
     def __init__(self, width: int = 64, whiten_bias_epochs: int = 3):
         super().__init__()
@@ -96,19 +97,13 @@ class AirbenchNet(Backbone):
 
     def fit_to_data(self, images: torch.Tensor) -> None:
         """Data-dependent initialisation from normalised training images (see Backbone)."""
-        _check_size(images)  # at start-up, before anything is trained or written
         self.whiten.fit(images)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        _check_size(x)
+        if min(x.shape[-2:]) < MIN_SIZE:  # a library caller's images; a run's plan refused them before training
+            raise ValueError(f"airbench needs images of at least {MIN_SIZE}px ({self.min_input_reason}), "
+                             f"got {tuple(x.shape[-2:])}")
         return self.blocks(self.act(self.whiten(x))).amax(dim=(2, 3)) * self.feature_scale
-
-
-def _check_size(x: torch.Tensor) -> None:
-    if min(x.shape[-2:]) < MIN_SIZE:
-        raise ConfigError(f"model.name=airbench needs images of at least {MIN_SIZE}px (a 2x2 whitening conv, then "
-                          f"three 2x2 poolings), got {x.shape[-1]}px: set data.image_size={MIN_SIZE} or more, "
-                          "or choose another model.name")
 
 
 register_backbone("airbench")(AirbenchNet)

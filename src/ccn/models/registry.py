@@ -40,6 +40,13 @@ def create_backbone(name: str, **options) -> nn.Module:
         raise ConfigError(f"model.name={name}: {err}") from None
 
 
+def min_input_side(name: str) -> tuple[int, str]:
+    """(the least image side backbone `name` can take, why): a backbone that pools its input away
+    below some side says so in `min_input_side` and `min_input_reason` (1 and "" otherwise)."""
+    factory = BACKBONES.get(name)
+    return getattr(factory, "min_input_side", 1), getattr(factory, "min_input_reason", "")
+
+
 def backbone_from_config(model_cfg) -> nn.Module:
     """The backbone `model.*` names, with identity-initialised convolutions when model.dirac (or the net) says so."""
     backbone = create_backbone(model_cfg.name, **_option_kwargs(model_cfg))
