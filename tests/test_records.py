@@ -276,6 +276,16 @@ def test_a_checkpoint_of_a_newer_format_is_refused(run):
     assert result.returncode == 2 and "upgrade ccn" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_checkpoint_of_a_newer_format_is_refused_before_its_state_is_read(run):
+    """A newer ccn may keep its training state in another layout than JSON text: the checkpoint is
+    named as newer (upgrade ccn), not as damaged (whose fix, deleting it, would lose the run's epochs)."""
+    _rewrite_header(run / STATE_FILE, lambda m: {**m, "format": "99", records.STATE: "zstd:KLUv/QBYAQ"})
+    with pytest.raises(CCNError) as err:
+        read_training_state(run / STATE_FILE)
+    _one_line(err, f"checkpoint {run / STATE_FILE}", " is a checkpoint of ", *NEWER)
+    assert "delete it" not in str(err.value)
+
+
 def test_a_grid_of_a_newer_format_is_refused(tmp_path):
     with pytest.raises(CCNError) as err:
         load_grid(_grid_file(tmp_path, format=99))

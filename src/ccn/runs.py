@@ -31,7 +31,7 @@ from ccn.hierarchy import Hierarchy
 from ccn.hierarchy.tree import save_distances
 from ccn.locks import LOCK_FILE, FolderLock
 from ccn.network import build_model, make_head
-from ccn.records import header_record, read_record, stamp
+from ccn.records import header_record, readable_format, stamp
 from ccn.runfiles import (DISTANCES_FILE, FIGURES, GRID_FILE, GRID_OUTPUTS, OWN_FILES, RESULTS_FIX, RUN_FILES,
                           read_results)
 
@@ -308,7 +308,7 @@ def check_weights_hold_the_hierarchy(run_dir: Path, head: torch.nn.Module) -> No
     try:
         with safe_open(str(weights), framework="pt") as stored:
             # a newer format is refused here, before its tensors are taken for today's
-            read_record("weights", header_record(stored.metadata(), {}), RESULTS_FIX, f"weights {weights}")
+            readable_format("weights", header_record(stored.metadata(), {}), RESULTS_FIX, f"weights {weights}")
             held = set(stored.keys())
             differ = next((key for key, mine in expected.items() if key in held
                            and not _same_tensor(stored.get_tensor(key), mine)), None)
