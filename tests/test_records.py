@@ -251,6 +251,7 @@ def test_model_init_refuses_newer_weights_and_takes_other_tools_files(run):
     from ccn import config as cfgmod
     from ccn.network import build_model
     from ccn.model_init import load_initial_weights
+    from ccn import config as cfgmod
     from conftest import TINY_RUN
 
     classes = read_results(run)["classes"]
@@ -297,3 +298,39 @@ def test_a_grid_of_a_newer_format_is_refused(tmp_path):
     with pytest.raises(CCNError) as err:  # before any run of the folder is trained or reused
         _claim_folder(out, grid, log=lambda line: None)
     _one_line(err, str(out / "grid.yaml"), *NEWER)
+
+
+# ---------------------------------------------------------------- a format-0 run that names no classes
+
+
+@pytest.fixture
+def unnamed_flat_run(tmp_path):
+    """A finished flat run (no hierarchy.json to take the names from) whose results.json is format 0
+    without 'classes': read_results gives classes None."""
+    from ccn.pipeline import run_training
+    from ccn.runs import NewRun
+    from ccn.tracking import RunLog
+    from ccn import config as cfgmod
+    from conftest import TINY_RUN
+
+    out = tmp_path / "flat"
+    config = cfgmod.load(None, [*TINY_RUN, "method.name=flat"])
+    with NewRun(out) as started:
+        run_training(config, out, RunLog(out, stream=io.StringIO()), on_start=lambda: started.start(config))
+    _edit_json(out / "results.json", lambda r: [r.pop("format"), r.pop("classes")])
+    assert read_results(out)["classes"] is None
+    return out
+
+
+def test_a_run_that_names_no_classes_is_refused_by_what_prints_them(unnamed_flat_run, tmp_path):
+    """ccn.load and ccn export name the missing class names in one line (they raised TypeError), and
+    export writes nothing; ccn predict said so already."""
+    import ccn
+
+    with pytest.raises(CCNError) as err:
+        ccn.load(unnamed_flat_run)
+    _one_line(err, "results.json has no class names")
+    out = tmp_path / "m.onnx"
+    result = run_cli("export", str(unnamed_flat_run), "--out", str(out))
+    assert result.returncode == 2 and "has no class names" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists() and not (tmp_path / "m.onnx.json").exists()

@@ -330,6 +330,16 @@ def check_hierarchy_file_matches_weights(run_dir: Path, hierarchy: Hierarchy) ->
         check_weights_hold_the_hierarchy(run_dir, head)
 
 
+def class_names(results: dict, hierarchy: Optional[Hierarchy]) -> list[str]:
+    """The run's class names in the order of its outputs: hierarchy.json's, else results.json's. CCNError
+    when neither names them (a format-0 results.json without 'classes' reads as None: ccn evaluate
+    checks such a run by its class count, but nothing can print or export its classes)."""
+    names = hierarchy.classes if hierarchy is not None else results["classes"]
+    if names is None:
+        raise CCNError("results.json has no class names: re-run training with this version of ccn")
+    return list(names)
+
+
 def check_same_classes(results: dict, classes: list[str], data_name: str) -> None:
     """CCNError unless data set `data_name` has the classes the run learned, by name and in order (a
     run's output k means its k-th class; the same count of other classes would be scored as nonsense).
