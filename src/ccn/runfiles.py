@@ -1,8 +1,8 @@
 """The files of a run folder and of an experiment folder, by name, and results.json read back.
 
     config.yaml        the fully resolved configuration: what the user asked
-    plan.json          the run plan: the defaults that depend on the data, resolved (ccn.plan; runs
-                       written before it have none, and are planned again from config.yaml and the data)
+    plan.json          the run plan: the defaults that depend on the data, resolved (ccn.plan), for
+                       the reader: never read back (a resume plans again from config.yaml and the data)
     metrics.jsonl      one row per epoch
     results.json       final top-1/top-5 (fractions) per inference rule, group accuracies, facts
     hierarchy.json     ccn runs: class names, the groups (names), the tree, the merge tree
