@@ -186,6 +186,20 @@ def test_an_experiment_folder_whose_grid_yaml_has_no_format_continues(tmp_path):
     assert (out / "grid.yaml").read_text() == text
 
 
+@pytest.mark.parametrize("key, value, words", [
+    ("torch", 5, "'torch' must be non-empty text"),
+    ("finished", ["2026-12-06"], "'finished' must be non-empty text"),
+    ("code", "abc", "'code' must be a mapping"),
+])
+def test_what_results_json_records_of_its_provenance_is_checked(run, key, value, words):
+    """Format 1 always records the code, torch version and time; a report reads them (a number as the
+    torch version raised TypeError while the grid's report was written)."""
+    _edit_json(run / "results.json", lambda d: d.__setitem__(key, value))
+    with pytest.raises(CCNError) as err:
+        read_results(run)
+    _one_line(err, str(run / "results.json"), words)
+
+
 # ---------------------------------------------------------------- newer formats are refused
 
 

@@ -87,6 +87,11 @@ def check_results(results) -> None:
             require_number(results[key], f"'{key}'", 0)
     if results["config_sha256"] is not None:  # None: a run from before the digest was recorded
         require_str(results["config_sha256"], "'config_sha256'")
+    for key in ("torch", "finished"):  # None: a run from before they were recorded (the report says so)
+        if results[key] is not None:
+            require_str(results[key], f"'{key}'")
+    if results["code"] is not None:
+        require_mapping(results["code"], "'code'")
     require_str(results["eval_set"], "'eval_set'", ["test", "validation"])
     prep = require_mapping(results["preprocess"], "'preprocess'")
     require_keys(prep, ["image_size", "mean", "std"], "'preprocess'")
