@@ -186,6 +186,20 @@ def test_an_experiment_folder_whose_grid_yaml_has_no_format_continues(tmp_path):
     assert (out / "grid.yaml").read_text() == text
 
 
+@pytest.mark.parametrize("key, value, words", [
+    ("torch", 5, "'torch' must be non-empty text"),
+    ("finished", ["2026-12-06"], "'finished' must be non-empty text"),
+    ("code", "abc", "'code' must be a mapping"),
+])
+def test_what_results_json_records_of_its_provenance_is_checked(run, key, value, words):
+    """Format 1 always records the code, torch version and time; a report reads them (a number as the
+    torch version raised TypeError while the grid's report was written)."""
+    _edit_json(run / "results.json", lambda d: d.__setitem__(key, value))
+    with pytest.raises(CCNError) as err:
+        read_results(run)
+    _one_line(err, str(run / "results.json"), words)
+
+
 # ---------------------------------------------------------------- newer formats are refused
 
 
@@ -251,6 +265,7 @@ def test_model_init_refuses_newer_weights_and_takes_other_tools_files(run):
     from ccn import config as cfgmod
     from ccn.network import build_model
     from ccn.model_init import load_initial_weights
+    from ccn import config as cfgmod
     from conftest import TINY_RUN
 
     classes = read_results(run)["classes"]
@@ -277,6 +292,16 @@ def test_a_checkpoint_of_a_newer_format_is_refused(run):
     assert result.returncode == 2 and "upgrade ccn" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_checkpoint_of_a_newer_format_is_refused_before_its_state_is_read(run):
+    """A newer ccn may keep its training state in another layout than JSON text: the checkpoint is
+    named as newer (upgrade ccn), not as damaged (whose fix, deleting it, would lose the run's epochs)."""
+    _rewrite_header(run / STATE_FILE, lambda m: {**m, "format": "99", records.STATE: "zstd:KLUv/QBYAQ"})
+    with pytest.raises(CCNError) as err:
+        read_training_state(run / STATE_FILE)
+    _one_line(err, f"checkpoint {run / STATE_FILE}", " is a checkpoint of ", *NEWER)
+    assert "delete it" not in str(err.value)
+
+
 def test_a_grid_of_a_newer_format_is_refused(tmp_path):
     with pytest.raises(CCNError) as err:
         load_grid(_grid_file(tmp_path, format=99))
@@ -288,3 +313,39 @@ def test_a_grid_of_a_newer_format_is_refused(tmp_path):
     with pytest.raises(CCNError) as err:  # before any run of the folder is trained or reused
         _claim_folder(out, grid, log=lambda line: None)
     _one_line(err, str(out / "grid.yaml"), *NEWER)
+
+
+# ---------------------------------------------------------------- a format-0 run that names no classes
+
+
+@pytest.fixture
+def unnamed_flat_run(tmp_path):
+    """A finished flat run (no hierarchy.json to take the names from) whose results.json is format 0
+    without 'classes': read_results gives classes None."""
+    from ccn.pipeline import run_training
+    from ccn.runs import NewRun
+    from ccn.tracking import RunLog
+    from ccn import config as cfgmod
+    from conftest import TINY_RUN
+
+    out = tmp_path / "flat"
+    config = cfgmod.load(None, [*TINY_RUN, "method.name=flat"])
+    with NewRun(out) as started:
+        run_training(config, out, RunLog(out, stream=io.StringIO()), on_start=lambda: started.start(config))
+    _edit_json(out / "results.json", lambda r: [r.pop("format"), r.pop("classes")])
+    assert read_results(out)["classes"] is None
+    return out
+
+
+def test_a_run_that_names_no_classes_is_refused_by_what_prints_them(unnamed_flat_run, tmp_path):
+    """ccn.load and ccn export name the missing class names in one line (they raised TypeError), and
+    export writes nothing; ccn predict said so already."""
+    import ccn
+
+    with pytest.raises(CCNError) as err:
+        ccn.load(unnamed_flat_run)
+    _one_line(err, "results.json has no class names")
+    out = tmp_path / "m.onnx"
+    result = run_cli("export", str(unnamed_flat_run), "--out", str(out))
+    assert result.returncode == 2 and "has no class names" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists() and not (tmp_path / "m.onnx.json").exists()

@@ -16,7 +16,7 @@ from ccn.errors import CCNError
 from ccn.files import atomic_write, fault_point, regular_file_size
 from ccn.file_checks import (Invalid, checked, parse_json, require_int, require_keys, require_list, require_mapping,
                              require_number, require_numbers, require_str)
-from ccn.records import STATE, header_record, read_record, split_header, stamp
+from ccn.records import STATE, header_record, read_record, readable_format, split_header, stamp
 
 
 def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -194,6 +194,8 @@ def read_training_state(path: Path) -> tuple[dict, dict]:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
         raise CCNError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}): {CHECKPOINT_FIX}") from None
+    # a newer format is refused before its state is decoded: it may not be JSON text there
+    readable_format("checkpoint", header_record(meta, {}), CHECKPOINT_FIX, f"checkpoint {path}")
     if STATE in meta:  # plain data from here on: the steps of older formats edit it
         meta = {**meta, STATE: parse_json(meta[STATE], f"the training state in checkpoint {path}", CHECKPOINT_FIX)}
     meta, tensors = split_header(read_record("checkpoint", header_record(meta, tensors), CHECKPOINT_FIX,

@@ -31,7 +31,7 @@ from ccn.files import atomic_write, check_replaceable, write_json
 from ccn.errors import CCNError
 from ccn.predict import class_probabilities, inference_rule
 from ccn.runfiles import OWN_FILES
-from ccn.runs import load_run, owner_of
+from ccn.runs import class_names, load_run, owner_of
 
 FORMATS = ("onnx",)
 OPSET = {"dynamo": 18, "torchscript": 17}  # the dynamo exporter writes opset 18 or later
@@ -63,6 +63,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False)
         raise CCNError(f"{run_dir} is not a finished ccn run folder (no results.json): pass the --out folder of "
                        "a `ccn train` that completed")
     config, model, hierarchy, results = load_run(Path(run_dir))
+    classes = class_names(results, hierarchy)  # the sidecar's; before anything is written
     which = exporter()
     check_export_packages(which)  # after the run is read: a damaged run is named whatever is installed
     module = RuleProbabilities(model, config.method.inference, config.train.tta).eval()
@@ -73,8 +74,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "onnx", force: bool = False)
     groups = [g + 1 for g in hierarchy.group_of().tolist()] if hierarchy is not None else None
     info = {"format": "onnx", "opset": OPSET[which], "exporter": which, "input": "images", "output": "probabilities",
             "layout": "NCHW float32, RGB, (pixel / 255 - mean) / std", "image_size": side, "resize": _resize_text(prep),
-            "mean": prep["mean"], "std": prep["std"], "classes": hierarchy.classes if hierarchy is not None
-            else results["classes"], "groups": groups, "rule": module.rule, "tta": module.tta, "run": str(run_dir)}
+            "mean": prep["mean"], "std": prep["std"], "classes": classes, "groups": groups, "rule": module.rule, "tta": module.tta, "run": str(run_dir)}
     write_json(sidecar_path(out), info)
     return info
 

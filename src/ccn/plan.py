@@ -7,8 +7,10 @@ the plan and checks nothing again. The config's own rules, those that need no da
 when it is read (ccn.config.check_rules): a grid is checked whole before its first run.
 
 A run folder keeps config.yaml as what the user asked; plan.json beside it records the plan
-(`RunPlan.to_json`, "format": 1). Runs written before plan.json exist still load and resume: the
-plan is resolved again from config.yaml and the data, as it always was.
+(`RunPlan.to_json`, "format": 1) for the reader. ccn never reads it back: a resumed run, and
+`ccn evaluate`, resolve the plan again from config.yaml and the data, so a run written before
+plan.json existed (or whose plan.json was deleted or edited) loads and resumes as any other, and
+a resume writes plan.json afresh.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from ccn.errors import CCNError
 from ccn.evaluate import tta_outputs
 from ccn.hierarchy import Hierarchy
 from ccn.file_checks import file_problem, printable
+from ccn.runs import class_names
 
 
 def inference_rule(head: torch.nn.Module, rule: str) -> str:
@@ -125,9 +126,7 @@ def iter_predictions(model: torch.nn.Module, hierarchy: Optional[Hierarchy], sav
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CCNError(f"--batch-size {batch_size} decodes no images: give 1 or more (e.g. --batch-size 64)")
     prep = saved["preprocess"]
-    classes = hierarchy.classes if hierarchy is not None else saved.get("classes")
-    if classes is None:
-        raise CCNError("results.json has no class names: re-run training with this version of ccn")
+    classes = class_names(saved, hierarchy)
     normalise = Normalize(prep["mean"], prep["std"])
     group_of = hierarchy.group_of().tolist() if hierarchy is not None else None
     device = next(model.parameters()).device

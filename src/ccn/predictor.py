@@ -29,7 +29,7 @@ from ccn.data.images import fit_square, to_rgb
 from ccn.errors import CCNError
 from ccn.export import RuleProbabilities
 from ccn.predict import read_image
-from ccn.runs import load_run
+from ccn.runs import class_names, load_run
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]
 
@@ -53,7 +53,7 @@ class Predictor(nn.Module):
         self.model_name = config.model.name
         self.preprocess = dict(results["preprocess"])
         self.hierarchy = hierarchy
-        self.classes = list(hierarchy.classes if hierarchy is not None else results["classes"])
+        self.classes = class_names(results, hierarchy)
         self.groups = ([[self.classes[c] for c in group] for group in hierarchy.groups] if hierarchy is not None
                        else None)
         self.group_of = hierarchy.group_of().tolist() if hierarchy is not None else None

@@ -147,15 +147,26 @@ def read_record(kind: str, data, fix: str, source=None) -> dict:
     if isinstance(data, (str, Path)):
         source = data if source is None else source
         data = read_json(Path(data), spec.what, fix)
+    number = readable_format(kind, data, fix, source)
     with checked(source, fix):
-        require_mapping(data, "the file")
-        number = _format_number(spec, data)
-        if number > spec.current:
-            raise CCNError(f"{source} is a {spec.what} of format {number}, newer than format {spec.current}, the "
-                           f"newest this ccn ({_version()}) reads: upgrade ccn to read it")
         for step in spec.steps[number:]:
             data = step(data)
     return _without_number(spec, data)
+
+
+def readable_format(kind: str, data, fix: str, source) -> int:
+    """The format of the record `data`; CCNError naming `source` when it is newer than this ccn reads,
+    or when `data` is not a mapping or its number is not one. read_record asks it first; a reader that
+    must decode part of a record before read_record (a checkpoint's state is JSON text) asks it before
+    that, since a newer format may keep that part in another encoding."""
+    spec = KINDS[kind]
+    with checked(source, fix):
+        require_mapping(data, "the file")
+        number = _format_number(spec, data)
+    if number > spec.current:
+        raise CCNError(f"{source} is a {spec.what} of format {number}, newer than format {spec.current}, the "
+                       f"newest this ccn ({_version()}) reads: upgrade ccn to read it")
+    return number
 
 
 def _format_number(spec: Kind, data: dict) -> int:

@@ -1,8 +1,8 @@
 """The files of a run folder and of an experiment folder, by name, and results.json read back.
 
     config.yaml        the fully resolved configuration: what the user asked
-    plan.json          the run plan: the defaults that depend on the data, resolved (ccn.plan; runs
-                       written before it have none, and are planned again from config.yaml and the data)
+    plan.json          the run plan: the defaults that depend on the data, resolved (ccn.plan), for
+                       the reader: never read back (a resume plans again from config.yaml and the data)
     metrics.jsonl      one row per epoch
     results.json       final top-1/top-5 (fractions) per inference rule, group accuracies, facts
     hierarchy.json     ccn runs: class names, the groups (names), the tree, the merge tree
@@ -87,6 +87,11 @@ def check_results(results) -> None:
             require_number(results[key], f"'{key}'", 0)
     if results["config_sha256"] is not None:  # None: a run from before the digest was recorded
         require_str(results["config_sha256"], "'config_sha256'")
+    for key in ("torch", "finished"):  # None: a run from before they were recorded (the report says so)
+        if results[key] is not None:
+            require_str(results[key], f"'{key}'")
+    if results["code"] is not None:
+        require_mapping(results["code"], "'code'")
     require_str(results["eval_set"], "'eval_set'", ["test", "validation"])
     prep = require_mapping(results["preprocess"], "'preprocess'")
     require_keys(prep, ["image_size", "mean", "std"], "'preprocess'")

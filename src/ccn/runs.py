@@ -31,7 +31,7 @@ from ccn.hierarchy import Hierarchy
 from ccn.hierarchy.tree import save_distances
 from ccn.locks import LOCK_FILE, FolderLock
 from ccn.network import build_model, make_head
-from ccn.records import header_record, read_record, stamp
+from ccn.records import header_record, readable_format, stamp
 from ccn.runfiles import (DISTANCES_FILE, FIGURES, GRID_FILE, GRID_OUTPUTS, OWN_FILES, RESULTS_FIX, RUN_FILES,
                           read_results)
 
@@ -308,7 +308,7 @@ def check_weights_hold_the_hierarchy(run_dir: Path, head: torch.nn.Module) -> No
     try:
         with safe_open(str(weights), framework="pt") as stored:
             # a newer format is refused here, before its tensors are taken for today's
-            read_record("weights", header_record(stored.metadata(), {}), RESULTS_FIX, f"weights {weights}")
+            readable_format("weights", header_record(stored.metadata(), {}), RESULTS_FIX, f"weights {weights}")
             held = set(stored.keys())
             differ = next((key for key, mine in expected.items() if key in held
                            and not _same_tensor(stored.get_tensor(key), mine)), None)
@@ -328,6 +328,16 @@ def check_hierarchy_file_matches_weights(run_dir: Path, hierarchy: Hierarchy) ->
     if os.path.lexists(Path(run_dir) / "model.safetensors"):
         head = make_head(cfgmod.MethodConfig(), 1, hierarchy.num_classes, hierarchy)  # the groups' buffers only
         check_weights_hold_the_hierarchy(run_dir, head)
+
+
+def class_names(results: dict, hierarchy: Optional[Hierarchy]) -> list[str]:
+    """The run's class names in the order of its outputs: hierarchy.json's, else results.json's. CCNError
+    when neither names them (a format-0 results.json without 'classes' reads as None: ccn evaluate
+    checks such a run by its class count, but nothing can print or export its classes)."""
+    names = hierarchy.classes if hierarchy is not None else results["classes"]
+    if names is None:
+        raise CCNError("results.json has no class names: re-run training with this version of ccn")
+    return list(names)
 
 
 def check_same_classes(results: dict, classes: list[str], data_name: str) -> None:
