@@ -1,6 +1,7 @@
 """data.store=stream: image files decoded per batch in worker processes, the same batches as memory."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,30 +211,37 @@ def test_a_worker_that_dies_is_named_not_waited_for(folder):
 @pytest.mark.parametrize("when", ["holding-a-task", "before-taking-one"])
 def test_a_stopped_worker_is_named_with_its_files_after_the_worker_timeout(folder, when):
     """A worker stopped by SIGSTOP (the shape of an NFS stall) stopped training for ever, with no message."""
-    close_pool(2)
     files = _files(folder)
-    source = StreamSource(files, 16, 2, skip_bad=False, worker_timeout=2)
-    pool = shared_pool(2, 2)
-    victim = pool.processes[0]
-    if when == "before-taking-one":
-        for process in pool.processes:
-            os.kill(process.pid, signal.SIGSTOP)
-    batches = source.batches([torch.arange(8)] * 50)
-    if when == "holding-a-task":
-        next(batches)
-        os.kill(victim.pid, signal.SIGSTOP)  # it holds, or is about to take, one of the next batches' tasks
-    started = time.monotonic()
-    who = rf"image decoding worker ccn-decode-0 \(pid {victim.pid}\)" if when == "holding-a-task" else \
+    who = r"image decoding worker ccn-decode-0 \(pid {pid}\)" if when == "holding-a-task" else \
         r"image decoding worker ccn-decode-0 \(pid \d+\), ccn-decode-1 \(pid \d+\)"
-    try:
-        with pytest.raises(DataError, match=rf"{who} has produced nothing for 2 s \(data.worker_timeout\) while "
-                                            rf"decoding {folder}/train/\S+\.jpg.*: it is stopped or stuck reading them"):
-            list(batches)
-        assert time.monotonic() - started < 30
-    finally:
-        for process in pool.processes:
-            os.kill(process.pid, signal.SIGKILL)
+    # A worker stopped between two tasks holds none, and the other one then decodes every batch: on a
+    # loaded machine that happens now and then, so the stop is tried again until it catches a task.
+    for attempt in range(5):
         close_pool(2)
+        source = StreamSource(files, 16, 2, skip_bad=False, worker_timeout=2)
+        pool = shared_pool(2, 2)
+        victim = pool.processes[0]
+        if when == "before-taking-one":
+            for process in pool.processes:
+                os.kill(process.pid, signal.SIGSTOP)
+        batches = source.batches([torch.arange(8)] * 50)
+        if when == "holding-a-task":
+            next(batches)
+            os.kill(victim.pid, signal.SIGSTOP)  # it holds, or is about to take, one of the next batches' tasks
+        started = time.monotonic()
+        try:
+            list(batches)
+        except DataError as err:
+            assert re.search(who.format(pid=victim.pid) + r" has produced nothing for 2 s \(data.worker_timeout\) "
+                             rf"while decoding {folder}/train/\S+\.jpg.*: it is stopped or stuck reading them", str(err))
+            assert time.monotonic() - started < 30
+            return
+        finally:
+            for process in pool.processes:
+                os.kill(process.pid, signal.SIGKILL)
+            close_pool(2)
+        assert when == "holding-a-task", "workers stopped before any task decoded every batch"
+    pytest.fail("in 5 tries the stopped worker never held a task: the timeout was never exercised")
 
 
 def test_a_worker_that_died_between_epochs_is_replaced_not_reported(folder):
