@@ -216,7 +216,7 @@ def test_a_stopped_worker_is_named_with_its_files_after_the_worker_timeout(folde
         r"image decoding worker ccn-decode-0 \(pid \d+\), ccn-decode-1 \(pid \d+\)"
     # A worker stopped between two tasks holds none, and the other one then decodes every batch: on a
     # loaded machine that happens now and then, so the stop is tried again until it catches a task.
-    for attempt in range(5):
+    for _ in range(5):
         close_pool(2)
         source = StreamSource(files, 16, 2, skip_bad=False, worker_timeout=2)
         pool = shared_pool(2, 2)
