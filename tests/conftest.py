@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +62,20 @@ def tiny_run(tmp_path_factory) -> Path:
         run_training(config, out, RunLog(out, stream=io.StringIO()), on_start=lambda: run.start(config))
     return out
 
+
+
+@pytest.fixture
+def damaged_run(tiny_run, tmp_path) -> Path:
+    """A copy of the session's tiny finished ccn run (6 classes, 2 groups), to age or damage."""
+    shutil.copytree(tiny_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def edit_json(path: Path, change) -> None:
+    """Apply `change` (a function that edits a dict in place) to the JSON file at `path`."""
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
 
 # ---------------------------------------------------------------- runs under a real memory limit (cgroup v1)
 

@@ -17,20 +17,12 @@ from ccn.hierarchy import Hierarchy
 from ccn.runfiles import read_results
 from ccn.runs import load_run
 from ccn.tracking import RunLog
-from conftest import run_cli
+from conftest import edit_json, run_cli
 
 
 @pytest.fixture
-def run(tiny_run, tmp_path):
-    """A copy of the session's tiny finished ccn run (6 classes, 2 groups) to damage."""
-    shutil.copytree(tiny_run, tmp_path / "run")
-    return tmp_path / "run"
-
-
-def _edit_json(path, change):
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
+def run(damaged_run):
+    return damaged_run
 
 
 def _before_the_digest(results):
@@ -73,7 +65,7 @@ RESULTS_CASES = [
 @pytest.mark.parametrize("damage, words", RESULTS_CASES)
 def test_damaged_results_json(damage, words, run):
     path = run / "results.json"
-    path.write_bytes(damage) if isinstance(damage, bytes) else _edit_json(path, damage)
+    path.write_bytes(damage) if isinstance(damage, bytes) else edit_json(path, damage)
     with pytest.raises(CCNError) as err:
         read_results(run)
     _one_line(err, str(path), words)
@@ -113,7 +105,7 @@ HIERARCHY_CASES = [
 @pytest.mark.parametrize("damage, words", HIERARCHY_CASES)
 def test_damaged_hierarchy_json(damage, words, run):
     path = run / "hierarchy.json"
-    path.write_bytes(damage) if isinstance(damage, bytes) else _edit_json(path, damage)
+    path.write_bytes(damage) if isinstance(damage, bytes) else edit_json(path, damage)
     with pytest.raises(CCNError) as err:
         Hierarchy.load(path)
     _one_line(err, str(path), words)
@@ -121,7 +113,7 @@ def test_damaged_hierarchy_json(damage, words, run):
 
 def test_run_files_that_disagree(run):
     """hierarchy.json of other classes, or missing in a ccn run: load_run says which files disagree."""
-    _edit_json(run / "hierarchy.json", lambda d: d.__setitem__("classes", [c + "x" for c in d["classes"]]) or
+    edit_json(run / "hierarchy.json", lambda d: d.__setitem__("classes", [c + "x" for c in d["classes"]]) or
                d.__setitem__("groups", [[c + "x" for c in g] for g in d["groups"]]) or d.pop("tree"))
     with pytest.raises(CCNError) as err:
         load_run(run)
@@ -133,13 +125,13 @@ def test_run_files_that_disagree(run):
 
 
 def _set_preprocess(run, **facts):
-    _edit_json(run / "results.json", lambda d: d["preprocess"].update(facts))
+    edit_json(run / "results.json", lambda d: d["preprocess"].update(facts))
 
 
 def test_preprocess_that_disagrees_with_the_config(run):
     """results.json "preprocess" says how predict and export shape an image file; one that says another
     size or crop than config.yaml would score resized images silently."""
-    _edit_json(run / "results.json", _before_the_digest)  # a run saved before the config digest
+    edit_json(run / "results.json", _before_the_digest)  # a run saved before the config digest
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("image_size: null", "image_size: 16"))
     load_run(run)  # the tiny run's images are 16 px: config and results agree
@@ -191,7 +183,7 @@ def test_groups_edited_in_hierarchy_json_are_refused(run, capsys):
     from ccn.cli import main
     assert main(["clusters", str(run)]) == 0
     capsys.readouterr()
-    _edit_json(run / "hierarchy.json", _move_one_class)
+    edit_json(run / "hierarchy.json", _move_one_class)
     Hierarchy.load(run / "hierarchy.json")  # a valid hierarchy on its own
     with pytest.raises(CCNError) as err:
         load_run(run)
@@ -251,7 +243,7 @@ def test_config_yaml_edited_after_training_is_refused(run):
             load_run(run)
         _one_line(err, f"{path} is not the config that trained the run", "config_sha256",
                   "restore the config the run wrote")
-    _edit_json(run / "results.json", _before_the_digest)
+    edit_json(run / "results.json", _before_the_digest)
     load_run(run)  # runs saved before the digest existed are not checked
 
 
@@ -264,7 +256,7 @@ def test_the_config_digest_is_of_the_recorded_keys_so_a_key_added_later_refuses_
     path = run / "config.yaml"
     older = "\n".join(line for line in path.read_text().splitlines() if not line.strip().startswith("bn_eps:"))
     path.write_text(older + "\n")
-    _edit_json(run / "results.json", lambda d: d.__setitem__("config_sha256", config_digest(read_yaml(path))))
+    edit_json(run / "results.json", lambda d: d.__setitem__("config_sha256", config_digest(read_yaml(path))))
     config, *_ = load_run(run)
     assert config.train.bn_eps is None  # the default of the key the file lacks
 
@@ -295,7 +287,7 @@ def test_evaluate_names_the_set_it_scores(run, val_run, tmp_path, capsys):
         assert scored["top1"] == pytest.approx(saved["top1"], abs=1e-6)
     old = tmp_path / "old"  # saved before the config digest, its config.yaml then given a validation split
     shutil.copytree(run, old)
-    _edit_json(old / "results.json", _before_the_digest)
+    edit_json(old / "results.json", _before_the_digest)
     (old / "config.yaml").write_text((old / "config.yaml").read_text().replace("val_fraction: 0.0",
                                                                                  "val_fraction: 0.5"))
     assert main(["evaluate", str(old)]) == 2
@@ -474,7 +466,7 @@ def test_results_of_another_run_in_a_grid_folder(tiny_run, tmp_path):
     from ccn.report import summarise
     for seed in (0, 1):
         shutil.copytree(tiny_run, tmp_path / "runs" / f"ccn-s{seed}")
-    _edit_json(tmp_path / "runs" / "ccn-s1" / "results.json", lambda d: d["rules"].pop("blend"))
+    edit_json(tmp_path / "runs" / "ccn-s1" / "results.json", lambda d: d["rules"].pop("blend"))
     grid = SimpleNamespace(variants={"ccn": {}}, seeds=[0, 1], reference="ccn")
     with pytest.raises(CCNError) as err:
         summarise(grid, tmp_path)

@@ -4,7 +4,6 @@ an older layout) is upgraded by one step per format and still loads, resumes and
 
 import io
 import json
-import shutil
 
 import pytest
 import torch
@@ -20,20 +19,12 @@ from ccn.grid import load_grid
 from ccn.hierarchy import Hierarchy
 from ccn.runfiles import STATE_FILE, read_results
 from ccn.runs import load_run
-from conftest import run_cli
+from conftest import edit_json, run_cli
 
 
 @pytest.fixture
-def run(tiny_run, tmp_path):
-    """A copy of the session's tiny finished ccn run (6 classes, 2 groups), to age or damage."""
-    shutil.copytree(tiny_run, tmp_path / "run")
-    return tmp_path / "run"
-
-
-def _edit_json(path, change):
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
+def run(damaged_run):
+    return damaged_run
 
 
 def _metadata(path):
@@ -103,8 +94,8 @@ def test_other_text_in_a_weights_files_format_is_format_0():
 def test_a_run_written_before_formats_loads_as_it_did(run):
     """Today's run with every `format` deleted (and the weights' old "ccn-1" label) is a run of format 0."""
     before = load_run(run)[3]
-    _edit_json(run / "results.json", lambda d: d.pop("format"))
-    _edit_json(run / "hierarchy.json", lambda d: d.pop("format"))
+    edit_json(run / "results.json", lambda d: d.pop("format"))
+    edit_json(run / "hierarchy.json", lambda d: d.pop("format"))
     _rewrite_header(run / "model.safetensors", lambda m: {**m, "format": "ccn-1"})
     config, model, hierarchy, results = load_run(run)
     assert results == before and hierarchy.how["num_groups"] == 2
@@ -118,13 +109,13 @@ def test_results_in_the_oldest_layout_read_with_what_they_did_not_record(run):
     from ccn.report import _facts
 
     unrecorded = ("config_sha256", "classes", "code", "torch", "finished")
-    _edit_json(run / "results.json", lambda d: [d.pop(k) for k in ("format", "eval_set", *unrecorded)])
+    edit_json(run / "results.json", lambda d: [d.pop(k) for k in ("format", "eval_set", *unrecorded)])
     results = read_results(run)
     assert results["eval_set"] == "test" and all(results[key] is None for key in unrecorded)
     load_run(run)  # the classes checked by count, the config not by digest
     facts = _facts({"flat": [results]})  # a grid's report says what the run did not record
     assert facts["torch"] == "unknown" and facts["date"] == "1 run(s) without a recorded date"
-    _edit_json(run / "results.json", lambda d: d.__setitem__("format", 1))
+    edit_json(run / "results.json", lambda d: d.__setitem__("format", 1))
     with pytest.raises(CCNError) as err:  # today's format always records them: one missing is damage
         read_results(run)
     _one_line(err, "results.json", "lacks 'classes', 'eval_set', 'config_sha256'")
@@ -143,7 +134,7 @@ def test_a_hierarchy_in_the_old_layout_reads_its_count_and_distances(run):
         del d["format"]
         d["how"]["groups"] = d["how"].pop("num_groups")
         d["distances"] = matrix.tolist()
-    _edit_json(run / "hierarchy.json", age)
+    edit_json(run / "hierarchy.json", age)
     (run / "distances.npy").unlink()
     old = Hierarchy.load(run / "hierarchy.json")
     assert old.how["num_groups"] == 2 and "groups" not in old.how and old.groups == saved.groups
@@ -194,7 +185,7 @@ def test_an_experiment_folder_whose_grid_yaml_has_no_format_continues(tmp_path):
 def test_what_results_json_records_of_its_provenance_is_checked(run, key, value, words):
     """Format 1 always records the code, torch version and time; a report reads them (a number as the
     torch version raised TypeError while the grid's report was written)."""
-    _edit_json(run / "results.json", lambda d: d.__setitem__(key, value))
+    edit_json(run / "results.json", lambda d: d.__setitem__(key, value))
     with pytest.raises(CCNError) as err:
         read_results(run)
     _one_line(err, str(run / "results.json"), words)
@@ -212,14 +203,14 @@ NEWER = ("format 99, newer than format 1, the newest this ccn", "reads: upgrade 
     (-1, ("'format' must be 0 or more",)),
 ], ids=["newer", "text", "negative"])
 def test_a_results_file_of_a_newer_format_is_refused(run, value, words):
-    _edit_json(run / "results.json", lambda d: d.__setitem__("format", value))
+    edit_json(run / "results.json", lambda d: d.__setitem__("format", value))
     with pytest.raises(CCNError) as err:
         load_run(run)
     _one_line(err, str(run / "results.json"), *words)
 
 
 def test_evaluate_refuses_a_newer_run_in_one_line(run):
-    _edit_json(run / "results.json", lambda d: d.__setitem__("format", 99))
+    edit_json(run / "results.json", lambda d: d.__setitem__("format", 99))
     result = run_cli("evaluate", str(run))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("ccn: error: ") and result.stderr.count("\n") == 1
@@ -227,7 +218,7 @@ def test_evaluate_refuses_a_newer_run_in_one_line(run):
 
 
 def test_a_hierarchy_file_of_a_newer_format_is_refused(run):
-    _edit_json(run / "hierarchy.json", lambda d: d.__setitem__("format", 99))
+    edit_json(run / "hierarchy.json", lambda d: d.__setitem__("format", 99))
     with pytest.raises(CCNError) as err:
         Hierarchy.load(run / "hierarchy.json")
     _one_line(err, str(run / "hierarchy.json"), " is a hierarchy file of ", *NEWER)
@@ -238,7 +229,7 @@ def test_a_hierarchy_file_of_a_newer_format_is_refused(run):
 def test_a_groups_file_of_a_newer_format_is_refused(run):
     from ccn.hierarchy import read_groups_file
 
-    _edit_json(run / "hierarchy.json", lambda d: d.__setitem__("format", 99))
+    edit_json(run / "hierarchy.json", lambda d: d.__setitem__("format", 99))
     classes = json.loads((run / "hierarchy.json").read_text())["classes"]
     with pytest.raises(CCNError) as err:
         read_groups_file(run / "hierarchy.json", classes, whole_tree=False)
@@ -263,9 +254,8 @@ def test_model_init_refuses_newer_weights_and_takes_other_tools_files(run):
     """model.init takes any safetensors file ("format": "pt" is another tool's word, not a ccn format),
     but a ccn weights file of a newer format is refused like any other reader's."""
     from ccn import config as cfgmod
-    from ccn.network import build_model
     from ccn.model_init import load_initial_weights
-    from ccn import config as cfgmod
+    from ccn.network import build_model
     from conftest import TINY_RUN
 
     classes = read_results(run)["classes"]
@@ -332,7 +322,7 @@ def unnamed_flat_run(tmp_path):
     config = cfgmod.load(None, [*TINY_RUN, "method.name=flat"])
     with NewRun(out) as started:
         run_training(config, out, RunLog(out, stream=io.StringIO()), on_start=lambda: started.start(config))
-    _edit_json(out / "results.json", lambda r: [r.pop("format"), r.pop("classes")])
+    edit_json(out / "results.json", lambda r: [r.pop("format"), r.pop("classes")])
     assert read_results(out)["classes"] is None
     return out
 
